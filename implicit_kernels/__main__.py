@@ -1,0 +1,51 @@
+"""``python -m implicit_kernels <command> [options]``.
+
+Commands (each module is imported only when its command runs):
+
+- ``demo``: decode an image through every available backend (:mod:`.demo`);
+- ``info``: versions, build and backend availability (:mod:`.info`);
+- ``cost``: parameters and MACs of a model (:mod:`.cost`).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: Command -> (module with ``main(argv) -> int``, one-line help).
+COMMANDS = {
+    "demo": ("implicit_kernels.demo", "decode an image through every available backend"),
+    "info": ("implicit_kernels.info", "versions, build and backend availability"),
+    "cost": ("implicit_kernels.cost", "parameters and MACs of a model"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m implicit_kernels <command> [options]", "", "commands:"]
+    lines += [f"  {name:<6} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n'python -m implicit_kernels <command> --help' describes a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Dispatch to a command's ``main``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    name = COMMANDS[command][0]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        print(f"command {command!r} is not available in this installation", file=sys.stderr)
+        return 2
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

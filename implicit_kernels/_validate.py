@@ -1,0 +1,194 @@
+"""Input checks shared by every public op: each raises ``TypeError``/``ValueError`` naming
+the offending argument before any backend runs."""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: Largest output a single call accepts, in pixels per image (×30 of a 1920×1080 input
+#: fits); beyond it the requested size is a mistake rather than a need.
+MAX_OUTPUT_PIXELS = 1 << 31
+
+
+def tensor(x, name: str, *, ndim: int | None = None, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    """Check that ``x`` is a tensor of rank ``ndim`` and one of ``dtypes``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if dtypes is not None and x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
+    return x
+
+
+def finite(x: torch.Tensor, name: str) -> None:
+    """Reject NaN or infinite values (skipped under tracing, where data is not available)."""
+    if _tracing() or x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def feature_map(feat, name: str = "feat") -> torch.Tensor:
+    """A ``B×C×H×W`` floating feature map with a non-empty batch and spatial size."""
+    tensor(feat, name, ndim=4)
+    b, c, h, w = feat.shape
+    if b == 0:
+        raise ValueError(f"{name} has an empty batch (shape {tuple(feat.shape)})")
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"{name} must have non-zero channels and spatial size, got {tuple(feat.shape)}")
+    finite(feat, name)
+    return feat
+
+
+def image(inp, feat: torch.Tensor, name: str = "inp") -> torch.Tensor:
+    """The normalised ``B×3×h×w`` LR image used by the bilinear skip of LTE, DLTE and HIIF."""
+    tensor(inp, name, ndim=4)
+    if inp.shape[0] != feat.shape[0] or inp.shape[1] != 3:
+        raise ValueError(f"{name} must have shape ({feat.shape[0]}, 3, h, w), got {tuple(inp.shape)}")
+    same_device_dtype(inp, feat, name)
+    finite(inp, name)
+    return inp
+
+
+def same_device_dtype(x: torch.Tensor, feat: torch.Tensor, name: str) -> None:
+    if x.device != feat.device:
+        raise ValueError(f"{name} is on {x.device} but feat is on {feat.device}")
+    if x.dtype != feat.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but feat has dtype {feat.dtype}")
+
+
+def output_size(size, feat: torch.Tensor, name: str = "size") -> tuple[int, int]:
+    """An ``(H_out, W_out)`` pair of ints, each at least the feature map's size (scale ≥ 1)."""
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise TypeError(f"{name} must be a pair (H_out, W_out), got {size!r}")
+    out = []
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise TypeError(f"{name} must hold integers, got {size!r}")
+        out.append(v)
+    h, w = feat.shape[-2:]
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{name} must be positive, got {tuple(out)}")
+    if out[0] < h or out[1] < w:
+        raise ValueError(
+            f"{name}={tuple(out)} is smaller than the feature map ({h}, {w}): "
+            "scales below 1 are not supported")
+    if out[0] * out[1] > MAX_OUTPUT_PIXELS:
+        raise ValueError(f"{name}={tuple(out)} is absurdly large ({out[0] * out[1]:,} pixels per image)")
+    return out[0], out[1]
+
+
+def scaled_size(feat: torch.Tensor, scale) -> tuple[int, int]:
+    """Output size for a scale factor (a number or a ``(s_y, s_x)`` pair): ``round(H·s_y)``."""
+    sy, sx = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    for s in (sy, sx):
+        if not isinstance(s, (int, float)) or not math.isfinite(s) or s < 1:
+            raise ValueError(f"scale must be finite and at least 1, got {scale!r}")
+    h, w = feat.shape[-2:]
+    return max(h, round(h * sy)), max(w, round(w * sx))
+
+
+def queries(coord, cell, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query coordinates ``B×Q×2`` in [-1, 1] and cells ``B×Q×2`` (positive)."""
+    tensor(coord, "coord", ndim=3)
+    tensor(cell, "cell", ndim=3)
+    b = feat.shape[0]
+    if coord.shape[0] != b or coord.shape[2] != 2:
+        raise ValueError(f"coord must have shape ({b}, Q, 2), got {tuple(coord.shape)}")
+    if cell.shape != coord.shape:
+        raise ValueError(f"cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}")
+    same_device_dtype(coord, feat, "coord")
+    same_device_dtype(cell, feat, "cell")
+    finite(coord, "coord")
+    finite(cell, "cell")
+    if not _tracing() and coord.numel():
+        if bool((coord.abs() > 1).any()):
+            raise ValueError("coord must lie in [-1, 1] (normalised pixel-centre coordinates)")
+        if bool((cell <= 0).any()):
+            raise ValueError("cell must be positive (the size of one output pixel, 2/H_out, 2/W_out)")
+    return coord, cell
+
+
+def pixels(pix, feat: torch.Tensor, size) -> torch.Tensor:
+    """Integer output pixel indices ``B×Q×2`` (row, col) inside ``size``."""
+    tensor(pix, "pixels", ndim=3, dtypes=(torch.int32, torch.int64))
+    b = feat.shape[0]
+    if pix.shape[0] != b or pix.shape[2] != 2:
+        raise ValueError(f"pixels must have shape ({b}, Q, 2), got {tuple(pix.shape)}")
+    if pix.device != feat.device:
+        raise ValueError(f"pixels is on {pix.device} but feat is on {feat.device}")
+    if not _tracing() and pix.numel():
+        lo = pix.amin(dim=(0, 1))
+        hi = pix.amax(dim=(0, 1))
+        if bool((lo < 0).any()) or int(hi[0]) >= size[0] or int(hi[1]) >= size[1]:
+            raise ValueError(f"pixels must index inside size={tuple(size)}")
+    return pix.long()
+
+
+def params(p, feat: torch.Tensor, shapes: Mapping[str, tuple], decoder: str) -> dict:
+    """Check a decoder's parameter mapping against expected shapes.
+
+    ``shapes`` maps each required key to a shape tuple whose entries are ints or ``None``
+    (any size); the caller checks relations between sizes.
+    """
+    if not isinstance(p, Mapping):
+        raise TypeError(f"params must be a mapping of {decoder} parameter names to tensors, "
+                        f"got {type(p).__name__}")
+    missing = [k for k in shapes if k not in p]
+    if missing:
+        raise ValueError(f"params is missing {decoder} parameters {missing}")
+    for key, shape in shapes.items():
+        t = tensor(p[key], f"params[{key!r}]", ndim=len(shape))
+        for got, want in zip(t.shape, shape):
+            if want is not None and got != want:
+                raise ValueError(f"params[{key!r}] has shape {tuple(t.shape)}, expected {shape} "
+                                 "(None = any)")
+        same_device_dtype(t, feat, f"params[{key!r}]")
+    return {k: p[k] for k in shapes}
+
+
+def positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def choice(v, name: str, options) -> str:
+    if v not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {v!r}")
+    return v
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def mlp(p, prefix: str, layer_ids, in_dim: int, out_dim: int | None, feat: torch.Tensor,
+        decoder: str) -> list:
+    """Check a chain of Linear layers ``{prefix}{i}.weight/.bias`` and return ``[(W, b), ...]``.
+
+    The first layer must take ``in_dim`` inputs, each layer must take the previous one's
+    outputs, and the last must give ``out_dim`` (``None``: any).
+    """
+    layers, width = [], in_dim
+    for n, i in enumerate(layer_ids):
+        last = n == len(layer_ids) - 1
+        w_key, b_key = f"{prefix}{i}.weight", f"{prefix}{i}.bias"
+        shapes = {w_key: (out_dim if last else None, width), b_key: (None,)}
+        got = params(p, feat, shapes, decoder)
+        w, b = got[w_key], got[b_key]
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"params[{b_key!r}] has {b.shape[0]} entries, expected {w.shape[0]}")
+        layers.append((w, b))
+        width = w.shape[0]
+    return layers

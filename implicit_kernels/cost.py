@@ -1,0 +1,366 @@
+"""Trainable parameters and multiply-accumulates (MACs) of the models, counted analytically.
+
+Counting rule (ALGORITHMS.md §3.1): a plain count of the multiplies of every Linear and
+Conv layer (``in_features × out_features`` per row, ``C_in × C_out × k²`` per output
+pixel) -- what ``thop`` counts: no biases, activations, norms or other element-wise work.
+Units follow each layer's real call count: per LR pixel (encoders, 3×3 estimators), per
+slice and vertex (DIIF/DLTE coarse stage), per output pixel and ensemble member.
+
+The DIIF paper's tables print these counts with a unit slip (ALGORITHMS.md §3.1): values
+``thop`` printed in T were used as is, values printed in G were divided by 1024 and called
+"T", and decoder parameter counts in M were multiplied by 1024 and called "K".
+:func:`paper_tera` and :func:`paper_kilo` apply that convention, so our plain counts can be
+compared with the printed tables; :class:`Cost` reports both.
+
+Widths are the papers' defaults (64 encoder channels, 256 hidden); the architectures
+are SPEC.md §1-§5.  No module is built, so the package does not depend on ``models``.
+
+Example::
+
+    >>> c = count("edsr-baseline-diif", (90, 160), 16)
+    >>> c.macs, round(c.paper_tera_macs, 3)
+    (808850534400, 0.79)
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from . import geometry
+
+#: Encoder output channels and decoder hidden width used by every paper.
+FEAT_CHANNELS = 64
+HIDDEN = 256
+#: HIIF's attention heads and number of levels (SPEC.md §5).
+HIIF_HEADS, HIIF_LEVELS = 16, 6
+
+ENCODERS = ("edsr-baseline", "rdn")
+DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
+
+__all__ = ["Cost", "count", "diif_slice_count", "paper_tera", "paper_kilo",
+           "ENCODERS", "DECODERS"]
+
+
+# ----------------------------------------------------------------------------------------
+# Layer arithmetic: each helper returns (trainable parameters, MACs per call)
+# ----------------------------------------------------------------------------------------
+
+def _linear(fan_in: int, fan_out: int, bias: bool = True):
+    return fan_in * fan_out + (fan_out if bias else 0), fan_in * fan_out
+
+
+def _conv(c_in: int, c_out: int, k: int):
+    """A ``k×k`` convolution with bias; MACs per output pixel."""
+    return _linear(c_in * k * k, c_out)
+
+
+def _mlp(dims):
+    """A chain of Linear layers ``dims[0] -> dims[1] -> ...``."""
+    return _total(_linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+
+def _layer_norm(width: int):
+    return 2 * width, 0
+
+
+def _total(pairs):
+    params = macs = 0
+    for p, m in pairs:
+        params += p
+        macs += m
+    return params, macs
+
+
+# ----------------------------------------------------------------------------------------
+# Encoders (SPEC.md §1, ALGORITHMS.md §1.8): parameters and MACs per LR pixel
+# ----------------------------------------------------------------------------------------
+
+def _edsr_baseline():
+    """Head Conv3×3(3→64); 16 residual blocks of two Conv3×3(64→64); one more Conv3×3.
+    (The frozen mean-shift 1×1 convolutions are not trainable and never run.)"""
+    return _total([_conv(3, 64, 3)] + [_conv(64, 64, 3)] * (2 * 16 + 1))
+
+
+def _rdn():
+    """RDN config B: G0 = 64, D = 16 blocks of C = 8 densely connected Conv3×3(·→64)
+    layers, each block closed by a 1×1 fusion; global 1×1 + 3×3 fusion."""
+    g0, d, c, g = 64, 16, 8, 64
+    block = [_conv(g0 + i * g, g, 3) for i in range(c)] + [_conv(g0 + c * g, g0, 1)]
+    return _total([_conv(3, g0, 3), _conv(g0, g0, 3)] + block * d
+                  + [_conv(d * g0, g0, 1), _conv(g0, g0, 3)])
+
+
+_ENCODER_COST = {"edsr-baseline": _edsr_baseline, "rdn": _rdn}
+
+
+# ----------------------------------------------------------------------------------------
+# DIIF slicing: exact counts from the group arithmetic of implicit_kernels.geometry
+# ----------------------------------------------------------------------------------------
+
+def _group_sizes(n_in: int, n_out: int) -> Counter:
+    """``{group size: number of LR groups of that size}`` along one axis."""
+    groups = geometry.group_index(torch.arange(n_out), n_in, n_out)
+    return Counter(torch.bincount(groups, minlength=n_in).tolist())
+
+
+def diif_slice_count(in_size, out_size, slicing: str = "linear") -> int:
+    """Number of DIIF slices (coarse-stage passes per vertex) for one image.
+
+    Args:
+        in_size: ``(H, W)`` of the LR feature map.
+        out_size: ``(H_out, W_out)``, each at least the input's.
+        slicing: ``"linear"`` (one output row of a group: ``H_out·W``), ``"constant"``
+            (one per group: ``H·W``) or ``"fixed4"`` (``ceil(group pixels / 4)`` per group).
+    """
+    (h, w), (ho, wo) = in_size, out_size
+    if slicing == "linear":
+        return ho * w
+    if slicing == "constant":
+        return h * w
+    if slicing == "fixed4":
+        rows, cols = _group_sizes(h, ho), _group_sizes(w, wo)
+        return sum(nr * nc * -(-(gh * gw) // 4)
+                   for gh, nr in rows.items() for gw, nc in cols.items())
+    raise ValueError(f"slicing must be one of {geometry.SLICINGS}, got {slicing!r}")
+
+
+# ----------------------------------------------------------------------------------------
+# Decoders: (params, MACs) for a C-channel feature map of in_size decoded to out_size
+# ----------------------------------------------------------------------------------------
+
+def _liif(c, in_size, out_size, slicing):
+    """SPEC.md §2: MLP [9C+4, 256×4, 3] on each of 4 ensemble members per output pixel."""
+    params, per_member = _mlp([9 * c + 4] + [HIDDEN] * 4 + [3])
+    return params, 4 * per_member * _pixels(out_size), ""
+
+
+def _fourier_estimators(c, channels):
+    """LTE-style coefficient and frequency Conv3×3(C→channels) and phase Linear(2→128, no bias)."""
+    convs = _total([_conv(c, channels, 3)] * 2)
+    return convs, _linear(2, HIDDEN // 2, bias=False)
+
+
+def _lte(c, in_size, out_size, slicing):
+    """ALGORITHMS.md §2: two 3×3 estimators per LR pixel; per output pixel and member,
+    the phase Linear and the MLP [256, 256×3, 3]."""
+    convs, phase = _fourier_estimators(c, HIDDEN)
+    imnet = _mlp([HIDDEN] * 4 + [3])
+    params = convs[0] + phase[0] + imnet[0]
+    macs = convs[1] * _pixels(in_size) + 4 * (phase[1] + imnet[1]) * _pixels(out_size)
+    return params, macs, ""
+
+
+def _fine():
+    """DIIF/DLTE fine stage [256 + 2, 256, 256, 3], once per output pixel."""
+    return _mlp([HIDDEN + 2, HIDDEN, HIDDEN, 3])
+
+
+def _diif(c, in_size, out_size, slicing):
+    """ALGORITHMS.md §3.4: coarse [16C+6, 256, 256] per slice and vertex, fine per pixel."""
+    coarse, fine = _mlp([16 * c + 6, HIDDEN, HIDDEN]), _fine()
+    slices = diif_slice_count(in_size, out_size, slicing)
+    macs = 4 * slices * coarse[1] + _pixels(out_size) * fine[1]
+    return coarse[0] + fine[0], macs, ""
+
+
+def _dlte(c, in_size, out_size, slicing):
+    """ALGORITHMS.md §3.7 (reconstructed): Conv3×3(C→64) estimators per LR pixel; per slice
+    and vertex the phase Linear and the coarse [256, 256, 256]; fine per pixel."""
+    convs, phase = _fourier_estimators(c, FEAT_CHANNELS)
+    coarse, fine = _mlp([4 * FEAT_CHANNELS, HIDDEN, HIDDEN]), _fine()
+    slices = diif_slice_count(in_size, out_size, slicing)
+    params = convs[0] + phase[0] + coarse[0] + fine[0]
+    macs = (convs[1] * _pixels(in_size) + 4 * slices * (phase[1] + coarse[1])
+            + _pixels(out_size) * fine[1])
+    return params, macs, "DLTE is reconstructed (SPEC.md §4)"
+
+
+def _hiif(c, in_size, out_size, slicing):
+    """SPEC.md §5 / ALGORITHMS.md §4.4-4.5 (our count): Conv3×3(C→256) per LR pixel; per
+    query six level blocks (LayerNorm, Linear, GELU, Linear) and two attention blocks
+    (Linear 256→768, per-head K/V LayerNorms, two 256→256 Linears), plus the attention
+    products ``KᵀV`` and ``Q·M`` (``2·256·16`` MACs per block), which thop would not see."""
+    conv = _conv(c, HIDDEN, 3)
+    widths = [4 * HIDDEN + 4] + [HIDDEN + 2] * (HIIF_LEVELS - 1)
+    outs = [HIDDEN] * (HIIF_LEVELS - 1) + [3]
+    levels = _total(_total([_layer_norm(w), _linear(w, HIDDEN), _linear(HIDDEN, o)])
+                    for w, o in zip(widths, outs))
+    head = HIDDEN // HIIF_HEADS
+    attention = _total([_linear(HIDDEN, 3 * HIDDEN), _layer_norm(head), _layer_norm(head),
+                        _linear(HIDDEN, HIDDEN), _linear(HIDDEN, HIDDEN)])
+    products = 2 * HIDDEN * head  # KᵀV accumulation and Q·M, per query and block
+    params = conv[0] + levels[0] + 2 * attention[0]
+    per_query = levels[1] + 2 * (attention[1] + products)
+    macs = conv[1] * _pixels(in_size) + per_query * _pixels(out_size)
+    note = (f"HIIF: our count of the derivative layout (SPEC.md §5); decoder params include "
+            f"the 3×3 conv ({conv[0]:,}) the paper counts with the encoder, and MACs the "
+            f"attention products ({2 * products:,} per query)")
+    return params, macs, note
+
+
+_DECODER_COST = {"liif": _liif, "lte": _lte, "diif": _diif, "dlte": _dlte, "hiif": _hiif}
+
+
+def _pixels(size) -> int:
+    return size[0] * size[1]
+
+
+# ----------------------------------------------------------------------------------------
+# Paper convention and the public result
+# ----------------------------------------------------------------------------------------
+
+def paper_tera(macs: int) -> float:
+    """The DIIF paper's "T" for a plain MAC count: ``macs / 1e12`` from 1e12 up (thop
+    printed T), otherwise ``macs / 1e9 / 1024`` (thop printed G, read as T by dividing by
+    1024; ALGORITHMS.md §3.1)."""
+    return macs / 1e12 if macs >= 1e12 else macs / 1e9 / 1024
+
+
+def paper_kilo(params: int) -> float:
+    """The DIIF paper's "K" for a parameter count: millions × 1024 (ALGORITHMS.md §3.1)."""
+    return params / 1e6 * 1024
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Counts for one model at one input and output size (sizes ``(H, W)``, row first).
+
+    ``*_macs`` are plain decimal multiply-accumulate counts for a batch of one image;
+    ``paper_*`` give the DIIF paper's printed convention for comparison.
+    """
+    model: str
+    in_size: tuple
+    out_size: tuple
+    slicing: str | None
+    encoder_params: int
+    decoder_params: int
+    encoder_macs: int
+    decoder_macs: int
+    note: str = ""
+
+    @property
+    def params(self) -> int:
+        return self.encoder_params + self.decoder_params
+
+    @property
+    def macs(self) -> int:
+        return self.encoder_macs + self.decoder_macs
+
+    @property
+    def paper_tera_macs(self) -> float:
+        """Total MACs as the paper prints them ("T")."""
+        return paper_tera(self.macs)
+
+    @property
+    def paper_kilo_decoder_params(self) -> float:
+        """Decoder parameters as the paper's "w/o encoder" column prints them ("K")."""
+        return paper_kilo(self.decoder_params)
+
+    def __str__(self) -> str:
+        (h, w), (ho, wo) = self.in_size, self.out_size
+        slicing = f", {self.slicing} slicing" if self.slicing else ""
+        lines = [
+            f"{self.model}: {h}x{w} -> {ho}x{wo} (HxW{slicing})",
+            f"  params  {self.params:,} = encoder {self.encoder_params:,} + decoder "
+            f"{self.decoder_params:,}   [paper convention, decoder: "
+            f"{self.paper_kilo_decoder_params:.1f}K]",
+            f"  MACs    {_giga(self.macs)} = encoder {_giga(self.encoder_macs)} + decoder "
+            f"{_giga(self.decoder_macs)}   [paper convention: {self.paper_tera_macs:.3f}T]",
+        ]
+        if self.note:
+            lines.append(f"  note    {self.note}")
+        return "\n".join(lines)
+
+
+def _giga(macs: int) -> str:
+    return f"{macs / 1e9:,.2f} G"
+
+
+def _parse(model: str):
+    """``(encoder or None, decoder or None)`` from ``"<encoder>-<decoder>"``, an encoder
+    name, or a decoder name (then the features are assumed to have 64 channels)."""
+    if model in ENCODERS:
+        return model, None
+    if model in DECODERS:
+        return None, model
+    encoder, _, decoder = model.rpartition("-")
+    if encoder in ENCODERS and decoder in DECODERS:
+        return encoder, decoder
+    raise ValueError(f"unknown model {model!r}: expected <encoder>-<decoder>, <encoder> or "
+                     f"<decoder> with encoders {ENCODERS} and decoders {DECODERS}")
+
+
+def _out_size(in_size, scale, out_size):
+    if out_size is not None:
+        if scale is not None:
+            raise ValueError("pass either scale or out_size, not both")
+        return tuple(int(n) for n in out_size)
+    if scale is None:
+        return tuple(in_size)
+    scales = (scale, scale) if isinstance(scale, (int, float)) else tuple(scale)
+    if len(scales) != 2:
+        raise ValueError(f"scale must be a number or a (row, column) pair, got {scale!r}")
+    # LIIF's test protocol: the output side is the LR side times the scale, rounded.
+    return tuple(int(math.floor(n * s + 0.5)) for n, s in zip(in_size, scales))
+
+
+def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "linear") -> Cost:
+    """Count the trainable parameters and MACs of ``model`` for one image.
+
+    Args:
+        model: ``"<encoder>-<decoder>"`` (e.g. ``"edsr-baseline-diif"``, ``"rdn-lte"``), an
+            encoder alone (``"edsr-baseline"``, ``"rdn"``) or a decoder alone (on 64-channel
+            features, encoder counted as zero).
+        in_size: ``(H, W)`` of the LR input (row first: a 160×90 image is ``(90, 160)``).
+        scale: a number or ``(s_y, s_x)``; the output side is ``round(side · s)``.
+        out_size: ``(H_out, W_out)`` instead of ``scale``; neither means the input size.
+        slicing: DIIF/DLTE slicing (``"linear"``, ``"constant"``, ``"fixed4"``).
+
+    Returns:
+        A :class:`Cost`; ``str(cost)`` is a readable summary with the paper convention.
+    """
+    encoder, decoder = _parse(model)
+    in_size = tuple(int(n) for n in in_size)
+    if len(in_size) != 2 or min(in_size) < 1:
+        raise ValueError(f"in_size must be (H, W) with positive sides, got {in_size}")
+    size = _out_size(in_size, scale, out_size)
+    if len(size) != 2 or size[0] < in_size[0] or size[1] < in_size[1]:
+        raise ValueError(f"output size {size} must be at least the input size {in_size}")
+    if decoder not in ("diif", "dlte"):
+        if slicing != "linear":
+            raise ValueError(f"slicing applies to DIIF and DLTE only, not {model!r}")
+        slicing = None
+    enc_params, enc_per_pixel = _ENCODER_COST[encoder]() if encoder else (0, 0)
+    dec_params, dec_macs, note = (_DECODER_COST[decoder](FEAT_CHANNELS, in_size, size, slicing)
+                                  if decoder else (0, 0, ""))
+    return Cost(model, in_size, size, slicing, enc_params, dec_params,
+                enc_per_pixel * _pixels(in_size), dec_macs, note)
+
+
+def main(argv=None) -> int:
+    """``python -m implicit_kernels cost MODEL HxW SCALE [--slicing S]``: print a :class:`Cost`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m implicit_kernels cost",
+                                description="Parameters and MACs of a model (plain counts and "
+                                            "the DIIF paper's printing convention).")
+    p.add_argument("model", help="e.g. edsr-baseline-diif, rdn-lte, edsr-baseline")
+    p.add_argument("size", help="LR input size HxW, e.g. 90x160 for a 160x90 image")
+    p.add_argument("scale", nargs="?", default=None,
+                   help="scale S or AxB (rows x A, columns x B); default 1")
+    p.add_argument("--slicing", default="linear", choices=geometry.SLICINGS)
+    args = p.parse_args(argv)
+    try:
+        in_size = tuple(int(n) for n in args.size.lower().split("x"))
+        scale = None if args.scale is None else tuple(float(s) for s in args.scale.lower().split("x"))
+        if scale is not None and len(scale) == 1:
+            scale = scale * 2
+        print(count(args.model, in_size, scale, slicing=args.slicing))
+    except ValueError as exc:
+        print(f"cost failed: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,54 @@
+"""DIIF (He & Jin) in the paper's form, one output pixel at a time: SPEC.md §3.
+
+No official code exists; SPEC.md §3 is the project's reading.  The reference evaluates,
+for every output pixel, the coarse stage of its own slice at the four vertices of its
+group (so a slice's coarse stage is recomputed for each of its pixels: exact, by the
+per-pixel equivalence of SPEC.md §3, and simple), the slice ensemble and the fine stage.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as nnf
+
+from .. import geometry
+from ..layers import gather_pixels, mlp
+
+
+def vertex_codes(feat: torch.Tensor) -> torch.Tensor:
+    """Eq. 12: the 4×4 LR features around each LR-grid corner, zero outside the image,
+    ``B×16C×(H+1)×(W+1)`` (channel ``c·16 + 4·dy + dx``)."""
+    b, c, h, w = feat.shape
+    return nnf.unfold(feat, 4, padding=2).view(b, c * 16, h + 1, w + 1)
+
+
+def corner_coord(vertex: torch.Tensor, in_size, dtype) -> torch.Tensor:
+    """Normalised coordinates of LR-grid corners ``(..., 2)``: ``-1 + 2a/H``."""
+    n = torch.tensor(in_size, device=vertex.device, dtype=dtype)
+    return -1 + 2 * vertex.to(dtype) / n
+
+
+def diif(feat, out_size, pixels, params, slicing):
+    """Decode output pixels ``pixels`` (``B×Q×2`` int64 row, col of the ``out_size`` grid)
+    from ``feat`` (``B×C×H×W``) → ``B×Q×3``."""
+    in_size = feat.shape[-2:]
+    dtype = feat.dtype
+    scale = torch.tensor(in_size, device=feat.device, dtype=dtype)
+    group, first, last = geometry.diif_slices(pixels, in_size, out_size, slicing)
+    q = geometry.pixel_coord(pixels, out_size, dtype)
+    q_first = geometry.pixel_coord(first, out_size, dtype)
+    q_last = geometry.pixel_coord(last, out_size, dtype)
+    cell = (2 / torch.tensor(out_size, device=feat.device, dtype=dtype)).expand_as(q)
+    codes = vertex_codes(feat)
+
+    hidden = []
+    for a, b in geometry.VERTICES:
+        vertex = group + group.new_tensor([a, b])
+        v = corner_coord(vertex, in_size, dtype)
+        coarse_in = torch.cat([gather_pixels(codes, vertex), (q_first - v) * scale,
+                               (q_last - v) * scale, cell * scale], dim=-1)
+        hidden.append(mlp(coarse_in, params["coarse"], relu_last=True))
+
+    d = geometry.diif_rel(pixels, group, in_size, out_size, dtype)
+    weights = geometry.slice_ensemble_weights(d)
+    ensembled = sum(h * weights[..., t:t + 1] for t, h in enumerate(hidden))
+    return mlp(torch.cat([ensembled, d], dim=-1), params["fine"])

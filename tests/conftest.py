@@ -1,0 +1,63 @@
+"""Shared test helpers: seeds, tolerances by dtype, random decoder parameters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+#: Relative tolerance of a fast path against the reference, by dtype. Absolute tolerance is
+#: the same number times the largest magnitude of the expected tensor (outputs and
+#: gradients of these decoders have no natural scale).
+TOLERANCES = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.bfloat16: 1e-2,
+    torch.float16: 5e-3,
+}
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, name: str = "output") -> None:
+    """``actual`` equals ``expected`` up to the tolerance of ``expected``'s dtype."""
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    tol = TOLERANCES[expected.dtype]
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def linear(out_f: int, in_f: int, dtype=torch.float32, gen=None):
+    """A random ``(weight, bias)`` with PyTorch's default Linear init scale."""
+    bound = in_f ** -0.5
+    w = (torch.rand(out_f, in_f, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    b = (torch.rand(out_f, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+    return w.to(dtype), b.to(dtype)
+
+
+def mlp_params(prefix: str, dims, ids=None, dtype=torch.float32, gen=None) -> dict:
+    """Random parameters of a Linear chain ``dims[0] -> dims[1] -> ...`` keyed
+    ``{prefix}{id}.weight/.bias`` with ``ids`` ``0, 2, 4, ...`` by default (ReLUs between)."""
+    ids = ids if ids is not None else range(0, 2 * (len(dims) - 1), 2)
+    out = {}
+    for i, fan_in, fan_out in zip(ids, dims[:-1], dims[1:]):
+        out[f"{prefix}{i}.weight"], out[f"{prefix}{i}.bias"] = linear(fan_out, fan_in, dtype, gen)
+    return out
+
+
+def conv_params(name: str, out_c: int, in_c: int, k: int = 3, dtype=torch.float32, gen=None) -> dict:
+    w, b = linear(out_c, in_c * k * k, dtype, gen)
+    return {f"{name}.weight": w.view(out_c, in_c, k, k), f"{name}.bias": b}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test tensors are tiny: intra-op threads only add barrier waits (seconds per test
+    on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

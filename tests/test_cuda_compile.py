@@ -1,0 +1,106 @@
+"""CUDA sources compile for sm_80 and sm_90, without a GPU (needs only nvcc).
+
+* every ``csrc/cuda/*.cu`` is compiled with ``-Xptxas -v`` (registers and spills are
+  printed with ``pytest -s`` / on failure);
+* a generated translation unit calls every ``ik/geometry.h`` function from a
+  ``__global__`` kernel, proving the shared header is device code too;
+* ``.cu`` files and the shared headers must not include ATen/torch/c10: the CPU torch
+  wheel lacks the CUDA headers those need, and keeping kernels torch-free lets this
+  check run on CPU machines.
+
+Skipped when nvcc is not installed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
+HEADERS = sorted((CSRC / "include").rglob("*.h"))
+ARCH_FLAGS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](ATen|torch|c10)/', re.MULTILINE)
+
+
+def find_nvcc() -> str | None:
+    """nvcc from CUDA_HOME if set, else from PATH."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+NVCC = find_nvcc()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME or PATH)")
+
+#: Device code exercising every function of ik/geometry.h for float and double.
+GEOMETRY_KERNEL = r"""
+#include "ik/geometry.h"
+
+template <typename T>
+__global__ void geometry_kernel(const T* coord, const long long* pixels, long long n,
+                                long long* index, T* out) {
+  const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const T qy = coord[2 * i], qx = coord[2 * i + 1];
+  T ry[4], rx[4], w[4], sw[4];
+  for (int t = 0; t < 4; ++t) {
+    const ik::EnsembleMember<T> m = ik::ensemble_member(qy, qx, 48, 40, t);
+    index[8 * i + 2 * t] = m.iy;
+    index[8 * i + 2 * t + 1] = m.ix;
+    ry[t] = m.ry;
+    rx[t] = m.rx;
+  }
+  ik::ensemble_weights(ry, rx, w);
+  ik::slice_ensemble_weights(qy, qx, sw);
+  const ik::DiifSlice s = ik::diif_slice(pixels[2 * i], pixels[2 * i + 1], 48, 40, 130, 200,
+                                         static_cast<ik::Slicing>(i % 3));
+  const ik::GroupBounds b = ik::group_bounds(pixels[2 * i], 48, 130);
+  out[i] = w[0] + sw[3] + ik::diif_rel<T>(s.first_r, s.group_r, 48, 130) +
+           ik::pixel_centre<T>(s.last_c, 200) + static_cast<T>(b.first + b.last) +
+           static_cast<T>(ik::nearest_index(qx, 40) + ik::group_start(s.group_c, 40, 200));
+}
+
+template __global__ void geometry_kernel<float>(const float*, const long long*, long long,
+                                                long long*, float*);
+template __global__ void geometry_kernel<double>(const double*, const long long*, long long,
+                                                 long long*, double*);
+"""
+
+
+def nvcc_compile(source: Path, output: Path) -> subprocess.CompletedProcess:
+    cmd = [NVCC, "-std=c++17", "-I", str(CSRC / "include"), *ARCH_FLAGS, "-Xptxas", "-v",
+           "-c", str(source), "-o", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    print(" ".join(cmd), proc.stdout, proc.stderr, sep="\n")  # ptxas usage, shown with -s
+    assert proc.returncode == 0, f"nvcc failed on {source.name}:\n{proc.stderr}"
+    return proc
+
+
+@needs_nvcc
+def test_geometry_header_compiles_in_a_kernel(tmp_path):
+    source = tmp_path / "geometry_kernel.cu"
+    source.write_text(GEOMETRY_KERNEL)
+    proc = nvcc_compile(source, tmp_path / "geometry_kernel.o")
+    # Both architectures really were built (ptxas reports each).
+    assert "sm_80" in proc.stderr and "sm_90" in proc.stderr
+
+
+@needs_nvcc
+@pytest.mark.skipif(not CU_FILES, reason="no csrc/cuda/*.cu files yet")
+@pytest.mark.parametrize("source", CU_FILES, ids=[p.name for p in CU_FILES])
+def test_cu_file_compiles(source, tmp_path):
+    nvcc_compile(source, tmp_path / (source.stem + ".o"))
+
+
+@pytest.mark.parametrize("path", CU_FILES + HEADERS, ids=[str(p.relative_to(CSRC)) for p in CU_FILES + HEADERS])
+def test_device_code_is_torch_free(path):
+    match = TORCH_INCLUDE.search(path.read_text())
+    assert match is None, f"{path.relative_to(ROOT)} includes {match.group(0).strip()!r}: " \
+                          "device code and shared headers must not include ATen/torch/c10"

@@ -1,0 +1,166 @@
+"""The public ops' contract: output sizes, backend selection, bad input."""
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import backends
+from conftest import mlp_params
+
+
+def diif_params(c=4, hidden=16):
+    return {**mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden]),
+            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3])}
+
+
+def liif_params(c=4, hidden=16):
+    return mlp_params("imnet.layers.", [9 * c + 4, hidden, hidden, 3])
+
+
+@pytest.fixture
+def feat():
+    return torch.randn(2, 4, 5, 7)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (10, 14), (14, 19), (15, 35), (6, 9)])
+def test_exact_output_sizes(feat, size):
+    assert F.diif_decode(feat, size, diif_params()).shape == (2, 3, *size)
+    assert F.liif_decode(feat, size, liif_params()).shape == (2, 3, *size)
+
+
+def test_auto_picks_a_real_backend(feat):
+    assert backends.auto_choice("diif", feat) != "reference"
+    params = diif_params()
+    auto = F.diif_decode(feat, (14, 19), params)
+    explicit = F.diif_decode(feat, (14, 19), params, backend=backends.auto_choice("diif", feat))
+    assert torch.equal(auto, explicit)
+
+
+def test_unknown_backend_is_a_clear_error(feat):
+    with pytest.raises(ValueError, match="unknown backend 'cuda-fast'"):
+        F.diif_decode(feat, (10, 14), diif_params(), backend="cuda-fast")
+
+
+def test_unavailable_backend_lists_reasons(feat, monkeypatch):
+    monkeypatch.setitem(backends.BACKENDS, "broken", backends.Backend(
+        "broken", "implicit_kernels.torch_impl", lambda f: ["needs a GPU"], "test"))
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        F.diif_decode(feat, (10, 14), diif_params(), backend="broken")
+
+
+def test_env_override_of_auto(feat, monkeypatch):
+    monkeypatch.setenv("IK_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+        F.diif_decode(feat, (10, 14), diif_params())
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda f: f[0], ValueError, "feat must have 4 dimensions"),
+    (lambda f: f[:0], ValueError, "empty batch"),
+    (lambda f: f.long(), TypeError, "feat must have dtype"),
+    (lambda f: f.numpy(), TypeError, "feat must be a torch.Tensor"),
+    (lambda f: f.index_fill(0, torch.tensor([1]), float("nan")), ValueError, "NaN"),
+    (lambda f: f.index_fill(0, torch.tensor([0]), float("inf")), ValueError, "infinite"),
+    (lambda f: f[:, :0], ValueError, "non-zero channels"),
+])
+def test_bad_feature_maps(feat, bad, error, match):
+    with pytest.raises(error, match=match):
+        F.diif_decode(bad(feat), (10, 14), diif_params())
+    with pytest.raises(error, match=match):
+        F.liif_decode(bad(feat), (10, 14), liif_params())
+
+
+@pytest.mark.parametrize("size, error, match", [
+    ((4, 14), ValueError, "scales below 1"),
+    ((10, 6), ValueError, "scales below 1"),
+    ((0, 14), ValueError, "positive"),
+    ((10,), TypeError, "pair"),
+    ((10.5, 14), TypeError, "integers"),
+    ("10x14", TypeError, "pair"),
+    ((10 ** 6, 10 ** 6), ValueError, "absurdly large"),
+])
+def test_bad_sizes(feat, size, error, match):
+    with pytest.raises(error, match=match):
+        F.diif_decode(feat, size, diif_params())
+
+
+def test_bad_params(feat):
+    params = diif_params()
+    with pytest.raises(ValueError, match=r"coarse.layers.0.weight.*shape"):
+        F.diif_decode(feat[:, :3], (10, 14), params)  # 3 channels: first layer expects 16*4+6
+    missing = {k: v for k, v in params.items() if k != "fine.layers.2.bias"}
+    with pytest.raises(ValueError, match="fine.layers.2.bias"):
+        F.diif_decode(feat, (10, 14), missing)
+    with pytest.raises(TypeError, match="params must be a mapping"):
+        F.diif_decode(feat, (10, 14), list(params.values()))
+    with pytest.raises(TypeError, match="dtype"):
+        F.diif_decode(feat.double(), (10, 14), params)
+    wrong_out = dict(params, **{"fine.layers.4.weight": torch.randn(4, 16), "fine.layers.4.bias": torch.randn(4)})
+    with pytest.raises(ValueError, match="fine.layers.4.weight"):
+        F.diif_decode(feat, (10, 14), wrong_out)
+
+
+def test_bad_options(feat):
+    with pytest.raises(ValueError, match="slicing must be one of"):
+        F.diif_decode(feat, (10, 14), diif_params(), slicing="quadratic")
+    with pytest.raises(ValueError, match="chunk_size"):
+        F.diif_decode(feat, (10, 14), diif_params(), chunk_size=0)
+
+
+def test_bad_queries(feat):
+    params = liif_params()
+    coord = torch.rand(2, 10, 2) * 2 - 1
+    cell = torch.full((2, 10, 2), 0.1)
+    with pytest.raises(ValueError, match="either size"):
+        F.liif_decode(feat, (10, 14), params, coord=coord, cell=cell)
+    with pytest.raises(ValueError, match="coord and cell"):
+        F.liif_decode(feat, None, params, coord=coord)
+    with pytest.raises(ValueError, match=r"coord must lie in \[-1, 1\]"):
+        F.liif_decode(feat, None, params, coord=coord * 3, cell=cell)
+    with pytest.raises(ValueError, match="cell must be positive"):
+        F.liif_decode(feat, None, params, coord=coord, cell=-cell)
+    with pytest.raises(ValueError, match="cell must have the shape"):
+        F.liif_decode(feat, None, params, coord=coord, cell=cell[:, :5])
+    with pytest.raises(ValueError, match="coord must have shape"):
+        F.liif_decode(feat, None, params, coord=coord[:1], cell=cell[:1])
+    with pytest.raises(TypeError, match="coord has dtype"):
+        F.liif_decode(feat, None, params, coord=coord.double(), cell=cell)
+    with pytest.raises(ValueError, match="NaN"):
+        F.liif_decode(feat, None, params, coord=coord.index_fill(1, torch.tensor([3]), float("nan")), cell=cell)
+
+
+def test_bad_pixels(feat):
+    params = diif_params()
+    with pytest.raises(ValueError, match="pixels must index inside"):
+        F.diif_decode(feat, (10, 14), params, pixels=torch.tensor([[[10, 0]], [[0, 0]]]))
+    with pytest.raises(ValueError, match="pixels must index inside"):
+        F.diif_decode(feat, (10, 14), params, pixels=torch.tensor([[[0, -1]], [[0, 0]]]))
+    with pytest.raises(TypeError, match="pixels must have dtype"):
+        F.diif_decode(feat, (10, 14), params, pixels=torch.zeros(2, 3, 2))
+
+
+def test_empty_query_list(feat):
+    out = F.liif_decode(feat, None, liif_params(), coord=torch.zeros(2, 0, 2), cell=torch.ones(2, 0, 2))
+    assert out.shape == (2, 0, 3)
+    out = F.diif_decode(feat, (10, 14), diif_params(), pixels=torch.zeros(2, 0, 2, dtype=torch.long))
+    assert out.shape == (2, 0, 3)
+
+
+def test_non_contiguous_inputs(feat):
+    params = diif_params()
+    transposed = feat.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not transposed.is_contiguous()
+    assert torch.equal(F.diif_decode(transposed, (10, 14), params, backend="torch"),
+                       F.diif_decode(feat, (10, 14), params, backend="torch"))
+    t_params = {k: (v.t().contiguous().t() if v.dim() == 2 else v) for k, v in params.items()}
+    torch.testing.assert_close(F.diif_decode(feat, (10, 14), t_params),
+                               F.diif_decode(feat, (10, 14), params))
+
+
+def test_scaled_size():
+    from implicit_kernels._validate import scaled_size
+    feat = torch.zeros(1, 1, 10, 20)
+    assert scaled_size(feat, 2.7) == (27, 54)
+    assert scaled_size(feat, (3, 5)) == (30, 100)
+    for bad in (0.5, float("nan"), float("inf"), (1, 0.9)):
+        with pytest.raises(ValueError, match="scale"):
+            scaled_size(feat, bad)

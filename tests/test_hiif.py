@@ -1,0 +1,202 @@
+"""HIIF backends (SPEC.md §5): torch == reference in values and gradients, chunked ==
+unchunked (the multi-pass global attention), both normalisers, strip attention."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_matches, conv_params, linear
+from implicit_kernels import functional as F
+from implicit_kernels import geometry
+from implicit_kernels.reference.hiif import attention_block, hierarchical_code, local_coord
+
+BACKENDS = ("reference", "torch")
+
+
+def hiif_params(c_enc=8, c_z=32, head_dim=8, hidden=32, levels=6, dtype=torch.float32, seed=1):
+    """Random HIIF parameters under the derivative's state-dict names, LayerNorm affines
+    away from (1, 0) so that their gradients are exercised."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def norm(width):
+        w = 1 + 0.2 * torch.randn(width, generator=gen, dtype=torch.float64)
+        b = 0.2 * torch.randn(width, generator=gen, dtype=torch.float64)
+        return w.to(dtype), b.to(dtype)
+
+    p = conv_params("freq", c_z, c_enc, dtype=dtype, gen=gen)
+    for level in range(levels):
+        width = 4 * c_z + 4 if level == 0 else c_z + 2
+        out = 3 if level == levels - 1 else c_z
+        pre = f"fc_layers.{level}."
+        p[pre + "norm.weight"], p[pre + "norm.bias"] = norm(width)
+        p[pre + "fc1.weight"], p[pre + "fc1.bias"] = linear(hidden, width, dtype, gen)
+        p[pre + "fc2.weight"], p[pre + "fc2.bias"] = linear(out, hidden, dtype, gen)
+    for i in range(2):
+        pre = f"conv{i}."
+        p[pre + "qkv_proj.weight"], p[pre + "qkv_proj.bias"] = linear(3 * c_z, c_z, dtype, gen)
+        p[pre + "kln.weight"], p[pre + "kln.bias"] = norm(head_dim)
+        p[pre + "vln.weight"], p[pre + "vln.bias"] = norm(head_dim)
+        for j in (1, 2):
+            p[pre + f"proj{j}.weight"], p[pre + f"proj{j}.bias"] = linear(c_z, c_z, dtype, gen)
+    return p
+
+
+def inputs(b=2, c=8, h=6, w=7, dtype=torch.float32):
+    feat = torch.randn(b, c, h, w, dtype=dtype)
+    inp = torch.rand(b, 3, h, w, dtype=dtype) * 2 - 1
+    return feat, inp
+
+
+def random_queries(b, q, dtype=torch.float32):
+    coord = torch.rand(b, q, 2, dtype=dtype) * 2 - 1
+    cell = (2 / (torch.rand(b, q, 2, dtype=dtype) * 40 + 6))
+    return coord, cell
+
+
+def decode_with_grads(backend, feat, inp, params, **kw):
+    """Output and gradients of a fixed random projection w.r.t. feat, inp, every param."""
+    leaves = {"feat": feat.clone().requires_grad_(), "inp": inp.clone().requires_grad_()}
+    leaves.update({k: v.clone().requires_grad_() for k, v in params.items()})
+    out = F.hiif_decode(leaves["feat"], leaves["inp"], params={k: leaves[k] for k in params},
+                        backend=backend, **kw)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
+    grads = torch.autograd.grad((out * weight).sum(), list(leaves.values()))
+    return out.detach(), dict(zip(leaves, grads))
+
+
+def assert_same(a, b):
+    out_a, grads_a = a
+    out_b, grads_b = b
+    assert_matches(out_a, out_b)
+    for name in grads_b:
+        assert_matches(grads_a[name], grads_b[name], f"grad {name}")
+
+
+@pytest.mark.parametrize("size,dtype", [
+    ((16, 19), torch.float32), ((18, 35), torch.float32), ((18, 21), torch.float32),
+    # In float64 the 1e-9 of step 6 moves exact dyadic local positions (×2, ×4) down a bit.
+    ((12, 28), torch.float64)], ids=["x2.7", "x3by5", "x3", "x2by4-f64"])
+def test_grid_torch_matches_reference(size, dtype):
+    feat, inp = inputs(dtype=dtype)
+    params = hiif_params(dtype=dtype)
+    ref = decode_with_grads("reference", feat, inp, params, size=size)
+    assert_same(decode_with_grads("torch", feat, inp, params, size=size), ref)
+    # Chunked (multi-pass) decoding gives the same values and gradients.
+    assert_same(decode_with_grads("torch", feat, inp, params, size=size, chunk_size=101), ref)
+
+
+@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
+def test_query_torch_matches_reference(normalizer):
+    feat, inp = inputs()
+    params = hiif_params()
+    coord, cell = random_queries(2, 150)
+    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
+    ref = decode_with_grads("reference", feat, inp, params, **kw)
+    assert_same(decode_with_grads("torch", feat, inp, params, **kw), ref)
+    assert_same(decode_with_grads("torch", feat, inp, params, chunk_size=101, **kw), ref)
+
+
+def test_normalizers_differ():
+    feat, inp = inputs()
+    params = hiif_params()
+    out = [F.hiif_decode(feat, inp, (13, 15), params, normalizer=nz, backend="torch")
+           for nz in ("n", "sqrt_n")]
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_size", [1, 37, 200])
+def test_chunked_equals_unchunked(backend, chunk_size):
+    feat, inp = inputs()
+    params = hiif_params()
+    full = F.hiif_decode(feat, inp, (16, 19), params, backend=backend)
+    chunked = F.hiif_decode(feat, inp, (16, 19), params, backend=backend, chunk_size=chunk_size)
+    assert_matches(chunked, full)
+
+
+def test_attention_is_global():
+    """Each query's output depends on the others (through the attention sums)."""
+    feat, inp = inputs()
+    params = hiif_params()
+    coord, cell = random_queries(2, 60)
+    whole = F.hiif_decode(feat, inp, None, params, coord=coord, cell=cell, backend="torch")
+    half = F.hiif_decode(feat, inp, None, params, coord=coord[:, :30], cell=cell[:, :30],
+                         backend="torch")
+    assert (whole[:, :30] - half).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strip_attention(backend):
+    feat, inp = inputs()
+    params = hiif_params()
+    size, rows = (16, 19), 5
+    strips = F.hiif_decode(feat, inp, size, params, attention="strip", strip_rows=rows,
+                           backend=backend, chunk_size=23)
+    whole = F.hiif_decode(feat, inp, size, params, backend=backend)
+    assert (strips - whole).abs().max() > 1e-4
+    # Strip mode equals decoding each strip of rows as its own query list.
+    coord = geometry.make_coord(size).unsqueeze(0).expand(2, -1, -1, -1)
+    cell = torch.tensor([2 / size[0], 2 / size[1]]).expand(2, rows * size[1], 2)
+    for r0 in range(0, size[0], rows):
+        c = coord[:, r0:r0 + rows].reshape(2, -1, 2)
+        got = F.hiif_decode(feat, inp, None, params, coord=c, cell=cell[:, :c.shape[1]],
+                            backend=backend)
+        assert_matches(strips[:, :, r0:r0 + rows].flatten(2).transpose(1, 2), got)
+
+
+def test_hierarchical_code_and_reflection():
+    """ALGORITHMS.md §4.2 steps 4 and 6 on hand-picked values."""
+    local = torch.tensor([[0.0, 0.3], [0.75, 0.999]])
+    bits = torch.stack([hierarchical_code(local, level) for level in range(3)])
+    # 0.3 = 0.0100..., 0.75 = 0.11, 0.999 = 0.1111...; 0 (minus 1e-9, clipped) = 0.
+    expected = torch.tensor([[[0, 0], [1, 1]], [[0, 1], [1, 1]], [[0, 0], [0, 1]]],
+                            dtype=torch.float32)
+    assert torch.equal(bits, expected)
+    rel = torch.tensor([[0.0, -0.25], [0.5, 0.25]])
+    assert torch.allclose(local_coord(rel, (4, 8)),
+                          torch.tensor([[0.25, 0.125 + 0.25], [0.5, 0.25]]))
+
+
+def test_torch_gradcheck_float64():
+    torch.manual_seed(3)
+    feat, inp = inputs(b=1, c=2, h=3, w=3, dtype=torch.float64)
+    params = hiif_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=2, dtype=torch.float64)
+    coord, cell = random_queries(1, 9, dtype=torch.float64)
+    names = list(params)
+
+    def fn(feat, inp, *values):
+        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
+                             backend="torch", chunk_size=4)
+
+    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5,
+                                    fast_mode=True)
+
+
+def test_attention_is_the_papers_form():
+    """ALGORITHMS.md §4.3: the paper's ``V (K̂ᵀ Q̂) / √n`` (LayerNorm on K and Q) is the
+    derivative's block with each head's q and v projections exchanged."""
+    b, n, c, heads = 2, 20, 32, 4
+    d = c // heads
+    gen = torch.Generator().manual_seed(5)
+    w_q, w_k, w_v, proj1, proj2 = (linear(c, c, gen=gen) for _ in range(5))
+    ln_q, ln_k = [(1 + 0.2 * torch.randn(d, generator=gen), 0.2 * torch.randn(d, generator=gen))
+                  for _ in range(2)]
+    x = torch.randn(b, n, c, generator=gen)
+
+    def project(wb):
+        return torch.nn.functional.linear(x, *wb).view(b, n, heads, d)
+
+    q = torch.nn.functional.layer_norm(project(w_q), (d,), *ln_q)
+    k = torch.nn.functional.layer_norm(project(w_k), (d,), *ln_k)
+    att = torch.einsum("bnhj,bhje->bnhe", project(w_v), torch.einsum("bmhj,bmhe->bhje", k, q))
+    r = x + att.reshape(b, n, c) / n ** 0.5
+    gelu, lin = torch.nn.functional.gelu, torch.nn.functional.linear
+    expected = x + lin(gelu(lin(r, *proj1)), *proj2)
+
+    # Per head, the derivative's chunks are (q, k, v) = the paper's (V, K, Q).
+    per_head = [torch.stack([t.view(heads, d, *t.shape[1:]) for t in parts], dim=1)
+                for parts in zip(w_v, w_k, w_q)]
+    block = {"qkv": (per_head[0].reshape(3 * c, c), per_head[1].reshape(3 * c)),
+             "heads": heads, "kln": ln_k, "vln": ln_q, "proj1": proj1, "proj2": proj2}
+    assert_matches(attention_block(x, block, "sqrt_n"), expected)
