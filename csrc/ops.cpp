@@ -14,4 +14,17 @@ TORCH_LIBRARY(implicit_kernels, m) {
   m.def("ensemble_neighbours(Tensor coord, int[] size) -> (Tensor index, Tensor rel)");
   m.def("ensemble_weights(Tensor rel) -> Tensor");
   m.def("slice_ensemble_weights(Tensor d) -> Tensor");
+
+  // Fused DIIF decode (csrc/diif_decode.cpp): the decoder after SPEC.md §3's splits,
+  // from the corner projection to the output of the requested pixels.
+  m.def(
+      "diif_decode(Tensor corner_proj, Tensor w_coord, Tensor b0, Tensor[] coarse_w,"
+      " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
+      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing) -> Tensor");
+  m.def(
+      "diif_decode_backward(Tensor grad_out, Tensor corner_proj, Tensor w_coord, Tensor b0,"
+      " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
+      " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[],"
+      " Tensor[])");
 }

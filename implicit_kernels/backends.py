@@ -2,14 +2,19 @@
 
 A backend is a package with one module per decoder it implements (``liif``, ``lte``,
 ``diif``, ``dlte``, ``hiif``), each defining the function of the same name with the
-shared signature of ARCHITECTURE.md (and optionally ``prepare_<decoder>``).  ``"auto"`` picks the first backend in :data:`AUTO_ORDER` that can run the
-given input; ``"reference"`` is the oracle and is never picked automatically.
+shared signature of ARCHITECTURE.md (and optionally ``prepare_<decoder>``).  ``"auto"``
+picks the first backend in :data:`AUTO_ORDER` that can run the given input;
+``"reference"`` is the oracle and is never picked automatically.
+
+Backend modules are imported, and their input-independent requirements checked, once
+when a backend is registered, so that resolving a backend at call time is plain Python
+on the input's device and dtype: ``torch.compile`` traces it as constants.
 """
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -19,57 +24,101 @@ DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
 
 @dataclass(frozen=True)
 class Backend:
-    """A named implementation: ``module`` is imported lazily; ``reasons(feat)`` lists why
-    it cannot run on ``feat`` (empty when it can)."""
+    """A named implementation.
+
+    ``module`` is the package holding one module per decoder; ``requirements()`` lists
+    reasons the backend cannot run at all here (evaluated once, at registration);
+    ``device_type`` and ``dtypes`` restrict the inputs it takes (``None``: any).
+    """
     name: str
     module: str
-    reasons: Callable[[torch.Tensor | None], list]
     description: str
+    requirements: Callable[[], list] = lambda: []
+    device_type: str | None = None
+    dtypes: tuple | None = None
+    # Filled at registration: (requirement reasons, {decoder: (prepare, decode)}).
+    table: dict = field(default_factory=dict, compare=False, repr=False)
 
-
-def _always(feat):
-    return []
+    def reasons(self, decoder: str, feat: torch.Tensor | None = None) -> list:
+        """Why this backend cannot run ``decoder`` on ``feat`` (empty list: it can)."""
+        reasons = list(self.table["requirements"])
+        if not reasons and decoder not in self.table["functions"]:
+            reasons.append(f"backend {self.name!r} does not implement {decoder}")
+        if feat is not None:
+            if self.device_type is not None and feat.device.type != self.device_type:
+                reasons.append(f"feat is on {feat.device.type}, this backend runs on "
+                               f"{self.device_type}")
+            if self.dtypes is not None and feat.dtype not in self.dtypes:
+                reasons.append(f"dtype {feat.dtype} is not supported (takes "
+                               f"{', '.join(str(d) for d in self.dtypes)})")
+        return reasons
 
 
 BACKENDS: dict[str, Backend] = {}
 
 
-def register(backend: Backend) -> None:
-    """Add (or replace) a backend."""
+def _no_preparation(feat, params):
+    return params
+
+
+def register(backend: Backend) -> Backend:
+    """Import the backend's decoder modules, check its requirements, and add it
+    (replacing one of the same name)."""
+    requirements = list(backend.requirements())
+    functions = {}
+    if not requirements:
+        for decoder in DECODERS:
+            try:
+                module = importlib.import_module(f"{backend.module}.{decoder}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{backend.module}.{decoder}":
+                    raise
+                continue
+            prepare = getattr(module, f"prepare_{decoder}", _no_preparation)
+            functions[decoder] = (prepare, getattr(module, decoder))
+    backend.table.update(requirements=requirements, functions=functions)
     BACKENDS[backend.name] = backend
+    return backend
 
 
-register(Backend("reference", "implicit_kernels.reference", _always,
+def _extension_requirements(cuda: bool):
+    def requirements():
+        from . import _extension
+
+        reasons = list(_extension.reasons())
+        if not reasons and cuda and not _extension.with_cuda():
+            reasons.append("implicit_kernels._C was built without CUDA (see README, Build flags)")
+        return reasons
+    return requirements
+
+
+register(Backend("reference", "implicit_kernels.reference",
                  "paper-faithful PyTorch: the specification in code (the oracle)"))
-register(Backend("torch", "implicit_kernels.torch_impl", _always,
+register(Backend("torch", "implicit_kernels.torch_impl",
                  "pure PyTorch with SPEC.md §3's exact algebraic splits"))
+register(Backend("cpu", "implicit_kernels.compiled",
+                 "fused C++ operators on CPU (implicit_kernels._C)",
+                 _extension_requirements(cuda=False), "cpu", (torch.float32, torch.float64)))
+register(Backend("cuda", "implicit_kernels.compiled",
+                 "fused CUDA operators (implicit_kernels._C built with CUDA)",
+                 _extension_requirements(cuda=True), "cuda",
+                 (torch.float32, torch.float64, torch.float16, torch.bfloat16)))
 
-#: Preference of "auto", fastest first. Later backends (cpu, cuda, triton) go in front.
-AUTO_ORDER = ["torch"]
-
-
-def _function(backend: Backend, decoder: str, prefix: str = ""):
-    """``<backend package>.<decoder>.<prefix><decoder>``, or None if not implemented."""
-    try:
-        module = importlib.import_module(f"{backend.module}.{decoder}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{backend.module}.{decoder}":
-            raise
-        return None
-    return getattr(module, prefix + decoder, None)
+#: Preference of "auto", fastest first.
+AUTO_ORDER = ["cuda", "cpu", "torch"]
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:
     """Why backend ``name`` cannot run ``decoder`` on ``feat`` (empty list: it can)."""
-    backend = BACKENDS[name]
-    reasons = list(backend.reasons(feat))
-    if not reasons and _function(backend, decoder) is None:
-        reasons.append(f"backend {name!r} does not implement {decoder}")
-    return reasons
+    return BACKENDS[name].reasons(decoder, feat)
 
 
-def _no_preparation(feat, params):
-    return params
+def auto_choice(decoder: str, feat: torch.Tensor) -> str:
+    """The backend name ``"auto"`` resolves to for ``decoder`` on ``feat``."""
+    for candidate in AUTO_ORDER:
+        if not unavailable_reasons(candidate, decoder, feat):
+            return candidate
+    raise RuntimeError(f"no backend can run {decoder} on this input")
 
 
 def resolve(name: str, decoder: str, feat: torch.Tensor):
@@ -94,17 +143,7 @@ def resolve(name: str, decoder: str, feat: torch.Tensor):
     reasons = unavailable_reasons(name, decoder, feat)
     if reasons:
         raise RuntimeError(f"backend {name!r} cannot run {decoder}: " + "; ".join(reasons))
-    backend = BACKENDS[name]
-    prepare = _function(backend, decoder, "prepare_") or _no_preparation
-    return prepare, _function(backend, decoder)
-
-
-def auto_choice(decoder: str, feat: torch.Tensor) -> str:
-    """The backend name ``"auto"`` resolves to for ``decoder`` on ``feat``."""
-    for candidate in AUTO_ORDER:
-        if not unavailable_reasons(candidate, decoder, feat):
-            return candidate
-    raise RuntimeError(f"no backend can run {decoder} on this input")
+    return BACKENDS[name].table["functions"][decoder]
 
 
 def available_backends(decoder: str = "diif", feat: torch.Tensor | None = None) -> dict:

@@ -41,8 +41,9 @@ def test_unknown_backend_is_a_clear_error(feat):
 
 
 def test_unavailable_backend_lists_reasons(feat, monkeypatch):
-    monkeypatch.setitem(backends.BACKENDS, "broken", backends.Backend(
-        "broken", "implicit_kernels.torch_impl", lambda f: ["needs a GPU"], "test"))
+    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
+    backends.register(backends.Backend(
+        "broken", "implicit_kernels.torch_impl", "test", lambda: ["needs a GPU"]))
     with pytest.raises(RuntimeError, match="needs a GPU"):
         F.diif_decode(feat, (10, 14), diif_params(), backend="broken")
 

@@ -1,0 +1,119 @@
+// CPU loops of the fused DIIF decode's element-wise steps (ik/diif_decode.h), declared in
+// ik/diif_kernels.h. Each loop runs the same inline functions the CUDA kernels run.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "../diif_kernels.h"
+
+namespace ik {
+namespace diif {
+namespace {
+
+// Elements per parallel task for the cheap per-pixel and per-slice loops.
+constexpr int64_t kGrain = 1024;
+
+}  // namespace
+
+at::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* v = std::getenv("IK_POISON");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  at::Tensor t = at::empty(sizes, options);
+  if (poison) {
+    if (at::isFloatingType(options.dtype().toScalarType())) {
+      t.fill_(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      t.fill_(-1);
+    }
+  }
+  return t;
+}
+
+at::Tensor slice_keys_cpu(const at::Tensor& pixels, int64_t q, const Dims& dims,
+                          Slicing slicing) {
+  const int64_t n = pixels.size(0);
+  at::Tensor keys = empty_poisoned({n}, pixels.options());
+  const int64_t* pix = pixels.data_ptr<int64_t>();
+  int64_t* out = keys.data_ptr<int64_t>();
+  at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      out[p] = slice_key(p / q, pix[2 * p], pix[2 * p + 1], dims, slicing);
+    }
+  });
+  return keys;
+}
+
+std::tuple<at::Tensor, at::Tensor> slice_inputs_cpu(const at::Tensor& keys, const Dims& dims,
+                                                    Slicing slicing, at::ScalarType type) {
+  const int64_t s = keys.size(0);
+  at::Tensor coords = empty_poisoned({s * kVertices, kCoordInputs}, keys.options().dtype(type));
+  at::Tensor corners = empty_poisoned({s * kVertices}, keys.options());
+  const int64_t* k = keys.data_ptr<int64_t>();
+  int64_t* c = corners.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(type, "diif_slice_inputs_cpu", [&] {
+    scalar_t* x = coords.data_ptr<scalar_t>();
+    at::parallel_for(0, s, kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        slice_inputs<scalar_t>(k[i], dims, slicing, x + i * kVertices * kCoordInputs,
+                               c + i * kVertices);
+      }
+    });
+  });
+  return {coords, corners};
+}
+
+at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const Dims& dims,
+                     const at::Tensor& g, const at::Tensor& wd, const at::Tensor& bias) {
+  const int64_t n = pixels.size(0), df = g.size(1);
+  at::Tensor z = empty_poisoned({n, df}, g.options());
+  const int64_t* pix = pixels.data_ptr<int64_t>();
+  const int64_t* slice = slice_of.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "diif_blend_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* wdp = wd.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
+    scalar_t* zp = z.data_ptr<scalar_t>();
+    // Each pixel reads its slice's 4 x df block once, so a task of a few dozen pixels
+    // is already several hundred kilobytes of work.
+    at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) {
+        scalar_t offset[2], weight[4];
+        pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
+        const scalar_t* block = gp + slice[p] * kVertices * df;
+        scalar_t* row = zp + p * df;
+        for (int64_t j = 0; j < df; ++j) {
+          row[j] = blend_channel<scalar_t>(j, df, block, wdp, bp, offset, weight);
+        }
+      }
+    });
+  });
+  return z;
+}
+
+std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels,
+                                                      const Dims& dims, at::ScalarType type) {
+  const int64_t n = pixels.size(0);
+  at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));
+  at::Tensor weights = empty_poisoned({n, kVertices}, pixels.options().dtype(type));
+  const int64_t* pix = pixels.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(type, "diif_offset_weights_cpu", [&] {
+    scalar_t* o = offsets.data_ptr<scalar_t>();
+    scalar_t* w = weights.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) {
+        pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, o + 2 * p,
+                                       w + kVertices * p);
+      }
+    });
+  });
+  return {offsets, weights};
+}
+
+}  // namespace diif
+}  // namespace ik

@@ -1,0 +1,90 @@
+// Per-element pieces of the fused DIIF decode (SPEC.md §3), shared by the CPU loops
+// (csrc/cpu/diif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/diif_kernels.cu).
+//
+// The decode runs in three element-wise steps around dense layers (csrc/diif_decode.cpp):
+//   1. slice_key:    each output pixel -> the key of its slice (image, first pixel);
+//   2. slice_inputs: each distinct slice -> for its 4 vertices, the coarse stage's
+//                    coordinate inputs [rel(first, v_t), rel(last, v_t), cell] and the
+//                    flat index of the vertex in the corner-projection map;
+//   3. blend:        each pixel -> the fine stage's first pre-activation
+//                    b + W_d·d + Σ_t w_t(d) G_t, with G_t = W_h·H_t of its slice.
+// Geometry is computed in `T` (float or double; half types use float).
+#pragma once
+
+#include "ik/geometry.h"
+
+namespace ik {
+namespace diif {
+
+// Sizes of one decode: LR feature map h x w, output h_out x w_out.
+struct Dims {
+  index_t h, w, h_out, w_out;
+};
+
+// Inputs of the coarse stage's first layer besides the corner code, per vertex.
+constexpr int kCoordInputs = 6;
+constexpr int kVertices = 4;
+
+// Key of the slice holding pixel (r, c) of image b: its image and first pixel, which
+// identify a slice in every slicing mode.
+IK_HD index_t slice_key(index_t b, index_t r, index_t c, const Dims& d, Slicing slicing) {
+  const DiifSlice s = diif_slice(r, c, d.h, d.w, d.h_out, d.w_out, slicing);
+  return (b * d.h_out + s.first_r) * d.w_out + s.first_c;
+}
+
+// For the slice with key `key`: coords[t * 6 + k] = [rel(first, v_t), rel(last, v_t),
+// cell] of vertex t (geometry.VERTICES order) in LIIF units, and corner[t] = flat index
+// (b, i + a, j + b) of vertex t in the (B, h + 1, w + 1) corner map.
+// rel(x, v_t) = rel(x, v*) - (2a - 1, 2b - 1): the vertex sits half an LR pixel (one
+// LIIF unit) from the centre on each axis.
+template <typename T>
+IK_HD void slice_inputs(index_t key, const Dims& d, Slicing slicing, T* coords, index_t* corner) {
+  const index_t first_c = floor_mod(key, d.w_out);
+  const index_t rest = floor_div(key, d.w_out);
+  const index_t first_r = floor_mod(rest, d.h_out);
+  const index_t b = floor_div(rest, d.h_out);
+  // The slice of a slice's first pixel is that slice.
+  const DiifSlice s = diif_slice(first_r, first_c, d.h, d.w, d.h_out, d.w_out, slicing);
+  const T fy = diif_rel<T>(s.first_r, s.group_r, d.h, d.h_out);
+  const T fx = diif_rel<T>(s.first_c, s.group_c, d.w, d.w_out);
+  const T ly = diif_rel<T>(s.last_r, s.group_r, d.h, d.h_out);
+  const T lx = diif_rel<T>(s.last_c, s.group_c, d.w, d.w_out);
+  const T cy = div_rn(mul_rn(T(2), static_cast<T>(d.h)), static_cast<T>(d.h_out));
+  const T cx = div_rn(mul_rn(T(2), static_cast<T>(d.w)), static_cast<T>(d.w_out));
+  for (int t = 0; t < kVertices; ++t) {
+    const int a = t >> 1, bb = t & 1;
+    const T oy = static_cast<T>(2 * a - 1), ox = static_cast<T>(2 * bb - 1);
+    T* x = coords + t * kCoordInputs;
+    x[0] = sub_rn(fy, oy);
+    x[1] = sub_rn(fx, ox);
+    x[2] = sub_rn(ly, oy);
+    x[3] = sub_rn(lx, ox);
+    x[4] = cy;
+    x[5] = cx;
+    corner[t] = (b * (d.h + 1) + s.group_r + a) * (d.w + 1) + s.group_c + bb;
+  }
+}
+
+// Offset d = rel(x, v*) of pixel (r, c) from its group's centre and its slice-ensemble
+// weights (geometry.diif_rel and slice_ensemble_weights).
+template <typename T>
+IK_HD void pixel_offset_weights(index_t r, index_t c, const Dims& d, T offset[2], T weight[4]) {
+  offset[0] = diif_rel<T>(r, group_index(r, d.h, d.h_out), d.h, d.h_out);
+  offset[1] = diif_rel<T>(c, group_index(c, d.w, d.w_out), d.w, d.w_out);
+  slice_ensemble_weights(offset[0], offset[1], weight);
+}
+
+// Fine stage's first pre-activation of one pixel, channels [j0, j1):
+// z[j] = bias[j] + wd[j, 0] * dy + wd[j, 1] * dx + Σ_t weight[t] * g[t * df + j]
+// (g: the pixel's slice's 4 x df block of W_h·H_t). Acc accumulates (float for half T).
+template <typename Acc, typename T>
+IK_HD Acc blend_channel(index_t j, index_t df, const T* g, const T* wd, const T* bias,
+                        const Acc offset[2], const Acc weight[4]) {
+  Acc z = static_cast<Acc>(bias[j]) + static_cast<Acc>(wd[2 * j]) * offset[0] +
+          static_cast<Acc>(wd[2 * j + 1]) * offset[1];
+  for (int t = 0; t < kVertices; ++t) z += weight[t] * static_cast<Acc>(g[t * df + j]);
+  return z;
+}
+
+}  // namespace diif
+}  // namespace ik

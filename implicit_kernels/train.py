@@ -1,0 +1,474 @@
+"""``python -m implicit_kernels train CONFIG.yaml``: train an implicit SR model.
+
+The recipe is the papers' (ALGORITHMS.md §1.10, §3.6): random HR crops and a scale per
+batch from :mod:`implicit_kernels.data`, LR by Pillow bicubic, L1 loss on the normalised
+colours of sampled HR pixels, Adam, the learning rate multiplied by ``gamma`` at each
+milestone step.  Point-query decoders (LIIF, LTE, HIIF) are trained on coordinates and
+cells, DIIF/DLTE on pixel indices of the HR grid (exact by SPEC.md §3's per-pixel
+equivalence), through the ``F`` backend named by ``train.backend`` (any backend that
+supports autograd).
+
+Runs are resumable exactly: every ``checkpoint_every`` steps (and on SIGINT/SIGTERM, at
+the time limit and at the end) ``<out>/last.pt`` is rewritten atomically (a temporary
+file, then ``os.replace``) with the model, optimizer, scheduler, step, and every random
+state (torch's global generator and each rank's data generator).  Starting the same
+command again continues from it; the next step's loss is the one the uninterrupted run
+would have had.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node=N -m implicit_kernels.train CONFIG``;
+each process trains on its own batches (``batch_size`` per process, data seed
+``seed + rank``) under ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU); rank 0
+writes checkpoints and shows progress.
+
+Configuration (YAML; every key has a default in :data:`DEFAULTS`, ``--set a.b=v``
+overrides one)::
+
+    model: {name: edsr-baseline-diif, kwargs: {}, encoder_kwargs: {}}
+    data: {root: DIR, max_side: null, lr_patch: null, hr_patch: 192,
+           scale: {choices: [2, 2.5, 3, 3.5, 4]}, sample_q: 2304, augment: true}
+    train: {batch_size: 16, steps: 1000000, lr: 1.0e-4, milestones: [...], gamma: 0.5,
+            backend: torch, checkpoint_every: 1000, seed: 0, minutes: null, out: runs/NAME}
+
+``python -m implicit_kernels train CONFIG --export W.pt`` writes the run's last
+checkpoint as shipped weights (fp16 state dict + config + step; see
+:mod:`implicit_kernels.weights`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+
+from . import data as D
+
+#: Default configuration; a config file overrides any subset.
+DEFAULTS = {
+    "model": {"name": "edsr-baseline-diif", "kwargs": {}, "encoder_kwargs": {}},
+    "data": {"root": None, "max_side": None, "lr_patch": None, "hr_patch": 192,
+             "scale": {"uniform": [1, 4]}, "sample_q": 2304, "augment": True, "cache": True},
+    "train": {"batch_size": 16, "steps": 1_000_000, "lr": 1e-4,
+              "milestones": [200_000, 400_000, 600_000, 800_000], "gamma": 0.5,
+              "backend": "torch", "checkpoint_every": 1000, "seed": 0, "minutes": None,
+              "out": None, "device": None},
+}
+
+#: Decoders trained on pixel indices (``pixels=``); the others take ``coord=``/``cell=``.
+PIXEL_DECODERS = ("diif", "dlte")
+CHECKPOINT = "last.pt"
+
+__all__ = ["DEFAULTS", "load_config", "build_model", "build_sampler", "Trainer", "export",
+           "main"]
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------
+
+def _merge(base: dict, over: dict, where: str = "") -> dict:
+    """``base`` updated recursively with ``over``; unknown keys are errors (typos in a
+    config must not be silently ignored)."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if key not in base:
+            raise ValueError(f"unknown config key {where}{key!r}; known: {', '.join(base)}")
+        if isinstance(base[key], dict) and key not in ("kwargs", "encoder_kwargs", "scale"):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {where}{key} must be a mapping")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set(cfg: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML)."""
+    import yaml
+
+    path, sep, text = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"--set needs key=value, got {assignment!r}")
+    keys = path.strip().split(".")
+    node = cfg
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise ValueError(f"--set: {path!r} is not a config key")
+        node = node[k]
+    if keys[-1] not in node:
+        raise ValueError(f"--set: {path!r} is not a config key")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def load_config(path: str | None = None, overrides=()) -> dict:
+    """The defaults, updated with the YAML file ``path`` and ``key=value`` overrides."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        import yaml
+
+        with open(path) as f:
+            cfg = _merge(cfg, yaml.safe_load(f) or {})
+    for item in overrides:
+        _set(cfg, item)
+    return cfg
+
+
+def build_model(cfg: dict):
+    """The model of ``cfg["model"]`` (``models.make``; random initialisation)."""
+    try:
+        import models
+    except ImportError as exc:
+        raise ImportError("training needs the repository's `models` package (pip install -e "
+                          f"the repository, or run from its root): {exc}") from exc
+    m = cfg["model"]
+    return models.make(m["name"], encoder_kwargs=m.get("encoder_kwargs") or None,
+                       **(m.get("kwargs") or {}))
+
+
+def build_sampler(cfg: dict, rank: int = 0, images=None) -> D.PairSampler:
+    """The :class:`~implicit_kernels.data.PairSampler` of ``cfg["data"]`` (reading the
+    folder unless ``images`` is given), seeded with ``train.seed + rank``."""
+    d, t = cfg["data"], cfg["train"]
+    scale = D.ScaleDist.parse(d["scale"])
+    if images is None:
+        if not d["root"]:
+            raise ValueError("data.root is not set (the folder of training images)")
+        images = D.ImageFolder(os.path.expanduser(d["root"]),
+                               min_side=D.max_hr_side(scale, d["lr_patch"], d["hr_patch"]),
+                               max_side=d["max_side"], cache=d["cache"])
+    return D.PairSampler(images, t["batch_size"], scale=scale, lr_patch=d["lr_patch"],
+                         hr_patch=d["hr_patch"], sample_q=d["sample_q"], augment=d["augment"],
+                         seed=t["seed"] + rank)
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+def _atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a crash
+    mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One training run: model, Adam, MultiStepLR, data sampler and checkpointing.
+
+    Args:
+        cfg: a configuration from :func:`load_config`.
+        model: the model (default :func:`build_model`).
+        sampler: the data sampler (default :func:`build_sampler`).
+        out: run folder (default ``cfg["train"]["out"]``); ``None``: no checkpoints.
+    """
+
+    def __init__(self, cfg: dict, model=None, sampler=None, out: str | None = None):
+        import torch.distributed as dist
+
+        self.cfg = cfg
+        t = cfg["train"]
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = torch.device(t["device"] or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = (model if model is not None else build_model(cfg)).to(self.device)
+        self.decoder = cfg["model"]["name"].rpartition("-")[2]
+        self.sampler = sampler if sampler is not None else build_sampler(cfg, self.rank)
+        self.net = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"])
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(t["milestones"]), gamma=t["gamma"])
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of the run
+        self.out = out if out is not None else t["out"]
+        self.path = os.path.join(self.out, CHECKPOINT) if self.out else None
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def loss(self, batch: D.Batch) -> torch.Tensor:
+        """L1 between the prediction at the batch's target pixels and their colours, both in
+        the normalised space ``(x - 0.5) / 0.5``."""
+        inp = (batch.lr - 0.5) / 0.5
+        backend = self.cfg["train"]["backend"]
+        if self.decoder in PIXEL_DECODERS:
+            pred = self.net(inp, batch.hr_size, pixels=batch.pixels, backend=backend)
+        else:
+            pred = self.net(inp, None, coord=batch.coord, cell=batch.cell, backend=backend)
+        return torch.nn.functional.l1_loss(pred, (batch.rgb - 0.5) / 0.5)
+
+    def train_step(self, batch: D.Batch) -> float:
+        """One optimisation step on ``batch``; returns the loss before the update."""
+        self.net.train()
+        batch = batch.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach())
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly (collective under DDP: all ranks call it)."""
+        gen = self.sampler.generator.get_state()
+        gens = [gen]
+        if self.distributed:
+            import torch.distributed as dist
+
+            gens = [None] * self.world
+            dist.all_gather_object(gens, gen)
+        return {
+            "format": "implicit-kernels-checkpoint/1",
+            "config": self.cfg,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "data": gens},
+        }
+
+    def save(self) -> None:
+        """Write ``<out>/last.pt`` atomically (rank 0; every rank must call it)."""
+        state = self.state()
+        if self.rank == 0 and self.path:
+            os.makedirs(self.out, exist_ok=True)
+            _atomic_save(state, self.path)
+
+    def load(self, path: str) -> None:
+        """Restore a checkpoint written by :meth:`save` (same model and world size)."""
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.step, self.elapsed = ck["step"], ck.get("elapsed", 0.0)
+        gens = ck["rng"]["data"]
+        if len(gens) != self.world:
+            raise ValueError(f"{path} was written by {len(gens)} processes, this run has "
+                             f"{self.world}: exact resume needs the same number")
+        self.sampler.generator.set_state(gens[self.rank])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self, steps: int | None = None, minutes: float | None = None,
+            progress: bool = True) -> float:
+        """Train until ``steps`` (default ``train.steps``) or ``minutes`` of this session's
+        wall time (default ``train.minutes``), checkpointing as configured; returns the
+        mean loss of the last logging window."""
+        t = self.cfg["train"]
+        steps = t["steps"] if steps is None else steps
+        minutes = t["minutes"] if minutes is None else minutes
+        every = t["checkpoint_every"]
+        stop = {"signal": None}
+
+        def on_signal(signum, _frame):
+            stop["signal"] = signum  # finish the step, checkpoint, exit
+
+        handlers = {}
+        if threading_main():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                handlers[s] = signal.signal(s, on_signal)
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       desc=self.cfg["model"]["name"])
+        start = time.monotonic()
+        window, window_px, window_t = [], 0, time.monotonic()
+        last_mean = math.nan
+        try:
+            while self.step < steps:
+                t0 = time.monotonic()
+                batch = self.sampler.next()
+                loss = self.train_step(batch)
+                self.elapsed += time.monotonic() - t0
+                window.append(loss)
+                window_px += batch.rgb.shape[0] * batch.rgb.shape[1] * self.world
+                if bar is not None:
+                    bar.update(1)
+                    now = time.monotonic()
+                    if now - window_t >= 2 or self.step == steps:
+                        last_mean = sum(window) / len(window)
+                        bar.set_postfix(loss=f"{last_mean:.4f}",
+                                        lr=f"{self.scheduler.get_last_lr()[0]:.1e}",
+                                        img_s=f"{len(window) * batch.lr.shape[0] * self.world / (now - window_t):.1f}",
+                                        kpx_s=f"{window_px / (now - window_t) / 1e3:.1f}")
+                        window, window_px, window_t = [], 0, now
+                out_of_time = minutes is not None and time.monotonic() - start >= 60 * minutes
+                halt = self._agree(stop["signal"] is not None or out_of_time)
+                if halt or (every and self.step % every == 0) or self.step == steps:
+                    self.save()
+                if halt:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if window:
+            last_mean = sum(window) / len(window)
+        if stop["signal"] is not None and self.rank == 0:
+            print(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint "
+                  f"{self.path}", file=sys.stderr)
+        return last_mean
+
+    def _agree(self, flag: bool) -> bool:
+        """Under DDP, stop only when any rank wants to, all at the same step."""
+        if not self.distributed:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+def threading_main() -> bool:
+    """Signal handlers can be installed only from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ----------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------
+
+def export(checkpoint: str, dest: str, dtype=torch.float16) -> dict:
+    """Write the model of a training checkpoint as shipped weights: ``{"format", "model",
+    "kwargs", "encoder_kwargs", "state_dict" (in ``dtype``), "step", "elapsed",
+    "config"}``.  Returns that dict."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    m = ck["config"]["model"]
+    weights = {
+        "format": "implicit-kernels-weights/1",
+        "model": m["name"],
+        "kwargs": m.get("kwargs") or {},
+        "encoder_kwargs": m.get("encoder_kwargs") or {},
+        "state_dict": {k: (v.to(dtype) if v.is_floating_point() else v)
+                       for k, v in ck["model"].items()},
+        "step": ck["step"],
+        "elapsed": ck.get("elapsed"),
+        "config": ck["config"],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    _atomic_save(weights, dest)
+    return weights
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m implicit_kernels train",
+        description="Train an implicit SR model from a YAML config (resumes <out>/last.pt "
+                    "when it exists). Multi-GPU: torchrun --nproc_per_node=N -m "
+                    "implicit_kernels.train CONFIG.")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--out", help="run folder (default: train.out, else runs/<model>)")
+    p.add_argument("--data", help="training image folder (overrides data.root)")
+    p.add_argument("--steps", type=int, help="total steps (overrides train.steps)")
+    p.add_argument("--minutes", type=float,
+                   help="stop (with a checkpoint) after this many minutes of this session")
+    p.add_argument("--backend", help="F backend of the decoder (overrides train.backend)")
+    p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
+    p.add_argument("--restart", action="store_true",
+                   help="ignore an existing checkpoint and start from step 0")
+    p.add_argument("--export", metavar="WEIGHTS.pt",
+                   help="do not train: write the run's last checkpoint as fp16 weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _init_distributed():
+    """Join the process group when started by torchrun (``WORLD_SIZE`` > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def main(argv=None) -> int:
+    """Run the command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except (OSError, ValueError) as exc:
+        print(f"train: bad config: {exc}", file=sys.stderr)
+        return 2
+    t = cfg["train"]
+    for key in ("steps", "minutes", "backend", "device"):
+        if getattr(args, key) is not None:
+            t[key] = getattr(args, key)
+    if args.data:
+        cfg["data"]["root"] = args.data
+    t["out"] = args.out or t["out"] or os.path.join("runs", cfg["model"]["name"])
+    if args.export:
+        path = os.path.join(t["out"], CHECKPOINT)
+        if not os.path.exists(path):
+            print(f"train: no checkpoint {path} to export", file=sys.stderr)
+            return 1
+        w = export(path, args.export)
+        print(f"wrote {args.export}: {w['model']} at step {w['step']}, "
+              f"{os.path.getsize(args.export) / 2 ** 20:.1f} MiB")
+        return 0
+
+    device = _init_distributed()
+    if device is not None:
+        t["device"] = str(device)
+    try:
+        trainer = Trainer(cfg)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 1
+    if trainer.rank == 0:
+        n = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"{cfg['model']['name']}: {n:,} parameters, {len(trainer.sampler.images)} "
+              f"training images ({len(trainer.sampler.images.skipped)} skipped), device "
+              f"{trainer.device}, backend {t['backend']}, world size {trainer.world}")
+    if not args.restart and os.path.exists(trainer.path):
+        trainer.load(trainer.path)
+        if trainer.rank == 0:
+            print(f"resumed {trainer.path} at step {trainer.step}")
+    loss = trainer.fit(progress=not args.no_progress)
+    if trainer.rank == 0:
+        print(f"step {trainer.step}, loss {loss:.4f}, {trainer.elapsed / 60:.1f} min of "
+              f"training in total; checkpoint {trainer.path}")
+    if trainer.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
