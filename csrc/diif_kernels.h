@@ -21,10 +21,6 @@ inline at::ScalarType accumulate_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// An uninitialised tensor, filled with NaN (floats) or -1 (integers) when the environment
-// variable IK_POISON=1 is set, so that tests catch elements a kernel fails to write.
-at::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& options);
-
 #define IK_DIIF_KERNELS(SUFFIX)                                                                  \
   /* (n,) slice key of each pixel; pixels (n, 2) int64, image = row / q. */                      \
   at::Tensor slice_keys_##SUFFIX(const at::Tensor& pixels, int64_t q, const Dims& dims,          \

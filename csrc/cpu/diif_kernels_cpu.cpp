@@ -4,11 +4,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include <cmath>
-#include <cstdlib>
-#include <limits>
-
 #include "../diif_kernels.h"
+#include "../poison.h"
 
 namespace ik {
 namespace diif {
@@ -18,22 +15,6 @@ namespace {
 constexpr int64_t kGrain = 1024;
 
 }  // namespace
-
-at::Tensor empty_poisoned(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  static const bool poison = [] {
-    const char* v = std::getenv("IK_POISON");
-    return v != nullptr && std::string(v) == "1";
-  }();
-  at::Tensor t = at::empty(sizes, options);
-  if (poison) {
-    if (at::isFloatingType(options.dtype().toScalarType())) {
-      t.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      t.fill_(-1);
-    }
-  }
-  return t;
-}
 
 at::Tensor slice_keys_cpu(const at::Tensor& pixels, int64_t q, const Dims& dims,
                           Slicing slicing) {

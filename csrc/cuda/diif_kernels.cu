@@ -1,0 +1,137 @@
+// CUDA kernels of the fused DIIF decode's element-wise steps (ik/diif_decode.h): the same
+// inline functions the CPU loops run (csrc/cpu/diif_kernels_cpu.cpp), one thread per
+// element, grid-stride loops with 64-bit indices (outputs reach 2^31 elements at ×30).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "diif_kernels_cuda.h"
+
+namespace ik {
+namespace diif {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks for n elements: enough to fill the GPU, capped; the loops stride the rest.
+unsigned int blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned int>(b < 65535 ? (b > 0 ? b : 1) : 65535);
+}
+
+__device__ int64_t stride() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
+__device__ int64_t first_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__global__ void slice_keys_kernel(const int64_t* __restrict__ pixels, int64_t n, int64_t q,
+                                  Dims dims, Slicing slicing, int64_t* __restrict__ keys) {
+  for (int64_t p = first_index(); p < n; p += stride()) {
+    keys[p] = slice_key(p / q, pixels[2 * p], pixels[2 * p + 1], dims, slicing);
+  }
+}
+
+template <typename T>
+__global__ void slice_inputs_kernel(const int64_t* __restrict__ keys, int64_t s, Dims dims,
+                                    Slicing slicing, T* __restrict__ coords,
+                                    int64_t* __restrict__ corners) {
+  for (int64_t i = first_index(); i < s; i += stride()) {
+    slice_inputs<T>(keys[i], dims, slicing, coords + i * kVertices * kCoordInputs,
+                    corners + i * kVertices);
+  }
+}
+
+// One thread per output element (pixel p, channel j); the pixel's geometry is recomputed
+// per channel, which costs a few dozen flops beside the 4 loads of g.
+template <typename T, typename Acc>
+__global__ void blend_kernel(const int64_t* __restrict__ pixels,
+                             const int64_t* __restrict__ slice_of, int64_t n, Dims dims,
+                             const T* __restrict__ g, int64_t df, const T* __restrict__ wd,
+                             const T* __restrict__ bias, T* __restrict__ z) {
+  for (int64_t e = first_index(); e < n * df; e += stride()) {
+    const int64_t p = e / df, j = e - p * df;
+    Acc offset[2], weight[4];
+    pixel_offset_weights<Acc>(pixels[2 * p], pixels[2 * p + 1], dims, offset, weight);
+    const T* block = g + slice_of[p] * kVertices * df;
+    z[e] = static_cast<T>(blend_channel<Acc, T>(j, df, block, wd, bias, offset, weight));
+  }
+}
+
+template <typename T>
+__global__ void offset_weights_kernel(const int64_t* __restrict__ pixels, int64_t n, Dims dims,
+                                      T* __restrict__ offsets, T* __restrict__ weights) {
+  for (int64_t p = first_index(); p < n; p += stride()) {
+    pixel_offset_weights<T>(pixels[2 * p], pixels[2 * p + 1], dims, offsets + 2 * p,
+                            weights + kVertices * p);
+  }
+}
+
+template <typename T, typename Acc>
+cudaError_t blend_as(const int64_t* pixels, const int64_t* slice_of, int64_t n, Dims dims,
+                     const void* g, int64_t df, const void* wd, const void* bias, void* z,
+                     cudaStream_t stream) {
+  blend_kernel<T, Acc><<<blocks_for(n * df), kThreads, 0, stream>>>(
+      pixels, slice_of, n, dims, static_cast<const T*>(g), df, static_cast<const T*>(wd),
+      static_cast<const T*>(bias), static_cast<T*>(z));
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_slice_keys(const int64_t* pixels, int64_t n, int64_t q, Dims dims,
+                              Slicing slicing, int64_t* keys, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  slice_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(pixels, n, q, dims, slicing, keys);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_slice_inputs(const int64_t* keys, int64_t s, Dims dims, Slicing slicing,
+                                DType coord_type, void* coords, int64_t* corners,
+                                cudaStream_t stream) {
+  if (s == 0) return cudaSuccess;
+  if (coord_type == DType::kFloat64) {
+    slice_inputs_kernel<double><<<blocks_for(s), kThreads, 0, stream>>>(
+        keys, s, dims, slicing, static_cast<double*>(coords), corners);
+  } else if (coord_type == DType::kFloat32) {
+    slice_inputs_kernel<float><<<blocks_for(s), kThreads, 0, stream>>>(
+        keys, s, dims, slicing, static_cast<float*>(coords), corners);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_blend(const int64_t* pixels, const int64_t* slice_of, int64_t n, Dims dims,
+                         DType type, const void* g, int64_t df, const void* wd,
+                         const void* bias, void* z, cudaStream_t stream) {
+  if (n == 0 || df == 0) return cudaSuccess;
+  switch (type) {
+    case DType::kFloat32:
+      return blend_as<float, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
+    case DType::kFloat64:
+      return blend_as<double, double>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
+    case DType::kFloat16:
+      return blend_as<__half, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
+    case DType::kBFloat16:
+      return blend_as<__nv_bfloat16, float>(pixels, slice_of, n, dims, g, df, wd, bias, z,
+                                            stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_offset_weights(const int64_t* pixels, int64_t n, Dims dims, DType type,
+                                  void* offsets, void* weights, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (type == DType::kFloat64) {
+    offset_weights_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(
+        pixels, n, dims, static_cast<double*>(offsets), static_cast<double*>(weights));
+  } else if (type == DType::kFloat32) {
+    offset_weights_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(
+        pixels, n, dims, static_cast<float*>(offsets), static_cast<float*>(weights));
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace diif
+}  // namespace ik
