@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "diif_kernels.h"
+#include "mlp.h"
 
 namespace ik {
 namespace diif {
@@ -38,18 +39,12 @@ Slicing parse_slicing(c10::string_view slicing) {
               "'");
 }
 
-// The decoder's tensors, contiguous (kept alive here: raw pointers are taken from them).
+// The decoder's tensors, contiguous (kept alive here: raw pointers are taken from them):
+// the coarse and fine stages' layers after their split first layers.
 struct Decoder {
   at::Tensor corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0;
-  std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;
+  Mlp coarse, fine;
 };
-
-void check_linear(const at::Tensor& w, const at::Tensor& b, int64_t in, const char* name) {
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == in, kOp, ": ", name, " weight must be (out, ", in,
-              "), got ", w.sizes());
-  TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0), kOp, ": ", name, " bias must be (",
-              w.size(0), ",), got ", b.sizes());
-}
 
 Decoder make_decoder(const at::Tensor& corner_proj, const at::Tensor& w_coord,
                      const at::Tensor& b0, at::TensorList coarse_w, at::TensorList coarse_b,
@@ -67,36 +62,30 @@ Decoder make_decoder(const at::Tensor& corner_proj, const at::Tensor& w_coord,
     TORCH_CHECK(t.device() == corner_proj.device(), kOp, ": every parameter must be on ",
                 corner_proj.device(), ", got ", t.device());
   }
-  TORCH_CHECK(coarse_w.size() == coarse_b.size() && fine_w.size() == fine_b.size(), kOp,
-              ": weight and bias lists must have equal lengths");
   TORCH_CHECK(!fine_w.empty(), kOp, ": the fine stage needs at least one layer after the first");
+  const std::string op(kOp);
   Decoder d;
   d.corner_proj = corner_proj.contiguous();
-  int64_t width = corner_proj.size(3);
-  check_linear(w_coord, b0, kCoordInputs, "coarse layer 0 (coordinate part)");
-  TORCH_CHECK(w_coord.size(0) == width, kOp, ": w_coord must have ", width, " rows, got ",
-              w_coord.size(0));
+  const int64_t width = corner_proj.size(3);
+  TORCH_CHECK(w_coord.dim() == 2 && w_coord.size(0) == width && w_coord.size(1) == kCoordInputs &&
+                  b0.dim() == 1 && b0.size(0) == width,
+              kOp, ": coarse layer 0 (coordinate part) weight must be (", width, ", ",
+              kCoordInputs, ") and its bias (", width, ",), got ", w_coord.sizes(), " and ",
+              b0.sizes());
   d.w_coord = w_coord.contiguous();
   d.b0 = b0.contiguous();
-  for (size_t i = 0; i < coarse_w.size(); ++i) {
-    check_linear(coarse_w[i], coarse_b[i], width, "coarse layer");
-    d.coarse_w.push_back(coarse_w[i].contiguous());
-    d.coarse_b.push_back(coarse_b[i].contiguous());
-    width = coarse_w[i].size(0);
-  }
-  check_linear(fine_wh, fine_b0, width, "fine layer 0 (hidden part)");
+  d.coarse = make_mlp(coarse_w, coarse_b, width, /*relu_last=*/true, op + ": coarse");
+  const int64_t hidden = d.coarse.weights.empty() ? width : d.coarse.weights.back().size(0);
+  TORCH_CHECK(fine_wh.dim() == 2 && fine_wh.size(1) == hidden && fine_b0.dim() == 1 &&
+                  fine_b0.size(0) == fine_wh.size(0),
+              kOp, ": fine layer 0 (hidden part) weight must be (out, ", hidden,
+              ") with a matching bias, got ", fine_wh.sizes(), " and ", fine_b0.sizes());
   TORCH_CHECK(fine_wd.dim() == 2 && fine_wd.size(0) == fine_wh.size(0) && fine_wd.size(1) == 2,
               kOp, ": fine_wd must be (", fine_wh.size(0), ", 2), got ", fine_wd.sizes());
   d.fine_wh = fine_wh.contiguous();
   d.fine_wd = fine_wd.contiguous();
   d.fine_b0 = fine_b0.contiguous();
-  width = fine_wh.size(0);
-  for (size_t i = 0; i < fine_w.size(); ++i) {
-    check_linear(fine_w[i], fine_b[i], width, "fine layer");
-    d.fine_w.push_back(fine_w[i].contiguous());
-    d.fine_b.push_back(fine_b[i].contiguous());
-    width = fine_w[i].size(0);
-  }
+  d.fine = make_mlp(fine_w, fine_b, fine_wh.size(0), /*relu_last=*/false, op + ": fine");
   return d;
 }
 
@@ -150,8 +139,8 @@ Kernels kernels_for(const at::Tensor& t) {
 // Everything the forward computes that the backward needs.
 struct Trace {
   at::Tensor pixels, slice_of, coords, corners;
-  std::vector<at::Tensor> coarse;  // inputs of the coarse layers after the first, then H
-  std::vector<at::Tensor> fine;    // inputs of the fine layers after the first
+  std::vector<at::Tensor> coarse;  // mlp_forward's record of the coarse stage: relu(pre) .. H
+  std::vector<at::Tensor> fine;    // and of the fine stage: relu(z) .. out
   at::Tensor out;                  // (n, out)
 };
 
@@ -171,37 +160,11 @@ Trace run_forward(const Decoder& d, const Dims& dims, const at::Tensor& pixels, 
   // offsets themselves.
   at::Tensor pre = at::addmm(d.b0.to(acc), tr.coords, d.w_coord.to(acc).t());
   pre = (pre + corners.index_select(0, tr.corners)).to(d.corner_proj.scalar_type());
-  at::Tensor a = at::relu(pre);
-  for (size_t i = 0; i < d.coarse_w.size(); ++i) {
-    tr.coarse.push_back(a);
-    a = at::relu(at::addmm(d.coarse_b[i], a, d.coarse_w[i].t()));
-  }
-  tr.coarse.push_back(a);  // H_t, (S * 4, Dc)
-  const at::Tensor g = at::mm(a, d.fine_wh.t());
-  a = at::relu(k.blend(pixels, tr.slice_of, dims, g, d.fine_wd, d.fine_b0));
-  for (size_t i = 0; i < d.fine_w.size(); ++i) {
-    tr.fine.push_back(a);
-    a = at::addmm(d.fine_b[i], a, d.fine_w[i].t());
-    if (i + 1 < d.fine_w.size()) a = at::relu(a);
-  }
-  tr.out = a;
+  const at::Tensor hidden = mlp_forward(d.coarse, at::relu(pre), &tr.coarse);  // H_t
+  const at::Tensor g = at::mm(hidden, d.fine_wh.t());
+  const at::Tensor z = k.blend(pixels, tr.slice_of, dims, g, d.fine_wd, d.fine_b0);
+  tr.out = mlp_forward(d.fine, at::relu(z), &tr.fine);
   return tr;
-}
-
-// Backward through Linear layers with ReLU between (inputs[i] is layer i's input, itself
-// a ReLU output): fills grad_w/grad_b, returns the gradient of the pre-activation that
-// produced inputs[0].
-at::Tensor linear_relu_backward(at::Tensor grad, const std::vector<at::Tensor>& inputs,
-                                const std::vector<at::Tensor>& weights,
-                                std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b) {
-  grad_w.resize(weights.size());
-  grad_b.resize(weights.size());
-  for (size_t i = weights.size(); i-- > 0;) {
-    grad_w[i] = at::mm(grad.t(), inputs[i]);
-    grad_b[i] = grad.sum(0);
-    grad = at::mm(grad, weights[i]) * (inputs[i] > 0);
-  }
-  return grad;
 }
 
 at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
@@ -214,7 +177,7 @@ at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = make_dims(d, out_h, out_w);
   const at::Tensor flat = check_pixels(pixels, d, dims);
-  const int64_t b = pixels.size(0), q = pixels.size(1), out_dim = d.fine_w.back().size(0);
+  const int64_t b = pixels.size(0), q = pixels.size(1), out_dim = d.fine.weights.back().size(0);
   if (flat.size(0) == 0) return at::empty({b, q, out_dim}, corner_proj.options());
   return run_forward(d, dims, flat, q, parse_slicing(slicing)).out.view({b, q, out_dim});
 }
@@ -231,31 +194,25 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = make_dims(d, out_h, out_w);
   const at::Tensor flat = check_pixels(pixels, d, dims);
-  const int64_t q = pixels.size(1), out_dim = d.fine_w.back().size(0);
+  const int64_t q = pixels.size(1), out_dim = d.fine.weights.back().size(0);
   TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == pixels.size(0) &&
                   grad_out.size(1) == q && grad_out.size(2) == out_dim,
               kOp, ": grad_out must be (B, Q, ", out_dim, "), got ", grad_out.sizes());
 
-  std::vector<at::Tensor> g_coarse_w, g_coarse_b, g_fine_w, g_fine_b;
   if (flat.size(0) == 0) {
-    auto zeros = [](const std::vector<at::Tensor>& ts, std::vector<at::Tensor>& out) {
-      for (const auto& t : ts) out.push_back(at::zeros_like(t));
-    };
-    zeros(d.coarse_w, g_coarse_w);
-    zeros(d.coarse_b, g_coarse_b);
-    zeros(d.fine_w, g_fine_w);
-    zeros(d.fine_b, g_fine_b);
-    return {at::zeros_like(corner_proj), at::zeros_like(w_coord), at::zeros_like(b0), g_coarse_w,
-            g_coarse_b, at::zeros_like(fine_wh), at::zeros_like(fine_wd),
-            at::zeros_like(fine_b0), g_fine_w, g_fine_b};
+    return {at::zeros_like(corner_proj), at::zeros_like(w_coord), at::zeros_like(b0),
+            zeros_like_all(d.coarse.weights), zeros_like_all(d.coarse.biases),
+            at::zeros_like(fine_wh), at::zeros_like(fine_wd), at::zeros_like(fine_b0),
+            zeros_like_all(d.fine.weights), zeros_like_all(d.fine.biases)};
   }
   const Slicing mode = parse_slicing(slicing);
   const Trace tr = run_forward(d, dims, flat, q, mode);
   const auto type = corner_proj.scalar_type();
 
   // Fine stage, back to the blend's output z.
+  std::vector<at::Tensor> g_coarse_w, g_coarse_b, g_fine_w, g_fine_b;
   at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
-  grad = linear_relu_backward(grad, tr.fine, d.fine_w, g_fine_w, g_fine_b);
+  grad = mlp_backward(d.fine, grad, tr.fine, g_fine_w, g_fine_b) * (tr.fine.front() > 0);
   // Blend: z = b + wd·d + Σ_t w_t G[slice, t].
   const auto acc = accumulate_type(type);
   at::Tensor offsets, weights;
@@ -267,12 +224,10 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
   const at::Tensor grad_g = at::zeros({n_slices, kVertices, df}, grad.options())
                                 .index_add_(0, tr.slice_of, per_vertex)
                                 .view({n_slices * kVertices, df});
-  const at::Tensor& hidden = tr.coarse.back();
-  const at::Tensor grad_fine_wh = at::mm(grad_g.t(), hidden);
+  const at::Tensor grad_fine_wh = at::mm(grad_g.t(), tr.coarse.back());
   // Coarse stage, back to its first pre-activation.
-  grad = at::mm(grad_g, d.fine_wh) * (hidden > 0);
-  std::vector<at::Tensor> coarse_inputs(tr.coarse.begin(), tr.coarse.end() - 1);
-  grad = linear_relu_backward(grad, coarse_inputs, d.coarse_w, g_coarse_w, g_coarse_b);
+  grad = mlp_backward(d.coarse, at::mm(grad_g, d.fine_wh), tr.coarse, g_coarse_w, g_coarse_b);
+  grad = grad * (tr.coarse.front() > 0);
   const at::Tensor grad_b0 = grad.sum(0);
   const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), tr.coords).to(type);
   const at::Tensor grad_corner =

@@ -114,7 +114,7 @@ def test_diif_op_rejects_bad_input():
         (0, args[0].half(), "float32 or float64"),
         (11, 2, "output size"),
         (13, "cubic", "slicing must be one of"),
-        (1, args[1][:, :5], r"coordinate part\) weight must be \(out, 6\)"),
+        (1, args[1][:, :5], r"coordinate part\) weight must be \(8, 6\)"),
     ]
     for index, value, match in cases:
         bad = list(args)
