@@ -20,6 +20,9 @@ from typing import Callable
 import torch
 
 DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
+#: Variants of a decoder implemented by functions of the same module (variant -> decoder):
+#: DIIF without slice ensemble (the paper's "w/o se" ablation).
+VARIANTS = {"diif_without_ensemble": "diif"}
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,17 @@ def register(backend: Backend) -> Backend:
     requirements = list(backend.requirements())
     functions = {}
     if not requirements:
-        for decoder in DECODERS:
+        for decoder in DECODERS + tuple(VARIANTS):
+            name = f"{backend.module}.{VARIANTS.get(decoder, decoder)}"
             try:
-                module = importlib.import_module(f"{backend.module}.{decoder}")
+                module = importlib.import_module(name)
             except ModuleNotFoundError as exc:
-                if exc.name != f"{backend.module}.{decoder}":
+                if exc.name != name:
                     raise
                 continue
-            prepare = getattr(module, f"prepare_{decoder}", _no_preparation)
-            functions[decoder] = (prepare, getattr(module, decoder))
+            if hasattr(module, decoder):
+                prepare = getattr(module, f"prepare_{decoder}", _no_preparation)
+                functions[decoder] = (prepare, getattr(module, decoder))
     backend.table.update(requirements=requirements, functions=functions)
     BACKENDS[backend.name] = backend
     return backend

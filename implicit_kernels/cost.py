@@ -167,6 +167,14 @@ def _diif(c, in_size, out_size, slicing):
     return coarse[0] + fine[0], macs, ""
 
 
+def _diif_without_ensemble(c, in_size, out_size, slicing):
+    """ALGORITHMS.md §3.5 ("w/o se"): coarse [9C+6, 256, 256] once per slice, fine per pixel."""
+    coarse, fine = _mlp([9 * c + 6, HIDDEN, HIDDEN]), _fine()
+    slices = diif_slice_count(in_size, out_size, slicing)
+    macs = slices * coarse[1] + _pixels(out_size) * fine[1]
+    return coarse[0] + fine[0], macs, "DIIF without slice ensemble (the paper's w/o se ablation)"
+
+
 def _dlte(c, in_size, out_size, slicing):
     """ALGORITHMS.md §3.7 (reconstructed): Conv3×3(C→64) estimators per LR pixel; per slice
     and vertex the phase Linear and the coarse [256, 256, 256]; fine per pixel."""
@@ -308,7 +316,8 @@ def _out_size(in_size, scale, out_size):
     return tuple(int(math.floor(n * s + 0.5)) for n, s in zip(in_size, scales))
 
 
-def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "linear") -> Cost:
+def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "linear",
+          slice_ensemble: bool = True) -> Cost:
     """Count the trainable parameters and MACs of ``model`` for one image.
 
     Args:
@@ -319,6 +328,7 @@ def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "lin
         scale: a number or ``(s_y, s_x)``; the output side is ``round(side · s)``.
         out_size: ``(H_out, W_out)`` instead of ``scale``; neither means the input size.
         slicing: DIIF/DLTE slicing (``"linear"``, ``"constant"``, ``"fixed4"``).
+        slice_ensemble: ``False`` counts DIIF's "w/o se" ablation.
 
     Returns:
         A :class:`Cost`; ``str(cost)`` is a readable summary with the paper convention.
@@ -335,7 +345,10 @@ def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "lin
             raise ValueError(f"slicing applies to DIIF and DLTE only, not {model!r}")
         slicing = None
     enc_params, enc_per_pixel = _ENCODER_COST[encoder]() if encoder else (0, 0)
-    dec_params, dec_macs, note = (_DECODER_COST[decoder](FEAT_CHANNELS, in_size, size, slicing)
+    if not slice_ensemble and decoder != "diif":
+        raise ValueError(f"slice_ensemble=False applies to DIIF only, not {model!r}")
+    decoder_cost = _DECODER_COST.get(decoder) if slice_ensemble else _diif_without_ensemble
+    dec_params, dec_macs, note = (decoder_cost(FEAT_CHANNELS, in_size, size, slicing)
                                   if decoder else (0, 0, ""))
     return Cost(model, in_size, size, slicing, enc_params, dec_params,
                 enc_per_pixel * _pixels(in_size), dec_macs, note)

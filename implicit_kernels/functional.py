@@ -150,8 +150,8 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size):
 # DIIF / DLTE: output pixels grouped and sliced
 # ----------------------------------------------------------------------------------------
 
-def diif_decode(feat, size, params, *, slicing="linear", pixels=None, backend="auto",
-                chunk_size=DEFAULT_CHUNK_SIZE):
+def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pixels=None,
+                backend="auto", chunk_size=DEFAULT_CHUNK_SIZE):
     """DIIF decoder (SPEC.md §3): coordinate grouping and slicing, coarse MLP per slice and
     vertex on 4×4 vertex codes, slice ensemble, fine MLP per pixel.
 
@@ -161,6 +161,8 @@ def diif_decode(feat, size, params, *, slicing="linear", pixels=None, backend="a
         params: ``coarse.layers.{0,2}.*`` (first takes ``16C + 6``), ``fine.layers.{0,2,4}.*``.
         slicing: ``"linear"`` (default, one output row of a group per slice),
             ``"constant"`` (one slice per group) or ``"fixed4"`` (raster runs of 4).
+        slice_ensemble: ``False`` is the paper's "w/o se" ablation: the coarse stage reads
+            the 3×3-unfolded code of the group's own LR pixel (first layer ``9C + 6``).
         pixels: optional ``B×Q×2`` int64 output pixel indices (row, col) to decode only
             those (training on random pixels); the result equals the grid's at them.
         backend, chunk_size: see the module docstring.
@@ -171,8 +173,10 @@ def diif_decode(feat, size, params, *, slicing="linear", pixels=None, backend="a
     check.feature_map(feat)
     size = check.output_size(size, feat)
     check.choice(slicing, "slicing", geometry.SLICINGS)
-    p = _diif_params(params, feat)
-    prepare, fn = backends.resolve(backend, "diif", feat)
+    check.choice(slice_ensemble, "slice_ensemble", (True, False))
+    p = _diif_params(params, feat, slice_ensemble)
+    decoder = "diif" if slice_ensemble else "diif_without_ensemble"
+    prepare, fn = backends.resolve(backend, decoder, feat)
     p = prepare(feat, p)
     return _decode_pixels(lambda pix: fn(feat, size, pix, p, slicing), feat, size, pixels,
                           chunk_size)
@@ -307,8 +311,9 @@ def _coarse_fine(params, coarse_in, feat, decoder):
     return {"coarse": coarse, "fine": fine}
 
 
-def _diif_params(params, feat):
-    return _coarse_fine(params, 16 * feat.shape[1] + 6, feat, "DIIF")
+def _diif_params(params, feat, slice_ensemble=True):
+    code = (16 if slice_ensemble else 9) * feat.shape[1]
+    return _coarse_fine(params, code + 6, feat, "DIIF")
 
 
 def _dlte_params(params, feat):

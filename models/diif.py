@@ -46,12 +46,16 @@ class DIIF(SlicedDecoderModel):
     Args:
         encoder: module with ``out_dim`` channels ``C``.
         coarse_hidden, fine_hidden, slicing: see :class:`SlicedDecoderModel`.
+        slice_ensemble: ``False`` builds the paper's "w/o se" ablation (coarse input
+            ``9C + 6``: the group pixel's 3×3 code; 347,907 decoder parameters).
     """
 
     def __init__(self, encoder: nn.Module, coarse_hidden: Sequence[int] = (256, 256),
-                 fine_hidden: Sequence[int] = (256, 256), slicing: str = "linear"):
-        super().__init__(encoder, 16 * encoder.out_dim + 6, coarse_hidden, fine_hidden,
-                         slicing)
+                 fine_hidden: Sequence[int] = (256, 256), slicing: str = "linear",
+                 slice_ensemble: bool = True):
+        code = (16 if slice_ensemble else 9) * encoder.out_dim
+        super().__init__(encoder, code + 6, coarse_hidden, fine_hidden, slicing)
+        self.slice_ensemble = slice_ensemble
 
     def decode(self, feat, inp, size, *, pixels=None, slicing=None, backend="auto",
                chunk_size=F.DEFAULT_CHUNK_SIZE):
@@ -59,4 +63,5 @@ class DIIF(SlicedDecoderModel):
         no image skip).  ``slicing=None`` uses the model's.  Other arguments and the
         result as :func:`implicit_kernels.functional.diif_decode`."""
         return F.diif_decode(feat, size, self.decoder_params(), slicing=slicing or self.slicing,
-                             pixels=pixels, backend=backend, chunk_size=chunk_size)
+                             slice_ensemble=self.slice_ensemble, pixels=pixels, backend=backend,
+                             chunk_size=chunk_size)

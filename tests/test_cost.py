@@ -50,6 +50,16 @@ def test_table1_constant_order():
     assert round(cost.paper_tera_macs, 3) == 0.512
 
 
+def test_table4_without_slice_ensemble():
+    """The "w/o se" ablation: 554.87 G plain, printed 0.542T; decoder 347,907 ("356K")."""
+    cost = count("edsr-baseline-diif", T1, 16, slice_ensemble=False)
+    assert giga(cost.macs) == 554.87
+    assert round(cost.paper_tera_macs, 3) == 0.542
+    assert cost.decoder_params == 347_907
+    with pytest.raises(ValueError, match="DIIF only"):
+        count("edsr-baseline-liif", T1, 16, slice_ensemble=False)
+
+
 def test_liif_per_pixel_formula():
     per_pixel = 4 * (580 * 256 + 3 * 256 ** 2 + 256 * 3)
     assert per_pixel == 1_383_424

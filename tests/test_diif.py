@@ -14,13 +14,15 @@ SIZES = {  # feature map 5×7 → output
 }
 
 
-def diif_params(c, hidden=24, dtype=torch.float32):
-    return {**mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden], dtype=dtype),
+def diif_params(c, hidden=24, dtype=torch.float32, slice_ensemble=True):
+    code = (16 if slice_ensemble else 9) * c
+    return {**mlp_params("coarse.layers.", [code + 6, hidden, hidden], dtype=dtype),
             **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}
 
 
-def loop_oracle(feat, out_size, params, slicing):
-    """SPEC.md §3 steps 1-6 for one image, pixel by pixel with Python integers."""
+def loop_oracle(feat, out_size, params, slicing, slice_ensemble=True):
+    """SPEC.md §3 steps 1-6 for one image, pixel by pixel with Python integers; without
+    the slice ensemble, ALGORITHMS.md §3.5 (the group pixel's 3×3 code, weight 1)."""
     _, c, h, w = feat.shape
     ho, wo = out_size
 
@@ -37,11 +39,11 @@ def loop_oracle(feat, out_size, params, slicing):
     def members(n_in, n_out, g):
         return [k for k in range(n_out) if group(k, n_in, n_out) == g]
 
-    def code(a, b):  # 4×4 features around LR corner (a, b), zero outside
-        z = torch.zeros(c, 4, 4, dtype=feat.dtype)
-        for dy in range(4):
-            for dx in range(4):
-                y, x = a - 2 + dy, b - 2 + dx
+    def code(a, b, k=4):  # k×k features from (a - k//2, b - k//2), zero outside
+        z = torch.zeros(c, k, k, dtype=feat.dtype)
+        for dy in range(k):
+            for dx in range(k):
+                y, x = a - k // 2 + dy, b - k // 2 + dx
                 if 0 <= y < h and 0 <= x < w:
                     z[:, dy, dx] = feat[0, :, y, x]
         return z.reshape(-1)
@@ -69,7 +71,11 @@ def loop_oracle(feat, out_size, params, slicing):
             centre = torch.tensor([-1 + (2 * i + 1) / h, -1 + (2 * j + 1) / w], dtype=feat.dtype)
             d = (coord((r, col)) - centre) * scale
             blended = 0
-            for a in (0, 1):
+            if not slice_ensemble:
+                x = torch.cat([code(i, j, 3), (coord(first) - centre) * scale,
+                               (coord(last) - centre) * scale, cell])
+                blended = relu_mlp(x, "coarse.layers.", 2, True)
+            for a in (0, 1) if slice_ensemble else ():
                 for b in (0, 1):
                     v = torch.tensor([-1 + 2 * (i + a) / h, -1 + 2 * (j + b) / w], dtype=feat.dtype)
                     x = torch.cat([code(i + a, j + b), (coord(first) - v) * scale,
@@ -83,24 +89,28 @@ def loop_oracle(feat, out_size, params, slicing):
     return out.unsqueeze(0)
 
 
+@pytest.mark.parametrize("slice_ensemble", [True, False])
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
 @pytest.mark.parametrize("size", [(6, 8), (8, 11), (12, 10)])
-def test_reference_equals_loop_oracle(slicing, size):
+def test_reference_equals_loop_oracle(slicing, size, slice_ensemble):
     feat = torch.randn(1, 3, 3, 4, dtype=torch.float64)
-    params = diif_params(3, hidden=8, dtype=torch.float64)
-    got = F.diif_decode(feat, size, params, slicing=slicing, backend="reference")
-    assert_matches(got, loop_oracle(feat, size, params, slicing))
+    params = diif_params(3, hidden=8, dtype=torch.float64, slice_ensemble=slice_ensemble)
+    got = F.diif_decode(feat, size, params, slicing=slicing, slice_ensemble=slice_ensemble,
+                        backend="reference")
+    assert_matches(got, loop_oracle(feat, size, params, slicing, slice_ensemble))
 
 
+@pytest.mark.parametrize("slice_ensemble", [True, False])
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
 @pytest.mark.parametrize("name", list(SIZES))
-def test_torch_equals_reference_values_and_grads(name, slicing):
+def test_torch_equals_reference_values_and_grads(name, slicing, slice_ensemble):
     feat = torch.randn(2, 4, 5, 7, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in diif_params(4).items()}
+    params = {k: v.requires_grad_() for k, v in diif_params(4, slice_ensemble=slice_ensemble).items()}
     outs, grads = {}, {}
     upstream = torch.randn(2, 3, *SIZES[name])
     for backend in ("reference", "torch"):
-        out = F.diif_decode(feat, SIZES[name], params, slicing=slicing, backend=backend)
+        out = F.diif_decode(feat, SIZES[name], params, slicing=slicing,
+                            slice_ensemble=slice_ensemble, backend=backend)
         outs[backend] = out.detach()
         grads[backend] = torch.autograd.grad(out, [feat, *params.values()], upstream)
     assert outs["reference"].shape == (2, 3, *SIZES[name])
@@ -165,3 +175,16 @@ def test_slices_partition_groups():
     assert (geometry.diif_slices(last, in_size, out_size, "linear")[0] == group).all()
     _, cf, cl = geometry.diif_slices(pix, in_size, out_size, "constant")
     assert (cf <= pix).all() and (pix <= cl).all()
+
+
+def test_without_ensemble_is_not_fused_yet():
+    """The "w/o se" ablation runs on the PyTorch backends; "auto" never picks a backend
+    that lacks it."""
+    from implicit_kernels import backends
+    feat = torch.randn(1, 4, 5, 7)
+    params = diif_params(4, slice_ensemble=False)
+    assert backends.auto_choice("diif_without_ensemble", feat) == "torch"
+    F.diif_decode(feat, (10, 14), params, slice_ensemble=False)  # auto works
+    if not backends.unavailable_reasons("cpu", "diif", feat):
+        with pytest.raises(RuntimeError, match="does not implement diif_without_ensemble"):
+            F.diif_decode(feat, (10, 14), params, slice_ensemble=False, backend="cpu")

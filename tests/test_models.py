@@ -30,6 +30,17 @@ def test_parameter_count(name):
     assert models.count_parameters(models.make(name)) == PARAM_COUNTS[name]
 
 
+def test_diif_without_slice_ensemble():
+    """The paper's "w/o se" ablation: 347,907 decoder parameters (Table 4: "356K" =
+    0.347907 M × 1024), decoded through F with slice_ensemble=False."""
+    model = models.make("edsr-baseline-diif", slice_ensemble=False)
+    assert models.count_parameters(model) - 1_220_416 == 347_907
+    small = models.make("edsr-baseline-diif", slice_ensemble=False, coarse_hidden=(8, 8),
+                        fine_hidden=(8,))
+    out = small(torch.randn(1, 3, 4, 5), (9, 13), backend="reference")
+    assert out.shape == (1, 3, 9, 13)
+
+
 def test_edsr_mean_shifts_are_frozen():
     enc = models.make("edsr-baseline")
     for name in ("sub_mean", "add_mean"):
