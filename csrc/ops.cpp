@@ -27,4 +27,37 @@ TORCH_LIBRARY(implicit_kernels, m) {
       " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
       " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[],"
       " Tensor[])");
+
+  // Fused HIIF (csrc/hiif_decode.cpp): level 0 from the per-LR-pixel maps, the linear
+  // attention's reduction and application, the later levels with their bits; and the
+  // bits alone, for tests.
+  m.def("hiif_codes(Tensor coord, int h, int w, int levels) -> Tensor");
+  m.def(
+      "hiif_level0(Tensor maps, Tensor row_sums, Tensor w_extra, Tensor bias, Tensor fc2_w,"
+      " Tensor fc2_b, Tensor coord, Tensor cell, int channels) -> Tensor");
+  m.def(
+      "hiif_level0_backward(Tensor grad_out, Tensor maps, Tensor row_sums, Tensor w_extra,"
+      " Tensor bias, Tensor fc2_w, Tensor fc2_b, Tensor coord, Tensor cell, int channels)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "hiif_attention_stats(Tensor x, Tensor qkv_w, Tensor qkv_b, Tensor kln_w, Tensor kln_b,"
+      " Tensor vln_w, Tensor vln_b, int heads) -> Tensor");
+  m.def(
+      "hiif_attention_stats_backward(Tensor grad_out, Tensor x, Tensor qkv_w, Tensor qkv_b,"
+      " Tensor kln_w, Tensor kln_b, Tensor vln_w, Tensor vln_b, int heads)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "hiif_attention_apply(Tensor x, Tensor mat, Tensor qkv_w, Tensor qkv_b, Tensor proj1_w,"
+      " Tensor proj1_b, Tensor proj2_w, Tensor proj2_b) -> Tensor");
+  m.def(
+      "hiif_attention_apply_backward(Tensor grad_out, Tensor x, Tensor mat, Tensor qkv_w,"
+      " Tensor qkv_b, Tensor proj1_w, Tensor proj1_b, Tensor proj2_w, Tensor proj2_b)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "hiif_levels(Tensor x, Tensor coord, Tensor[] norm_w, Tensor[] norm_b, Tensor[] fc1_w,"
+      " Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h, int w) -> Tensor");
+  m.def(
+      "hiif_levels_backward(Tensor grad_out, Tensor x, Tensor coord, Tensor[] norm_w,"
+      " Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h,"
+      " int w) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
 }

@@ -328,8 +328,9 @@ def _dlte_params(params, feat):
 def _hiif_params(params, feat):
     z = _conv3x3(params, "freq", feat, "HIIF")
     cz = z[0].shape[0]
-    levels = sorted({int(m.group(1)) for k in params
-                     if (m := re.match(r"fc_layers\.(\d+)\.fc1\.weight$", k))})
+    # No assignment expression inside the comprehension: torch.compile cannot trace one.
+    matches = [re.match(r"fc_layers\.(\d+)\.fc1\.weight$", k) for k in params]
+    levels = sorted({int(m.group(1)) for m in matches if m})
     if levels != list(range(len(levels))) or len(levels) < 2:
         raise ValueError(f"params must hold fc_layers.0..L-1 (L >= 2), found levels {levels}")
     blocks = []

@@ -10,22 +10,14 @@ namespace ik {
 namespace diif {
 namespace {
 
-constexpr int kThreads = 256;
-
-// Blocks for n elements: enough to fill the GPU, capped; the loops stride the rest.
-unsigned int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(b < 65535 ? (b > 0 ? b : 1) : 65535);
-}
-
-__device__ int64_t stride() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
-__device__ int64_t first_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
+using cuda::blocks_for;
+using cuda::kThreads;
+using cuda::grid_index;
+using cuda::grid_stride;
 
 __global__ void slice_keys_kernel(const int64_t* __restrict__ pixels, int64_t n, int64_t q,
                                   Dims dims, Slicing slicing, int64_t* __restrict__ keys) {
-  for (int64_t p = first_index(); p < n; p += stride()) {
+  for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     keys[p] = slice_key(p / q, pixels[2 * p], pixels[2 * p + 1], dims, slicing);
   }
 }
@@ -34,7 +26,7 @@ template <typename T>
 __global__ void slice_inputs_kernel(const int64_t* __restrict__ keys, int64_t s, Dims dims,
                                     Slicing slicing, T* __restrict__ coords,
                                     int64_t* __restrict__ corners) {
-  for (int64_t i = first_index(); i < s; i += stride()) {
+  for (int64_t i = grid_index(); i < s; i += grid_stride()) {
     slice_inputs<T>(keys[i], dims, slicing, coords + i * kVertices * kCoordInputs,
                     corners + i * kVertices);
   }
@@ -47,7 +39,7 @@ __global__ void blend_kernel(const int64_t* __restrict__ pixels,
                              const int64_t* __restrict__ slice_of, int64_t n, Dims dims,
                              const T* __restrict__ g, int64_t df, const T* __restrict__ wd,
                              const T* __restrict__ bias, T* __restrict__ z) {
-  for (int64_t e = first_index(); e < n * df; e += stride()) {
+  for (int64_t e = grid_index(); e < n * df; e += grid_stride()) {
     const int64_t p = e / df, j = e - p * df;
     Acc offset[2], weight[4];
     pixel_offset_weights<Acc>(pixels[2 * p], pixels[2 * p + 1], dims, offset, weight);
@@ -59,7 +51,7 @@ __global__ void blend_kernel(const int64_t* __restrict__ pixels,
 template <typename T>
 __global__ void offset_weights_kernel(const int64_t* __restrict__ pixels, int64_t n, Dims dims,
                                       T* __restrict__ offsets, T* __restrict__ weights) {
-  for (int64_t p = first_index(); p < n; p += stride()) {
+  for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     pixel_offset_weights<T>(pixels[2 * p], pixels[2 * p + 1], dims, offsets + 2 * p,
                             weights + kVertices * p);
   }

@@ -93,6 +93,12 @@ IK_HD double round_half_even(double x) { return rint(x); }
 IK_HD float abs_val(float x) { return fabsf(x); }
 IK_HD double abs_val(double x) { return fabs(x); }
 
+IK_HD float floor_val(float x) { return floorf(x); }
+IK_HD double floor_val(double x) { return floor(x); }
+
+IK_HD float sqrt_val(float x) { return sqrtf(x); }
+IK_HD double sqrt_val(double x) { return sqrt(x); }
+
 // torch.clamp(x, lo, hi) for floats: NaN passes through, otherwise min(max(x, lo), hi).
 template <typename T>
 IK_HD T clamp_val(T x, T lo, T hi) {

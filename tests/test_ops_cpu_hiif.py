@@ -1,0 +1,204 @@
+"""The fused HIIF operators on CPU (the "cpu" backend) against the reference: values and
+gradients, chunked == unchunked (the multi-pass global attention), float64 gradcheck,
+the hierarchical codes bit for bit, opcheck, torch.compile, and input checks."""
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import _extension, geometry
+from implicit_kernels.reference.hiif import hierarchical_code, local_coord
+from conftest import assert_matches
+from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
+
+pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
+
+ops = torch.ops.implicit_kernels
+
+# Output sizes for the 6×7 feature map of test_hiif.inputs.
+SIZES = {"x1": (6, 7), "x2.7": (16, 19), "x3_by_x5": (18, 35), "x3_ties": (18, 21),
+         "x8": (48, 56)}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_hiif_values_and_grads_equal_reference(name):
+    feat, inp = inputs()
+    params = hiif_params()
+    ref = decode_with_grads("reference", feat, inp, params, size=SIZES[name])
+    assert_same(decode_with_grads("cpu", feat, inp, params, size=SIZES[name]), ref)
+
+
+@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
+def test_hiif_queries_both_normalizers_chunked(normalizer):
+    feat, inp = inputs()
+    params = hiif_params()
+    coord, cell = random_queries(2, 150)
+    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
+    ref = decode_with_grads("reference", feat, inp, params, **kw)
+    assert_same(decode_with_grads("cpu", feat, inp, params, **kw), ref)
+    # Three passes over chunks of 50 queries per image: the same values and gradients.
+    assert_same(decode_with_grads("cpu", feat, inp, params, chunk_size=101, **kw), ref)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 37])
+def test_hiif_chunked_equals_unchunked(chunk_size):
+    feat, inp = inputs(b=1)
+    params = hiif_params()
+    size = (9, 11) if chunk_size == 1 else (16, 19)
+    whole = decode_with_grads("cpu", feat, inp, params, size=size)
+    assert_same(decode_with_grads("cpu", feat, inp, params, size=size, chunk_size=chunk_size),
+                whole)
+
+
+def test_hiif_other_depth_and_auto():
+    feat, inp = inputs()
+    params = hiif_params(levels=3, c_z=16, head_dim=4, hidden=24)
+    ref = F.hiif_decode(feat, inp, (13, 15), params, backend="reference")
+    assert_matches(F.hiif_decode(feat, inp, (13, 15), params, backend="cpu"), ref)
+    from implicit_kernels import backends
+    assert backends.auto_choice("hiif", feat) == "cpu"
+
+
+def test_hiif_gradcheck_float64():
+    torch.manual_seed(3)
+    feat, inp = inputs(b=2, c=2, h=3, w=3, dtype=torch.float64)
+    params = hiif_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=3, dtype=torch.float64)
+    coord, cell = random_queries(2, 9, dtype=torch.float64)
+    names = list(params)
+
+    def fn(feat, inp, *values):
+        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
+                             backend="cpu", chunk_size=8)
+
+    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hiif_codes_bit_exact(dtype):
+    """Every level's bits equal the reference's, on random queries and on the exact ties
+    of odd integer scales (×3, ×5) and dyadic ones (×2, ×4)."""
+    h, w, levels = 6, 7, 6
+    coords = [torch.rand(500, 2, dtype=dtype) * 2 - 1]
+    for scale in (2, 3, 4, 5):
+        coords.append(geometry.make_coord((h * scale, w * scale), dtype=dtype).reshape(-1, 2))
+    coord = torch.cat(coords)
+    rel = geometry.ensemble_neighbours(coord, (h, w))[0][1] * 0.5
+    local = local_coord(rel, (h, w))
+    expected = torch.stack([hierarchical_code(local, level) for level in range(levels)], dim=-2)
+    assert torch.equal(ops.hiif_codes(coord, h, w, levels), expected)
+
+
+def _op_samples():
+    """Arguments of every operator, as the backend builds them on a small decode."""
+    from implicit_kernels.compiled.hiif import _features, prepare_hiif
+    feat, _ = inputs(b=2, c=4, h=3, w=4)
+    params = hiif_params(c_enc=4, c_z=8, head_dim=4, hidden=8, levels=3)
+    p = prepare_hiif(feat, F._hiif_params(params, feat))
+    coord, cell = random_queries(2, 10)
+    level0 = p["level0"]
+    block = p["attention"][0]
+    x = _features(coord, cell, p, [], 0, 10).detach()
+    mat = ops.hiif_attention_stats(x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
+    levels = p["levels"][1:]
+    lists = [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
+    return {
+        "hiif_level0": (level0["maps"], level0["row_sums"], level0["w_extra"], level0["bias"],
+                        *p["levels"][0]["fc2"], coord, cell, level0["channels"]),
+        "hiif_attention_stats": (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"]),
+        "hiif_attention_apply": (x, mat / 10, *block["qkv"], *block["proj1"], *block["proj2"]),
+        "hiif_levels": (x, coord, *lists, 3, 4),
+    }
+
+
+def _leaves(args, skip=()):
+    """Detached copies; floating tensors (but those at ``skip``) require grad."""
+    out = []
+    for i, a in enumerate(args):
+        if isinstance(a, list):
+            out.append([t.detach().clone().requires_grad_() for t in a])
+        elif isinstance(a, torch.Tensor) and a.is_floating_point():
+            out.append(a.detach().clone().requires_grad_(i not in skip))
+        else:
+            out.append(a)
+    return tuple(out)
+
+
+def _non_contiguous(t):
+    """The same values in a transposed (dense, not contiguous) layout."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        return t
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+# Positions (coord, cell) are inputs the operators do not differentiate.
+POSITIONS = {"hiif_level0": (6, 7), "hiif_levels": (1,)}
+
+
+@pytest.mark.parametrize("name", ["hiif_level0", "hiif_attention_stats", "hiif_attention_apply",
+                                  "hiif_levels"])
+def test_hiif_opcheck(name):
+    args = _op_samples()[name]
+    for sample in (args, tuple(_non_contiguous(a) for a in args)):
+        torch.library.opcheck(getattr(ops, name), _leaves(sample, POSITIONS.get(name, ())))
+    torch.library.opcheck(ops.hiif_codes, (torch.rand(5, 3, 2) * 2 - 1, 3, 4, 6))
+
+
+def test_hiif_compiles_without_graph_breaks():
+    feat, inp = inputs(b=1, c=4, h=3, w=4)
+    feat.requires_grad_()
+    params = {k: v.requires_grad_() for k, v in
+              hiif_params(c_enc=4, c_z=8, head_dim=4, hidden=8, levels=3).items()}
+
+    def decode(f, p):
+        return F.hiif_decode(f, inp, (7, 9), p, backend="cpu", chunk_size=20)
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    out = compiled(feat, params)
+    assert_matches(out, decode(feat, params))
+    out.sum().backward()
+    assert feat.grad is not None and all(p.grad is not None for p in params.values())
+
+
+def test_hiif_ops_reject_bad_input():
+    args = _op_samples()
+    level0 = list(args["hiif_level0"])
+    cases = [
+        (ops.hiif_level0, level0, 0, level0[0][..., :2, :], r"maps must be \(B, H, W, 4"),
+        (ops.hiif_level0, level0, 1, level0[1].double(), "row_sums must have dtype"),
+        (ops.hiif_level0, level0, 2, level0[2].t(), r"w_extra must have shape \[8, 4\]"),
+        (ops.hiif_level0, level0, 6, level0[6][:1], r"coord must be \(B, m, 2\) with B = 2"),
+        (ops.hiif_level0, level0, 7, level0[7][:, :3], "cell must have coord's shape"),
+        (ops.hiif_level0, level0, 8, 0, "channels must be positive"),
+        (ops.hiif_attention_stats, list(args["hiif_attention_stats"]), 7, 3,
+         r"heads \(3\) must divide C = 8"),
+        (ops.hiif_attention_stats, list(args["hiif_attention_stats"]), 3, torch.ones(3),
+         r"kln weight and bias must be \(4,\)"),
+        (ops.hiif_attention_apply, list(args["hiif_attention_apply"]), 1,
+         args["hiif_attention_apply"][1][:1], r"mat must be \(B, heads, d, d\)"),
+        (ops.hiif_attention_apply, list(args["hiif_attention_apply"]), 4,
+         args["hiif_attention_apply"][4][:, :5], r"proj1 weight must be \(out, 8\)"),
+        (ops.hiif_levels, list(args["hiif_levels"]), 1, args["hiif_levels"][1][:, :4],
+         "coord must have x's 10 queries"),
+        (ops.hiif_levels, list(args["hiif_levels"]), 3, [], "one entry per level"),
+        (ops.hiif_levels, list(args["hiif_levels"]), 8, 0, r"feature map size \(0, 4\)"),
+        (ops.hiif_codes, [torch.zeros(4, 2), 3, 4, 6], 0, torch.zeros(4, 3),
+         r"coord must be \(\.\.\., 2\)"),
+        (ops.hiif_codes, [torch.zeros(4, 2), 3, 4, 6], 0, torch.zeros(4, 2, dtype=torch.half),
+         "float32 or float64"),
+    ]
+    for op, base, index, value, match in cases:
+        bad = list(base)
+        bad[index] = value
+        with pytest.raises(RuntimeError, match=match):
+            op(*bad)
+
+
+def test_hiif_empty_and_poisoned_outputs_are_written():
+    feat, inp = inputs()
+    params = hiif_params()
+    empty = F.hiif_decode(feat, inp, None, params, coord=torch.zeros(2, 0, 2),
+                          cell=torch.zeros(2, 0, 2), backend="cpu")
+    assert empty.shape == (2, 0, 3)
+    # tests/conftest.py sets IK_POISON=1: kernels' outputs start as NaN.
+    out = F.hiif_decode(feat, inp, (13, 15), params, backend="cpu", chunk_size=100)
+    assert torch.isfinite(out).all()

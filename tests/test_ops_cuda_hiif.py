@@ -1,0 +1,103 @@
+"""The fused HIIF operators on CUDA (the "cuda" backend) against the reference: fp32/fp64
+values and gradients (chunked and not), the codes bit for bit, bf16/fp16 against the fp32
+reference, gradcheck, opcheck.
+
+Skipped without a GPU and a CUDA build of the extension (CI has neither)."""
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import backends, geometry
+from implicit_kernels.reference.hiif import hierarchical_code, local_coord
+from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or bool(backends.unavailable_reasons("cuda", "hiif")),
+    reason="needs a GPU and implicit_kernels._C built with CUDA")
+
+SIZES = {"x1": (6, 7), "x2.7": (16, 19), "x3_by_x5": (18, 35), "x3_ties": (18, 21),
+         "x30": (180, 210)}
+
+
+def cuda_all(*ts):
+    return [t.cuda() for t in ts]
+
+
+def cuda_params(**kw):
+    return {k: v.cuda() for k, v in hiif_params(**kw).items()}
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """fp32 comparisons at 1e-5 need full-precision matmuls (no TF32)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("chunk_size", [16384, 1000])
+@pytest.mark.parametrize("name", list(SIZES))
+def test_hiif_values_and_grads_equal_reference(name, chunk_size):
+    feat, inp = cuda_all(*inputs())
+    params = cuda_params()
+    ref = decode_with_grads("reference", feat, inp, params, size=SIZES[name])
+    assert_same(decode_with_grads("cuda", feat, inp, params, size=SIZES[name],
+                                  chunk_size=chunk_size), ref)
+
+
+@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
+def test_hiif_queries(normalizer):
+    feat, inp = cuda_all(*inputs())
+    params = cuda_params()
+    coord, cell = cuda_all(*random_queries(2, 150))
+    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
+    ref = decode_with_grads("reference", feat, inp, params, **kw)
+    assert_same(decode_with_grads("cuda", feat, inp, params, chunk_size=101, **kw), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hiif_codes_bit_exact(dtype):
+    h, w = 6, 7
+    coord = torch.cat([torch.rand(500, 2, dtype=dtype) * 2 - 1] + [
+        geometry.make_coord((h * s, w * s), dtype=dtype).reshape(-1, 2) for s in (2, 3, 4, 5)])
+    local = local_coord(geometry.ensemble_neighbours(coord, (h, w))[0][1] * 0.5, (h, w))
+    expected = torch.stack([hierarchical_code(local, level) for level in range(6)], dim=-2)
+    assert torch.equal(torch.ops.implicit_kernels.hiif_codes(coord.cuda(), h, w, 6).cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_hiif_half_precision_against_fp32_reference(dtype):
+    """bf16/fp16 inputs (fp32 statistics) stay within 2e-2 relative of the fp32 reference,
+    measured on the output's scale."""
+    feat, inp = cuda_all(*inputs(b=2, c=8, h=10, w=12))
+    params = cuda_params(c_z=64, head_dim=16, hidden=64)
+    ref = F.hiif_decode(feat, inp, (37, 40), params, backend="reference")
+    got = F.hiif_decode(feat.to(dtype), inp.to(dtype), (37, 40),
+                        {k: v.to(dtype) for k, v in params.items()}, backend="cuda")
+    assert got.dtype == dtype
+    err = (got.float() - ref).abs().max() / ref.abs().max()
+    assert err < 2e-2, f"relative error {err:.3g}"
+
+
+def test_hiif_gradcheck_float64():
+    feat, inp = cuda_all(*inputs(b=2, c=2, h=3, w=3, dtype=torch.float64))
+    params = cuda_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=3, dtype=torch.float64)
+    coord, cell = cuda_all(*random_queries(2, 9, dtype=torch.float64))
+    names = list(params)
+
+    def fn(feat, inp, *values):
+        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
+                             backend="cuda", chunk_size=8)
+
+    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_hiif_opcheck():
+    from test_ops_cpu_hiif import POSITIONS, _leaves, _op_samples
+    for name, args in _op_samples().items():
+        args = tuple([t.cuda() for t in a] if isinstance(a, list) else
+                     a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(getattr(torch.ops.implicit_kernels, name),
+                              _leaves(args, POSITIONS.get(name, ())))
