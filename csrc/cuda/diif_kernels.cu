@@ -10,18 +10,10 @@ namespace ik {
 namespace diif {
 namespace {
 
-constexpr int kThreads = 256;
-
-// Blocks for n elements: enough to fill the GPU, capped; the loops stride the rest.
-unsigned int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned int>(b < 65535 ? (b > 0 ? b : 1) : 65535);
-}
-
-__device__ int64_t stride() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
-__device__ int64_t first_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
+using cuda::blocks_for;
+using cuda::first_index;
+using cuda::kThreads;
+using cuda::stride;
 
 __global__ void slice_keys_kernel(const int64_t* __restrict__ pixels, int64_t n, int64_t q,
                                   Dims dims, Slicing slicing, int64_t* __restrict__ keys) {

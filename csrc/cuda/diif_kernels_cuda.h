@@ -7,14 +7,11 @@
 
 #include <cstdint>
 
+#include "cuda_utils.h"
 #include "ik/diif_decode.h"
 
 namespace ik {
 namespace diif {
-
-// Element types the kernels take: the storage type of activations; geometry and
-// accumulation run in float (in double for kFloat64).
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // keys[p] = slice_key of pixel p (pixels: n x 2, image = p / q).
 cudaError_t launch_slice_keys(const int64_t* pixels, int64_t n, int64_t q, Dims dims,

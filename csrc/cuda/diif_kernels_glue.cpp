@@ -3,8 +3,8 @@
 // of the tensors' device.  Compiled only in CUDA builds (it needs c10/cuda headers).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
+#include "../cuda_glue.h"
 #include "../diif_kernels.h"
 #include "../poison.h"
 #include "diif_kernels_cuda.h"
@@ -13,24 +13,11 @@ namespace ik {
 namespace diif {
 namespace {
 
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "implicit_kernels::diif_decode: unsupported CUDA dtype ", t);
-  }
-}
+constexpr const char* kOp = "implicit_kernels::diif_decode";
 
-void check_launch(cudaError_t err, const char* step) {
-  TORCH_CHECK(err == cudaSuccess, "implicit_kernels::diif_decode: CUDA kernel ", step,
-              " failed: ", cudaGetErrorString(err));
-}
+DType dtype_of(at::ScalarType t) { return ik::dtype_of(t, kOp); }
 
-cudaStream_t stream_of(const at::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
+void check_launch(cudaError_t err, const char* step) { ik::check_launch(err, kOp, step); }
 
 }  // namespace
 
