@@ -27,4 +27,24 @@ TORCH_LIBRARY(implicit_kernels, m) {
       " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
       " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[],"
       " Tensor[])");
+
+  // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
+  // pixel (channels last) to the output of the queries; coord and cell not differentiated.
+  m.def(
+      "liif_decode(Tensor proj, Tensor w_rel_cell, Tensor b0, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> Tensor");
+  m.def(
+      "liif_decode_backward(Tensor grad_out, Tensor proj, Tensor w_rel_cell, Tensor b0,"
+      " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
+
+  // Fused LTE decode (csrc/lte_decode.cpp): from the coefficient and frequency maps
+  // (channels last) to the output of the queries, without the bilinear skip.
+  m.def(
+      "lte_decode(Tensor coef, Tensor freq, Tensor phase, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> Tensor");
+  m.def(
+      "lte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase,"
+      " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
 }
