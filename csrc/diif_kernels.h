@@ -12,14 +12,10 @@
 #include <tuple>
 
 #include "ik/diif_decode.h"
+#include "op_utils.h"
 
 namespace ik {
 namespace diif {
-
-// Type the geometry and blending accumulate in: float for half types.
-inline at::ScalarType accumulate_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
 
 #define IK_DIIF_KERNELS(SUFFIX)                                                                  \
   /* (n,) slice key of each pixel; pixels (n, 2) int64, image = row / q. */                      \

@@ -11,14 +11,10 @@
 #include <tuple>
 
 #include "ik/hiif_decode.h"
+#include "op_utils.h"
 
 namespace ik {
 namespace hiif {
-
-// Type geometry and statistics run in: float for half types.
-inline at::ScalarType accumulate_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
 
 #define IK_HIIF_KERNELS(SUFFIX)                                                                \
   /* Level 0's unnormalised sum u (n, hidden) of queries coord, cell (n, 2) (image =       \

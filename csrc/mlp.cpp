@@ -28,7 +28,7 @@ at::Tensor mlp_forward(const Mlp& mlp, at::Tensor x, std::vector<at::Tensor>* ac
   if (acts != nullptr) acts->push_back(x);
   for (size_t i = 0; i < n; ++i) {
     x = at::addmm(mlp.biases[i], x, mlp.weights[i].t());
-    if (i + 1 < n || mlp.relu_last) x = at::relu(x);
+    if (i + 1 < n || mlp.relu_last) at::relu_(x);  // in place: x is addmm's fresh output
     if (acts != nullptr) acts->push_back(x);
   }
   return x;

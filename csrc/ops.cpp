@@ -60,4 +60,23 @@ TORCH_LIBRARY(implicit_kernels, m) {
       "hiif_levels_backward(Tensor grad_out, Tensor x, Tensor coord, Tensor[] norm_w,"
       " Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h,"
       " int w) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+  // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
+  // pixel (channels last) to the output of the queries; coord and cell not differentiated.
+  m.def(
+      "liif_decode(Tensor proj, Tensor w_rel_cell, Tensor b0, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> Tensor");
+  m.def(
+      "liif_decode_backward(Tensor grad_out, Tensor proj, Tensor w_rel_cell, Tensor b0,"
+      " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
+
+  // Fused LTE decode (csrc/lte_decode.cpp): from the coefficient and frequency maps
+  // (channels last) to the output of the queries, without the bilinear skip.
+  m.def(
+      "lte_decode(Tensor coef, Tensor freq, Tensor phase, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> Tensor");
+  m.def(
+      "lte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase,"
+      " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
 }

@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
 HEADERS = sorted((CSRC / "include").rglob("*.h")) + sorted((CSRC / "cuda").glob("*.h"))
-#: Host sources compiled only in CUDA builds, or with CUDA-only parts.
-CUDA_HOST_SOURCES = sorted((CSRC / "cuda").glob("*.cpp")) + [CSRC / "diif_decode.cpp",
-                                                            CSRC / "hiif_decode.cpp"]
+#: Host sources compiled only in CUDA builds, or with CUDA-only parts (IK_WITH_CUDA):
+#: the CUDA glue, the operators' orchestration (csrc/*_decode.cpp) and their host helpers.
+CUDA_HOST_SOURCES = (sorted((CSRC / "cuda").glob("*.cpp")) + sorted(CSRC.glob("*_decode.cpp"))
+                     + [CSRC / "liif_ensemble.cpp"])
 ARCH_FLAGS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
 TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](ATen|torch|c10)/', re.MULTILINE)
 

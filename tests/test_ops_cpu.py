@@ -57,7 +57,6 @@ def test_diif_pixel_queries_and_auto():
     assert_matches(F.diif_decode(feat, (14, 19), params, pixels=pixels, backend="cpu"), ref)
     from implicit_kernels import backends
     assert backends.auto_choice("diif", feat) == "cpu"
-    assert backends.auto_choice("liif", feat) == "torch"  # not fused yet
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)

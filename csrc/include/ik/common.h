@@ -98,6 +98,24 @@ IK_HD double floor_val(double x) { return floor(x); }
 
 IK_HD float sqrt_val(float x) { return sqrtf(x); }
 IK_HD double sqrt_val(double x) { return sqrt(x); }
+// sin(x) and cos(x) together (sincos on the device, where it is one evaluation; the
+// accurate versions: the build never uses fast math).
+IK_HD void sin_cos(float x, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+  sincosf(x, s, c);
+#else
+  *s = sinf(x);
+  *c = cosf(x);
+#endif
+}
+IK_HD void sin_cos(double x, double* s, double* c) {
+#if defined(__CUDA_ARCH__)
+  sincos(x, s, c);
+#else
+  *s = sin(x);
+  *c = cos(x);
+#endif
+}
 
 // torch.clamp(x, lo, hi) for floats: NaN passes through, otherwise min(max(x, lo), hi).
 template <typename T>

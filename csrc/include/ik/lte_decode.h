@@ -1,0 +1,67 @@
+// Per-element pieces of the fused LTE decode (SPEC.md §2), shared by the CPU loops
+// (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
+//
+// LTE decodes each query from LIIF's 4 local-ensemble members (liif::query_members).  Per
+// member, with the coefficient row c (2m) and frequency row f (2m) of its LR pixel, its
+// offset (ry, rx) and the scaled cell (sy, sx), pair i of m:
+//   phi_i = f[2i]·ry + f[2i+1]·rx + (P[i,0]·sy + P[i,1]·sx)       (P: phase weight, m x 2)
+//   x[i]  = c[i]·cos(π phi_i),   x[m + i] = c[m + i]·sin(π phi_i)
+// x is the MLP's input: the gather and the Fourier feature are one pass that writes
+// nothing else.  The backward recomputes phi and returns exact gradients for c, f and
+// (summed over the query's members) phi, from which the phase weight's follows.
+#pragma once
+
+#include "ik/liif_decode.h"
+
+namespace ik {
+namespace lte {
+
+// π as the reference multiplies a tensor by math.pi: rounded to the tensor's type.
+template <typename Acc>
+IK_HD Acc pi() {
+  return static_cast<Acc>(3.14159265358979323846);
+}
+
+// phi_i of one member (see above); `in` = [ry, rx, sy, sx] of the member.
+template <typename Acc, typename T>
+IK_HD Acc phase_angle(index_t i, const T* freq_row, const T* phase_w,
+                      const Acc in[liif::kCoordInputs]) {
+  const Acc cell = static_cast<Acc>(phase_w[2 * i]) * in[2] +
+                   static_cast<Acc>(phase_w[2 * i + 1]) * in[3];
+  return static_cast<Acc>(freq_row[2 * i]) * in[0] +
+         static_cast<Acc>(freq_row[2 * i + 1]) * in[1] + cell;
+}
+
+// Fourier feature pair i of one member: writes x_row[i] and x_row[m + i].
+template <typename Acc, typename T>
+IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* freq_row,
+                           const T* phase_w, const Acc in[liif::kCoordInputs], T* x_row) {
+  Acc s, c;
+  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in), &s, &c);
+  x_row[i] = static_cast<T>(static_cast<Acc>(coef_row[i]) * c);
+  x_row[m + i] = static_cast<T>(static_cast<Acc>(coef_row[m + i]) * s);
+}
+
+// Backward of fourier_feature for pair i of one member, from the gradient row gx (2m) of
+// x: writes the gradients of its coefficient row (g_coef[i], g_coef[m + i]) and frequency
+// row (g_freq[2i], g_freq[2i + 1]), and returns d loss / d phi_i
+// (= π·(-g_cos·c[i]·sin + g_sin·c[m+i]·cos)), whose sum over members, times the scaled
+// cell, is the phase weight's gradient.
+template <typename Acc, typename T>
+IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, const T* freq_row,
+                                   const T* phase_w, const Acc in[liif::kCoordInputs],
+                                   const T* gx_row, Acc* g_coef, Acc* g_freq) {
+  Acc s, c;
+  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in), &s, &c);
+  const Acc g_cos = static_cast<Acc>(gx_row[i]), g_sin = static_cast<Acc>(gx_row[m + i]);
+  g_coef[i] = g_cos * c;
+  g_coef[m + i] = g_sin * s;
+  const Acc g_phi = pi<Acc>() * (g_sin * static_cast<Acc>(coef_row[m + i]) * c -
+                                 g_cos * static_cast<Acc>(coef_row[i]) * s);
+  g_freq[2 * i] = g_phi * in[0];
+  g_freq[2 * i + 1] = g_phi * in[1];
+  return g_phi;
+}
+
+}  // namespace lte
+}  // namespace ik

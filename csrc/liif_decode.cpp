@@ -1,0 +1,137 @@
+// The fused LIIF decode operators (SPEC.md §2 with §3's split first layer):
+// implicit_kernels::liif_decode and its backward, for CPU and (in CUDA builds) CUDA tensors.
+//
+// Inputs are the decoder after the split: `proj` (B, H, W, D), channels last, holds the
+// first layer's feature part W_f·unfold(feat) at every LR pixel (a 3×3 convolution,
+// computed by the caller, so the 9C-wide unfolded codes never exist); `w_rel_cell` (D, 4:
+// rel y, x, then cell y, x) and `b0` are the rest of the first layer; `w`/`b` the layers
+// after it.  Per call, for the n = B·Q queries (coord, cell: (B, Q, 2), unscaled cell):
+//   members = the 4 local-ensemble pixels of each query, their offsets and area weights
+//   x_t     = relu(proj[pixel_t] + w_rel_cell·[rel_t, cell·(H, W)] + b0)   (one pass, 4n×D)
+//   out     = Σ_t weight_t · MLP(x_t)
+// The backward recomputes the forward of the call (nothing is saved between the two but
+// the inputs) and returns gradients for proj, w_rel_cell, b0, w and b.  coord and cell
+// are not differentiated: LIIF trains on sampled coordinates, which are data.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "liif_kernels.h"
+#include "mlp.h"
+
+namespace ik {
+namespace liif {
+namespace {
+
+constexpr const char* kOp = "implicit_kernels::liif_decode";
+
+// The decoder's tensors, contiguous (kept alive here: raw pointers are taken from them).
+struct Decoder {
+  at::Tensor proj, w_rel_cell, b0;
+  Mlp rest;  // the layers after the first; empty when the first layer is the last
+};
+
+Decoder make_decoder(const at::Tensor& proj, const at::Tensor& w_rel_cell, const at::Tensor& b0,
+                     at::TensorList w, at::TensorList b) {
+  TORCH_CHECK(proj.dim() == 4 && proj.size(1) >= 1 && proj.size(2) >= 1, kOp,
+              ": proj must be (B, H, W, D), channels last, got ", proj.sizes());
+  const auto type = proj.scalar_type();
+  TORCH_CHECK(at::isFloatingType(type), kOp, ": proj must be floating, got ", type);
+  std::vector<at::Tensor> all = {w_rel_cell, b0};
+  for (auto list : {w, b}) all.insert(all.end(), list.begin(), list.end());
+  for (const auto& t : all) {
+    TORCH_CHECK(t.scalar_type() == type, kOp, ": every parameter must have proj's dtype ", type,
+                ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == proj.device(), kOp, ": every parameter must be on ",
+                proj.device(), ", got ", t.device());
+  }
+  const int64_t width = proj.size(3);
+  TORCH_CHECK(w_rel_cell.dim() == 2 && w_rel_cell.size(0) == width &&
+                  w_rel_cell.size(1) == kCoordInputs && b0.dim() == 1 && b0.size(0) == width,
+              kOp, ": layer 0 (rel and cell part) weight must be (", width, ", ", kCoordInputs,
+              ") and its bias (", width, ",), got ", w_rel_cell.sizes(), " and ", b0.sizes());
+  Decoder d;
+  d.proj = proj.contiguous();
+  d.w_rel_cell = w_rel_cell.contiguous();
+  d.b0 = b0.contiguous();
+  d.rest = make_mlp(w, b, width, /*relu_last=*/false, std::string(kOp) + ": imnet");
+  return d;
+}
+
+int64_t out_dim(const Decoder& d) {
+  return d.rest.weights.empty() ? d.proj.size(3) : d.rest.weights.back().size(0);
+}
+
+// Everything the forward computes that the backward needs.
+struct Trace {
+  Ensemble ensemble;
+  std::vector<at::Tensor> acts;  // mlp_forward's record: the first layer's output x .. preds
+  at::Tensor out;                // (B, Q, out)
+};
+
+Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& cell) {
+  const Kernels k = kernels_for(d.proj, kOp);
+  Trace tr;
+  tr.ensemble = make_ensemble(k, d.proj, coord, cell);
+  const bool relu = !d.rest.weights.empty();
+  const at::Tensor x = k.liif_first_layer(d.proj.view({-1, d.proj.size(3)}), tr.ensemble.index,
+                                          tr.ensemble.inputs, d.w_rel_cell, d.b0, relu);
+  const at::Tensor preds = mlp_forward(d.rest, x, &tr.acts);
+  tr.out = blend(tr.ensemble, preds, {coord.size(0), coord.size(1), preds.size(1)});
+  return tr;
+}
+
+at::Tensor liif_decode(const at::Tensor& proj, const at::Tensor& w_rel_cell, const at::Tensor& b0,
+                       at::TensorList w, at::TensorList b, const at::Tensor& coord,
+                       const at::Tensor& cell) {
+  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
+  check_queries(d.proj, coord, cell, kOp);
+  if (coord.size(1) == 0) return at::empty({coord.size(0), 0, out_dim(d)}, proj.options());
+  return run_forward(d, coord, cell).out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
+                     const at::Tensor& w_rel_cell, const at::Tensor& b0, at::TensorList w,
+                     at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
+  check_queries(d.proj, coord, cell, kOp);
+  check_grad_out(grad_out, coord, out_dim(d), kOp);
+  if (coord.size(1) == 0) {
+    return {at::zeros_like(proj), at::zeros_like(w_rel_cell), at::zeros_like(b0),
+            zeros_like_all(d.rest.weights), zeros_like_all(d.rest.biases)};
+  }
+  const Trace tr = run_forward(d, coord, cell);
+  const Ensemble& e = tr.ensemble;
+  const auto type = proj.scalar_type();
+
+  std::vector<at::Tensor> grad_w, grad_b;
+  at::Tensor grad = blend_backward(e, grad_out, type);
+  if (!d.rest.weights.empty()) {
+    grad = mlp_backward(d.rest, grad, tr.acts, grad_w, grad_b) * (tr.acts.front() > 0);
+  }
+  // grad is now that of the first layer's pre-activation, per member row.
+  const at::Tensor grad_b0 = grad.sum(0);
+  const at::Tensor grad_w_rel_cell = at::mm(grad.t().to(e.inputs.scalar_type()), e.inputs).to(type);
+  return {scatter_rows(e, grad, d.proj), grad_w_rel_cell, grad_b0, grad_w, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+  m.impl("liif_decode", &liif_decode);
+  m.impl("liif_decode_backward", &liif_decode_backward);
+}
+
+#if defined(IK_WITH_CUDA)
+TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
+  m.impl("liif_decode", &liif_decode);
+  m.impl("liif_decode_backward", &liif_decode_backward);
+}
+#endif
+
+}  // namespace liif
+}  // namespace ik

@@ -1,0 +1,85 @@
+// Host side of LIIF's local ensemble for the fused LIIF and LTE operators (declared in
+// csrc/liif_kernels.h): input checks, the member geometry through the device's kernels,
+// and the area-weighted blend of the 4 predictions with its backward (ATen ops in the
+// accumulation type; the blend is 4 multiply-adds per output value).
+#include <ATen/ATen.h>
+
+#include "liif_kernels.h"
+
+namespace ik {
+namespace liif {
+
+Kernels kernels_for(const at::Tensor& map, const char* op) {
+  if (map.is_cpu()) {
+    TORCH_CHECK(map.scalar_type() == at::kFloat || map.scalar_type() == at::kDouble, op,
+                ": CPU tensors must be float32 or float64, got ", map.scalar_type());
+    return {members_cpu, liif_first_layer_cpu, lte_features_cpu, lte_features_backward_cpu};
+  }
+#if defined(IK_WITH_CUDA)
+  if (map.is_cuda()) {
+    return {members_cuda, liif_first_layer_cuda, lte_features_cuda, lte_features_backward_cuda};
+  }
+#endif
+  TORCH_CHECK(false, op, ": no kernel for device ", map.device(), " in this build");
+}
+
+void check_queries(const at::Tensor& map, const at::Tensor& coord, const at::Tensor& cell,
+                   const char* op) {
+  TORCH_CHECK(coord.dim() == 3 && coord.size(0) == map.size(0) && coord.size(2) == 2, op,
+              ": coord must be (B, Q, 2) with B = ", map.size(0), ", got ", coord.sizes());
+  TORCH_CHECK(cell.sizes() == coord.sizes(), op, ": cell must have coord's shape ",
+              coord.sizes(), ", got ", cell.sizes());
+  for (const at::Tensor* t : {&coord, &cell}) {
+    const char* name = t == &coord ? "coord" : "cell";
+    TORCH_CHECK(t->scalar_type() == map.scalar_type(), op, ": ", name, " must have dtype ",
+                map.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == map.device(), op, ": ", name, " must be on ", map.device(),
+                ", got ", t->device());
+  }
+  TORCH_CHECK(map.size(1) < (int64_t(1) << 31) && map.size(2) < (int64_t(1) << 31), op,
+              ": feature map too large");
+  // NaN has no nearest pixel: it would become an out-of-range index.
+  TORCH_CHECK(coord.numel() == 0 || at::isfinite(coord).all().item<bool>(), op,
+              ": coord must be finite");
+}
+
+Ensemble make_ensemble(const Kernels& k, const at::Tensor& map, const at::Tensor& coord,
+                       const at::Tensor& cell) {
+  const Dims dims{map.size(1), map.size(2), coord.size(1)};
+  Ensemble e;
+  std::tie(e.index, e.inputs, e.weights) =
+      k.members(coord.reshape({-1, 2}).contiguous(), cell.reshape({-1, 2}).contiguous(), dims,
+                accumulate_type(map.scalar_type()));
+  return e;
+}
+
+at::Tensor blend(const Ensemble& e, const at::Tensor& preds, at::IntArrayRef out_shape) {
+  const int64_t n = e.weights.size(0), out = preds.size(1);
+  const at::Tensor members = preds.view({n, kMembers, out}).to(e.weights.scalar_type());
+  return (members * e.weights.unsqueeze(2)).sum(1).to(preds.scalar_type()).view(out_shape);
+}
+
+at::Tensor blend_backward(const Ensemble& e, const at::Tensor& grad_out, at::ScalarType type) {
+  const int64_t n = e.weights.size(0), out = grad_out.size(2);
+  const at::Tensor grad = grad_out.reshape({n, 1, out}).to(e.weights.scalar_type());
+  return (e.weights.unsqueeze(2) * grad).to(type).view({n * kMembers, out});
+}
+
+at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Tensor& map) {
+  const int64_t d = map.size(3);
+  return at::zeros({map.numel() / d, d}, rows.options().dtype(e.inputs.scalar_type()))
+      .index_add_(0, e.index, rows.to(e.inputs.scalar_type()))
+      .to(map.scalar_type())
+      .view(map.sizes());
+}
+
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& coord, int64_t out,
+                    const char* op) {
+  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == coord.size(0) &&
+                  grad_out.size(1) == coord.size(1) && grad_out.size(2) == out,
+              op, ": grad_out must be (B, Q, ", out, "), got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == coord.device(), op, ": grad_out must be on ", coord.device());
+}
+
+}  // namespace liif
+}  // namespace ik
