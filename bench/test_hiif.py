@@ -1,0 +1,8 @@
+"""HIIF (global attention, the public code's normaliser): scale sweep and headline
+decode, every backend, dtype and pass (grid, sizes and protocol: bench/conftest.py)."""
+import pytest
+
+
+@pytest.mark.bench_models("hiif")
+def test_hiif(case, bench_case):
+    bench_case(case)
