@@ -109,7 +109,26 @@ register(Backend("cuda", "implicit_kernels.compiled",
                  _extension_requirements(cuda=True), "cuda",
                  (torch.float32, torch.float64, torch.float16, torch.bfloat16)))
 
-#: Preference of "auto", fastest first.
+def _triton_requirements():
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return ["triton is not installed"]
+    if not _TRITON_INTERPRET and not torch.cuda.is_available():
+        return ["no CUDA GPU (set TRITON_INTERPRET=1 before importing triton to run the "
+                "kernels on CPU tensors in Triton's interpreter)"]
+    return []
+
+
+# Under Triton's interpreter the kernels run on CPU tensors; compiled, on CUDA only.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+register(Backend("triton", "implicit_kernels.triton",
+                 "Triton kernels (DIIF; CUDA, or CPU under TRITON_INTERPRET=1)",
+                 _triton_requirements, None if _TRITON_INTERPRET else "cuda",
+                 (torch.float32, torch.float16, torch.bfloat16)))
+
+#: Preference of "auto", fastest first.  "triton" is explicit-only until it is measured
+#: against "cuda" on a GPU.
 AUTO_ORDER = ["cuda", "cpu", "torch"]
 
 

@@ -1,0 +1,8 @@
+"""The ``"triton"`` backend: Triton kernels for the decoders, one module per decoder
+(``diif.py`` defines ``diif``), each registering its kernels as opaque
+``torch.library.custom_op`` operators with explicit fake implementations and autograd
+(``torch.library.triton_op`` fails ``opcheck`` under ``TRITON_INTERPRET=1``).
+
+Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
+``triton`` was imported (the interpreter, used by the CPU tests).
+"""

@@ -1,0 +1,106 @@
+"""The "triton" backend (DIIF) against the reference: values, gradients, opcheck.
+
+Runs on a GPU, or on CPU tensors under Triton's interpreter:
+``TRITON_INTERPRET=1 python -m pytest tests/test_triton.py`` (the variable must be set
+before triton is imported, so in its own process; tests/test_triton_interpreter.py
+does that for the main suite).  Interpreter runs use fp32 (its bf16 ``tl.dot`` is
+not the GPU's) and small shapes."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import backends, geometry
+from conftest import assert_matches, mlp_params
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+#: Feature map 5×7 → integer ×3, non-integer ×2.7 (14×19) and asymmetric ×3 by ×5.
+SIZES = {"x3": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35)}
+
+
+def diif_params(c=4, hidden=24):
+    return {**mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden]),
+            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3])}
+
+
+def decode_with_grads(feat, params, size, slicing, backend, upstream, chunk_size):
+    out = F.diif_decode(feat, size, params, slicing=slicing, backend=backend,
+                        chunk_size=chunk_size)
+    return out.detach(), torch.autograd.grad(out, [feat, *params.values()], upstream)
+
+
+@pytest.mark.parametrize("slicing", geometry.SLICINGS)
+@pytest.mark.parametrize("name", list(SIZES))
+def test_values_and_grads_equal_reference(name, slicing):
+    feat = torch.randn(2, 4, 5, 7, device=DEVICE, requires_grad=True)
+    params = {k: v.to(DEVICE).requires_grad_() for k, v in diif_params().items()}
+    upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
+    # chunk_size 500 over a batch of 2 cuts the grid mid-slice: chunks must agree.
+    out, grads = decode_with_grads(feat, params, SIZES[name], slicing, "triton", upstream, 500)
+    ref, ref_grads = decode_with_grads(feat, params, SIZES[name], slicing, "reference",
+                                       upstream, None)
+    assert_matches(out, ref)
+    for key, g, g_ref in zip(["feat", *params], grads, ref_grads):
+        assert_matches(g, g_ref, f"grad of {key}")
+
+
+def test_paper_width_and_pixel_queries():
+    """Hidden width 256 (the papers'; blocks exactly the width) on sampled pixels."""
+    feat = torch.randn(1, 2, 3, 4, device=DEVICE)
+    params = {k: v.to(DEVICE) for k, v in diif_params(2, 256).items()}
+    pixels = torch.stack([torch.randint(0, 8, (1, 40)), torch.randint(0, 11, (1, 40))], -1)
+    pixels = pixels.to(DEVICE)
+    ref = F.diif_decode(feat, (8, 11), params, pixels=pixels, backend="reference")
+    assert_matches(F.diif_decode(feat, (8, 11), params, pixels=pixels, backend="triton"), ref)
+
+
+def test_unsupported_depth_is_refused():
+    feat = torch.randn(1, 2, 3, 4, device=DEVICE)
+    params = {**mlp_params("coarse.layers.", [38, 16]),
+              **mlp_params("fine.layers.", [18, 16, 16, 3])}
+    with pytest.raises(ValueError, match="papers' depths"):
+        F.diif_decode(feat, (6, 8), {k: v.to(DEVICE) for k, v in params.items()},
+                      backend="triton")
+
+
+def test_backend_is_listed_and_not_auto():
+    assert backends.available_backends("diif")["triton"][0]
+    assert "triton" not in backends.AUTO_ORDER
+
+
+def test_opcheck():
+    from implicit_kernels.compiled.diif import _op_inputs
+    from implicit_kernels.triton.diif import prepare_diif
+    feat = torch.randn(2, 3, 3, 4, device=DEVICE)
+    params = {k: v.to(DEVICE) for k, v in diif_params(3, 16).items()}
+    pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
+    args = (*_op_inputs(prepare_diif(feat, F._diif_params(params, feat))), pixels, 7, 9,
+            "linear")
+    permuted = list(args)
+    permuted[0] = args[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # dense, not contiguous
+    for sample in (args, tuple(permuted)):
+        grads = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                 else [t.detach().requires_grad_() for t in a] if isinstance(a, list) else a
+                 for a in sample]
+        torch.library.opcheck(torch.ops.implicit_kernels.diif_decode_triton, tuple(grads))
+
+
+def test_compiles_as_one_op():
+    feat = torch.randn(1, 3, 3, 4, device=DEVICE, requires_grad=True)
+    params = {k: v.to(DEVICE).requires_grad_() for k, v in diif_params(3, 16).items()}
+
+    def decode(f, p):
+        return F.diif_decode(f, (7, 9), p, backend="triton")
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    out = compiled(feat, params)
+    assert_matches(out, decode(feat, params))
+    out.sum().backward()
+    assert feat.grad is not None and all(p.grad is not None for p in params.values())
