@@ -4,7 +4,12 @@ Commands (each module is imported only when its command runs):
 
 - ``demo``: decode an image through every available backend (:mod:`.demo`);
 - ``info``: versions, build and backend availability (:mod:`.info`);
-- ``cost``: parameters and MACs of a model (:mod:`.cost`).
+- ``cost``: parameters and MACs of a model (:mod:`.cost`);
+- ``upscale``: super-resolve an image with a trained model (:mod:`.upscale`);
+- ``train``: train a model from a YAML config (:mod:`.train`);
+- ``eval``: PSNR of models and bicubic over HR images (:mod:`.evaluate`).
+
+The console script ``implicit-sr`` is this dispatcher (``implicit-sr upscale ...``).
 """
 from __future__ import annotations
 
@@ -16,12 +21,15 @@ COMMANDS = {
     "demo": ("implicit_kernels.demo", "decode an image through every available backend"),
     "info": ("implicit_kernels.info", "versions, build and backend availability"),
     "cost": ("implicit_kernels.cost", "parameters and MACs of a model"),
+    "upscale": ("implicit_kernels.upscale", "super-resolve an image with a trained model"),
+    "train": ("implicit_kernels.train", "train a model from a YAML config"),
+    "eval": ("implicit_kernels.evaluate", "PSNR of models and bicubic over HR images"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: python -m implicit_kernels <command> [options]", "", "commands:"]
-    lines += [f"  {name:<6} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<7} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n'python -m implicit_kernels <command> --help' describes a command's options.")
     return "\n".join(lines)
 

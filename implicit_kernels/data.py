@@ -138,12 +138,10 @@ class ImageFolder:
         for path in candidates:
             try:
                 img = read_image(path, max_side)
-            except (OSError, ValueError, SyntaxError) as exc:
-                # PIL raises OSError for unknown/truncated files, ValueError/SyntaxError for
-                # some malformed headers; DecompressionBombError is a subclass of neither.
-                self._skip(path, f"unreadable ({type(exc).__name__}: {exc})")
-                continue
-            except Exception as exc:  # noqa: BLE001  (e.g. DecompressionBombError)
+            except Exception as exc:  # noqa: BLE001
+                # Pillow raises OSError for unknown or truncated files, but ValueError,
+                # SyntaxError or DecompressionBombError for some malformed ones: a bad
+                # file must never stop a training run.
                 self._skip(path, f"unreadable ({type(exc).__name__}: {exc})")
                 continue
             if min(img.size) < min_side:

@@ -1,9 +1,9 @@
 """``python -m implicit_kernels demo``: decode one image through every available backend.
 
 Loads a small photograph (the bundled ``data/astronaut.png`` unless ``--image`` is given),
-builds a model with ``models.make`` (random weights, seeded: **the outputs are not
-super-resolved images until trained weights ship** -- the demo shows speed, memory and
-agreement between backends), runs the encoder once and decodes the features at several
+loads the model's shipped weights (:mod:`implicit_kernels.weights`; a model without
+shipped weights, or ``--random``, gets random seeded weights: the demo is about speed,
+memory and agreement between backends), runs the encoder once and decodes the features at several
 scales, including a non-integer and an asymmetric one, with each backend.  It prints one
 row per backend and scale: output size, the layer-count MACs of the decoder
 (:mod:`implicit_kernels.cost`), time, peak memory and the largest difference from the
@@ -255,8 +255,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m implicit_kernels demo",
         description="Decode one image at several scales with every available backend and "
-                    "compare time, memory and agreement with the reference. Weights are "
-                    "random (seeded) until trained weights ship.")
+                    "compare time, memory and agreement with the reference. Uses the "
+                    "model's shipped weights when there are some, else random ones.")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"<encoder>-<decoder> from models.names() (default {DEFAULT_MODEL})")
     p.add_argument("--scales", default=DEFAULT_SCALES,
@@ -271,6 +271,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per cell; the best time is shown (default 1)")
+    p.add_argument("--random", action="store_true",
+                   help="random (seeded) weights even where trained ones ship")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return p
 
@@ -296,13 +298,19 @@ def _main(args) -> int:
         raise ValueError("--repeat must be at least 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     img = load_image(args.image).to(device)
-    torch.manual_seed(args.seed)
-    model = models.make(args.model).eval().to(device)
+    from . import weights
+
+    if args.model in weights.shipped() and not args.random:
+        model, info = weights.load_model(args.model, device=device)
+        origin = f"shipped weights (step {info['step']:,}; see implicit_kernels/weights/README.md)"
+    else:
+        torch.manual_seed(args.seed)
+        model = models.make(args.model).eval().to(device)
+        origin = f"RANDOM weights (seed {args.seed})"
     names = None if args.backends is None else [n.strip() for n in args.backends.split(",")]
 
-    print(f"model {args.model} with RANDOM weights (seed {args.seed}; trained weights are not "
-          f"shipped yet), input {img.shape[-2]}x{img.shape[-1]} (HxW), device {device}, "
-          f"torch {torch.__version__}")
+    print(f"model {args.model} with {origin}, input {img.shape[-2]}x{img.shape[-1]} (HxW), "
+          f"device {device}, torch {torch.__version__}")
     rows, skipped, auto = run(model, args.model, img, scales, names, args.repeat)
     print(format_table(rows))
     for name, reasons in skipped.items():

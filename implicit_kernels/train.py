@@ -70,6 +70,17 @@ __all__ = ["DEFAULTS", "load_config", "build_model", "build_sampler", "Trainer",
 # Configuration
 # ----------------------------------------------------------------------------------------
 
+def _coerce(default, value):
+    """YAML 1.1 reads ``2e-4`` (no dot) as a string; turn such strings into numbers where
+    the default is a float."""
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _merge(base: dict, over: dict, where: str = "") -> dict:
     """``base`` updated recursively with ``over``; unknown keys are errors (typos in a
     config must not be silently ignored)."""
@@ -82,7 +93,7 @@ def _merge(base: dict, over: dict, where: str = "") -> dict:
                 raise ValueError(f"config key {where}{key} must be a mapping")
             out[key] = _merge(base[key], value, f"{where}{key}.")
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = _coerce(base[key], copy.deepcopy(value))
     return out
 
 
@@ -101,7 +112,7 @@ def _set(cfg: dict, assignment: str) -> None:
         node = node[k]
     if keys[-1] not in node:
         raise ValueError(f"--set: {path!r} is not a config key")
-    node[keys[-1]] = yaml.safe_load(text)
+    node[keys[-1]] = _coerce(node[keys[-1]], yaml.safe_load(text))
 
 
 def load_config(path: str | None = None, overrides=()) -> dict:

@@ -36,10 +36,16 @@ def test_run_one_row_per_backend_and_scale():
     assert auto == backends.auto_choice("diif", feat) and auto not in skipped
 
 
+def test_cli_random_weights(tiny_png, capsys):
+    assert cli.main(["demo", "--image", tiny_png, "--scales", "1.5", "--random",
+                     "--backends", "torch"]) == 0
+    assert "RANDOM weights (seed 0)" in capsys.readouterr().out
+
+
 def test_cli_prints_table(tiny_png, capsys):
     assert cli.main(["demo", "--image", tiny_png, "--scales", "1.5,1x2"]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM weights" in out and '"auto" picks:' in out
+    assert "with shipped weights (step" in out and '"auto" picks:' in out
     header, _, *body = out.split("\n")[1:]
     rows = [line.split() for line in body if line.split() and line.split()[0] in backends.BACKENDS]
     n_available = len([n for n in backends.BACKENDS if not backends.unavailable_reasons(
