@@ -63,6 +63,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def exact_fp32_matmul():
+    """CUDA matmuls in full fp32 (no TF32) for the test, so fp32 comparisons at 1e-5 hold."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -23,14 +23,8 @@ def diif_params(c=4, hidden=32, dtype=torch.float32):
         **mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden], dtype=dtype),
         **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}.items()}
 
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    """fp32 comparisons at 1e-5 need full-precision matmuls (no TF32)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+# fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
+pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)

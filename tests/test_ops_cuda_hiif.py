@@ -26,14 +26,8 @@ def cuda_all(*ts):
 def cuda_params(**kw):
     return {k: v.cuda() for k, v in hiif_params(**kw).items()}
 
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    """fp32 comparisons at 1e-5 need full-precision matmuls (no TF32)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+# fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
+pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 @pytest.mark.parametrize("chunk_size", [16384, 1000])

@@ -16,14 +16,8 @@ pytestmark = pytest.mark.skipif(
 
 SIZES = {**SIZES, "x30": (150, 210)}
 
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    """fp32 comparisons at 1e-5 need full-precision matmuls (no TF32)."""
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+# fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
+pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 def cuda_leaves(decoder, b=2, c=4, h=5, w=7, dtype=torch.float32, **kw):

@@ -44,7 +44,9 @@ def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_
             *like([fine_wh, fine_wd, fine_b0]), like(fine_w), like(fine_b))
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
+    """Autograd context of a DIIF decode operator with this schema (shared with the
+    Triton operator): saves the tensors, the list lengths and the options."""
     (corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w, fine_b,
      pixels, out_h, out_w, slicing) = inputs
     ctx.save_for_backward(corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels,
@@ -53,18 +55,22 @@ def _setup_context(ctx, inputs, output):
     ctx.options = (out_h, out_w, slicing)
 
 
-def _backward(ctx, grad_out):
+def backward_arguments(ctx, grad_out):
+    """The backward operator's arguments, from what :func:`setup_context` saved."""
     corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels, *lists = ctx.saved_tensors
     nc, nf = ctx.layers
     coarse_w, coarse_b = lists[:nc], lists[nc:2 * nc]
     fine_w, fine_b = lists[2 * nc:2 * nc + nf], lists[2 * nc + nf:]
-    grads = torch.ops.implicit_kernels.diif_decode_backward(
-        grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0,
-        fine_w, fine_b, pixels, *ctx.options)
+    return (grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0,
+            fine_w, fine_b, pixels, *ctx.options)
+
+
+def _backward(ctx, grad_out):
+    grads = torch.ops.implicit_kernels.diif_decode_backward(*backward_arguments(ctx, grad_out))
     return (*grads, None, None, None, None)
 
 
 if _extension.available():
     torch.library.register_fake(OP)(_fake)
     torch.library.register_fake(OP + "_backward")(_fake_backward)
-    torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(OP, _backward, setup_context=setup_context)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .. import geometry
-from ..compiled.diif import _op_inputs
+from ..compiled.diif import _op_inputs, backward_arguments, setup_context
 from ..torch_impl.diif import ENSEMBLE_VERTICES, prepare_diif  # noqa: F401  (same projection)
 
 OP = "implicit_kernels::diif_decode_triton"
@@ -362,30 +362,16 @@ def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_
                       fine_b0, *fine_w, *fine_b)]
 
 
-def _setup_context(ctx, inputs, output):
-    (corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w, fine_b,
-     pixels, out_h, out_w, slicing) = inputs
-    ctx.save_for_backward(corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels,
-                          *coarse_w, *coarse_b, *fine_w, *fine_b)
-    ctx.layers = (len(coarse_w), len(fine_w))
-    ctx.options = (out_h, out_w, slicing)
-
-
 def _backward(ctx, grad_out):
-    corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels, *lists = ctx.saved_tensors
+    grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out))
     nc, nf = ctx.layers
-    coarse_w, coarse_b = lists[:nc], lists[nc:2 * nc]
-    fine_w, fine_b = lists[2 * nc:2 * nc + nf], lists[2 * nc + nf:]
-    grads = diif_decode_triton_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b,
-                                        fine_wh, fine_wd, fine_b0, fine_w, fine_b, pixels,
-                                        *ctx.options)
     (d_corner, d_wc, d_b0), rest = grads[:3], grads[3:]
     d_cw, d_cb, rest = rest[:nc], rest[nc:2 * nc], rest[2 * nc:]
     (d_wh, d_wd, d_bd), d_fw, d_fb = rest[:3], rest[3:3 + nf], rest[3 + nf:]
     return (d_corner, d_wc, d_b0, d_cw, d_cb, d_wh, d_wd, d_bd, d_fw, d_fb, None, None, None, None)
 
 
-diif_decode_triton.register_autograd(_backward, setup_context=_setup_context)
+diif_decode_triton.register_autograd(_backward, setup_context=setup_context)
 
 
 def diif(feat, out_size, pixels, params, slicing):
