@@ -165,3 +165,17 @@ def test_scaled_size():
     for bad in (0.5, float("nan"), float("inf"), (1, 0.9)):
         with pytest.raises(ValueError, match="scale"):
             scaled_size(feat, bad)
+
+
+def test_device_mismatch(feat):
+    """Parameters or queries on another device than feat are named in the error (meta
+    tensors stand in for a second device on machines without a GPU)."""
+    params = {k: v.to("meta") if k == "fine.layers.2.weight" else v
+              for k, v in diif_params().items()}
+    with pytest.raises(ValueError, match=r"params\['fine.layers.2.weight'\] is on meta but feat is on cpu"):
+        F.diif_decode(feat, (10, 14), params)
+    coord = torch.zeros(2, 3, 2, device="meta")
+    with pytest.raises(ValueError, match="coord is on meta"):
+        F.liif_decode(feat, None, liif_params(), coord=coord, cell=torch.ones(2, 3, 2))
+    with pytest.raises(ValueError, match="pixels is on meta"):
+        F.diif_decode(feat, (10, 14), diif_params(), pixels=torch.zeros(2, 3, 2, dtype=torch.long, device="meta"))
