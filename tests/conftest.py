@@ -63,6 +63,24 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def opcheck_layouts(op, args) -> None:
+    """``torch.library.opcheck`` of ``op`` on ``args`` and on the same arguments with the
+    first tensor dense but not contiguous (a fake that ignores strides fails only then),
+    floating tensors (also inside lists) as grad-requiring leaves."""
+    permuted = list(args)
+    first = args[0]
+    dims = list(range(first.dim()))
+    order = dims[:1] + dims[-1:] + dims[1:-1]
+    back = [order.index(d) for d in dims]
+    permuted[0] = first.permute(order).contiguous().permute(back)
+    assert not permuted[0].is_contiguous()
+    for sample in (args, tuple(permuted)):
+        leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                  else [t.detach().requires_grad_() for t in a] if isinstance(a, list) else a
+                  for a in sample]
+        torch.library.opcheck(op, tuple(leaves))
+
+
 @pytest.fixture
 def exact_fp32_matmul():
     """CUDA matmuls in full fp32 (no TF32) for the test, so fp32 comparisons at 1e-5 hold."""

@@ -5,7 +5,7 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
-from conftest import assert_matches, mlp_params
+from conftest import assert_matches, mlp_params, opcheck_layouts
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 
@@ -76,14 +76,8 @@ def test_diif_opcheck():
     feat = torch.randn(2, 3, 3, 4)
     params = diif_params(3, 8)
     pixels = geometry.grid_pixels((7, 9), 2).contiguous()
-    args = op_args(feat, params, pixels, (7, 9))
-    permuted = list(args)
-    permuted[0] = args[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # dense, not contiguous
-    for sample in (args, tuple(permuted)):
-        grads = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                 else [t.detach().requires_grad_() for t in a] if isinstance(a, list) else a
-                 for a in sample]
-        torch.library.opcheck(torch.ops.implicit_kernels.diif_decode, tuple(grads))
+    opcheck_layouts(torch.ops.implicit_kernels.diif_decode,
+                    op_args(feat, params, pixels, (7, 9)))
 
 
 def test_diif_compiles_without_graph_breaks():

@@ -13,7 +13,7 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from conftest import assert_matches, mlp_params
+from conftest import assert_matches, mlp_params, opcheck_layouts
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -83,13 +83,7 @@ def test_opcheck():
     pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
     args = (*_op_inputs(prepare_diif(feat, F._diif_params(params, feat))), pixels, 7, 9,
             "linear")
-    permuted = list(args)
-    permuted[0] = args[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # dense, not contiguous
-    for sample in (args, tuple(permuted)):
-        grads = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                 else [t.detach().requires_grad_() for t in a] if isinstance(a, list) else a
-                 for a in sample]
-        torch.library.opcheck(torch.ops.implicit_kernels.diif_decode_triton, tuple(grads))
+    opcheck_layouts(torch.ops.implicit_kernels.diif_decode_triton, args)
 
 
 def test_compiles_as_one_op():
