@@ -202,3 +202,14 @@ def test_hiif_empty_and_poisoned_outputs_are_written():
     # tests/conftest.py sets IK_POISON=1: kernels' outputs start as NaN.
     out = F.hiif_decode(feat, inp, (13, 15), params, backend="cpu", chunk_size=100)
     assert torch.isfinite(out).all()
+
+
+def test_hiif_refuses_coordinate_gradients():
+    """The fused ops do not differentiate coord/cell: asking for it is an error, never a
+    silently missing gradient."""
+    feat, inp = inputs(b=1, c=2, h=3, w=3)
+    params = hiif_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=3)
+    coord, cell = random_queries(1, 5)
+    with pytest.raises(RuntimeError, match="does not differentiate coord or cell"):
+        F.hiif_decode(feat, inp, None, params, coord=coord.requires_grad_(), cell=cell,
+                      backend="cpu")

@@ -29,6 +29,7 @@ import torch
 
 from .. import _extension
 from ..reference.lte import bilinear_skip
+from .liif import check_coordinates_constant
 from ..torch_impl import hiif as torch_hiif
 
 NS = "implicit_kernels::"
@@ -47,6 +48,7 @@ def prepare_hiif(feat, params):
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """Decode queries with attention over all ``Q`` queries of each image (arguments as
     ``torch_impl.hiif.hiif``) → ``B×Q×3``."""
+    check_coordinates_constant(coord, cell, "implicit_kernels::hiif_level0/hiif_levels")
     b, n = coord.shape[:2]
     if n == 0:
         return coord.new_zeros(b, 0, 3)
