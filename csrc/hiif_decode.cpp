@@ -562,32 +562,25 @@ hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::
   return {go.reshape(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
 }
 
+// The same kernels serve both dispatch keys (device-specific steps are chosen inside).
+void register_hiif_kernels(torch::Library& m) {
+  m.impl("hiif_codes", &hiif_codes);
+  m.impl("hiif_level0", &hiif_level0);
+  m.impl("hiif_level0_backward", &hiif_level0_backward);
+  m.impl("hiif_attention_stats", &hiif_attention_stats);
+  m.impl("hiif_attention_stats_backward", &hiif_attention_stats_backward);
+  m.impl("hiif_attention_apply", &hiif_attention_apply);
+  m.impl("hiif_attention_apply_backward", &hiif_attention_apply_backward);
+  m.impl("hiif_levels", &hiif_levels);
+  m.impl("hiif_levels_backward", &hiif_levels_backward);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
-  m.impl("hiif_codes", &hiif_codes);
-  m.impl("hiif_level0", &hiif_level0);
-  m.impl("hiif_level0_backward", &hiif_level0_backward);
-  m.impl("hiif_attention_stats", &hiif_attention_stats);
-  m.impl("hiif_attention_stats_backward", &hiif_attention_stats_backward);
-  m.impl("hiif_attention_apply", &hiif_attention_apply);
-  m.impl("hiif_attention_apply_backward", &hiif_attention_apply_backward);
-  m.impl("hiif_levels", &hiif_levels);
-  m.impl("hiif_levels_backward", &hiif_levels_backward);
-}
+TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) { register_hiif_kernels(m); }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
-  m.impl("hiif_codes", &hiif_codes);
-  m.impl("hiif_level0", &hiif_level0);
-  m.impl("hiif_level0_backward", &hiif_level0_backward);
-  m.impl("hiif_attention_stats", &hiif_attention_stats);
-  m.impl("hiif_attention_stats_backward", &hiif_attention_stats_backward);
-  m.impl("hiif_attention_apply", &hiif_attention_apply);
-  m.impl("hiif_attention_apply_backward", &hiif_attention_apply_backward);
-  m.impl("hiif_levels", &hiif_levels);
-  m.impl("hiif_levels_backward", &hiif_levels_backward);
-}
+TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) { register_hiif_kernels(m); }
 #endif
 
 }  // namespace hiif
