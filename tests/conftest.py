@@ -81,6 +81,19 @@ def opcheck_layouts(op, args) -> None:
         torch.library.opcheck(op, tuple(leaves))
 
 
+def assert_compiles_fullgraph(fn, *args) -> None:
+    """``torch.compile(fn, fullgraph=True)`` (aot_eager: no C++ codegen in CI) traces
+    without graph breaks, equals eager ``fn``, and its backward reaches every tensor of
+    ``args`` that requires grad (dict values included)."""
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    out = compiled(*args)
+    assert_matches(out, fn(*args))
+    out.sum().backward()
+    leaves = [t for a in args for t in (a.values() if isinstance(a, dict) else [a])
+              if isinstance(t, torch.Tensor) and t.requires_grad]
+    assert leaves and all(t.grad is not None for t in leaves)
+
+
 @pytest.fixture
 def exact_fp32_matmul():
     """CUDA matmuls in full fp32 (no TF32) for the test, so fp32 comparisons at 1e-5 hold."""

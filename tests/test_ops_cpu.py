@@ -5,7 +5,7 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
-from conftest import assert_matches, mlp_params, opcheck_layouts
+from conftest import assert_compiles_fullgraph, assert_matches, mlp_params, opcheck_layouts
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 
@@ -87,11 +87,7 @@ def test_diif_compiles_without_graph_breaks():
     def decode(f, p):
         return F.diif_decode(f, (7, 9), p, backend="cpu")
 
-    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
-    out = compiled(feat, params)
-    assert_matches(out, decode(feat, params))
-    out.sum().backward()
-    assert feat.grad is not None and all(p.grad is not None for p in params.values())
+    assert_compiles_fullgraph(decode, feat, params)
 
 
 def test_diif_op_rejects_bad_input():

@@ -7,7 +7,7 @@ import torch
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
 from implicit_kernels.reference.hiif import hierarchical_code, local_coord
-from conftest import assert_matches
+from conftest import assert_compiles_fullgraph, assert_matches
 from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
@@ -152,11 +152,7 @@ def test_hiif_compiles_without_graph_breaks():
     def decode(f, p):
         return F.hiif_decode(f, inp, (7, 9), p, backend="cpu", chunk_size=20)
 
-    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
-    out = compiled(feat, params)
-    assert_matches(out, decode(feat, params))
-    out.sum().backward()
-    assert feat.grad is not None and all(p.grad is not None for p in params.values())
+    assert_compiles_fullgraph(decode, feat, params)
 
 
 def test_hiif_ops_reject_bad_input():
