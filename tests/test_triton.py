@@ -39,6 +39,9 @@ def decode_with_grads(feat, params, size, slicing, backend, upstream, chunk_size
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
 @pytest.mark.parametrize("name", list(SIZES))
 def test_values_and_grads_equal_reference(name, slicing):
+    # Each case draws its own data: with one seed for all, a ReLU pre-activation of one
+    # case sat within rounding of 0 (1e-9), where the reference's gradient is a coin flip.
+    torch.manual_seed(10 * list(SIZES).index(name) + geometry.SLICINGS.index(slicing))
     feat = torch.randn(2, 4, 5, 7, device=DEVICE, requires_grad=True)
     params = {k: v.to(DEVICE).requires_grad_() for k, v in diif_params().items()}
     upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
