@@ -1,6 +1,6 @@
-"""Runs tests/test_triton.py under Triton's interpreter (CPU tensors) in a subprocess:
-``TRITON_INTERPRET=1`` must be set before triton is imported, which this process
-may already have done."""
+"""Runs each tests/test_triton_<decoder>.py under Triton's interpreter (CPU tensors) in a
+subprocess: ``TRITON_INTERPRET=1`` must be set before triton is imported, which this
+process may already have done."""
 import importlib.util
 import os
 import pathlib
@@ -9,13 +9,17 @@ import sys
 
 import pytest
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FILES = sorted(p.name for p in (ROOT / "tests").glob("test_triton_*.py")
+               if p.name != pathlib.Path(__file__).name)
+
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_triton_kernels_pass_under_the_interpreter():
-    root = pathlib.Path(__file__).resolve().parent.parent
+@pytest.mark.parametrize("name", FILES)
+def test_triton_kernels_pass_under_the_interpreter(name):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "tests/test_triton.py", "-q",
+    run = subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q",
                           "-p", "no:cacheprovider"],
-                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]

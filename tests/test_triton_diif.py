@@ -1,7 +1,7 @@
-"""The "triton" backend (DIIF) against the reference: values, gradients, opcheck.
+"""The "triton" backend for DIIF against the reference: values, gradients, opcheck.
 
 Runs on a GPU, or on CPU tensors under Triton's interpreter:
-``TRITON_INTERPRET=1 python -m pytest tests/test_triton.py`` (the variable must be set
+``TRITON_INTERPRET=1 python -m pytest tests/test_triton_diif.py`` (the variable must be set
 before triton is imported, so in its own process; tests/test_triton_interpreter.py
 does that for the main suite).  Interpreter runs use fp32 (its bf16 ``tl.dot`` is
 not the GPU's) and small shapes."""
