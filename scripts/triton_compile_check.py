@@ -1,10 +1,11 @@
-"""Compile the Triton DIIF kernels for sm_90 without a GPU and print registers and
-spills per configuration (``python scripts/triton_compile_check.py``).
+"""Compile the Triton kernels for sm_90 without a GPU and print registers and spills per
+configuration (``python scripts/triton_compile_check.py [decoder ...]``).
 
 Uses ``triton.compile`` on an ``ASTSource`` for ``GPUTarget("cuda", 90, 32)``, then the
 ptxas that ships with triton (``-v``) on the PTX for the resource counts: no CUDA
 toolkit or GPU is needed.  Run from the repository root with ``PYTHONPATH=.`` in a
-worktree (the script's own folder is first on ``sys.path``).
+worktree (the script's own folder is first on ``sys.path``).  Widths are the papers'
+(256); each kernel's signature is listed in :data:`KERNELS`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import itertools
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 import triton
@@ -19,10 +21,40 @@ import triton.backends.nvidia
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from implicit_kernels.triton import diif
+from implicit_kernels.triton import diif, mlp
 
 TARGET = GPUTarget("cuda", 90, 32)
 DTYPES = {"fp32": ("fp32", "ieee"), "tf32": ("fp32", "tf32"), "bf16": ("bf16", "ieee")}
+PTXAS = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
+WIDTH = mlp.block(256)
+
+
+def _pointers(names, dtype, exceptions):
+    """``*dtype`` for each pointer name, ``exceptions`` overriding (e.g. int tables)."""
+    return {name: exceptions.get(name, f"*{dtype}") for name in names}
+
+
+# Per kernel: (decoder, kernel, pointer names, fixed pointer types, int arguments,
+# constexprs besides ROWS/BLOCK_N/PRECISION).
+_DIIF_COARSE = ["slices_ptr", "corner_ptr", "wc_ptr", "b0_ptr", "w1_ptr", "b1_ptr", "wh_ptr"]
+_DIIF_FINE = ["pixels_ptr", "slice_ptr", "g_ptr", "wd_ptr", "bd_ptr", "w1_ptr", "b1_ptr", "w2_ptr"]
+_DIIF_TYPES = {"slices_ptr": "*i32", "pixels_ptr": "*i64", "slice_ptr": "*i64", "g_ptr": "*fp32",
+               "dg_ptr": "*fp32", "act_ptr": "*fp32", "hidden_ptr": "*fp32",
+               "delta_ptr": "*fp32", "dpre_ptr": "*fp32", "dz_ptr": "*fp32"}
+_DIIF_COARSE_INTS = ["S", "H", "W", "HO", "WO", "DC", "DF"]
+_DIIF_FINE_INTS = ["P", "H", "W", "HO", "WO", "DF", "DH", "NOUT"]
+KERNELS = {
+    "diif_coarse": ("diif", diif._coarse_kernel, _DIIF_COARSE + ["g_ptr"], _DIIF_TYPES,
+                    _DIIF_COARSE_INTS, {"BLOCK_C": WIDTH, "BLOCK_F": WIDTH}),
+    "diif_fine": ("diif", diif._fine_kernel, _DIIF_FINE + ["b2_ptr", "out_ptr"], _DIIF_TYPES,
+                  _DIIF_FINE_INTS, {"BLOCK_F": WIDTH, "BLOCK_O": 16}),
+    "diif_coarse_bwd": ("diif", diif._coarse_backward_kernel,
+                        _DIIF_COARSE + ["dg_ptr", "act_ptr", "hidden_ptr", "delta_ptr", "dpre_ptr"],
+                        _DIIF_TYPES, _DIIF_COARSE_INTS, {"BLOCK_C": WIDTH, "BLOCK_F": WIDTH}),
+    "diif_fine_bwd": ("diif", diif._fine_backward_kernel,
+                      _DIIF_FINE + ["dout_ptr", "act_ptr", "hidden_ptr", "delta_ptr", "dz_ptr"],
+                      _DIIF_TYPES, _DIIF_FINE_INTS, {"BLOCK_F": WIDTH, "BLOCK_O": 16}),
+}
 
 
 def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages):
@@ -32,9 +64,6 @@ def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages):
     src = ASTSource(fn, signature, constexprs=constexprs)
     return triton.compile(src, target=TARGET,
                           options={"num_warps": num_warps, "num_stages": num_stages})
-
-
-PTXAS = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
 
 
 def resources(kernel):
@@ -50,33 +79,21 @@ def resources(kernel):
     return regs, stores, loads
 
 
-def main(width=256):
-    block = diif._block(width)
-    print(f"sm_90, widths {width}: kernel dtype rows BLOCK_N warps stages -> registers, spills, shared")
-    for (label, (dtype, precision)), cfg in itertools.product(DTYPES.items(),
-                                                              diif._gpu_configs("ROWS")):
-        rows, bn = cfg.kwargs["ROWS"], cfg.kwargs["BLOCK_N"]
-        coarse = compile_kernel(
-            diif._coarse_kernel,
-            {"slices_ptr": "*i32", "corner_ptr": f"*{dtype}", "wc_ptr": f"*{dtype}",
-             "b0_ptr": f"*{dtype}", "w1_ptr": f"*{dtype}", "b1_ptr": f"*{dtype}",
-             "wh_ptr": f"*{dtype}", "g_ptr": "*fp32"},
-            ["S", "H", "W", "HO", "WO", "DC", "DF"],
-            {"BLOCK_S": rows, "BLOCK_C": block, "BLOCK_F": block, "BLOCK_N": bn,
-             "PRECISION": precision}, cfg.num_warps, cfg.num_stages)
-        fine = compile_kernel(
-            diif._fine_kernel,
-            {"pixels_ptr": "*i64", "slice_ptr": "*i64", "g_ptr": "*fp32", "wd_ptr": f"*{dtype}",
-             "bd_ptr": f"*{dtype}", "w1_ptr": f"*{dtype}", "b1_ptr": f"*{dtype}",
-             "w2_ptr": f"*{dtype}", "b2_ptr": f"*{dtype}", "out_ptr": f"*{dtype}"},
-            ["P", "H", "W", "HO", "WO", "DF", "DH", "NOUT"],
-            {"BLOCK_P": rows, "BLOCK_F": block, "BLOCK_N": bn, "BLOCK_O": 16,
-             "PRECISION": precision}, cfg.num_warps, cfg.num_stages)
-        for name, k in (("coarse", coarse), ("fine", fine)):
+def main(decoders):
+    print("sm_90, widths 256: kernel dtype ROWS BLOCK_N warps stages -> registers, spills, shared")
+    for name, (decoder, fn, pointers, types, ints, constexprs) in KERNELS.items():
+        if decoders and decoder not in decoders:
+            continue
+        for (label, (dtype, precision)), cfg in itertools.product(DTYPES.items(), mlp.gpu_configs()):
+            rows, bn = cfg.kwargs["ROWS"], cfg.kwargs["BLOCK_N"]
+            k = compile_kernel(fn, _pointers(pointers, dtype, types), ints,
+                               {**constexprs, "ROWS": rows, "BLOCK_N": bn, "PRECISION": precision},
+                               cfg.num_warps, cfg.num_stages)
             regs, stores, loads = resources(k)
-            print(f"{name:6} {label} {rows:4} {bn:3} {cfg.num_warps} {cfg.num_stages} -> "
-                  f"{regs} regs, spills {stores}/{loads} B st/ld, {k.metadata.shared} B shared")
+            print(f"{name:16} {label} {rows:4} {bn:3} {cfg.num_warps} {cfg.num_stages} -> "
+                  f"{regs} regs, spills {stores}/{loads} B st/ld, {k.metadata.shared} B shared",
+                  flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -18,8 +18,11 @@ FILES = sorted(p.name for p in (ROOT / "tests").glob("test_triton_*.py")
 @pytest.mark.parametrize("name", FILES)
 def test_triton_kernels_pass_under_the_interpreter(name):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q",
+    run = subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q", "-rs",
                           "-p", "no:cacheprovider"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    assert " passed" in run.stdout, run.stdout[-2000:]
+    # The only skips allowed are the GPU-only checks (half precision, real sizes).
+    skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all(line.endswith("needs a CUDA GPU") for line in skips), "\n".join(skips)
