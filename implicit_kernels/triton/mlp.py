@@ -147,10 +147,11 @@ INTERPRETER_CONFIG = {"ROWS": 64, "BLOCK_N": 32}
 def gpu_configs(rows="ROWS"):
     """The small autotuning list: a tile's activations and accumulator are
     ``[rows, 256]`` fp32 in registers (scripts/triton_compile_check.py prints registers
-    and spills)."""
+    and spills; (16, 32, 8) and (32, 16, 8) are the spill-free ones for full-fp32
+    ``tl.dot``, which holds more operands in registers than tf32/bf16)."""
     return [triton.Config({rows: r, "BLOCK_N": n}, num_warps=w, num_stages=st)
-            for r, n, w, st in ((16, 32, 4, 2), (32, 32, 4, 2), (32, 32, 8, 2),
-                                (32, 64, 8, 2), (64, 32, 8, 2))]
+            for r, n, w, st in ((16, 32, 4, 2), (16, 32, 8, 2), (32, 16, 8, 2), (32, 32, 4, 2),
+                                (32, 32, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2))]
 
 
 def autotuned(kernel, key, rows="ROWS"):
