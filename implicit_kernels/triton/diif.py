@@ -276,7 +276,7 @@ class _Chunk:
 
     def coarse_forward(self):
         """``G`` (``4S×D_f`` fp32)."""
-        g = torch.empty(4 * self.n_slices, self.df, device=self.device, dtype=torch.float32)
+        g = mlp.empty(4 * self.n_slices, self.df, device=self.device, dtype=torch.float32)
         mlp.launch(_coarse, self.n_slices, *self.coarse_args(), g, self.n_slices, *self.sizes(),
                    self.dc, self.df, grid_extra=(4,), **self.meta)
         return g
@@ -294,7 +294,8 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
     coordinate columns), coarse ``[(D_c×D_c, D_c)]``, fine_wh ``D_f×D_c``, fine_wd
     ``D_f×2``, fine ``[(D_h×D_f, D_h), (3×D_h, 3)]``."""
     _check_depths(coarse_w, fine_w)
-    out = corner_proj.new_empty(pixels.shape[0], pixels.shape[1], fine_w[1].shape[0])
+    out = mlp.empty(pixels.shape[0], pixels.shape[1], fine_w[1].shape[0],
+                    device=corner_proj.device, dtype=corner_proj.dtype)
     if out.numel() == 0:
         return out
     c = _Chunk(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
@@ -335,8 +336,8 @@ def diif_decode_triton_backward(
     rows = 4 * c.n_slices
     with c.device_guard():
         g = c.coarse_forward()
-        u, dz = (torch.empty(c.n_pixels, c.df, **f32) for _ in range(2))
-        u1, delta1 = (torch.empty(c.n_pixels, c.dh, **f32) for _ in range(2))
+        u, dz = (mlp.empty(c.n_pixels, c.df, **f32) for _ in range(2))
+        u1, delta1 = (mlp.empty(c.n_pixels, c.dh, **f32) for _ in range(2))
         mlp.launch(_fine_backward, c.n_pixels, *c.fine_input_args(g), c.wf1, c.bf1, c.wf2, dout,
                    u, u1, delta1, dz, c.n_pixels, *c.sizes(), c.df, c.dh, c.nout,
                    BLOCK_F=c.meta["BLOCK_F"], BLOCK_O=mlp.block(c.nout),
@@ -347,7 +348,7 @@ def diif_decode_triton_backward(
         dg = torch.zeros(rows, c.df, **f32)
         for t in range(4):
             dg.index_add_(0, 4 * c.pixel_slice + t, weights[:, t:t + 1] * dz)
-        act, hidden, delta, dpre = (torch.empty(rows, c.dc, **f32) for _ in range(4))
+        act, hidden, delta, dpre = (mlp.empty(rows, c.dc, **f32) for _ in range(4))
         mlp.launch(_coarse_backward, c.n_slices, *c.coarse_args(), dg, act, hidden, delta, dpre,
                    c.n_slices, *c.sizes(), c.dc, c.df, grid_extra=(4,), **c.meta)
     g_out = dout.to(torch.float32)

@@ -175,6 +175,16 @@ def launch(kernel, n_rows, *args, rows="ROWS", **meta):
         kernel[lambda m: (triton.cdiv(n_rows, m[rows]), *extra)](*args, **meta)
 
 
+def empty(*shape, device, dtype):
+    """``torch.empty`` for a kernel's output, filled with NaN when ``IK_POISON=1`` (as the
+    C++ operators' outputs; tests/conftest.py sets it), so an element a kernel forgets
+    fails the tests instead of passing with stale memory."""
+    import torch
+
+    out = torch.empty(*shape, device=device, dtype=dtype)
+    return out.fill_(float("nan")) if os.environ.get("IK_POISON") == "1" else out
+
+
 def precision(tensor):
     """``tl.dot`` input precision: tf32 for fp32 CUDA tensors when PyTorch allows it."""
     import torch
