@@ -13,7 +13,9 @@ Per chunk of queries, the operators do the work:
 * ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
 * ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel.
 
-The orchestration stays here, as in the torch backend: a call that fits one chunk runs
+The orchestration stays here, as in the torch backend, and serves every backend with
+operators of these signatures (:func:`decode`'s ``suffix``: the Triton backend's are
+``implicit_kernels::hiif_<part>_triton``): a call that fits one chunk runs
 one pass (each block uses the chunk's own sums); otherwise pass ``k`` recomputes every
 chunk through the blocks before ``k`` and accumulates block ``k``'s sums over all chunks,
 and a last pass decodes.  The sums are accumulated by PyTorch from the operators'
@@ -48,7 +50,13 @@ def prepare_hiif(feat, params):
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """Decode queries with attention over all ``Q`` queries of each image (arguments as
     ``torch_impl.hiif.hiif``) → ``B×Q×3``."""
-    check_coordinates_constant(coord, cell, "implicit_kernels::hiif_level0/hiif_levels")
+    return decode(feat, inp, coord, cell, params, chunk_size, normalizer)
+
+
+def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suffix=""):
+    """:func:`hiif` through the operators ``implicit_kernels::hiif_<part><suffix>``."""
+    check_coordinates_constant(coord, cell,
+                               f"implicit_kernels::hiif_level0{suffix}/hiif_levels{suffix}")
     b, n = coord.shape[:2]
     if n == 0:
         return coord.new_zeros(b, 0, 3)
@@ -59,37 +67,49 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     mats = []
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
-            total = sum(_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm), block)
+            total = sum(_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
+                                         suffix), block, suffix)
                         for s, e in chunks)
             mats.append(total / norm)
-    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size)
+    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix)
                      for s, e in chunks], dim=1)
     return out + bilinear_skip(inp, coord)
 
 
-def _stats(x, block):
-    return _ops.hiif_attention_stats(x, *block["qkv"], *block["kln"], *block["vln"],
-                                     block["heads"])
+def _op(part, suffix):
+    return getattr(_ops, f"hiif_{part}{suffix}")
 
 
-def _features(coord, cell, params, mats, stop, norm):
+def _stats(x, block, suffix=""):
+    return _op("attention_stats", suffix)(x, *block["qkv"], *block["kln"], *block["vln"],
+                                          block["heads"])
+
+
+def _features(coord, cell, params, mats, stop, norm, suffix=""):
     """Level 0 then attention blocks ``0..stop-1`` for a chunk (``B×m×C``).  Blocks
     without a complete sum in ``mats`` use this chunk's (valid for a single chunk)."""
     level0 = params["level0"]
-    x = _ops.hiif_level0(level0["maps"], level0["row_sums"], level0["w_extra"], level0["bias"],
-                         *params["levels"][0]["fc2"], coord, cell, level0["channels"])
+    x = _op("level0", suffix)(level0["maps"], level0["row_sums"], level0["w_extra"],
+                              level0["bias"], *params["levels"][0]["fc2"], coord, cell,
+                              level0["channels"])
     for i, block in enumerate(params["attention"][:stop]):
-        mat = mats[i] if i < len(mats) else _stats(x, block) / norm
-        x = _ops.hiif_attention_apply(x, mat, *block["qkv"], *block["proj1"], *block["proj2"])
+        mat = mats[i] if i < len(mats) else _stats(x, block, suffix) / norm
+        x = _op("attention_apply", suffix)(x, mat, *block["qkv"], *block["proj1"],
+                                           *block["proj2"])
     return x
 
 
-def _decode(coord, cell, params, mats, norm, size):
-    """The whole decoder but the skip, for a chunk: ``B×m×3``."""
-    x = _features(coord, cell, params, mats, len(params["attention"]), norm)
+def level_lists(params):
+    """Levels 1..L-1's parameters as the six lists of ``hiif_levels``: norm weight and
+    bias, fc1 weight and bias, fc2 weight and bias."""
     levels = params["levels"][1:]
-    lists = [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
-    return _ops.hiif_levels(x, coord, *lists, size[0], size[1])
+    return [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
+
+
+def _decode(coord, cell, params, mats, norm, size, suffix=""):
+    """The whole decoder but the skip, for a chunk: ``B×m×3``."""
+    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix)
+    return _op("levels", suffix)(x, coord, *level_lists(params), size[0], size[1])
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,9 +138,11 @@ def _setup_level0(ctx, inputs, output):
     ctx.channels = inputs[8]
 
 
-def _backward_level0(ctx, grad_out):
-    grads = _ops.hiif_level0_backward(grad_out, *ctx.saved_tensors, ctx.channels)
-    return (*grads, None, None, None)
+def _backward_level0(backward_op):
+    def backward(ctx, grad_out):
+        grads = backward_op(grad_out, *ctx.saved_tensors, ctx.channels)
+        return (*grads, None, None, None)
+    return backward
 
 
 def _fake_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
@@ -137,9 +159,11 @@ def _setup_stats(ctx, inputs, output):
     ctx.heads = inputs[7]
 
 
-def _backward_stats(ctx, grad_out):
-    grads = _ops.hiif_attention_stats_backward(grad_out, *ctx.saved_tensors, ctx.heads)
-    return (*grads, None)
+def _backward_stats(backward_op):
+    def backward(ctx, grad_out):
+        grads = backward_op(grad_out, *ctx.saved_tensors, ctx.heads)
+        return (*grads, None)
+    return backward
 
 
 def _fake_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b):
@@ -154,8 +178,10 @@ def _setup_apply(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _backward_apply(ctx, grad_out):
-    return _ops.hiif_attention_apply_backward(grad_out, *ctx.saved_tensors)
+def _backward_apply(backward_op):
+    def backward(ctx, grad_out):
+        return backward_op(grad_out, *ctx.saved_tensors)
+    return backward
 
 
 def _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w):
@@ -174,16 +200,20 @@ def _setup_levels(ctx, inputs, output):
     ctx.size = (h, w)
 
 
-def _backward_levels(ctx, grad_out):
-    x, coord, *flat = ctx.saved_tensors
-    n = ctx.count
-    lists = [flat[i * n:(i + 1) * n] for i in range(6)]
-    grads = _ops.hiif_levels_backward(grad_out, x, coord, *lists, *ctx.size)
-    return (grads[0], None, *grads[1:], None, None)
+def _backward_levels(backward_op):
+    def backward(ctx, grad_out):
+        x, coord, *flat = ctx.saved_tensors
+        n = ctx.count
+        lists = [flat[i * n:(i + 1) * n] for i in range(6)]
+        grads = backward_op(grad_out, x, coord, *lists, *ctx.size)
+        return (grads[0], None, *grads[1:], None, None)
+    return backward
 
 
-def _register():
-    torch.library.register_fake(NS + "hiif_codes")(_fake_codes)
+def register(suffix=""):
+    """Fake implementations and autograd of the four operators
+    ``implicit_kernels::hiif_<part><suffix>`` and of their ``_backward`` operators (defined
+    with the C++ operators' schemas)."""
     for name, fake, fake_backward, setup, backward in [
             ("hiif_level0", _fake_level0, _fake_level0_backward, _setup_level0, _backward_level0),
             ("hiif_attention_stats", _fake_stats, _fake_stats_backward, _setup_stats,
@@ -192,10 +222,13 @@ def _register():
              _backward_apply),
             ("hiif_levels", _fake_levels, _fake_levels_backward, _setup_levels,
              _backward_levels)]:
+        name += suffix
         torch.library.register_fake(NS + name)(fake)
         torch.library.register_fake(NS + name + "_backward")(fake_backward)
-        torch.library.register_autograd(NS + name, backward, setup_context=setup)
+        torch.library.register_autograd(NS + name, backward(getattr(_ops, name + "_backward")),
+                                        setup_context=setup)
 
 
 if _extension.available():
-    _register()
+    torch.library.register_fake(NS + "hiif_codes")(_fake_codes)
+    register()

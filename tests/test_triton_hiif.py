@@ -1,0 +1,161 @@
+"""The "triton" backend for HIIF against the reference: values, gradients (feat, inp and
+every parameter), chunked multi-pass decoding, both normalisers, the paper's widths,
+opcheck of each operator, fullgraph compilation.
+
+Runs on a GPU, or on CPU tensors under Triton's interpreter:
+``TRITON_INTERPRET=1 python -m pytest tests/test_triton_hiif.py`` (the variable must be set
+before triton is imported, so in its own process; tests/test_triton_interpreter.py
+does that for the main suite).  Interpreter runs use fp32 and small shapes."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import backends
+from conftest import assert_compiles_fullgraph, assert_matches, opcheck_layouts
+from test_hiif import hiif_params, random_queries
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+#: Feature map 3×4 → integer ×3, non-integer ×2.7 and asymmetric ×3 by ×5.
+SIZES = {"x3": (9, 12), "x2.7": (8, 11), "x3_by_x5": (9, 20)}
+#: Small widths: C = 32 in 4 heads of 8, hidden 32, the paper's 6 levels.
+SMALL = dict(c_enc=4, c_z=32, head_dim=8, hidden=32)
+
+
+def inputs(seed, b=2, c=4, h=3, w=4):
+    gen = torch.Generator().manual_seed(seed)
+    feat = torch.randn(b, c, h, w, generator=gen)
+    inp = torch.rand(b, 3, h, w, generator=gen) * 2 - 1
+    return feat.to(DEVICE), inp.to(DEVICE)
+
+
+def decode_with_grads(backend, feat, inp, params, **kw):
+    """Output and gradients of a fixed random projection w.r.t. feat, inp, every param."""
+    leaves = {"feat": feat.clone().requires_grad_(), "inp": inp.clone().requires_grad_()}
+    leaves.update({k: v.to(DEVICE).requires_grad_() for k, v in params.items()})
+    out = F.hiif_decode(leaves["feat"], leaves["inp"], params={k: leaves[k] for k in params},
+                        backend=backend, **kw)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    grads = torch.autograd.grad((out * weight).sum(), list(leaves.values()))
+    return out.detach(), dict(zip(leaves, grads))
+
+
+def assert_same_as_reference(feat, inp, params, **kw):
+    out, grads = decode_with_grads("triton", feat, inp, params, **kw)
+    ref, ref_grads = decode_with_grads("reference", feat, inp, params, **kw)
+    assert_matches(out, ref)
+    for name, g in ref_grads.items():
+        assert_matches(grads[name], g, f"grad of {name}")
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_values_and_grads_equal_reference(name):
+    seed = list(SIZES).index(name)
+    feat, inp = inputs(seed)
+    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=seed + 1), size=SIZES[name])
+
+
+@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
+def test_queries_chunked_both_normalizers(normalizer):
+    """Query mode in chunks of 40 over a batch of 2 (three attention passes, the last
+    chunk short): values and gradients still the whole-call reference's."""
+    seed = 10 + ["n", "sqrt_n"].index(normalizer)
+    feat, inp = inputs(seed)
+    torch.manual_seed(seed)
+    coord, cell = (t.to(DEVICE) for t in random_queries(2, 70))
+    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=seed), size=None,
+                             coord=coord, cell=cell, normalizer=normalizer, chunk_size=80)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 37])
+def test_chunked_equals_unchunked(chunk_size):
+    feat, inp = inputs(20 + chunk_size)
+    params = {k: v.to(DEVICE) for k, v in hiif_params(**SMALL, levels=3, seed=20).items()}
+    full = F.hiif_decode(feat[:1], inp[:1], (5, 6), params, backend="triton")
+    chunked = F.hiif_decode(feat[:1], inp[:1], (5, 6), params, backend="triton",
+                            chunk_size=chunk_size)
+    assert_matches(chunked, full)
+
+
+def test_paper_widths():
+    """C = 256 in 16 heads of 16, hidden 256, 6 levels (SPEC.md §5) on a few queries."""
+    feat, inp = inputs(30, b=1, c=8, h=2, w=3)
+    params = {k: v.to(DEVICE) for k, v in
+              hiif_params(c_enc=8, c_z=256, head_dim=16, hidden=256, seed=30).items()}
+    torch.manual_seed(30)
+    coord, cell = (t.to(DEVICE) for t in random_queries(1, 24))
+    kw = dict(coord=coord, cell=cell, size=None)
+    assert_matches(F.hiif_decode(feat, inp, params=params, backend="triton", **kw),
+                   F.hiif_decode(feat, inp, params=params, backend="reference", **kw))
+
+
+def test_backend_is_listed_and_not_auto():
+    assert backends.available_backends("hiif")["triton"][0]
+    assert "triton" not in backends.AUTO_ORDER
+
+
+def test_coordinate_gradients_are_refused():
+    feat, inp = inputs(40)
+    params = {k: v.to(DEVICE) for k, v in hiif_params(**SMALL, levels=2).items()}
+    coord, cell = (t.to(DEVICE) for t in random_queries(2, 5))
+    with pytest.raises(RuntimeError, match="does not differentiate coord"):
+        F.hiif_decode(feat, inp, None, params, coord=coord.requires_grad_(), cell=cell,
+                      backend="triton")
+
+
+def test_unequal_hidden_widths_are_refused():
+    feat, inp = inputs(41)
+    params = {k: v.to(DEVICE) for k, v in hiif_params(**SMALL, levels=3).items()}
+    wider = hiif_params(**{**SMALL, "hidden": 48}, levels=3)
+    params.update({k: v.to(DEVICE) for k, v in wider.items() if k.startswith("fc_layers.2.")})
+    with pytest.raises(ValueError, match="one hidden width"):
+        F.hiif_decode(feat, inp, (5, 6), params, backend="triton")
+
+
+def _op_samples():
+    """Arguments of every operator, as the backend builds them on a small decode."""
+    from implicit_kernels.compiled.hiif import _features, level_lists
+    from implicit_kernels.triton.hiif import SUFFIX, prepare_hiif
+    feat, _ = inputs(50, c=4, h=3, w=4)
+    params = hiif_params(c_enc=4, c_z=16, head_dim=4, hidden=16, levels=3)
+    p = prepare_hiif(feat, F._hiif_params({k: v.to(DEVICE) for k, v in params.items()}, feat))
+    torch.manual_seed(50)
+    coord, cell = (t.to(DEVICE) for t in random_queries(2, 10))
+    level0, block = p["level0"], p["attention"][0]
+    x = _features(coord, cell, p, [], 0, 10, SUFFIX).detach()
+    stats = (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
+    mat = torch.ops.implicit_kernels.hiif_attention_stats_triton(*stats) / 10
+    return {
+        "hiif_level0_triton": (level0["maps"], level0["row_sums"], level0["w_extra"],
+                               level0["bias"], *p["levels"][0]["fc2"], coord, cell,
+                               level0["channels"]),
+        "hiif_attention_stats_triton": stats,
+        "hiif_attention_apply_triton": (x, mat, *block["qkv"], *block["proj1"],
+                                        *block["proj2"]),
+        "hiif_levels_triton": (x, coord, *level_lists(p), 3, 4),
+    }
+
+
+@pytest.mark.parametrize("name", ["hiif_level0_triton", "hiif_attention_stats_triton",
+                                  "hiif_attention_apply_triton", "hiif_levels_triton"])
+def test_opcheck(name):
+    opcheck_layouts(getattr(torch.ops.implicit_kernels, name), _op_samples()[name])
+
+
+def test_compiles_as_ops():
+    feat, inp = inputs(60)
+    feat.requires_grad_()
+    params = {k: v.to(DEVICE).requires_grad_() for k, v in
+              hiif_params(c_enc=4, c_z=16, head_dim=4, hidden=16, levels=3).items()}
+
+    def decode(f, p):
+        return F.hiif_decode(f, inp, (5, 6), p, backend="triton", chunk_size=32)
+
+    assert_compiles_fullgraph(decode, feat, params)
