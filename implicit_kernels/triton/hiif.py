@@ -770,9 +770,8 @@ def _contiguous(*ts):
 
 
 def _cast(grads, like):
-    """``grads`` in their inputs' dtypes; views copied (an operator's outputs may not
-    alias one another)."""
-    return tuple(g.to(t.dtype, copy=g._is_view()) for g, t in zip(grads, like))
+    """``grads`` in their inputs' dtypes."""
+    return tuple(g.to(t.dtype) for g, t in zip(grads, like))
 
 
 @torch.library.custom_op(NS + "hiif_level0" + SUFFIX, mutates_args=())
@@ -785,7 +784,7 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
     ``hidden×4``, bias ``hidden``, fc2 ``(C×hidden, C)``, ``channels`` = C."""
     b, m = coord.shape[:2]
     h, w, hid = maps.shape[1], maps.shape[2], maps.shape[-1] - 2
-    out = maps.new_empty(b, m, fc2_w.shape[0])
+    out = mlp.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
     if out.numel() == 0:
         return out
     _check_widths(channels=channels, hidden=hid)
@@ -808,8 +807,8 @@ def hiif_level0_triton_backward(
     b, m = coord.shape[:2]
     n, h, w, hid = b * m, maps.shape[1], maps.shape[2], maps.shape[-1] - 2
     dmaps = torch.zeros(maps.shape, device=maps.device, dtype=_F32)
-    hidden, delta = (torch.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
-    dev, ed = (torch.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
+    hidden, delta = (mlp.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
+    dev, ed = (mlp.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
     if n:
         with _device(maps):
             mlp.launch(_level0_backward, n,
@@ -856,7 +855,7 @@ def hiif_attention_stats_triton_backward(
     d, n = c // heads, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(b, m, c, **f32)
-    dkv = torch.empty(n, heads, 2, d, **f32)
+    dkv = mlp.empty(n, heads, 2, d, **f32)
     dnorm = torch.zeros(b, _tiles(m), 4, d, **f32)
     if m:
         with _device(x):
@@ -870,7 +869,7 @@ def hiif_attention_stats_triton_backward(
     d_qkv_b = torch.zeros(heads, 3, d, **f32)
     d_qkv_b[:, 1:] = dkv.sum(0)
     d_norm = dnorm.sum((0, 1))
-    return _cast((dx, d_qkv_w.view(3 * c, c), d_qkv_b.view(3 * c), *d_norm.unbind(0)),
+    return _cast((dx, d_qkv_w.view(3 * c, c), d_qkv_b.view(3 * c), *[g.clone() for g in d_norm.unbind(0)]),
                  (x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b))
 
 
@@ -883,7 +882,7 @@ def hiif_attention_apply_triton(x: torch.Tensor, mat: torch.Tensor, qkv_w: torch
     (normalised) sums ``mat`` ``B×heads×d×d`` → ``B×m×C``."""
     b, m, c = x.shape
     heads = mat.shape[1]
-    out = torch.empty(b, m, c, device=x.device, dtype=x.dtype)
+    out = mlp.empty(b, m, c, device=x.device, dtype=x.dtype)
     if m:
         with _device(x):
             mlp.launch(_apply, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w,
@@ -954,7 +953,7 @@ def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.
     """Levels 1..L-1 of ``x`` (``B×m×C``) at ``coord`` on an ``h×w`` feature map →
     ``B×m×NOUT`` (lists: one entry per level)."""
     b, m, c = x.shape
-    out = x.new_empty(b, m, fc2_w[-1].shape[0])
+    out = mlp.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
     levels = _Levels(norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
     n = b * m
     if n:
@@ -978,10 +977,10 @@ def hiif_levels_triton_backward(
     count, hid, n = levels.count, levels.hidden, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(n, c, **f32)
-    inputs = torch.empty(count, n, c, **f32)
-    ln_out = torch.empty(count, n, c + 2, **f32)
-    hidden, delta = (torch.empty(count, n, hid, **f32) for _ in range(2))
-    dlevel_out = torch.empty(max(count - 1, 1), n, c, **f32)
+    inputs = mlp.empty(count, n, c, **f32)
+    ln_out = mlp.empty(count, n, c + 2, **f32)
+    hidden, delta = (mlp.empty(count, n, hid, **f32) for _ in range(2))
+    dlevel_out = mlp.empty(max(count - 1, 1), n, c, **f32)
     dnorm = torch.zeros(_tiles(n), count, 2, c + 2, **f32)
     if n:
         with _device(x):
@@ -992,7 +991,8 @@ def hiif_levels_triton_backward(
     gy = grad_out.reshape(n, -1).to(_F32)
     out_grads = [*dlevel_out[:count - 1], gy]
     d_norm = dnorm.sum(0)
-    grads = ([d_norm[j, 0] for j in range(count)], [d_norm[j, 1] for j in range(count)],
+    # Clones: an operator's outputs may not alias one another.
+    grads = ([d_norm[j, 0].clone() for j in range(count)], [d_norm[j, 1].clone() for j in range(count)],
              [delta[j].t() @ ln_out[j] for j in range(count)],
              [delta[j].sum(0) for j in range(count)],
              [g.t() @ hidden[j] for j, g in enumerate(out_grads)],
