@@ -53,15 +53,22 @@ def geometry_constants(size):
 # ----------------------------------------------------------------------------------------
 
 @triton.jit
-def _nearest(q, n):
+def nearest_index(q, n):
     """``geometry.nearest_index``: ``round(((q + 1) n - 1) / 2)``, half to even, clamped to
     ``[0, n)``.  The rounding is exact: ``x - floor(x)`` loses nothing for ``|x| < 2²³``."""
-    x = ((q + 1.0) * n - 1.0) / 2.0
+    x = ((q + 1.0) * n - 1.0) * 0.5  # exact, as / 2 (Triton's / may be approximate)
     down = tl.floor(x)
     frac = x - down
     odd = (down - 2.0 * tl.floor(down * 0.5)) == 1.0
     up = (frac > 0.5) | ((frac == 0.5) & odd)
     return tl.minimum(tl.maximum(down.to(tl.int32) + up.to(tl.int32), 0), n - 1)
+
+
+@triton.jit
+def pixel_centre(idx, n):
+    """``geometry.axis_centres`` at integer ``idx`` (``n`` fp32) bit for bit: IEEE
+    division, where Triton's ``/`` is an approximate one on NVIDIA GPUs."""
+    return -1.0 + tl.math.div_rn(2.0 * idx.to(tl.float32) + 1.0, n)
 
 
 @triton.jit
@@ -97,10 +104,10 @@ def members(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift_y1, shif
     for s in tl.static_range(4):
         sy = tl.minimum(tl.maximum(y + (shift_y1 if s // 2 == 1 else shift_y0), lo), hi)
         sx = tl.minimum(tl.maximum(x + (shift_x1 if s % 2 == 1 else shift_x0), lo), hi)
-        iy_s = _nearest(sy, H)
-        ix_s = _nearest(sx, W)
-        ry_s = (y - mlp.centre(iy_s, hf)) * hf
-        rx_s = (x - mlp.centre(ix_s, wf)) * wf
+        iy_s = nearest_index(sy, H)
+        ix_s = nearest_index(sx, W)
+        ry_s = (y - pixel_centre(iy_s, hf)) * hf
+        rx_s = (x - pixel_centre(ix_s, wf)) * wf
         area = tl.abs(ry_s * rx_s) + 1e-9
         total += area  # ((a0 + a1) + a2) + a3, the reference's order
         mine = t == s
@@ -142,16 +149,28 @@ def bias_row(b_ptr, N, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------------------
 
 @triton.jit
+def _first_pair(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, N1, N2,
+                ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_MID: tl.constexpr,
+                BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """The chain's first two layers before their ReLU, ``y2 = W2·relu(W1·x + b1) + b2``:
+    ``[ROWS, BLOCK_MID]`` fp32."""
+    y2 = mlp.two_layers(x, w1_ptr, b1_ptr, w2_ptr, K, N1, N2, ROWS, BLOCK_K, BLOCK_N,
+                        BLOCK_MID, PRECISION, "relu")
+    return y2 + bias_row(b2_ptr, N2, BLOCK_MID)
+
+
+@triton.jit
 def chain(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, w4_ptr, b4_ptr, K, N1, N2, N3, M,
           ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_MID: tl.constexpr,
           BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
-    """``W4·relu(W3·relu(y2) + b3) + b4`` with ``y2 = W2·relu(W1·x + b1) + b2`` for ``x``
+    """``W4·relu(W3·relu(y2) + b3) + b4`` (``y2``: :func:`_first_pair`) for ``x``
     ``[ROWS, BLOCK_K]`` fp32: ``[ROWS, BLOCK_O]`` fp32 (the ``N1`` and ``N3`` layers are
     streamed in ``BLOCK_N`` column chunks)."""
-    y2 = mlp.two_layers(x, w1_ptr, b1_ptr, w2_ptr, K, N1, N2, ROWS, BLOCK_K, BLOCK_N,
-                        BLOCK_MID, PRECISION, "relu") + bias_row(b2_ptr, N2, BLOCK_MID)
-    return mlp.two_layers(tl.maximum(y2, 0.0), w3_ptr, b3_ptr, w4_ptr, N2, N3, M, ROWS,
-                          BLOCK_MID, BLOCK_N, BLOCK_O, PRECISION, "relu") + bias_row(b4_ptr, M, BLOCK_O)
+    y2 = _first_pair(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, N1, N2, ROWS, BLOCK_K, BLOCK_MID,
+                     BLOCK_N, PRECISION)
+    pred = mlp.two_layers(tl.maximum(y2, 0.0), w3_ptr, b3_ptr, w4_ptr, N2, N3, M, ROWS,
+                          BLOCK_MID, BLOCK_N, BLOCK_O, PRECISION, "relu")
+    return pred + bias_row(b4_ptr, M, BLOCK_O)
 
 
 @triton.jit
@@ -181,8 +200,8 @@ def chain_backward(x, gy, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, w4_ptr
     """Backward of :func:`chain` for the output gradient ``gy`` ``[ROWS, BLOCK_O]``:
     recomputes ``y2`` and writes, for rows ``r``, each Linear's input and pre-activation
     gradient (:class:`ChainBuffers`); returns ``dx`` ``[ROWS, BLOCK_K]`` fp32."""
-    y2 = mlp.two_layers(x, w1_ptr, b1_ptr, w2_ptr, K, N1, N2, ROWS, BLOCK_K, BLOCK_N,
-                        BLOCK_MID, PRECISION, "relu") + bias_row(b2_ptr, N2, BLOCK_MID)
+    y2 = _first_pair(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, N1, N2, ROWS, BLOCK_K, BLOCK_MID,
+                     BLOCK_N, PRECISION)
     act2 = tl.maximum(y2, 0.0)
     dact2 = mlp.two_layers_backward(act2, gy, w3_ptr, b3_ptr, w4_ptr, N2, N3, M, r, ok,
                                     hidden3_ptr, delta3_ptr, ROWS, BLOCK_MID, BLOCK_N, BLOCK_O,
