@@ -1,0 +1,189 @@
+"""The "triton" backend for LIIF and LTE against the reference: values, gradients (feat,
+inp and every parameter), ties, chunking, refusals, opcheck, torch.compile.
+
+Runs on a GPU, or on CPU tensors under Triton's interpreter:
+``TRITON_INTERPRET=1 python -m pytest tests/test_triton_liif_lte.py`` (the variable must be
+set before triton is imported, so in its own process; tests/test_triton_interpreter.py
+does that for the main suite).  Interpreter runs use fp32 and small shapes."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+import implicit_kernels.functional as F
+from implicit_kernels import backends, geometry
+from conftest import (assert_compiles_fullgraph, assert_matches, conv_params, linear, mlp_params,
+                      opcheck_layouts)
+from test_ops_cpu_liif_lte import liif_params, tie_queries
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from implicit_kernels.triton import ensemble  # noqa: E402
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+DECODERS = ("liif", "lte")
+#: Feature map 3×4 → integer ×3, non-integer ×2.7 (8×11) and asymmetric ×3 by ×5.
+SIZES = {"x3": (9, 12), "x2.7": (8, 11), "x3_by_x5": (9, 20)}
+
+
+@triton.jit
+def _nearest_kernel(q_ptr, out_ptr, count, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    q = tl.load(q_ptr + i, mask=i < count, other=0.0)
+    tl.store(out_ptr + i, ensemble.nearest_index(q, n), mask=i < count)
+
+
+def test_nearest_index_rounds_half_to_even():
+    """The kernels' nearest-code rounding equals ``geometry.nearest_index`` (grid_sample's)
+    on exact halves (``q = k/2 - 1/2`` on 4 pixels: unnormalised ``k + 1/2``), beyond the
+    borders and at random."""
+    q = torch.cat([torch.arange(-3, 4) / 2 - 0.5, torch.tensor([-1.0, 1.0, -2.0, 2.0]),
+                   torch.rand(40) * 2 - 1]).to(DEVICE)
+    out = torch.empty(q.shape, dtype=torch.int32, device=DEVICE)
+    _nearest_kernel[(1,)](q, out, q.numel(), 4, BLOCK=64)
+    assert torch.equal(out.long(), geometry.nearest_index(q, 4))
+
+
+def make_params(decoder, c=4, hidden=24, **kw):
+    """The papers' depths: LIIF 5 Linear layers, LTE 4 (``channels`` coefficients)."""
+    if decoder == "liif":
+        params = liif_params(c, hidden, layers=4)
+    else:
+        channels = kw.get("channels", 8)
+        params = {**conv_params("coef", channels, c), **conv_params("freq", channels, c),
+                  "phase.weight": linear(channels // 2, 2)[0],
+                  **mlp_params("imnet.layers.", [channels] + [hidden] * 3 + [3])}
+    return {k: v.to(DEVICE) for k, v in params.items()}
+
+
+def leaves(decoder, b=2, c=4, h=3, w=4, **kw):
+    """``feat``, ``inp`` (LTE's skip; unused by LIIF) and parameters, all requiring grad."""
+    feat = torch.randn(b, c, h, w, device=DEVICE, requires_grad=True)
+    inp = torch.randn(b, 3, h, w, device=DEVICE, requires_grad=decoder == "lte")
+    params = {k: v.requires_grad_() for k, v in make_params(decoder, c, **kw).items()}
+    return feat, inp, params
+
+
+def decode(decoder, feat, inp, size, params, **kw):
+    if decoder == "liif":
+        return F.liif_decode(feat, size, params, **kw)
+    return F.lte_decode(feat, inp, size, params, **kw)
+
+
+def assert_triton_equals_reference(decoder, feat, inp, params, size, upstream, **kw):
+    """Values and the gradients of every leaf requiring grad, triton (with ``kw``,
+    e.g. a chunk size) against the reference (unchunked)."""
+    named = {"feat": feat, "inp": inp, **params}
+    named = {k: v for k, v in named.items() if v.requires_grad}
+    results = {}
+    for backend, extra in (("triton", kw), ("reference", {})):
+        extra = {**extra, "coord": kw.get("coord"), "cell": kw.get("cell")}
+        out = decode(decoder, feat, inp, size, params, backend=backend, **extra)
+        results[backend] = (out.detach(), torch.autograd.grad(out, list(named.values()), upstream))
+    assert_matches(results["triton"][0], results["reference"][0])
+    for key, g, g_ref in zip(named, results["triton"][1], results["reference"][1]):
+        assert_matches(g, g_ref, f"grad of {key}")
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_grid_values_and_grads_equal_reference(decoder, name):
+    # Each case draws its own data: with one seed for all, a ReLU pre-activation can sit
+    # within rounding of 0, where the reference's gradient is a coin flip.
+    torch.manual_seed(10 * DECODERS.index(decoder) + list(SIZES).index(name))
+    feat, inp, params = leaves(decoder)
+    upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
+    # chunk_size 70 over a batch of 2 cuts every grid into several calls.
+    assert_triton_equals_reference(decoder, feat, inp, params, SIZES[name], upstream,
+                                   chunk_size=70)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_queries_with_ties_equal_reference(decoder):
+    """Query mode on the corners of [-1, 1]², every LR pixel centre and every LR pixel
+    border (exact ties of the nearest-code rounding), chunked."""
+    torch.manual_seed(20 + DECODERS.index(decoder))
+    feat, inp, params = leaves(decoder, h=4, w=3)
+    coord, cell = (t.to(DEVICE) for t in tie_queries(2, 48, 4, 3))
+    upstream = torch.randn(2, 48, 3, device=DEVICE)
+    assert_triton_equals_reference(decoder, feat, inp, params, None, upstream, coord=coord,
+                                   cell=cell, chunk_size=40)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_chunked_equals_unchunked(decoder):
+    torch.manual_seed(30 + DECODERS.index(decoder))
+    feat, inp, params = leaves(decoder)
+    with torch.no_grad():
+        full = decode(decoder, feat, inp, (8, 11), params, backend="triton", chunk_size=None)
+        chunked = decode(decoder, feat, inp, (8, 11), params, backend="triton", chunk_size=30)
+    if DEVICE == "cuda":
+        assert torch.equal(full, chunked)
+    else:
+        # The interpreter's numpy matmul rounds a row differently by its place in the tile.
+        assert_matches(chunked, full)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_paper_width(decoder):
+    """Widths 256 (the papers'; blocks exactly the width) on a few dozen queries."""
+    torch.manual_seed(40 + DECODERS.index(decoder))
+    feat, inp, params = leaves(decoder, b=1, c=2, hidden=256, channels=256)
+    coord, cell = (t.to(DEVICE) for t in tie_queries(1, 40, 3, 4))
+    upstream = torch.randn(1, 40, 3, device=DEVICE)
+    assert_triton_equals_reference(decoder, feat, inp, params, None, upstream, coord=coord,
+                                   cell=cell)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_coordinate_gradients_are_refused(decoder):
+    feat, inp, params = leaves(decoder)
+    coord, cell = (t.to(DEVICE) for t in tie_queries(2, 40, 3, 4))
+    with pytest.raises(RuntimeError, match="does not differentiate coord or cell"):
+        decode(decoder, feat, inp, None, params, coord=coord.requires_grad_(), cell=cell,
+               backend="triton")
+
+
+def test_unsupported_depth_is_refused():
+    feat = torch.randn(1, 2, 3, 4, device=DEVICE)
+    params = {k: v.to(DEVICE) for k, v in liif_params(2, 16, layers=2).items()}
+    with pytest.raises(ValueError, match="paper's depth only"):
+        F.liif_decode(feat, (6, 8), params, backend="triton")
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_backend_is_listed_and_not_auto(decoder):
+    assert backends.available_backends(decoder)["triton"][0]
+    assert "triton" not in backends.AUTO_ORDER
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_opcheck(decoder):
+    feat = torch.randn(2, 3, 3, 4, device=DEVICE)
+    params = make_params(decoder, 3, 16)
+    coord, cell = (t.to(DEVICE) for t in tie_queries(2, 40, 3, 4))
+    if decoder == "liif":
+        from implicit_kernels.triton.liif import _op_inputs, prepare_liif
+        args = _op_inputs(prepare_liif(feat, F._liif_params(params, feat)))
+    else:
+        from implicit_kernels.triton.lte import _op_inputs, prepare_lte
+        args = _op_inputs(prepare_lte(feat, F._lte_params(params, feat)))
+    op = getattr(torch.ops.implicit_kernels, f"{decoder}_decode_triton")
+    opcheck_layouts(op, (*args, coord, cell))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_compiles_as_one_op(decoder):
+    feat, inp, params = leaves(decoder, b=1, c=3, hidden=16)
+
+    def run(f, i, p):
+        return decode(decoder, f, i, (7, 9), p, backend="triton")
+
+    assert_compiles_fullgraph(run, feat, inp, params)
