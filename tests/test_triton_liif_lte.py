@@ -25,7 +25,7 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from implicit_kernels.triton import ensemble  # noqa: E402
+from implicit_kernels.triton import grid  # noqa: E402
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 DECODERS = ("liif", "lte")
@@ -37,7 +37,7 @@ SIZES = {"x3": (9, 12), "x2.7": (8, 11), "x3_by_x5": (9, 20)}
 def _nearest_kernel(q_ptr, out_ptr, count, n, BLOCK: tl.constexpr):
     i = tl.arange(0, BLOCK)
     q = tl.load(q_ptr + i, mask=i < count, other=0.0)
-    tl.store(out_ptr + i, ensemble.nearest_index(q, n), mask=i < count)
+    tl.store(out_ptr + i, grid.nearest_index(q, n), mask=i < count)
 
 
 def test_nearest_index_rounds_half_to_even():

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from .. import geometry
-from . import mlp
+from . import grid, mlp
 from ..compiled.diif import _op_inputs, backward_arguments, setup_context
 from ..torch_impl.diif import ENSEMBLE_VERTICES, prepare_diif  # noqa: F401  (same projection)
 
@@ -73,14 +73,14 @@ def _coarse_input(slices_ptr, corner_ptr, wc_ptr, b0_ptr, S, H, W, HO, WO, DC,
     gj = tl.load(row + 2, mask=s_ok, other=0)
     hf, wf = H * 1.0, W * 1.0
     hof, wof = HO * 1.0, WO * 1.0
-    vy, vx = mlp.centre(gi, hf), mlp.centre(gj, wf)
+    vy, vx = grid.centre(gi, hf), grid.centre(gj, wf)
     # rel(p, v_t) = rel(p, v*) - o_t, with vertex offset o_t = (2a - 1, 2b - 1).
     oy = (2 * a - 1).to(tl.float32)
     ox = (2 * b - 1).to(tl.float32)
-    first_y = (mlp.centre(tl.load(row + 3, mask=s_ok, other=0), hof) - vy) * hf - oy
-    first_x = (mlp.centre(tl.load(row + 4, mask=s_ok, other=0), wof) - vx) * wf - ox
-    last_y = (mlp.centre(tl.load(row + 5, mask=s_ok, other=0), hof) - vy) * hf - oy
-    last_x = (mlp.centre(tl.load(row + 6, mask=s_ok, other=0), wof) - vx) * wf - ox
+    first_y = (grid.centre(tl.load(row + 3, mask=s_ok, other=0), hof) - vy) * hf - oy
+    first_x = (grid.centre(tl.load(row + 4, mask=s_ok, other=0), wof) - vx) * wf - ox
+    last_y = (grid.centre(tl.load(row + 5, mask=s_ok, other=0), hof) - vy) * hf - oy
+    last_x = (grid.centre(tl.load(row + 6, mask=s_ok, other=0), wof) - vx) * wf - ox
     cell = tl.zeros([ROWS], dtype=tl.float32)
 
     c = tl.arange(0, BLOCK_C)
@@ -155,8 +155,8 @@ def _fine_input(pixels_ptr, slice_ptr, g_ptr, wd_ptr, bd_ptr, P, H, W, HO, WO, D
     r = tl.load(pixels_ptr + 2 * p, mask=p_ok, other=0)
     col = tl.load(pixels_ptr + 2 * p + 1, mask=p_ok, other=0)
     hf, wf = H * 1.0, W * 1.0
-    dy = (mlp.centre(r, HO * 1.0) - mlp.centre(mlp.group_index(r, H, HO), hf)) * hf
-    dx = (mlp.centre(col, WO * 1.0) - mlp.centre(mlp.group_index(col, W, WO), wf)) * wf
+    dy = (grid.centre(r, HO * 1.0) - grid.centre(grid.group_index(r, H, HO), hf)) * hf
+    dx = (grid.centre(col, WO * 1.0) - grid.centre(grid.group_index(col, W, WO), wf)) * wf
     sl = tl.load(slice_ptr + p, mask=p_ok, other=0)
 
     f = tl.arange(0, BLOCK_F)

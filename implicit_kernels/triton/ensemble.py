@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import geometry
-from . import mlp
+from . import grid, mlp
 
 #: Linear layers of the chain after the decoder's own input (LIIF: after its first layer).
 CHAIN_LAYERS = 4
@@ -38,38 +37,9 @@ def check_depth(weights, decoder, offset=0):
                          f"({CHAIN_LAYERS + offset} Linear layers); got {len(weights) + offset}")
 
 
-def geometry_constants(size):
-    """The float constants of :func:`geometry.ensemble_neighbours` for an ``(H, W)`` map:
-    the row shifts ``vy / H + eps`` for ``vy = -1, +1``, the column shifts, and the clamp
-    bounds, formed in double as there and rounded to fp32 by the launch, as PyTorch rounds
-    them when adding to an fp32 tensor."""
-    h, w = size
-    eps = geometry.ENSEMBLE_EPS
-    return (-1 / h + eps, 1 / h + eps, -1 / w + eps, 1 / w + eps, -1 + eps, 1 - eps)
-
-
 # ----------------------------------------------------------------------------------------
 # Geometry
 # ----------------------------------------------------------------------------------------
-
-@triton.jit
-def nearest_index(q, n):
-    """``geometry.nearest_index``: ``round(((q + 1) n - 1) / 2)``, half to even, clamped to
-    ``[0, n)``.  The rounding is exact: ``x - floor(x)`` loses nothing for ``|x| < 2²³``."""
-    x = ((q + 1.0) * n - 1.0) * 0.5  # exact, as / 2 (Triton's / may be approximate)
-    down = tl.floor(x)
-    frac = x - down
-    odd = (down - 2.0 * tl.floor(down * 0.5)) == 1.0
-    up = (frac > 0.5) | ((frac == 0.5) & odd)
-    return tl.minimum(tl.maximum(down.to(tl.int32) + up.to(tl.int32), 0), n - 1)
-
-
-@triton.jit
-def pixel_centre(idx, n):
-    """``geometry.axis_centres`` at integer ``idx`` (``n`` fp32) bit for bit: IEEE
-    division, where Triton's ``/`` is an approximate one on NVIDIA GPUs."""
-    return -1.0 + tl.math.div_rn(2.0 * idx.to(tl.float32) + 1.0, n)
-
 
 @triton.jit
 def members(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift_y1, shift_x0,
@@ -77,7 +47,7 @@ def members(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift_y1, shif
     """The tile's member rows (see the module docstring).
 
     coord, cell: ``B×Q×2`` (``queries`` = Q; cell unscaled); ``n_rows = 4·B·Q``; the
-    floats are :func:`geometry_constants`.
+    floats are :func:`grid.ensemble_constants`.
 
     Returns ``(r, ok, q, pixel, ry, rx, cy, cx, weight)``, each ``[ROWS]``: row index
     (int64) and mask, query index, flat LR pixel ``(b·H + iy)·W + ix`` (int64) of the
@@ -102,12 +72,9 @@ def members(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift_y1, shif
     opposite = tl.zeros([ROWS], dtype=tl.float32)
     # Every row forms all four members (a few flops each) for the areas; it keeps its own.
     for s in tl.static_range(4):
-        sy = tl.minimum(tl.maximum(y + (shift_y1 if s // 2 == 1 else shift_y0), lo), hi)
-        sx = tl.minimum(tl.maximum(x + (shift_x1 if s % 2 == 1 else shift_x0), lo), hi)
-        iy_s = nearest_index(sy, H)
-        ix_s = nearest_index(sx, W)
-        ry_s = (y - pixel_centre(iy_s, hf)) * hf
-        rx_s = (x - pixel_centre(ix_s, wf)) * wf
+        iy_s, ix_s, ry_s, rx_s = grid.ensemble_member(y, x, tl.full([ROWS], s, tl.int32), H, W,
+                                                      shift_y0, shift_y1, shift_x0, shift_x1,
+                                                      lo, hi)
         area = tl.abs(ry_s * rx_s) + 1e-9
         total += area  # ((a0 + a1) + a2) + a3, the reference's order
         mine = t == s
@@ -241,7 +208,7 @@ class Decode:
 
     def geometry_args(self):
         return (self.coord, self.cell, self.n_rows, self.queries, self.h, self.w,
-                *geometry_constants((self.h, self.w)))
+                *grid.ensemble_constants((self.h, self.w)))
 
     def scaled_cell(self):
         """``cell·(H, W)`` per query, ``BQ×2`` fp32, as the kernels form it."""
@@ -259,7 +226,7 @@ class Decode:
         guard = (torch.cuda.device(self.device) if self.device.type == "cuda"
                  else contextlib.nullcontext())
         with guard:
-            mlp.launch(kernel, self.n_rows, *args, **self.meta)
+            mlp.launch(kernel, self.n_rows, *args, **self.meta, **grid.NO_FMA)
 
 
 class ChainBuffers:
@@ -271,12 +238,12 @@ class ChainBuffers:
         rows, device = decode.n_rows, decode.device
 
         def buf(width):
-            return torch.empty(rows, width, device=device, dtype=torch.float32)
+            return mlp.empty(rows, width, device=device, dtype=torch.float32)
 
         self.x, self.hidden1, self.delta1 = buf(k), buf(n1), buf(n1)
         self.act2, self.delta2 = buf(n2), buf(n2)
         self.hidden3, self.delta3, self.gy = buf(n3), buf(n3), buf(m)
-        self.pixel = torch.empty(rows, device=device, dtype=torch.int64)
+        self.pixel = mlp.empty(rows, device=device, dtype=torch.int64)
         self.rel = buf(2)
 
     def kernel_args(self):

@@ -44,7 +44,7 @@ from .. import geometry
 from ..compiled import hiif as compiled_hiif
 from ..compiled.hiif import prepare_hiif  # noqa: F401  (the same maps, member rows contiguous)
 from ..reference.hiif import LN_EPS
-from . import mlp
+from . import grid, mlp
 
 SUFFIX = "_triton"
 NS = "implicit_kernels::"
@@ -61,34 +61,14 @@ _EPS = tl.constexpr(LN_EPS)
 # ----------------------------------------------------------------------------------------
 
 @triton.jit
-def _nearest_index(q, n):
-    """``geometry.nearest_index``: ``round_half_even(((q + 1) n - 1) / 2)`` in ``[0, n-1]``."""
-    t = ((q + 1.0) * n - 1.0) * 0.5
-    f = tl.floor(t)
-    frac = t - f
-    odd = f - 2.0 * tl.floor(f * 0.5)
-    r = tl.where(frac > 0.5, f + 1.0, tl.where(frac < 0.5, f, f + odd))
-    return tl.minimum(tl.maximum(r, 0.0), n - 1.0).to(tl.int32)
-
-
-@triton.jit
-def _offset(q, idx, n):
-    """``(q - centre(idx)) n / 2``: offset from an LR pixel's centre in LR pixels (HIIF's
-    unit, LIIF's halved: exact)."""
-    centre = tl.math.div_rn(2.0 * idx.to(tl.float32) + 1.0, n) - 1.0
-    return (q - centre) * n * 0.5
-
-
-@triton.jit
-def _member(qy, qx, t, hf, wf, shift_y, shift_x):
+def _member(qy, qx, t, H, W, shift_y, shift_x):
     """Ensemble member ``t`` (LIIF's order) of queries ``(qy, qx)``: its LR pixel
-    ``(iy, ix)`` and the query's offset ``(ry, rx)`` from it in LR pixels.  ``shift_y``
-    ``(lo, hi)``: the fp32 scalars ``∓1/H + 1e-6`` (formed in double on the host)."""
-    sy = tl.where(t < 2, shift_y[0], shift_y[1])
-    sx = tl.where(t % 2 == 1, shift_x[1], shift_x[0])
-    iy = _nearest_index(tl.minimum(tl.maximum(qy + sy, _CLAMP_LO), _CLAMP_HI), hf)
-    ix = _nearest_index(tl.minimum(tl.maximum(qx + sx, _CLAMP_LO), _CLAMP_HI), wf)
-    return iy, ix, _offset(qy, iy, hf), _offset(qx, ix, wf)
+    ``(iy, ix)`` and the query's offset ``(ry, rx)`` from it in LR pixels (HIIF's unit:
+    LIIF's halved, exactly).  ``shift_y`` ``(lo, hi)``: the fp32 scalars ``∓1/H + 1e-6``
+    (formed in double on the host)."""
+    iy, ix, ry, rx = grid.ensemble_member(qy, qx, t, H, W, shift_y[0], shift_y[1], shift_x[0],
+                                          shift_x[1], _CLAMP_LO, _CLAMP_HI)
+    return iy, ix, ry * 0.5, rx * 0.5
 
 
 @triton.jit
@@ -105,12 +85,12 @@ def _bit(local, scale):
 
 
 @triton.jit
-def _query_local(coord_ptr, p, p_ok, hf, wf, shift_y, shift_x, inv_h, inv_w):
+def _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w):
     """Coordinates ``[ROWS]`` of queries ``p`` (flat over the batch) and their local
     coordinate (member 0's offset, reflected)."""
     qy = tl.load(coord_ptr + 2 * p, mask=p_ok, other=0.0).to(tl.float32)
     qx = tl.load(coord_ptr + 2 * p + 1, mask=p_ok, other=0.0).to(tl.float32)
-    _, _, ry, rx = _member(qy, qx, tl.zeros_like(p), hf, wf, shift_y, shift_x)
+    _, _, ry, rx = _member(qy, qx, tl.zeros_like(p), H, W, shift_y, shift_x)
     return qy, qx, _local(ry, inv_h), _local(rx, inv_w)
 
 
@@ -126,10 +106,10 @@ def _level0_rows(coord_ptr, cell_ptr, maps_ptr, p, p_ok, m, H, W, C, HID,
     extras ``e = [cell·(H, W), level-0 bits]`` and LayerNorm's ``rstd`` (``torch_impl``'s
     folded statistics over the ``4C + 4`` inputs)."""
     hf, wf = H * 1.0, W * 1.0
-    qy, qx, ly, lx = _query_local(coord_ptr, p, p_ok, hf, wf, shift_y, shift_x, inv_h, inv_w)
+    qy, qx, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w)
     t = tl.arange(0, 4)[None, :]
-    iy, ix, ry, rx = _member(qy[:, None], qx[:, None], t, hf, wf, shift_y, shift_x)
-    _, _, ry_opp, rx_opp = _member(qy[:, None], qx[:, None], 3 - t, hf, wf, shift_y, shift_x)
+    iy, ix, ry, rx = _member(qy[:, None], qx[:, None], t, H, W, shift_y, shift_x)
+    _, _, ry_opp, rx_opp = _member(qy[:, None], qx[:, None], 3 - t, H, W, shift_y, shift_x)
     # Member t is weighted by the area of the diagonally opposite member 3 - t.
     area = tl.abs(ry * rx) + 1e-9
     weight = (tl.abs(ry_opp * rx_opp) + 1e-9) / tl.sum(area, 1)[:, None]
@@ -586,7 +566,7 @@ def _levels_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1_ptr, w2_
     w2, b2: the first ``LEVELS-1`` levels' fc2 (``×C×HID``, ``×C``); last_w: ``NOUT×HID``."""
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
-    _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H * 1.0, W * 1.0, (shift_y_lo, shift_y_hi),
+    _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
                                 (shift_x_lo, shift_x_hi), inv_h, inv_w)
     c = tl.arange(0, BLOCK_C)
     x = tl.load(x_ptr + p[:, None] * C + c[None, :], mask=p_ok[:, None] & (c[None, :] < C),
@@ -669,7 +649,7 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     fc2's output gradient) and ``dx`` (``P×C``); all fp32."""
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
-    _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H * 1.0, W * 1.0, (shift_y_lo, shift_y_hi),
+    _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
                                 (shift_x_lo, shift_x_hi), inv_h, inv_w)
     c = tl.arange(0, BLOCK_C)
     ok = p_ok[:, None] & (c[None, :] < C)
@@ -723,18 +703,15 @@ _levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS",
 # Operators
 # ----------------------------------------------------------------------------------------
 
-#: The geometry kernels compare and round coordinates: compiled without FMA contraction
-#: so their float operations are the reference's (the interpreter never contracts).
-_NO_FMA = {} if mlp.INTERPRET else {"enable_fp_fusion": False}
 _F32 = torch.float32
 
 
 def _geometry(h, w):
-    """The geometry kernels' scalar arguments, formed in double and rounded to fp32 at
-    launch as PyTorch rounds a Python float: member shifts ``∓1/H + 1e-6``, ``∓1/W + 1e-6``
-    (``geometry.ensemble_neighbours``), then ``1/H``, ``1/W`` (``local_coord``)."""
-    eps = geometry.ENSEMBLE_EPS
-    return (-1 / h + eps, 1 / h + eps, -1 / w + eps, 1 / w + eps, 1 / h, 1 / w)
+    """The geometry kernels' scalar arguments: the member shifts of
+    :func:`grid.ensemble_constants` (its clamp bounds are this module's constexprs), then
+    ``1/H``, ``1/W`` (``local_coord``), rounded to fp32 at launch as PyTorch rounds a
+    Python float."""
+    return (*grid.ensemble_constants((h, w))[:4], 1 / h, 1 / w)
 
 
 def _tiles(n):
@@ -792,7 +769,7 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
         mlp.launch(_level0, b * m, *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b,
                                                 coord, cell),
                    out, b * m, m, h, w, channels, hid, *_geometry(h, w),
-                   BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **_NO_FMA)
+                   BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **grid.NO_FMA)
     return out
 
 
@@ -815,7 +792,7 @@ def hiif_level0_triton_backward(
                        *_contiguous(maps, row_sums, w_extra, bias, fc2_w, coord, cell, grad_out),
                        dmaps, hidden, delta, dev, ed, n, m, h, w, channels, hid,
                        *_geometry(h, w), BLOCK_C=mlp.block(channels),
-                       PRECISION=mlp.precision(maps), **_NO_FMA)
+                       PRECISION=mlp.precision(maps), **grid.NO_FMA)
     gy = grad_out.reshape(n, -1).to(_F32)
     return _cast((dmaps, dev.t() @ delta, delta.t() @ ed, delta.sum(0), gy.t() @ hidden,
                   gy.sum(0)), like)
@@ -942,7 +919,7 @@ class _Levels:
         c = x.shape[-1]
         _check_widths(channels=c)
         return {"BLOCK_C": mlp.block(c), "BLOCK_O": mlp.block(self.nout),
-                "PRECISION": mlp.precision(x), **_NO_FMA}
+                "PRECISION": mlp.precision(x), **grid.NO_FMA}
 
 
 @torch.library.custom_op(NS + "hiif_levels" + SUFFIX, mutates_args=())

@@ -115,7 +115,8 @@ def liif_decode_triton(proj: torch.Tensor, w_coord: torch.Tensor, b0: torch.Tens
     proj ``B×H×W×D``; w_coord ``D×4`` (the first layer's rel and cell columns); b0 ``D``;
     weights/biases the four remaining layers ``N1×D, N2×N1, N3×N2, M×N3``."""
     d = _decode_call(proj, weights, biases, coord, cell)
-    out = proj.new_empty(coord.shape[0], coord.shape[1], d.widths[-1])
+    out = mlp.empty(coord.shape[0], coord.shape[1], d.widths[-1], device=proj.device,
+                    dtype=proj.dtype)
     if out.numel():
         d.launch(_decode, *d.geometry_args(), proj.contiguous(), w_coord.contiguous(),
                  b0.contiguous(), *d.layers, out, *d.widths)
@@ -136,7 +137,7 @@ def liif_decode_triton_backward(
     dtypes."""
     d = _decode_call(proj, weights, biases, coord, cell)
     rows = ensemble.ChainBuffers(d)
-    dpre = torch.empty(d.n_rows, proj.shape[-1], device=d.device, dtype=torch.float32)
+    dpre = mlp.empty(d.n_rows, proj.shape[-1], device=d.device, dtype=torch.float32)
     if d.n_rows:
         d.launch(_backward, *d.geometry_args(), proj.contiguous(), w_coord.contiguous(),
                  b0.contiguous(), *d.layers[:-1], grad_out.contiguous(), *rows.kernel_args(),

@@ -136,7 +136,8 @@ def lte_decode_triton(coef_map: torch.Tensor, freq_map: torch.Tensor, phase: tor
     coef_map, freq_map ``B×H×W×2n``; phase ``n×2``; weights/biases the MLP's four layers
     ``N1×2n, N2×N1, N3×N2, M×N3``."""
     d = _decode_call(coef_map, weights, biases, coord, cell)
-    out = coef_map.new_empty(coord.shape[0], coord.shape[1], d.widths[-1])
+    out = mlp.empty(coord.shape[0], coord.shape[1], d.widths[-1], device=coef_map.device,
+                    dtype=coef_map.dtype)
     if out.numel():
         d.launch(_decode, *d.geometry_args(), coef_map.contiguous(), freq_map.contiguous(),
                  phase.contiguous(), *d.layers, out, *d.widths)
@@ -159,7 +160,7 @@ def lte_decode_triton_backward(
     d = _decode_call(coef_map, weights, biases, coord, cell)
     rows = ensemble.ChainBuffers(d)
     k = d.widths[0]
-    dcoef, dangle = (torch.empty(d.n_rows, k, device=d.device, dtype=torch.float32)
+    dcoef, dangle = (mlp.empty(d.n_rows, k, device=d.device, dtype=torch.float32)
                      for _ in range(2))
     if d.n_rows:
         d.launch(_backward, *d.geometry_args(), coef_map.contiguous(), freq_map.contiguous(),

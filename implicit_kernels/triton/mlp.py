@@ -1,5 +1,4 @@
-"""Triton building blocks shared by the decoders' kernels: pixel geometry, the fused
-two-layer MLP step (forward and backward) and launching (autotuned on GPU, one fixed
+"""Triton building blocks shared by the decoders' kernels: the fused two-layer MLP step (forward and backward) and launching (autotuned on GPU, one fixed
 configuration under the interpreter).
 
 The MLP step is ``act(x·W1ᵀ + b1)·W2ᵀ`` for a tile of ``ROWS`` rows held in registers:
@@ -20,23 +19,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-# ----------------------------------------------------------------------------------------
-# Geometry
-# ----------------------------------------------------------------------------------------
-
-@triton.jit
-def centre(idx, n):
-    """Pixel centre ``-1 + (2 idx + 1) / n`` of an integer index, as ``geometry.pixel_coord``."""
-    return -1.0 + (2.0 * idx.to(tl.float32) + 1.0) / n
-
-
-@triton.jit
-def group_index(idx, n_in, n_out):
-    """``geometry.group_index``: ``min(floor((2 idx + 1) n_in / (2 n_out)), n_in - 1)``
-    (non-negative, so integer division is the floor)."""
-    return tl.minimum((2 * idx + 1) * n_in // (2 * n_out), n_in - 1)
 
 
 @triton.jit
@@ -176,13 +158,15 @@ def launch(kernel, n_rows, *args, rows="ROWS", **meta):
 
 
 def empty(*shape, device, dtype):
-    """``torch.empty`` for a kernel's output, filled with NaN when ``IK_POISON=1`` (as the
-    C++ operators' outputs; tests/conftest.py sets it), so an element a kernel forgets
-    fails the tests instead of passing with stale memory."""
+    """``torch.empty`` for a kernel's output, poisoned when ``IK_POISON=1`` (as the C++
+    operators' outputs; tests/conftest.py sets it): NaN, or -1 for integer indices, so an
+    element a kernel forgets fails the tests instead of passing with stale memory."""
     import torch
 
     out = torch.empty(*shape, device=device, dtype=dtype)
-    return out.fill_(float("nan")) if os.environ.get("IK_POISON") == "1" else out
+    if os.environ.get("IK_POISON") == "1":
+        out.fill_(float("nan") if out.is_floating_point() else -1)
+    return out
 
 
 def precision(tensor):
