@@ -196,7 +196,7 @@ class Decode:
     def __init__(self, maps, weights, biases, coord, cell, decoder, offset=0):
         check_depth(weights, decoder, offset)
         self.batch, self.h, self.w = maps.shape[:3]
-        self.device = maps.device
+        self.device, self.dtype = maps.device, maps.dtype
         self.coord, self.cell = coord.contiguous(), cell.contiguous()
         self.queries = coord.shape[1]
         self.n_queries = coord.shape[0] * coord.shape[1]
@@ -220,6 +220,16 @@ class Decode:
         out = torch.zeros(self.batch * self.h * self.w, rows.shape[1], device=self.device,
                           dtype=torch.float32)
         return out.index_add_(0, pixel, rows).view(self.batch, self.h, self.w, -1)
+
+    def forward(self, kernel, *inputs):
+        """The decode: ``kernel`` on the geometry, the decoder's ``inputs``, the chain and
+        a fresh ``B×Q×M`` output in the maps' dtype."""
+        out = mlp.empty(self.coord.shape[0], self.queries, self.widths[-1], device=self.device,
+                        dtype=self.dtype)
+        if out.numel():
+            self.launch(kernel, *self.geometry_args(), *[t.contiguous() for t in inputs],
+                        *self.layers, out, *self.widths)
+        return out
 
     def launch(self, kernel, *args):
         """``kernel`` over the call's rows, on the maps' device."""

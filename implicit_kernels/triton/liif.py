@@ -114,13 +114,7 @@ def liif_decode_triton(proj: torch.Tensor, w_coord: torch.Tensor, b0: torch.Tens
 
     proj ``B×H×W×D``; w_coord ``D×4`` (the first layer's rel and cell columns); b0 ``D``;
     weights/biases the four remaining layers ``N1×D, N2×N1, N3×N2, M×N3``."""
-    d = _decode_call(proj, weights, biases, coord, cell)
-    out = mlp.empty(coord.shape[0], coord.shape[1], d.widths[-1], device=proj.device,
-                    dtype=proj.dtype)
-    if out.numel():
-        d.launch(_decode, *d.geometry_args(), proj.contiguous(), w_coord.contiguous(),
-                 b0.contiguous(), *d.layers, out, *d.widths)
-    return out
+    return _decode_call(proj, weights, biases, coord, cell).forward(_decode, proj, w_coord, b0)
 
 
 liif_decode_triton.register_fake(fake_decode)

@@ -135,13 +135,8 @@ def lte_decode_triton(coef_map: torch.Tensor, freq_map: torch.Tensor, phase: tor
 
     coef_map, freq_map ``B×H×W×2n``; phase ``n×2``; weights/biases the MLP's four layers
     ``N1×2n, N2×N1, N3×N2, M×N3``."""
-    d = _decode_call(coef_map, weights, biases, coord, cell)
-    out = mlp.empty(coord.shape[0], coord.shape[1], d.widths[-1], device=coef_map.device,
-                    dtype=coef_map.dtype)
-    if out.numel():
-        d.launch(_decode, *d.geometry_args(), coef_map.contiguous(), freq_map.contiguous(),
-                 phase.contiguous(), *d.layers, out, *d.widths)
-    return out
+    return _decode_call(coef_map, weights, biases, coord, cell).forward(
+        _decode, coef_map, freq_map, phase)
 
 
 lte_decode_triton.register_fake(fake_decode)
