@@ -549,7 +549,9 @@ def _level(x, ly, lx, level, norm_w_ptr, norm_b_ptr, w1_ptr, b1_ptr, w2_ptr, b2_
     acc = tl.zeros([ROWS, BLOCK_M], dtype=tl.float32)
     for n0 in range(0, HID, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        z, _, _, _ = _level_fc1(u, u_y, u_x, w1_ptr, b1_ptr, n, n < HID, c, c_ok, C, PRECISION)
+        # [0], not ``z, _, ...``: ``_`` (rstd above) would become a loop-carried
+        # variable changing shape, which the compiler refuses (the interpreter does not).
+        z = _level_fc1(u, u_y, u_x, w1_ptr, b1_ptr, n, n < HID, c, c_ok, C, PRECISION)[0]
         acc = _add_hidden_chunk(acc, z, w2_ptr, n, n < HID, o, M, HID, PRECISION)
     return acc + tl.load(b2_ptr + o, mask=o < M, other=0.0).to(tl.float32)[None, :]
 
