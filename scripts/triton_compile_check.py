@@ -1,75 +1,225 @@
-"""Compile the Triton kernels for sm_90 without a GPU and print registers and spills per
-configuration (``python scripts/triton_compile_check.py [decoder ...]``).
+"""Compile every Triton kernel of the decoders for sm_90 without a GPU and print registers,
+spills and shared memory per configuration
+(``python scripts/triton_compile_check.py [decoder ...] [--quick]``).
 
-Uses ``triton.compile`` on an ``ASTSource`` for ``GPUTarget("cuda", 90, 32)``, then the
-ptxas that ships with triton (``-v``) on the PTX for the resource counts: no CUDA
-toolkit or GPU is needed.  Run from the repository root with ``PYTHONPATH=.`` in a
-worktree (the script's own folder is first on ``sys.path``).  Widths are the papers'
-(256); each kernel's signature is listed in :data:`KERNELS`.
+The interpreter (``TRITON_INTERPRET=1``, how the kernels are tested on CPU) is lax about
+types and layouts; a real GPU compilation is not.  The kernels' signatures come from
+real launches: a subprocess under the interpreter runs each decoder's forward and
+backward through :mod:`implicit_kernels.functional` (``backend="triton"``, the papers'
+widths from the ``models`` defaults, tiny inputs) with fp32 and with bf16 inputs, recording every
+:func:`implicit_kernels.triton.mlp.launch` (:func:`record`).  This process then
+compiles each recorded kernel with ``triton.compile`` on an ``ASTSource`` for
+``GPUTarget("cuda", 90, 32)`` over :func:`mlp.gpu_configs` and the dtypes fp32 (IEEE
+``tl.dot``), tf32 (fp32 inputs) and bf16, and runs the ptxas that ships with triton
+(``-v``) on the PTX for the resource counts: no CUDA toolkit or GPU is needed.
+``--quick``: the first configuration (ROWS 16, BLOCK_N 32, 4 warps, 2 stages), tf32
+and bf16 only (tests/test_triton_compile.py).
+
+Integer arguments are compiled as plain ``i32``/``i64`` and pointers without alignment
+hints: a real launch also specialises integers equal to 1 and multiples of 16, so its
+counts may differ slightly.
 """
 from __future__ import annotations
 
-import itertools
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
-import triton
-import triton.backends.nvidia
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from implicit_kernels.triton import diif, mlp
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.backends.nvidia  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
+from implicit_kernels.triton import grid, mlp  # noqa: E402
+
+DECODERS = ("diif", "liif", "lte", "hiif")
 TARGET = GPUTarget("cuda", 90, 32)
+#: Table label → (dtype of the recorded inputs, ``tl.dot`` input precision).
 DTYPES = {"fp32": ("fp32", "ieee"), "tf32": ("fp32", "tf32"), "bf16": ("bf16", "ieee")}
+QUICK_DTYPES = ("bf16", "tf32")
+#: The decoders' input dtypes for the recording.
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PTXAS = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
-WIDTH = mlp.block(256)
+#: Most registers a thread may use on sm_90: beyond, ptxas spills.
+MAX_REGISTERS = 255
 
 
-def _pointers(names, dtype, exceptions):
-    """``*dtype`` for each pointer name, ``exceptions`` overriding (e.g. int tables)."""
-    return {name: exceptions.get(name, f"*{dtype}") for name in names}
+# ----------------------------------------------------------------------------------------
+# Recording (in a subprocess under the interpreter)
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel as a decoder launched it with ``dtype`` (``"fp32"``/``"bf16"``) inputs.
+
+    ``types``: the launcher's type of each runtime argument (``*bf16``, ``*i64``,
+    ``i32``, ``fp32``...); ``constexprs``: the values of the others, but ``rows`` and
+    ``BLOCK_N``, which :func:`mlp.launch` sets from the configuration; ``options``:
+    compile options such as ``enable_fp_fusion``."""
+    decoder: str
+    dtype: str
+    module: str
+    name: str
+    types: dict
+    constexprs: dict
+    rows: str
+    options: dict
+
+    @property
+    def kernel(self):
+        """The ``triton.jit`` function, looked up by module and name in this process."""
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def key(self):
+        """What makes two launches compile alike (runtime scalars' values do not)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-# Per kernel: (decoder, kernel, pointer names, fixed pointer types, int arguments,
-# constexprs besides ROWS/BLOCK_N/PRECISION).
-_DIIF_COARSE = ["slices_ptr", "corner_ptr", "wc_ptr", "b0_ptr", "w1_ptr", "b1_ptr", "wh_ptr"]
-_DIIF_FINE = ["pixels_ptr", "slice_ptr", "g_ptr", "wd_ptr", "bd_ptr", "w1_ptr", "b1_ptr", "w2_ptr"]
-_DIIF_TYPES = {"slices_ptr": "*i32", "pixels_ptr": "*i64", "slice_ptr": "*i64", "g_ptr": "*fp32",
-               "dg_ptr": "*fp32", "act_ptr": "*fp32", "hidden_ptr": "*fp32",
-               "delta_ptr": "*fp32", "dpre_ptr": "*fp32", "dz_ptr": "*fp32"}
-_DIIF_COARSE_INTS = ["S", "H", "W", "HO", "WO", "DC", "DF"]
-_DIIF_FINE_INTS = ["P", "H", "W", "HO", "WO", "DF", "DH", "NOUT"]
-KERNELS = {
-    "diif_coarse": ("diif", diif._coarse_kernel, _DIIF_COARSE + ["g_ptr"], _DIIF_TYPES,
-                    _DIIF_COARSE_INTS, {"BLOCK_C": WIDTH, "BLOCK_F": WIDTH}),
-    "diif_fine": ("diif", diif._fine_kernel, _DIIF_FINE + ["b2_ptr", "out_ptr"], _DIIF_TYPES,
-                  _DIIF_FINE_INTS, {"BLOCK_F": WIDTH, "BLOCK_O": 16}),
-    "diif_coarse_bwd": ("diif", diif._coarse_backward_kernel,
-                        _DIIF_COARSE + ["dg_ptr", "act_ptr", "hidden_ptr", "delta_ptr", "dpre_ptr"],
-                        _DIIF_TYPES, _DIIF_COARSE_INTS, {"BLOCK_C": WIDTH, "BLOCK_F": WIDTH}),
-    "diif_fine_bwd": ("diif", diif._fine_backward_kernel,
-                      _DIIF_FINE + ["dout_ptr", "act_ptr", "hidden_ptr", "delta_ptr", "dz_ptr"],
-                      _DIIF_TYPES, _DIIF_FINE_INTS, {"BLOCK_F": WIDTH, "BLOCK_O": 16}),
-}
+def _python_function(kernel):
+    """The Python function under a launched kernel: an ``InterpretedFunction`` under the
+    interpreter, a ``JITFunction`` or an ``Autotuner`` around one on GPU (each has
+    ``.fn``)."""
+    while hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    return kernel
 
 
-def compile_kernel(fn, pointers, ints, constexprs, num_warps, num_stages):
-    signature = {name: "i32" for name in ints}
-    signature.update(pointers)
-    signature.update({name: "constexpr" for name in constexprs})
-    src = ASTSource(fn, signature, constexprs=constexprs)
-    return triton.compile(src, target=TARGET,
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+@contextlib.contextmanager
+def _recording(decoder, dtype, launches):
+    """Within: each :func:`mlp.launch` is appended to ``launches`` (as a :class:`Launch`
+    of ``decoder`` with ``dtype`` inputs), then run with the options that are no kernel
+    argument (the GPU's ``grid.NO_FMA``) left out, as the interpreter takes none."""
+    # The launcher's own type names, and triton's own reading of the annotations (an
+    # InterpretedFunction has no parameter list).
+    from triton.runtime.jit import JITFunction, mangle_type
+
+    real_launch = mlp.launch
+
+    def launch(kernel, n_rows, *args, rows="ROWS", **meta):
+        fn = _python_function(kernel)
+        params = JITFunction(fn).params
+        names = [p.name for p in params]
+        options = {k: meta.pop(k) for k in list(meta) if k not in names and k != "grid_extra"}
+        given = {**dict(zip(names, args)), **{k: v for k, v in meta.items() if k in names}}
+        types = {p.name: mangle_type(given[p.name]) for p in params
+                 if not p.is_constexpr}
+        constexprs = {p.name: given[p.name] for p in params
+                      if p.is_constexpr and p.name in given}
+        launches.append(Launch(decoder, dtype, fn.__module__, fn.__name__, types, constexprs,
+                               rows, options))
+        real_launch(kernel, n_rows, *args, rows=rows, **meta)
+
+    mlp.launch = launch  # the decoders call it as mlp.launch, looked up at each call
+    try:
+        yield
+    finally:
+        mlp.launch = real_launch
 
 
-def resources(kernel):
+def _decode(decoder, dtype):
+    """Forward and backward of ``decoder`` through its ``models`` decode (which calls
+    :mod:`implicit_kernels.functional`; the models' defaults are the papers' widths) on a
+    3×4 feature map of 4 channels decoded to 5×7 (35 queries), all inputs ``dtype``."""
+    import models
+
+    model = models.make(f"edsr-baseline-{decoder}",
+                        encoder_kwargs={"n_resblocks": 1, "n_feats": 4}).to(dtype)
+    feat = torch.randn(1, 4, 3, 4, dtype=dtype, requires_grad=True)
+    inp = torch.randn(1, 3, 3, 4, dtype=dtype, requires_grad=True)
+    out = model.decode(feat, inp, (5, 7), backend="triton")
+    out.backward(torch.randn_like(out))
+
+
+def _record_in_process(decoders, no_fma):
+    """Every launch of :func:`_decode` for ``decoders`` and both dtypes, once each (this
+    process must run under the interpreter)."""
+    assert mlp.INTERPRET, "recording runs the kernels under TRITON_INTERPRET=1"
+    grid.NO_FMA = no_fma  # the call sites read it at each launch
+    launches = []
+    for decoder in decoders:
+        for dtype in ("fp32", "bf16"):
+            with _recording(decoder, dtype, launches):
+                _decode(decoder, TORCH_DTYPES[dtype])
+    unique = {launch.key(): launch for launch in launches}
+    return list(unique.values())
+
+
+def record(decoders=DECODERS):
+    """The distinct launches of ``decoders`` (forward and backward, fp32 and bf16
+    inputs), recorded in a subprocess under the interpreter."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        run = subprocess.run([sys.executable, __file__, "--record", out.name,
+                              json.dumps(grid.NO_FMA), *decoders],
+                             env=env, cwd=ROOT, capture_output=True, text=True)
+        if run.returncode:
+            raise RuntimeError(f"recording the launches failed:\n{run.stderr[-4000:]}")
+        return [Launch(**fields) for fields in json.load(out)]
+
+
+# ----------------------------------------------------------------------------------------
+# Compiling (in a normal process)
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """One compilation: a recorded launch with a table dtype's ``tl.dot`` precision and an
+    autotuning configuration."""
+    launch: Launch
+    label: str
+    config: triton.Config
+
+    def compile(self):
+        """The kernel compiled for sm_90: the recorded argument types and constexprs, the
+        configuration's tile, warps and stages, the label's precision, the launch's
+        options."""
+        kernel = self.launch.kernel
+        constexprs = {**self.launch.constexprs, **self.config.kwargs,
+                      "PRECISION": DTYPES[self.label][1]}
+        signature = {p.name: "constexpr" if p.is_constexpr else self.launch.types[p.name]
+                     for p in kernel.params}
+        options = {"num_warps": self.config.num_warps, "num_stages": self.config.num_stages,
+                   **self.launch.options}
+        return triton.compile(ASTSource(kernel, signature, constexprs=constexprs),
+                              target=TARGET, options=options)
+
+    def title(self):
+        cfg = self.config
+        return (f"{self.launch.decoder + '.' + self.launch.name:32} {self.label} "
+                f"{cfg.kwargs[self.launch.rows]:4} {cfg.kwargs['BLOCK_N']:3} {cfg.num_warps} "
+                f"{cfg.num_stages}")
+
+
+def builds(launches, quick=False):
+    """The compilations of ``launches``, by kernel (in launch order), table dtype (each
+    from the launches with its input dtype) and configuration: every autotuning
+    configuration and dtype, or (``quick``) the first configuration in bf16 and tf32."""
+    kernels = list(dict.fromkeys((launch.decoder, launch.name) for launch in launches))
+    labels = QUICK_DTYPES if quick else tuple(DTYPES)
+    return [Build(launch, label, config)
+            for kernel in kernels for label in labels for launch in launches
+            if (launch.decoder, launch.name) == kernel and launch.dtype == DTYPES[label][0]
+            for config in mlp.gpu_configs(launch.rows)[:1 if quick else None]]
+
+
+def resources(compiled):
     """``(registers, spill store bytes, spill load bytes)`` from ``ptxas -v`` on the PTX."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
-        ptx.write(kernel.asm["ptx"])
+        ptx.write(compiled.asm["ptx"])
         ptx.flush()
         log = subprocess.run([PTXAS, "-v", "--gpu-name", "sm_90a", ptx.name, "-o", os.devnull],
                              capture_output=True, text=True, check=True).stderr
@@ -79,21 +229,46 @@ def resources(kernel):
     return regs, stores, loads
 
 
-def main(decoders):
-    print("sm_90, widths 256: kernel dtype ROWS BLOCK_N warps stages -> registers, spills, shared")
-    for name, (decoder, fn, pointers, types, ints, constexprs) in KERNELS.items():
-        if decoders and decoder not in decoders:
-            continue
-        for (label, (dtype, precision)), cfg in itertools.product(DTYPES.items(), mlp.gpu_configs()):
-            rows, bn = cfg.kwargs["ROWS"], cfg.kwargs["BLOCK_N"]
-            k = compile_kernel(fn, _pointers(pointers, dtype, types), ints,
-                               {**constexprs, "ROWS": rows, "BLOCK_N": bn, "PRECISION": precision},
-                               cfg.num_warps, cfg.num_stages)
-            regs, stores, loads = resources(k)
-            print(f"{name:16} {label} {rows:4} {bn:3} {cfg.num_warps} {cfg.num_stages} -> "
-                  f"{regs} regs, spills {stores}/{loads} B st/ld, {k.metadata.shared} B shared",
-                  flush=True)
+def check(build):
+    """Compile ``build``: ``(registers, table line)``, or ``(None, line with the error)``
+    when it does not compile."""
+    try:
+        compiled = build.compile()
+    except Exception as error:  # noqa: BLE001 -- every compile error is a finding
+        # A CompilationError in a called jit function is the cause of one at each call
+        # site: the innermost has the reason and the offending source.
+        while error.__cause__ is not None:
+            error = error.__cause__
+        return None, f"{build.title()} -> FAILED: {type(error).__name__} {error}"
+    regs, stores, loads = resources(compiled)
+    return regs, (f"{build.title()} -> {regs} regs, spills {stores}/{loads} B st/ld, "
+                  f"{compiled.metadata.shared} B shared")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("decoders", nargs="*", metavar="decoder",
+                        help=f"any of {', '.join(DECODERS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the first configuration only, bf16 and tf32 only")
+    args = parser.parse_args(argv)
+    unknown = set(args.decoders) - set(DECODERS)
+    if unknown:
+        parser.error(f"unknown decoders {sorted(unknown)}; choose from {', '.join(DECODERS)}")
+    print("sm_90, widths 256: kernel dtype ROWS BLOCK_N warps stages -> registers, spills, "
+          "shared", flush=True)
+    failed = False
+    for build in builds(record(args.decoders or DECODERS), args.quick):
+        regs, line = check(build)
+        failed |= regs is None or regs > MAX_REGISTERS
+        print(line, flush=True)
+    return int(failed)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--record"]:  # the subprocess of record(): OUT NO_FMA DECODER...
+        found = _record_in_process(sys.argv[4:], json.loads(sys.argv[3]))
+        with open(sys.argv[2], "w") as out:
+            json.dump([dataclasses.asdict(launch) for launch in found], out)
+    else:
+        sys.exit(main())

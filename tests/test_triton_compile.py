@@ -1,0 +1,55 @@
+"""Every Triton kernel of every decoder compiles for sm_90, without a GPU, within the
+registers a thread has (spills are allowed; ``pytest -s`` prints the table).
+
+The interpreter, which runs the other Triton tests on CPU, does not catch GPU-only
+compile errors (layouts, shapes of loop-carried values, dtypes of ``tl.dot`` operands).
+scripts/triton_compile_check.py records the kernels' signatures from the decoders'
+forward and backward passes in a subprocess under the interpreter, then this process
+compiles its quick configuration (ROWS 16, BLOCK_N 32, 4 warps, 2 stages; bf16 and
+tf32) with triton's bundled ptxas.  Takes about two minutes on two cores.
+"""
+import importlib.util
+import os
+import pathlib
+import sys
+
+import pytest
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiles for a GPU: run without TRITON_INTERPRET=1", allow_module_level=True)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import triton_compile_check as check  # noqa: E402
+
+if not os.path.exists(check.PTXAS):
+    pytest.skip(f"triton's bundled ptxas is absent ({check.PTXAS})", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def launches():
+    return check.record()
+
+
+def _kernels(decoder):
+    """The names of the ``*_kernel`` functions (the launched ones, by convention) of
+    ``decoder``'s module."""
+    module = importlib.import_module(f"implicit_kernels.triton.{decoder}")
+    return {name for name in vars(module) if name.endswith("_kernel")}
+
+
+@pytest.mark.parametrize("decoder", check.DECODERS)
+def test_kernels_compile_for_sm90(decoder, launches):
+    mine = [launch for launch in launches if launch.decoder == decoder]
+    for dtype in ("fp32", "bf16"):
+        recorded = {launch.name for launch in mine if launch.dtype == dtype}
+        assert recorded == _kernels(decoder), f"{dtype} forward and backward launches"
+    problems = []
+    for build in check.builds(mine, quick=True):
+        regs, line = check.check(build)
+        print(line)
+        if regs is None or regs > check.MAX_REGISTERS:
+            problems.append(line)
+    assert not problems, "\n".join(problems)
