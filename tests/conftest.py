@@ -94,6 +94,34 @@ def assert_compiles_fullgraph(fn, *args) -> None:
     assert leaves and all(t.grad is not None for t in leaves)
 
 
+#: Triton tests that need the GPU itself (half precision, real sizes): the interpreter's
+#: bf16 ``tl.dot`` is not the GPU's, and it is too slow for real sizes.
+#: tests/test_triton_interpreter.py accepts exactly this skip reason.
+triton_gpu_only = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available(),
+    reason="needs a CUDA GPU")
+
+
+def assert_half_precision_close(decode, leaves: dict, upstream, dtype,
+                                out_tol=1e-2, grad_tol=3e-2) -> None:
+    """``decode(tensors, backend)`` on ``leaves`` cast to ``dtype`` with ``"triton"``
+    against the fp32 ``"reference"`` on ``leaves``: the output within ``out_tol`` and the
+    gradient of every leaf requiring grad within ``grad_tol``, each relative to the fp32
+    tensor's largest magnitude (half-precision storage, fp32 accumulation)."""
+    wanted = [k for k, v in leaves.items() if v.requires_grad]
+    ref = decode(leaves, "reference")
+    ref_grads = torch.autograd.grad(ref, [leaves[k] for k in wanted], upstream)
+    half = {k: v.detach().to(dtype).requires_grad_(v.requires_grad) for k, v in leaves.items()}
+    out = decode(half, "triton")
+    assert out.dtype == dtype
+    grads = torch.autograd.grad(out, [half[k] for k in wanted], upstream.to(dtype))
+    pairs = [("output", out, ref, out_tol)] + [
+        (f"grad of {k}", g, r, grad_tol) for k, g, r in zip(wanted, grads, ref_grads)]
+    for name, got, want, tol in pairs:
+        err = float((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30))
+        assert err < tol, f"{name}: relative error {err:.3g} ({dtype})"
+
+
 @pytest.fixture
 def exact_fp32_matmul():
     """CUDA matmuls in full fp32 (no TF32) for the test, so fp32 comparisons at 1e-5 hold."""

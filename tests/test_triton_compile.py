@@ -1,5 +1,6 @@
-"""Every Triton kernel of every decoder compiles for sm_90, without a GPU, within the
-registers a thread has (spills are allowed; ``pytest -s`` prints the table).
+"""Every Triton kernel of every decoder compiles for sm_90, without a GPU (``pytest -s``
+prints registers, spills and shared memory; ptxas spills past 255 registers rather than
+fail, so those are reported, not asserted).
 
 The interpreter, which runs the other Triton tests on CPU, does not catch GPU-only
 compile errors (layouts, shapes of loop-carried values, dtypes of ``tl.dot`` operands).
@@ -50,6 +51,6 @@ def test_kernels_compile_for_sm90(decoder, launches):
     for build in check.builds(mine, quick=True):
         regs, line = check.check(build)
         print(line)
-        if regs is None or regs > check.MAX_REGISTERS:
+        if regs is None:  # the compile failed; line holds the error
             problems.append(line)
     assert not problems, "\n".join(problems)

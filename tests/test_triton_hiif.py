@@ -14,7 +14,8 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
-from conftest import assert_compiles_fullgraph, assert_matches, opcheck_layouts
+from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
+                      opcheck_layouts, triton_gpu_only)
 from test_hiif import hiif_params, random_queries
 
 if importlib.util.find_spec("triton") is None:
@@ -159,3 +160,38 @@ def test_compiles_as_ops():
         return F.hiif_decode(f, inp, (5, 6), p, backend="triton", chunk_size=32)
 
     assert_compiles_fullgraph(decode, feat, params)
+
+
+def paper_params(seed, c_enc=8):
+    """The paper's widths: C = 256 in 16 heads of 16, hidden 256, 6 levels."""
+    return {k: v.to(DEVICE) for k, v in
+            hiif_params(c_enc=c_enc, c_z=256, head_dim=16, hidden=256, seed=seed).items()}
+
+
+@triton_gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_within_1e2_of_fp32_reference(dtype):
+    """Features and weights in half precision; positions exactly representable in it
+    (see test_triton_liif_lte.half_exact_queries: a position rounded to half precision
+    can change a hierarchy bit)."""
+    feat, inp = inputs(50, c=8, h=12, w=10)
+    params = {k: v.requires_grad_() for k, v in paper_params(50).items()}
+    torch.manual_seed(50)
+    coord, cell = (t.to(DEVICE).to(dtype).float() for t in random_queries(2, 1500))
+    keys = list(params)
+
+    def run(t, backend):
+        return F.hiif_decode(t["feat"], t["inp"], None, params={k: t[k] for k in keys},
+                             coord=t["coord"], cell=t["cell"], backend=backend)
+
+    leaves = {"feat": feat.requires_grad_(), "inp": inp.requires_grad_(), "coord": coord,
+              "cell": cell, **params}
+    assert_half_precision_close(run, leaves, torch.randn(2, 1500, 3, device=DEVICE), dtype)
+
+
+@triton_gpu_only
+def test_real_size_equals_reference(exact_fp32_matmul):
+    """Paper widths on a 48×40 feature map at ×3.5 (fp32, no TF32), chunked: attention
+    over all 23,520 queries in three passes."""
+    feat, inp = inputs(60, b=1, c=8, h=48, w=40)
+    assert_same_as_reference(feat, inp, paper_params(60), size=(168, 140), chunk_size=8192)

@@ -13,8 +13,8 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from conftest import (assert_compiles_fullgraph, assert_matches, conv_params, linear, mlp_params,
-                      opcheck_layouts)
+from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
+                      conv_params, linear, mlp_params, opcheck_layouts, triton_gpu_only)
 from test_ops_cpu_liif_lte import liif_params, tie_queries
 
 if importlib.util.find_spec("triton") is None:
@@ -187,3 +187,40 @@ def test_compiles_as_one_op(decoder):
         return decode(decoder, f, i, (7, 9), p, backend="triton")
 
     assert_compiles_fullgraph(run, feat, inp, params)
+
+
+def half_exact_queries(b, q, dtype):
+    """Random coordinates and cells that ``dtype`` represents exactly (as float32), so
+    the fp32 reference and a half-precision decode see the same positions: half
+    precision is for features and weights; positions in half precision move by up to
+    1e-3 (bf16: 4e-3), a different nearest code or hierarchy bit (README, Backends)."""
+    coord = (torch.rand(b, q, 2, device=DEVICE) * 2 - 1).to(dtype).float()
+    cell = (torch.rand(b, q, 2, device=DEVICE) * 0.1 + 0.01).to(dtype).float()
+    return coord, cell
+
+
+@triton_gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_half_precision_within_1e2_of_fp32_reference(decoder, dtype):
+    feat, inp, params = leaves(decoder, c=8, h=12, w=10, hidden=256, channels=256)
+    coord, cell = half_exact_queries(2, 1500, dtype)
+    keys = list(params)
+
+    def run(t, backend):
+        return decode(decoder, t["feat"], t["inp"], None, {k: t[k] for k in keys},
+                      coord=t["coord"], cell=t["cell"], backend=backend)
+
+    assert_half_precision_close(run, {"feat": feat, "inp": inp, "coord": coord, "cell": cell,
+                                      **params},
+                                torch.randn(2, 1500, 3, device=DEVICE), dtype)
+
+
+@triton_gpu_only
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_real_size_equals_reference(decoder, exact_fp32_matmul):
+    """Paper widths on a 48×40 feature map at ×3.5 (fp32, no TF32), chunked."""
+    feat, inp, params = leaves(decoder, b=1, c=16, h=48, w=40, hidden=256, channels=256)
+    upstream = torch.randn(1, 3, 168, 140, device=DEVICE)
+    assert_triton_equals_reference(decoder, feat, inp, params, (168, 140), upstream,
+                                   chunk_size=8192)
