@@ -102,24 +102,41 @@ triton_gpu_only = pytest.mark.skipif(
     reason="needs a CUDA GPU")
 
 
-def assert_half_precision_close(decode, leaves: dict, upstream, dtype,
-                                out_tol=1e-2, grad_tol=3e-2) -> None:
+def assert_half_precision_close(decode, leaves: dict, upstream, dtype, out_tol=1e-2) -> None:
     """``decode(tensors, backend)`` on ``leaves`` cast to ``dtype`` with ``"triton"``
-    against the fp32 ``"reference"`` on ``leaves``: the output within ``out_tol`` and the
-    gradient of every leaf requiring grad within ``grad_tol``, each relative to the fp32
-    tensor's largest magnitude (half-precision storage, fp32 accumulation)."""
+    (half-precision storage, fp32 accumulation) against the fp32 ``"reference"`` on
+    ``leaves``.
+
+    The output must be within ``out_tol`` of the reference, relative to its largest
+    magnitude. A gradient's yardstick is how far the fp32 reference's own gradient moves
+    when only its inputs are rounded to ``dtype``: ReLU masks flip where a pre-activation
+    is within rounding of 0, which moves these decoders' gradients by a few percent
+    (relative Frobenius norm) at random initialisation. Each gradient must stay within
+    twice that, plus 8 units of rounding of ``dtype`` (the floor for gradients no mask
+    touches, such as LTE's skip, whose half-precision ``grid_sample`` backward rounds)."""
     wanted = [k for k, v in leaves.items() if v.requires_grad]
-    ref = decode(leaves, "reference")
-    ref_grads = torch.autograd.grad(ref, [leaves[k] for k in wanted], upstream)
-    half = {k: v.detach().to(dtype).requires_grad_(v.requires_grad) for k, v in leaves.items()}
-    out = decode(half, "triton")
+
+    def run(backend, cast, dt):
+        t = {k: v.detach().to(cast).to(dt).requires_grad_(v.requires_grad)
+             for k, v in leaves.items()}
+        out = decode(t, backend)
+        grads = torch.autograd.grad(out, [t[k] for k in wanted], upstream.to(cast).to(dt))
+        return out.detach(), grads
+
+    def frobenius(a, b):
+        return float((a.float() - b).norm() / b.norm().clamp_min(1e-30))
+
+    ref, ref_grads = run("reference", torch.float32, torch.float32)
+    _, rounded_grads = run("reference", dtype, torch.float32)
+    out, grads = run("triton", dtype, dtype)
     assert out.dtype == dtype
-    grads = torch.autograd.grad(out, [half[k] for k in wanted], upstream.to(dtype))
-    pairs = [("output", out, ref, out_tol)] + [
-        (f"grad of {k}", g, r, grad_tol) for k, g, r in zip(wanted, grads, ref_grads)]
-    for name, got, want, tol in pairs:
-        err = float((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-30))
-        assert err < tol, f"{name}: relative error {err:.3g} ({dtype})"
+    err = float((out.float() - ref).abs().max() / ref.abs().max())
+    assert err < out_tol, f"output: relative error {err:.3g} ({dtype})"
+    for key, g, g_rounded, g_ref in zip(wanted, grads, rounded_grads, ref_grads):
+        err, yardstick = frobenius(g, g_ref), frobenius(g_rounded, g_ref)
+        assert err <= 2 * yardstick + 8 * torch.finfo(dtype).eps, (
+            f"grad of {key}: relative Frobenius error {err:.3g}, rounding the inputs alone "
+            f"{yardstick:.3g} ({dtype})")
 
 
 @pytest.fixture
