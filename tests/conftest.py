@@ -94,6 +94,20 @@ def assert_compiles_fullgraph(fn, *args) -> None:
     assert leaves and all(t.grad is not None for t in leaves)
 
 
+def triton_device() -> str:
+    """The device a Triton test module runs on: ``"cuda"``, or ``"cpu"`` under Triton's
+    interpreter (``TRITON_INTERPRET=1``); skips the module when there is neither."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed", allow_module_level=True)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+    return "cuda"
+
+
 #: Triton tests that need the GPU itself (half precision, real sizes): the interpreter's
 #: bf16 ``tl.dot`` is not the GPU's, and it is too slow for real sizes.
 #: tests/test_triton_interpreter.py accepts exactly this skip reason.

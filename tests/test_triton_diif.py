@@ -5,8 +5,6 @@ Runs on a GPU, or on CPU tensors under Triton's interpreter:
 before triton is imported, so in its own process; tests/test_triton_interpreter.py
 does that for the main suite).  Interpreter runs use fp32 (its bf16 ``tl.dot`` is
 not the GPU's) and small shapes."""
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -14,14 +12,10 @@ import torch
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
 from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
-                      mlp_params, opcheck_layouts, triton_gpu_only)
+                      mlp_params, opcheck_layouts, triton_device, triton_gpu_only)
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-    pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+DEVICE = triton_device()
 
-DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 #: Feature map 5×7 → integer ×3, non-integer ×2.7 (14×19) and asymmetric ×3 by ×5.
 SIZES = {"x3": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35)}
 

@@ -5,8 +5,6 @@ Runs on a GPU, or on CPU tensors under Triton's interpreter:
 ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_liif_lte.py`` (the variable must be
 set before triton is imported, so in its own process; tests/test_triton_interpreter.py
 does that for the main suite).  Interpreter runs use fp32 and small shapes."""
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -14,20 +12,17 @@ import torch
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
 from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
-                      conv_params, linear, mlp_params, opcheck_layouts, triton_gpu_only)
+                      conv_params, linear, mlp_params, opcheck_layouts, triton_device,
+                      triton_gpu_only)
 from test_ops_cpu_liif_lte import liif_params, tie_queries
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-    pytest.skip("no GPU and TRITON_INTERPRET=1 is not set", allow_module_level=True)
+DEVICE = triton_device()
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from implicit_kernels.triton import grid  # noqa: E402
 
-DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 DECODERS = ("liif", "lte")
 #: Feature map 3×4 → integer ×3, non-integer ×2.7 (8×11) and asymmetric ×3 by ×5.
 SIZES = {"x3": (9, 12), "x2.7": (8, 11), "x3_by_x5": (9, 20)}
