@@ -1,5 +1,6 @@
-"""The ``"triton"`` backend: Triton kernels for the decoders, one module per decoder
-(``diif.py`` defines ``diif``), each registering its kernels as opaque
+"""The ``"triton"`` backend: Triton kernels for DIIF, LIIF, LTE and HIIF, one module per
+decoder (``diif.py`` defines ``diif``; shared blocks in ``mlp.py``, ``grid.py`` and
+``ensemble.py``), each registering its kernels as opaque
 ``torch.library.custom_op`` operators with explicit fake implementations and autograd
 (``torch.library.triton_op`` fails ``opcheck`` under ``TRITON_INTERPRET=1``).
 

@@ -1,5 +1,6 @@
-"""Triton building blocks shared by the decoders' kernels: the fused two-layer MLP step (forward and backward) and launching (autotuned on GPU, one fixed
-configuration under the interpreter).
+"""Triton building blocks shared by the decoders' kernels: the fused two-layer MLP step
+(forward and backward), poisoned outputs, and launching (autotuned on GPU, one fixed
+configuration under the interpreter).  Pixel geometry lives in :mod:`.grid`.
 
 The MLP step is ``act(x·W1ᵀ + b1)·W2ᵀ`` for a tile of ``ROWS`` rows held in registers:
 the hidden layer is formed ``BLOCK_N`` columns at a time and consumed at once, so a chain
