@@ -189,3 +189,14 @@ def test_real_size_equals_reference(exact_fp32_matmul):
     over all 23,520 queries in three passes."""
     feat, inp = inputs(60, b=1, c=8, h=48, w=40)
     assert_same_as_reference(feat, inp, paper_params(60), size=(168, 140), chunk_size=8192)
+
+
+def test_calls_beyond_32_bit_offsets_are_refused():
+    """A call whose buffers need 64-bit offsets is refused before any kernel runs (the
+    queries are never decoded: the check reads only shapes)."""
+    feat, inp = inputs(70)
+    params = hiif_params(**SMALL, seed=70)
+    coord = torch.zeros(1, 2 ** 31 // (6 * 34) + 1, 2, device=DEVICE).expand(1, -1, 2)
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        F.hiif_decode(feat[:1], inp[:1], None, params=params, coord=coord,
+                      cell=torch.full_like(coord, 0.1), backend="triton", chunk_size=2 ** 31)

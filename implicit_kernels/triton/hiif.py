@@ -989,4 +989,19 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     _check_widths(channels=params["level0"]["channels"],
                   hidden=params["levels"][0]["fc1"][0].shape[0])
     _check_level_widths([level["fc1"][0] for level in params["levels"][1:]])
+    _check_offsets(coord, chunk_size, params)
     return compiled_hiif.decode(feat, inp, coord, cell, params, chunk_size, normalizer, SUFFIX)
+
+
+def _check_offsets(coord, chunk_size, params):
+    """The kernels index their buffers with 32-bit offsets; the largest is the levels
+    backward's stack of every level's input, ``levels × queries × (C + 2)`` of one call."""
+    b, n = coord.shape[:2]
+    per_call = b * (n if chunk_size is None else min(n, max(1, chunk_size // b)))
+    widths = [params["level0"]["channels"] + 2, params["levels"][0]["fc1"][0].shape[0]]
+    elements = len(params["levels"]) * per_call * max(widths)
+    if elements >= 2 ** 31:
+        limit = (2 ** 31 - 1) // (len(params["levels"]) * max(widths))
+        raise ValueError(f"the triton HIIF decode indexes with 32-bit offsets: at most "
+                         f"{limit:,} queries per call, got {per_call:,}; pass a smaller "
+                         f"chunk_size")
