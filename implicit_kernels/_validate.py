@@ -98,8 +98,13 @@ def scaled_size(feat: torch.Tensor, scale) -> tuple[int, int]:
     return max(h, round(h * sy)), max(w, round(w * sx))
 
 
-def queries(coord, cell, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query coordinates ``B×Q×2`` in [-1, 1] and cells ``B×Q×2`` (positive)."""
+def queries(coord, cell, feat: torch.Tensor,
+            positions: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query coordinates ``B×Q×2`` in [-1, 1] and cells ``B×Q×2`` (positive), returned in
+    dtype ``positions`` (default ``feat``'s).  They must have ``feat``'s dtype, or be
+    float32 where ``positions`` is float32 (half-precision features, a backend that takes
+    float32 positions); half-precision ones are then widened, exactly."""
+    positions = positions or feat.dtype
     tensor(coord, "coord", ndim=3)
     tensor(cell, "cell", ndim=3)
     b = feat.shape[0]
@@ -107,8 +112,12 @@ def queries(coord, cell, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"coord must have shape ({b}, Q, 2), got {tuple(coord.shape)}")
     if cell.shape != coord.shape:
         raise ValueError(f"cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}")
-    same_device_dtype(coord, feat, "coord")
-    same_device_dtype(cell, feat, "cell")
+    for x, name in ((coord, "coord"), (cell, "cell")):
+        if x.device != feat.device:
+            raise ValueError(f"{name} is on {x.device} but feat is on {feat.device}")
+        if x.dtype not in (feat.dtype, positions):
+            raise TypeError(f"{name} has dtype {x.dtype} but feat has dtype {feat.dtype}")
+    coord, cell = coord.to(positions), cell.to(positions)
     finite(coord, "coord")
     finite(cell, "cell")
     if not _tracing() and coord.numel():

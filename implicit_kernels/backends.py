@@ -32,6 +32,8 @@ class Backend:
     ``module`` is the package holding one module per decoder; ``requirements()`` lists
     reasons the backend cannot run at all here (evaluated once, at registration);
     ``device_type`` and ``dtypes`` restrict the inputs it takes (``None``: any).
+    ``float32_positions``: with float16/bfloat16 features it takes query positions
+    (``coord``, ``cell``) in float32, so they are not rounded to the features' dtype.
     """
     name: str
     module: str
@@ -39,6 +41,7 @@ class Backend:
     requirements: Callable[[], list] = lambda: []
     device_type: str | None = None
     dtypes: tuple | None = None
+    float32_positions: bool = False
     # Filled at registration: (requirement reasons, {decoder: (prepare, decode)}).
     table: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -125,7 +128,7 @@ _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 register(Backend("triton", "implicit_kernels.triton",
                  "Triton kernels (DIIF, LIIF, LTE, HIIF; CUDA, or CPU under TRITON_INTERPRET=1)",
                  _triton_requirements, None if _TRITON_INTERPRET else "cuda",
-                 (torch.float32, torch.float16, torch.bfloat16)))
+                 (torch.float32, torch.float16, torch.bfloat16), float32_positions=True))
 
 #: Preference of "auto", fastest first.  "triton" is explicit-only until it is measured
 #: against "cuda" on a GPU.
@@ -145,6 +148,27 @@ def auto_choice(decoder: str, feat: torch.Tensor) -> str:
     raise RuntimeError(f"no backend can run {decoder} on this input")
 
 
+def _resolve_name(name: str, decoder: str, feat: torch.Tensor) -> str:
+    """The registered backend name that ``name`` (``"auto"`` allowed) stands for."""
+    if name == "auto":
+        name = os.environ.get("IK_BACKEND", "auto")
+    if name == "auto":
+        name = auto_choice(decoder, feat)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known backends: "
+                         f"{('auto',) + tuple(BACKENDS)}")
+    return name
+
+
+def position_dtype(name: str, decoder: str, feat: torch.Tensor) -> torch.dtype:
+    """The dtype of the query positions backend ``name`` takes with ``feat``: float32 for
+    half-precision features where it takes float32 positions, else ``feat``'s dtype."""
+    half = feat.dtype in (torch.float16, torch.bfloat16)
+    if half and BACKENDS[_resolve_name(name, decoder, feat)].float32_positions:
+        return torch.float32
+    return feat.dtype
+
+
 def resolve(name: str, decoder: str, feat: torch.Tensor):
     """``(prepare, decode)`` for ``decoder`` under backend ``name`` (``"auto"`` allowed).
 
@@ -157,13 +181,7 @@ def resolve(name: str, decoder: str, feat: torch.Tensor):
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` listing the reasons
     when the backend cannot run this input.
     """
-    if name == "auto":
-        name = os.environ.get("IK_BACKEND", "auto")
-    if name == "auto":
-        name = auto_choice(decoder, feat)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known backends: "
-                         f"{('auto',) + tuple(BACKENDS)}")
+    name = _resolve_name(name, decoder, feat)
     reasons = unavailable_reasons(name, decoder, feat)
     if reasons:
         raise RuntimeError(f"backend {name!r} cannot run {decoder}: " + "; ".join(reasons))

@@ -41,8 +41,11 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
         feat: ``B×C×H×W`` encoder features.
         size: ``(H_out, W_out)`` to decode a whole grid, or ``None`` with ``coord``/``cell``.
         params: ``imnet.layers.{0,2,...}.{weight,bias}``; the first layer takes ``9C + 4``.
-        coord: ``B×Q×2`` query coordinates in [-1, 1], row first (query mode).
-        cell: ``B×Q×2`` output-pixel sizes ``(2/H_out, 2/W_out)`` (query mode).
+        coord: ``B×Q×2`` query coordinates in [-1, 1], row first (query mode), in
+            ``feat``'s dtype, or float32 with half-precision ``feat`` where the backend
+            takes float32 positions (``backends.position_dtype``; grid mode then makes
+            them in float32).
+        cell: ``B×Q×2`` output-pixel sizes ``(2/H_out, 2/W_out)`` (query mode), as coord.
         backend, chunk_size: see the module docstring.
 
     Returns:
@@ -52,7 +55,8 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
     p = _liif_params(params, feat)
     prepare, fn = backends.resolve(backend, "liif", feat)
     p = prepare(feat, p)
-    return _decode_coords(lambda c, ce: fn(feat, c, ce, p), feat, size, coord, cell, chunk_size)
+    return _decode_coords(lambda c, ce: fn(feat, c, ce, p), feat, size, coord, cell, chunk_size,
+                          backends.position_dtype(backend, "liif", feat))
 
 
 def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto",
@@ -75,7 +79,7 @@ def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto"
     prepare, fn = backends.resolve(backend, "lte", feat)
     p = prepare(feat, p)
     return _decode_coords(lambda c, ce: fn(feat, inp, c, ce, p), feat, size, coord, cell,
-                          chunk_size)
+                          chunk_size, backends.position_dtype(backend, "lte", feat))
 
 
 def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n",
@@ -107,6 +111,7 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
     check.positive_int(chunk_size, "chunk_size")
     prepare, fn = backends.resolve(backend, "hiif", feat)
     p = prepare(feat, p)
+    positions = backends.position_dtype(backend, "hiif", feat)
 
     def run(c, ce):
         return fn(feat, inp, c, ce, p, chunk_size=chunk_size, normalizer=normalizer)
@@ -117,31 +122,33 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
         check.positive_int(strip_rows, "strip_rows")
         size = check.output_size(size, feat)
         # One strip of whole output rows per call, so attention sums stay within it.
-        return _decode_coords(run, feat, size, None, None, strip_rows * size[1] * feat.shape[0])
+        return _decode_coords(run, feat, size, None, None, strip_rows * size[1] * feat.shape[0],
+                              positions)
     if strip_rows is not None:
         raise ValueError("strip_rows is only used with attention='strip'")
-    return _decode_coords(run, feat, size, coord, cell, None)
+    return _decode_coords(run, feat, size, coord, cell, None, positions)
 
 
-def _decode_coords(fn, feat, size, coord, cell, chunk_size):
+def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions):
     """Run ``fn(coord, cell) -> B×Q×3`` over a grid or a query list, in chunks of
-    ``chunk_size`` queries over the batch (``None``: one call)."""
+    ``chunk_size`` queries over the batch (``None``: one call), with positions in dtype
+    ``positions`` (``backends.position_dtype``)."""
     b = feat.shape[0]
     if size is not None:
         if coord is not None or cell is not None:
             raise ValueError("pass either size (grid mode) or coord and cell (query mode), not both")
         size = check.output_size(size, feat)
-        cell_value = torch.tensor([2 / size[0], 2 / size[1]], device=feat.device, dtype=feat.dtype)
+        cell_value = torch.tensor([2 / size[0], 2 / size[1]], device=feat.device, dtype=positions)
 
         def chunk(start, stop):
             pix = _grid_chunk(size, start, stop, b, feat.device)
-            c = geometry.pixel_coord(pix, size, feat.dtype)
+            c = geometry.pixel_coord(pix, size, positions)
             return fn(c, cell_value.expand_as(c))
 
         return _grid(chunk, size, b, chunk_size, feat)
     if coord is None or cell is None:
         raise ValueError("pass size=(H_out, W_out), or coord and cell for query decoding")
-    check.queries(coord, cell, feat)
+    coord, cell = check.queries(coord, cell, feat, positions)
     return _chunked(lambda s, e: fn(coord[:, s:e], cell[:, s:e]), coord.shape[1], b,
                     chunk_size, feat)
 

@@ -200,3 +200,17 @@ def test_calls_beyond_32_bit_offsets_are_refused():
     with pytest.raises(ValueError, match="32-bit offsets"):
         F.hiif_decode(feat[:1], inp[:1], None, params=params, coord=coord,
                       cell=torch.full_like(coord, 0.1), backend="triton", chunk_size=2 ** 31)
+
+
+def test_half_precision_features_take_float32_positions():
+    """fp16 features on a 1,500-pixel-wide output: positions stay float32 (a position
+    rounded to fp16 can flip a hierarchy bit), within 2e-3 of the fp32 reference."""
+    feat, inp = inputs(80, b=1, h=2, w=300)
+    params = hiif_params(**SMALL, seed=80)
+    with torch.no_grad():
+        ref = F.hiif_decode(feat, inp, (3, 1500), params=params, backend="reference")
+        out = F.hiif_decode(feat.half(), inp.half(), (3, 1500),
+                            params={k: v.half() for k, v in params.items()}, backend="triton")
+    assert out.dtype == torch.float16
+    err = float((out.float() - ref).abs().max() / ref.abs().max())
+    assert err < 2e-3, f"relative error {err:.3g}"

@@ -219,3 +219,35 @@ def test_real_size_equals_reference(decoder, exact_fp32_matmul):
     upstream = torch.randn(1, 3, 168, 140, device=DEVICE)
     assert_triton_equals_reference(decoder, feat, inp, params, (168, 140), upstream,
                                    chunk_size=8192)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_half_precision_features_take_float32_positions(decoder):
+    """fp16 features on a 1,500-pixel-wide output (fp16 positions would be off by up to
+    2.4e-4, picking other nearest codes: 4 % off for LIIF, 34 % for LTE): the grid's
+    positions stay float32, so the decode is within 2e-3 of the fp32 reference.  fp16
+    runs under the interpreter too (its fp16 ``tl.dot`` accumulates in fp32)."""
+    torch.manual_seed(50 + DECODERS.index(decoder))
+    feat, inp, params = leaves(decoder, b=1, h=2, w=300)
+    half = {k: v.detach().half() for k, v in params.items()}
+    with torch.no_grad():
+        ref = decode(decoder, feat, inp, (3, 1500), params, backend="reference")
+        out = decode(decoder, feat.half(), inp.half(), (3, 1500), half, backend="triton")
+    assert out.dtype == torch.float16
+    err = float((out.float() - ref).abs().max() / ref.abs().max())
+    assert err < 2e-3, f"relative error {err:.3g}"
+
+
+def test_float32_query_positions_with_half_features():
+    """Query mode: float32 coord/cell with fp16 features go to the triton backend as they
+    are; the backends that take positions in the features' dtype refuse them."""
+    feat, inp, params = leaves("liif", b=1)
+    half = {k: v.detach().half() for k, v in params.items()}
+    coord, cell = (t.to(DEVICE) for t in tie_queries(1, 48, 3, 4))
+    with torch.no_grad():
+        got = F.liif_decode(feat.half(), None, half, coord=coord, cell=cell, backend="triton")
+        ref = F.liif_decode(feat, None, params, coord=coord, cell=cell, backend="reference")
+    assert got.dtype == torch.float16
+    assert float((got.float() - ref).abs().max() / ref.abs().max()) < 2e-3
+    with pytest.raises(TypeError, match="coord has dtype torch.float32"):
+        F.liif_decode(feat.half(), None, half, coord=coord, cell=cell, backend="reference")
