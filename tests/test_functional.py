@@ -4,7 +4,7 @@ import torch
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
-from conftest import mlp_params
+from conftest import conv_params, linear, mlp_params
 
 
 def diif_params(c=4, hidden=16):
@@ -179,3 +179,39 @@ def test_device_mismatch(feat):
         F.liif_decode(feat, None, liif_params(), coord=coord, cell=torch.ones(2, 3, 2))
     with pytest.raises(ValueError, match="pixels is on meta"):
         F.diif_decode(feat, (10, 14), diif_params(), pixels=torch.zeros(2, 3, 2, dtype=torch.long, device="meta"))
+
+
+def _position_params(decoder):
+    """Narrow LIIF / LTE / HIIF parameters (for the half-precision position test)."""
+    from test_hiif import hiif_params
+    if decoder == "liif":
+        return mlp_params("imnet.layers.", [9 * 4 + 4, 24, 24, 24, 24, 3])
+    if decoder == "lte":
+        return {**conv_params("coef", 8, 4), **conv_params("freq", 8, 4),
+                "phase.weight": linear(4, 2)[0], **mlp_params("imnet.layers.", [8, 24, 24, 24, 3])}
+    return hiif_params(c_enc=4, c_z=32, head_dim=8, hidden=32, seed=1)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("decoder", ["liif", "lte", "hiif"])
+def test_half_precision_features_keep_float32_positions(decoder, backend, dtype, tol):
+    """A 1,500-pixel-wide output from half-precision features: positions stay float32
+    (rounded to fp16 they moved LIIF/LTE outputs by 4-34 %, and fp16 underflowed the
+    ensemble's 1e-9 area guard into NaN), so the decode is within ``tol`` of float32."""
+    feat, inp = torch.randn(1, 4, 2, 300), torch.randn(1, 3, 2, 300)
+    params = _position_params(decoder)
+
+    def decode(f, i, p, name):
+        if decoder == "liif":
+            return F.liif_decode(f, (3, 1500), p, backend=name)
+        return getattr(F, f"{decoder}_decode")(f, i, (3, 1500), p, backend=name)
+
+    with torch.no_grad():
+        ref = decode(feat, inp, params, "reference")
+        out = decode(feat.to(dtype), inp.to(dtype), {k: v.to(dtype) for k, v in params.items()},
+                     backend)
+    assert out.dtype == dtype
+    assert backends.position_dtype(backend, decoder, feat.to(dtype)) == torch.float32
+    err = float((out.float() - ref).abs().max() / ref.abs().max())
+    assert err < tol, f"relative error {err:.3g}"

@@ -49,7 +49,7 @@ def test_nearest_rule_matches_grid_sample():
         coord = geometry.make_coord(out).view(1, -1, 2)
         coord = torch.cat([coord, torch.rand(1, 500, 2) * 2 - 1], dim=1)
         index_map = (torch.arange(h * w, dtype=torch.float32)).view(1, 1, h, w)
-        centres = centre_map(feat)
+        centres = centre_map(feat, coord.dtype)
         members = geometry.ensemble_neighbours(coord, (h, w))
         for shifted, (index, rel) in zip(shifted_queries(coord, (h, w)), members):
             picked = sample_nearest(index_map, shifted)[..., 0].long()

@@ -90,7 +90,7 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     h, w = feat.shape[-2:]
     # 1. The 3×3 conv to C channels.
     z = nnf.conv2d(feat, *params["z"], padding=1)
-    centres = centre_map(feat)
+    centres = centre_map(feat, coord.dtype)
     # 3. Nearest codes and centres of LIIF's four shifts; rel in LR pixels (HIIF units).
     half = coord.new_tensor([h / 2, w / 2])
     codes, rels, areas = [], [], []
@@ -104,15 +104,18 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     weights = [area / total for area in reversed(areas)]
     # 4. Local coordinate from the top-left code.
     local = local_coord(rels[0], (h, w))
-    # 5. Weighted codes and the scaled cell (no relative coordinate is fed).
-    g = torch.cat([wt.unsqueeze(-1) * code for wt, code in zip(weights, codes)]
-                  + [cell * coord.new_tensor([h, w])], dim=-1)
+    # 5. Weighted codes and the scaled cell (no relative coordinate is fed).  Positions
+    # stay in coord's dtype (float32 possible with half features) until they enter a layer.
+    dt = feat.dtype
+    g = torch.cat([(wt.unsqueeze(-1) * code).to(dt) for wt, code in zip(weights, codes)]
+                  + [(cell * coord.new_tensor([h, w])).to(dt)], dim=-1)
     # 6-7. Level 0, the attention blocks, levels 1..L-1.
     levels = params["levels"]
-    x = level_block(torch.cat([g, hierarchical_code(local, 0)], dim=-1), levels[0])
+    x = level_block(torch.cat([g, hierarchical_code(local, 0).to(dt)], dim=-1), levels[0])
     for block in params["attention"]:
         x = attention_block(x, block, normalizer)
     for level in range(1, len(levels)):
-        x = level_block(torch.cat([x, hierarchical_code(local, level)], dim=-1), levels[level])
+        x = level_block(torch.cat([x, hierarchical_code(local, level).to(dt)], dim=-1),
+                        levels[level])
     # 8. The bilinear skip.
     return x + bilinear_skip(inp, coord)

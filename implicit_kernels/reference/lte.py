@@ -57,19 +57,20 @@ def lte(feat, inp, coord, cell, params):
     """
     h, w = feat.shape[-2:]
     coef, freq = estimators(feat, params)
-    centres = centre_map(feat)
+    centres = centre_map(feat, coord.dtype)
     scale = coord.new_tensor([h, w])
-    phase = nnf.linear(cell * scale, params["phase"])
+    # Positions stay in coord's dtype (float32 possible with half features; see LIIF).
+    phase = nnf.linear((cell * scale).to(feat.dtype), params["phase"])
     preds, areas = [], []
     for shifted in shifted_queries(coord, (h, w)):
         q_coef = sample_nearest(coef, shifted)
         q_freq = sample_nearest(freq, shifted)
         rel = (coord - sample_nearest(centres, shifted)) * scale
         # Pair i is (F[2i], F[2i+1]) = (f_y, f_x), dotted with rel = (y, x).
-        phi = (q_freq.unflatten(-1, (-1, 2)) * rel.unsqueeze(-2)).sum(-1) + phase
+        phi = (q_freq.unflatten(-1, (-1, 2)) * rel.to(feat.dtype).unsqueeze(-2)).sum(-1) + phase
         preds.append(mlp(fourier_features(q_coef, phi), params["imnet"]))
         areas.append((rel[..., 0] * rel[..., 1]).abs() + 1e-9)
     total = sum(areas)
     # Each prediction is weighted by the area of the diagonally opposite member.
     out = sum(pred * (area / total).unsqueeze(-1) for pred, area in zip(preds, reversed(areas)))
-    return out + bilinear_skip(inp, coord)
+    return out.to(feat.dtype) + bilinear_skip(inp, coord)

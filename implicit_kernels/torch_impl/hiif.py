@@ -100,9 +100,10 @@ class _Decoder:
         """Level 0's output ``B×m×C`` and every level's bits ``B×m×L×2`` for a chunk."""
         h, w = self.size
         p = self.level0_params
+        dt = p["maps"][0].dtype  # positions stay in coord's dtype until they meet features
         members = geometry.ensemble_neighbours(coord, (h, w))
         rels = [rel * 0.5 for _, rel in members]  # LIIF units → LR pixels
-        weights = geometry.ensemble_weights(rels)
+        weights = geometry.ensemble_weights(rels).to(dt)
         rel0 = rels[0]
         local = torch.where(rel0 <= 0, rel0.new_tensor([1 / h, 1 / w]) - rel0, rel0)
         levels = len(self.params["levels"])
@@ -112,7 +113,7 @@ class _Decoder:
         g = torch.stack([gather_pixels(m, index) for m, (index, _) in zip(p["maps"], members)],
                         dim=-2)  # B×m×4×(hidden+2)
         proj, mean, sq = g[..., :-2], g[..., -2], g[..., -1]
-        extra = torch.cat([cell * cell.new_tensor([h, w]), bits[..., 0, :]], dim=-1)
+        extra = torch.cat([cell * cell.new_tensor([h, w]), bits[..., 0, :]], dim=-1).to(dt)
         c = p["channels"]
         width = 4 * c + extra.shape[-1]
         wm = weights * mean
@@ -149,8 +150,8 @@ class _Decoder:
         """The whole decoder (without the skip) for a chunk: ``B×m×3``."""
         x, bits = self.features(coord, cell, mats, len(self.params["attention"]))
         for level, block in enumerate(self.params["levels"][1:], start=1):
-            x = nnf.layer_norm(torch.cat([x, bits[..., level, :]], dim=-1), (x.shape[-1] + 2,),
-                               *block["norm"], eps=LN_EPS)
+            x = nnf.layer_norm(torch.cat([x, bits[..., level, :].to(x.dtype)], dim=-1),
+                               (x.shape[-1] + 2,), *block["norm"], eps=LN_EPS)
             x = nnf.linear(nnf.gelu(nnf.linear(x, *block["fc1"])), *block["fc2"])
         return x
 

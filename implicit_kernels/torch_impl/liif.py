@@ -24,11 +24,12 @@ def liif(feat, coord, cell, params):
     c9 = w0.shape[1] - 4
     w_rel, w_cell = w0[:, c9:c9 + 2], w0[:, c9 + 2:]
     scale = coord.new_tensor([h, w])
-    shared = nnf.linear(cell * scale, w_cell, b0)
+    # Positions stay in coord's dtype (float32 possible with half features) until a layer.
+    shared = nnf.linear((cell * scale).to(w0.dtype), w_cell, b0)
     members = geometry.ensemble_neighbours(coord, (h, w))
-    weights = geometry.ensemble_weights([rel for _, rel in members])
+    weights = geometry.ensemble_weights([rel for _, rel in members]).to(w0.dtype)
     out = 0
     for t, (index, rel) in enumerate(members):
-        hidden = gather_pixels(params["proj"], index) + nnf.linear(rel, w_rel) + shared
+        hidden = gather_pixels(params["proj"], index) + nnf.linear(rel.to(w0.dtype), w_rel) + shared
         out = out + mlp(torch.relu(hidden), rest) * weights[..., t:t + 1]
     return out
