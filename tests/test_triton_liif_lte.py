@@ -240,7 +240,7 @@ def test_half_precision_features_take_float32_positions(decoder):
 
 def test_float32_query_positions_with_half_features():
     """Query mode: float32 coord/cell with fp16 features go to the triton backend as they
-    are; the backends that take positions in the features' dtype refuse them."""
+    are; float64 ones are refused."""
     feat, inp, params = leaves("liif", b=1)
     half = {k: v.detach().half() for k, v in params.items()}
     coord, cell = (t.to(DEVICE) for t in tie_queries(1, 48, 3, 4))
@@ -249,5 +249,5 @@ def test_float32_query_positions_with_half_features():
         ref = F.liif_decode(feat, None, params, coord=coord, cell=cell, backend="reference")
     assert got.dtype == torch.float16
     assert float((got.float() - ref).abs().max() / ref.abs().max()) < 2e-3
-    with pytest.raises(TypeError, match="coord has dtype torch.float32"):
-        F.liif_decode(feat.half(), None, half, coord=coord, cell=cell, backend="reference")
+    with pytest.raises(TypeError, match="coord has dtype torch.float64"):
+        F.liif_decode(feat.half(), None, half, coord=coord.double(), cell=cell, backend="triton")
