@@ -99,12 +99,15 @@ def _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w):
 # ----------------------------------------------------------------------------------------
 
 @triton.jit
-def _level0_rows(coord_ptr, cell_ptr, maps_ptr, p, p_ok, m, H, W, C, HID,
-                 shift_y, shift_x, inv_h, inv_w):
-    """Per query (``[ROWS]``) and member (``[ROWS, 4]``): the maps' rows ``pix`` of the
-    four codes, their area weights, ``dev_t = w_t m_t - μ``, ``ed = e - μ`` for the
-    extras ``e = [cell·(H, W), level-0 bits]`` and LayerNorm's ``rstd`` (``torch_impl``'s
-    folded statistics over the ``4C + 4`` inputs)."""
+def _level0_rows(coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID,
+                 shift_y, shift_x, inv_h, inv_w, ROWS: tl.constexpr):
+    """The tile's queries ``p`` (``[ROWS]`` of ``P`` flat) and their mask, then per query
+    and member (``[ROWS, 4]``): the maps' rows ``pix`` of the four codes, their area
+    weights, ``dev_t = w_t m_t - μ``, ``ed = e - μ`` for the extras ``e = [cell·(H, W),
+    level-0 bits]`` and LayerNorm's ``rstd`` (``torch_impl``'s folded statistics over the
+    ``4C + 4`` inputs)."""
+    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    p_ok = p < P
     hf, wf = H * 1.0, W * 1.0
     qy, qx, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w)
     t = tl.arange(0, 4)[None, :]
@@ -128,7 +131,7 @@ def _level0_rows(coord_ptr, cell_ptr, maps_ptr, p, p_ok, m, H, W, C, HID,
     dev = wm - mu[:, None]
     ed = extra - mu[:, None]
     var = (tl.sum(weight * weight * sq, 1) + C * tl.sum(dev * dev, 1) + tl.sum(ed * ed, 1)) / width
-    return pix, weight, dev, ed, tl.math.rsqrt(var + _EPS)
+    return p, p_ok, pix, weight, dev, ed, tl.math.rsqrt(var + _EPS)
 
 
 @triton.jit
@@ -182,11 +185,9 @@ def _level0_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, b2_ptr, coord_ptr
     """Level 0 of ``ROWS`` queries (``P = B·m`` flat): ``fc2(GELU(fc1(LN(x))))`` → ``P×C``.
 
     maps: ``B×H×W×4×(HID+2)``; rs: ``4×HID``; we: ``HID×4``; w2: ``C×HID``."""
-    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    p_ok = p < P
-    pix, weight, dev, ed, rstd = _level0_rows(
-        coord_ptr, cell_ptr, maps_ptr, p, p_ok, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
-        (shift_x_lo, shift_x_hi), inv_h, inv_w)
+    p, p_ok, pix, weight, dev, ed, rstd = _level0_rows(
+        coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
+        (shift_x_lo, shift_x_hi), inv_h, inv_w, ROWS)
     c = tl.arange(0, BLOCK_C)
     acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
     for n0 in range(0, HID, BLOCK_N):
@@ -212,11 +213,9 @@ def _level0_backward_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, coord_pt
     pixels are shared by queries) and writes per query ``GELU(pre)`` (``hidden``), fc1's
     ``δ`` (``delta``, both ``P×HID``), ``dev·rstd`` and ``ed·rstd`` (``P×4``): the inputs
     of the gradients of fc2, bias, ``W'_t 1`` and ``W'_e``."""
-    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    p_ok = p < P
-    pix, weight, dev, ed, rstd = _level0_rows(
-        coord_ptr, cell_ptr, maps_ptr, p, p_ok, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
-        (shift_x_lo, shift_x_hi), inv_h, inv_w)
+    p, p_ok, pix, weight, dev, ed, rstd = _level0_rows(
+        coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
+        (shift_x_lo, shift_x_hi), inv_h, inv_w, ROWS)
     c = tl.arange(0, BLOCK_C)
     gy = tl.load(dout_ptr + p[:, None] * C + c[None, :], mask=p_ok[:, None] & (c[None, :] < C),
                  other=0.0).to(tl.float32)
