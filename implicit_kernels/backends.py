@@ -149,8 +149,9 @@ def auto_choice(decoder: str, feat: torch.Tensor) -> str:
     raise RuntimeError(f"no backend can run {decoder} on this input")
 
 
-def _resolve_name(name: str, decoder: str, feat: torch.Tensor) -> str:
-    """The registered backend name that ``name`` (``"auto"`` allowed) stands for."""
+def _chosen(name: str, decoder: str, feat: torch.Tensor) -> Backend:
+    """The backend ``name`` (``"auto"`` allowed) stands for, checked to run ``decoder`` on
+    ``feat``."""
     if name == "auto":
         name = os.environ.get("IK_BACKEND", "auto")
     if name == "auto":
@@ -158,16 +159,10 @@ def _resolve_name(name: str, decoder: str, feat: torch.Tensor) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known backends: "
                          f"{('auto',) + tuple(BACKENDS)}")
-    return name
-
-
-def position_dtype(name: str, decoder: str, feat: torch.Tensor) -> torch.dtype:
-    """The dtype of the query positions backend ``name`` takes with ``feat``: float32 for
-    half-precision features where it takes float32 positions, else ``feat``'s dtype."""
-    half = feat.dtype in (torch.float16, torch.bfloat16)
-    if half and BACKENDS[_resolve_name(name, decoder, feat)].float32_positions:
-        return torch.float32
-    return feat.dtype
+    reasons = unavailable_reasons(name, decoder, feat)
+    if reasons:
+        raise RuntimeError(f"backend {name!r} cannot run {decoder}: " + "; ".join(reasons))
+    return BACKENDS[name]
 
 
 def resolve(name: str, decoder: str, feat: torch.Tensor):
@@ -182,11 +177,17 @@ def resolve(name: str, decoder: str, feat: torch.Tensor):
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` listing the reasons
     when the backend cannot run this input.
     """
-    name = _resolve_name(name, decoder, feat)
-    reasons = unavailable_reasons(name, decoder, feat)
-    if reasons:
-        raise RuntimeError(f"backend {name!r} cannot run {decoder}: " + "; ".join(reasons))
-    return BACKENDS[name].table["functions"][decoder]
+    return _chosen(name, decoder, feat).table["functions"][decoder]
+
+
+def resolve_queries(name: str, decoder: str, feat: torch.Tensor):
+    """:func:`resolve` for a decoder of query positions (LIIF, LTE, HIIF), plus the dtype
+    of the positions the backend takes: float32 with half-precision features where it
+    takes float32 positions (``Backend.float32_positions``), else ``feat``'s dtype."""
+    chosen = _chosen(name, decoder, feat)
+    half = feat.dtype in (torch.float16, torch.bfloat16)
+    positions = torch.float32 if half and chosen.float32_positions else feat.dtype
+    return (*chosen.table["functions"][decoder], positions)
 
 
 def available_backends(decoder: str = "diif", feat: torch.Tensor | None = None) -> dict:

@@ -43,7 +43,7 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
         params: ``imnet.layers.{0,2,...}.{weight,bias}``; the first layer takes ``9C + 4``.
         coord: ``B×Q×2`` query coordinates in [-1, 1], row first (query mode), in
             ``feat``'s dtype, or float32 with half-precision ``feat`` where the backend
-            takes float32 positions (``backends.position_dtype``; grid mode then makes
+            takes float32 positions (``backends.resolve_queries``; grid mode then makes
             them in float32).
         cell: ``B×Q×2`` output-pixel sizes ``(2/H_out, 2/W_out)`` (query mode), as coord.
         backend, chunk_size: see the module docstring.
@@ -53,10 +53,10 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
     """
     check.feature_map(feat)
     p = _liif_params(params, feat)
-    prepare, fn = backends.resolve(backend, "liif", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "liif", feat)
     p = prepare(feat, p)
     return _decode_coords(lambda c, ce: fn(feat, c, ce, p), feat, size, coord, cell, chunk_size,
-                          backends.position_dtype(backend, "liif", feat))
+                          positions)
 
 
 def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto",
@@ -76,10 +76,10 @@ def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto"
     check.feature_map(feat)
     check.image(inp, feat)
     p = _lte_params(params, feat)
-    prepare, fn = backends.resolve(backend, "lte", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "lte", feat)
     p = prepare(feat, p)
     return _decode_coords(lambda c, ce: fn(feat, inp, c, ce, p), feat, size, coord, cell,
-                          chunk_size, backends.position_dtype(backend, "lte", feat))
+                          chunk_size, positions)
 
 
 def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n",
@@ -109,9 +109,8 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
     check.choice(normalizer, "normalizer", ("n", "sqrt_n"))
     check.choice(attention, "attention", ("global", "strip"))
     check.positive_int(chunk_size, "chunk_size")
-    prepare, fn = backends.resolve(backend, "hiif", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "hiif", feat)
     p = prepare(feat, p)
-    positions = backends.position_dtype(backend, "hiif", feat)
 
     def run(c, ce):
         return fn(feat, inp, c, ce, p, chunk_size=chunk_size, normalizer=normalizer)
@@ -132,7 +131,7 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
 def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions):
     """Run ``fn(coord, cell) -> B×Q×3`` over a grid or a query list, in chunks of
     ``chunk_size`` queries over the batch (``None``: one call), with positions in dtype
-    ``positions`` (``backends.position_dtype``)."""
+    ``positions`` (``backends.resolve_queries``)."""
     b = feat.shape[0]
     if size is not None:
         if coord is not None or cell is not None:

@@ -212,6 +212,6 @@ def test_half_precision_features_keep_float32_positions(decoder, backend, dtype,
         out = decode(feat.to(dtype), inp.to(dtype), {k: v.to(dtype) for k, v in params.items()},
                      backend)
     assert out.dtype == dtype
-    assert backends.position_dtype(backend, decoder, feat.to(dtype)) == torch.float32
+    assert backends.resolve_queries(backend, decoder, feat.to(dtype))[2] == torch.float32
     err = float((out.float() - ref).abs().max() / ref.abs().max())
     assert err < tol, f"relative error {err:.3g}"

@@ -31,7 +31,7 @@ def bilinear_skip(inp: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
     """LTE's skip connection: ``inp`` (``B×3×h×w``) sampled bilinearly at ``coord``
     (``B×Q×2``, row first) with border padding and ``align_corners=False``: ``B×Q×3`` in
     ``inp``'s dtype.  Float32 positions with a half-precision image are sampled in float32
-    (``backends.position_dtype``)."""
+    (``backends.resolve_queries``)."""
     grid = coord.flip(-1).unsqueeze(1)
     out = nnf.grid_sample(inp.to(coord.dtype), grid, mode="bilinear", padding_mode="border",
                           align_corners=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -162,8 +163,6 @@ def empty(*shape, device, dtype):
     """``torch.empty`` for a kernel's output, poisoned when ``IK_POISON=1`` (as the C++
     operators' outputs; tests/conftest.py sets it): NaN, or -1 for integer indices, so an
     element a kernel forgets fails the tests instead of passing with stale memory."""
-    import torch
-
     out = torch.empty(*shape, device=device, dtype=dtype)
     if os.environ.get("IK_POISON") == "1":
         out.fill_(float("nan") if out.is_floating_point() else -1)
@@ -172,8 +171,6 @@ def empty(*shape, device, dtype):
 
 def precision(tensor):
     """``tl.dot`` input precision: tf32 for fp32 CUDA tensors when PyTorch allows it."""
-    import torch
-
     tf32 = (tensor.dtype == torch.float32 and tensor.is_cuda
             and torch.backends.cuda.matmul.allow_tf32)
     return "tf32" if tf32 else "ieee"
