@@ -297,20 +297,34 @@ KeyValues key_values(const at::Tensor& x2, int64_t batch, const at::Tensor& qkv_
   return kv;
 }
 
+// The checked inputs of hiif_attention_stats and its backward.
+struct Stats {
+  at::Tensor x2, w_qkv, b_qkv;
+  int64_t c, d;
+};
+
+Stats make_stats(const at::Tensor& x, const at::Tensor& qkv_w, const at::Tensor& qkv_b,
+                 const at::Tensor& kln_w, const at::Tensor& kln_b, const at::Tensor& vln_w,
+                 const at::Tensor& vln_b, int64_t heads) {
+  Stats s;
+  s.x2 = check_features(x, kStats);
+  s.c = x.size(2);
+  check_heads(s.c, heads, kStats);
+  s.d = s.c / heads;
+  std::tie(s.w_qkv, s.b_qkv) = linear(qkv_w, qkv_b, s.c, x, kStats, "qkv");
+  TORCH_CHECK(s.w_qkv.size(0) == 3 * s.c, kStats, ": qkv weight must be (", 3 * s.c, ", ", s.c, ")");
+  head_norm(kln_w, kln_b, s.d, x, "kln");
+  head_norm(vln_w, vln_b, s.d, x, "vln");
+  return s;
+}
+
 at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
                                 const at::Tensor& qkv_b, const at::Tensor& kln_w,
                                 const at::Tensor& kln_b, const at::Tensor& vln_w,
                                 const at::Tensor& vln_b, int64_t heads) {
-  const at::Tensor x2 = check_features(x, kStats);
-  const int64_t c = x.size(2);
-  check_heads(c, heads, kStats);
-  const int64_t d = c / heads;
-  const auto w = linear(qkv_w, qkv_b, c, x, kStats, "qkv");
-  TORCH_CHECK(w.first.size(0) == 3 * c, kStats, ": qkv weight must be (", 3 * c, ", ", c, ")");
-  head_norm(kln_w, kln_b, d, x, "kln");
-  head_norm(vln_w, vln_b, d, x, "vln");
-  if (x2.size(0) == 0) return at::zeros({x.size(0), heads, d, d}, x.options());
-  const KeyValues kv = key_values(x2, x.size(0), w.first, w.second, kln_w, kln_b, vln_w, vln_b, heads);
+  const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
+  if (s.x2.size(0) == 0) return at::zeros({x.size(0), heads, s.d, s.d}, x.options());
+  const KeyValues kv = key_values(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
 }
 
@@ -319,14 +333,9 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
                               const at::Tensor& qkv_w, const at::Tensor& qkv_b,
                               const at::Tensor& kln_w, const at::Tensor& kln_b,
                               const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
-  const at::Tensor x2 = check_features(x, kStats);
-  const int64_t b = x.size(0), c = x.size(2);
-  check_heads(c, heads, kStats);
-  const int64_t d = c / heads;
-  const auto w = linear(qkv_w, qkv_b, c, x, kStats, "qkv");
-  TORCH_CHECK(w.first.size(0) == 3 * c, kStats, ": qkv weight must be (", 3 * c, ", ", c, ")");
-  head_norm(kln_w, kln_b, d, x, "kln");
-  head_norm(vln_w, vln_b, d, x, "vln");
+  const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
+  const at::Tensor& x2 = s.x2;
+  const int64_t b = x.size(0), c = s.c, d = s.d;
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({b, heads, d, d}), kStats,
               ": grad_out must be (", b, ", ", heads, ", ", d, ", ", d, "), got ",
               grad_out.sizes());
@@ -335,7 +344,7 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
             at::zeros_like(kln_w), at::zeros_like(kln_b), at::zeros_like(vln_w),
             at::zeros_like(vln_b)};
   }
-  const KeyValues kv = key_values(x2, b, w.first, w.second, kln_w, kln_b, vln_w, vln_b, heads);
+  const KeyValues kv = key_values(x2, b, s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   const at::Tensor gs = grad_out.to(x.scalar_type());
   // S_de = Σ_m k̂_md v̂_me.
   const at::Tensor grad_k_hat = at::einsum("bmhe,bhde->bmhd", {kv.v_hat, gs});
@@ -344,7 +353,7 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
   grad_p.select(3, 1).copy_(normalize_backward(grad_k_hat * kln_w, kv.k_norm, kv.k_rstd));
   grad_p.select(3, 2).copy_(normalize_backward(grad_v_hat * vln_w, kv.v_norm, kv.v_rstd));
   const at::Tensor gp = grad_p.view({-1, 3 * c});
-  return {at::mm(gp, w.first).view(x.sizes()), at::mm(gp.t(), x2), gp.sum(0),
+  return {at::mm(gp, s.w_qkv).view(x.sizes()), at::mm(gp.t(), x2), gp.sum(0),
           channel_sum(grad_k_hat * kv.k_norm), channel_sum(grad_k_hat),
           channel_sum(grad_v_hat * kv.v_norm), channel_sum(grad_v_hat)};
 }

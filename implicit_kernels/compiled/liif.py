@@ -76,9 +76,14 @@ def make_backward(backward_op):
     return backward
 
 
+def register_decode(op: str, backward_op) -> None:
+    """Fake implementations of a decode operator ``op`` with LIIF's argument layout (LIIF's
+    or LTE's, C++ or Triton) and of ``op + "_backward"``, and ``op``'s autograd through
+    ``backward_op``."""
+    torch.library.register_fake(op)(fake_decode)
+    torch.library.register_fake(op + "_backward")(fake_backward)
+    torch.library.register_autograd(op, make_backward(backward_op), setup_context=setup_context)
+
+
 if _extension.available():
-    torch.library.register_fake(OP)(fake_decode)
-    torch.library.register_fake(OP + "_backward")(fake_backward)
-    torch.library.register_autograd(
-        OP, make_backward(torch.ops.implicit_kernels.liif_decode_backward),
-        setup_context=setup_context)
+    register_decode(OP, torch.ops.implicit_kernels.liif_decode_backward)

@@ -18,8 +18,7 @@ import torch
 from .. import _extension
 from ..reference.lte import bilinear_skip
 from ..torch_impl.lte import prepare_lte as _prepare_torch
-from .liif import (check_coordinates_constant, fake_backward, fake_decode, make_backward,
-                   setup_context)
+from .liif import check_coordinates_constant, register_decode
 
 OP = "implicit_kernels::lte_decode"
 
@@ -47,8 +46,4 @@ def lte(feat, inp, coord, cell, params):
 
 
 if _extension.available():
-    torch.library.register_fake(OP)(fake_decode)
-    torch.library.register_fake(OP + "_backward")(fake_backward)
-    torch.library.register_autograd(
-        OP, make_backward(torch.ops.implicit_kernels.lte_decode_backward),
-        setup_context=setup_context)
+    register_decode(OP, torch.ops.implicit_kernels.lte_decode_backward)

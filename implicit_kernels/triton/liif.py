@@ -26,8 +26,7 @@ import triton
 import triton.language as tl
 
 from . import ensemble, mlp
-from ..compiled.liif import (_op_inputs, check_coordinates_constant, fake_backward, fake_decode,
-                             make_backward, prepare_liif, setup_context)
+from ..compiled.liif import _op_inputs, check_coordinates_constant, prepare_liif, register_decode
 
 __all__ = ["liif", "prepare_liif"]
 
@@ -117,8 +116,6 @@ def liif_decode_triton(proj: torch.Tensor, w_coord: torch.Tensor, b0: torch.Tens
     return _decode_call(proj, weights, biases, coord, cell).forward(_decode, proj, w_coord, b0)
 
 
-liif_decode_triton.register_fake(fake_decode)
-
 
 @torch.library.custom_op(OP + "_backward", mutates_args=())
 def liif_decode_triton_backward(
@@ -142,9 +139,7 @@ def liif_decode_triton_backward(
     return rows.op_gradients(grads, (proj, w_coord, b0), weights, biases)
 
 
-liif_decode_triton_backward.register_fake(fake_backward)
-liif_decode_triton.register_autograd(make_backward(liif_decode_triton_backward),
-                                     setup_context=setup_context)
+register_decode(OP, liif_decode_triton_backward)
 
 
 def liif(feat, coord, cell, params):

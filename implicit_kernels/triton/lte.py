@@ -28,8 +28,7 @@ import triton
 import triton.language as tl
 
 from . import ensemble, mlp
-from ..compiled.liif import (check_coordinates_constant, fake_backward, fake_decode,
-                             make_backward, setup_context)
+from ..compiled.liif import check_coordinates_constant, register_decode
 from ..compiled.lte import _op_inputs, prepare_lte
 from ..reference.lte import bilinear_skip
 
@@ -139,8 +138,6 @@ def lte_decode_triton(coef_map: torch.Tensor, freq_map: torch.Tensor, phase: tor
         _decode, coef_map, freq_map, phase)
 
 
-lte_decode_triton.register_fake(fake_decode)
-
 
 @torch.library.custom_op(OP + "_backward", mutates_args=())
 def lte_decode_triton_backward(
@@ -169,9 +166,7 @@ def lte_decode_triton_backward(
     return rows.op_gradients(grads, (coef_map, freq_map, phase), weights, biases)
 
 
-lte_decode_triton_backward.register_fake(fake_backward)
-lte_decode_triton.register_autograd(make_backward(lte_decode_triton_backward),
-                                    setup_context=setup_context)
+register_decode(OP, lte_decode_triton_backward)
 
 
 def lte(feat, inp, coord, cell, params):
