@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -95,6 +96,12 @@ Dims make_dims(const Decoder& d, int64_t out_h, int64_t out_w) {
               ") must be at least the feature map's (", h, ", ", w, ")");
   TORCH_CHECK(out_h < (int64_t(1) << 31) && out_w < (int64_t(1) << 31), kOp,
               ": output size too large");
+  // A slice's key is its image and first pixel, (b * out_h + r) * out_w + c: every key
+  // of the batch must fit in int64.
+  const int64_t batch = d.corner_proj.size(0), per_image = out_h * out_w;
+  TORCH_CHECK(batch <= std::numeric_limits<int64_t>::max() / per_image, kOp, ": batch ", batch,
+              " x output (", out_h, ", ", out_w, ") is too large: batch * H_out * W_out must be "
+              "below 2^63");
   return Dims{h, w, out_h, out_w};
 }
 
@@ -195,9 +202,7 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
   const Dims dims = make_dims(d, out_h, out_w);
   const at::Tensor flat = check_pixels(pixels, d, dims);
   const int64_t q = pixels.size(1), out_dim = d.fine.weights.back().size(0);
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == pixels.size(0) &&
-                  grad_out.size(1) == q && grad_out.size(2) == out_dim,
-              kOp, ": grad_out must be (B, Q, ", out_dim, "), got ", grad_out.sizes());
+  check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
 
   if (flat.size(0) == 0) {
     return {at::zeros_like(corner_proj), at::zeros_like(w_coord), at::zeros_like(b0),

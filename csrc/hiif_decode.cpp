@@ -72,6 +72,7 @@ at::Tensor check_queries(const at::Tensor& t, const at::Tensor& like, int64_t ba
   check_same(t, like, op, name);
   TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && t.size(2) == 2, op, ": ", name,
               " must be (B, m, 2) with B = ", batch, ", got ", t.sizes());
+  check_finite(t, op, name);
   return t.reshape({-1, 2}).contiguous();
 }
 
@@ -115,6 +116,7 @@ at::Tensor hiif_codes(const at::Tensor& coord, int64_t h, int64_t w, int64_t lev
   TORCH_CHECK(levels >= 1 && levels <= 30, op, ": levels must be in [1, 30], got ", levels);
   TORCH_CHECK(coord.dim() >= 1 && coord.size(-1) == 2, op,
               ": coord must be (..., 2) (row, col), got ", coord.sizes());
+  check_finite(coord, op, "coord");
   std::vector<int64_t> shape(coord.sizes().begin(), coord.sizes().end() - 1);
   shape.push_back(levels);
   shape.push_back(2);
@@ -140,7 +142,9 @@ Level0 make_level0(const at::Tensor& maps, const at::Tensor& row_sums, const at:
   TORCH_CHECK(maps.dim() == 5 && maps.size(3) == 4 && maps.size(4) >= 3, op,
               ": maps must be (B, H, W, 4, hidden + 2), got ", maps.sizes());
   check_size(maps.size(1), maps.size(2), op);
-  TORCH_CHECK(channels >= 1, op, ": channels must be positive, got ", channels);
+  // The LayerNorm's width 4C + 4 is a count in the statistics: bounded like a tensor size.
+  TORCH_CHECK(channels >= 1 && channels < (int64_t(1) << 28), op,
+              ": channels must be in [1, 2^28), got ", channels);
   const int64_t hidden = maps.size(4) - 2;
   Level0 l;
   l.batch = maps.size(0);
@@ -198,9 +202,7 @@ hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps,
                      const at::Tensor& coord, const at::Tensor& cell, int64_t channels) {
   const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels);
   const int64_t n = l.coord.size(0), hidden = l.row_sums.size(1), out_dim = l.fc2_w.size(0);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({l.batch, l.queries, out_dim}), kLevel0,
-              ": grad_out must be (", l.batch, ", ", l.queries, ", ", out_dim, "), got ",
-              grad_out.sizes());
+  check_grad_out(grad_out, maps, {l.batch, l.queries, out_dim}, kLevel0);
   if (n == 0) {
     return {at::zeros_like(maps), at::zeros_like(row_sums), at::zeros_like(w_extra),
             at::zeros_like(bias), at::zeros_like(fc2_w), at::zeros_like(fc2_b)};
@@ -336,9 +338,7 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
   const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
   const at::Tensor& x2 = s.x2;
   const int64_t b = x.size(0), c = s.c, d = s.d;
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({b, heads, d, d}), kStats,
-              ": grad_out must be (", b, ", ", heads, ", ", d, ", ", d, "), got ",
-              grad_out.sizes());
+  check_grad_out(grad_out, x, {b, heads, d, d}, kStats);
   if (x2.size(0) == 0) {
     return {at::zeros_like(x), at::zeros_like(qkv_w), at::zeros_like(qkv_b),
             at::zeros_like(kln_w), at::zeros_like(kln_b), at::zeros_like(vln_w),
@@ -421,7 +421,7 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
                               const at::Tensor& proj1_b, const at::Tensor& proj2_w,
                               const at::Tensor& proj2_b) {
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
-  check_shape(grad_out, x.sizes(), kApply, "grad_out");
+  check_grad_out(grad_out, x, x.sizes(), kApply);
   if (a.x2.size(0) == 0) {
     return {at::zeros_like(x), at::zeros_like(mat), at::zeros_like(qkv_w),
             at::zeros_like(qkv_b), at::zeros_like(proj1_w), at::zeros_like(proj1_b),
@@ -536,9 +536,7 @@ hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::
   const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w);
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({x.size(0), x.size(1), out_dim}), kLevels,
-              ": grad_out must be (", x.size(0), ", ", x.size(1), ", ", out_dim, "), got ",
-              grad_out.sizes());
+  check_grad_out(grad_out, x, {x.size(0), x.size(1), out_dim}, kLevels);
   Tensors g_norm_w(n), g_norm_b(n), g_fc1_w(n), g_fc1_b(n), g_fc2_w(n), g_fc2_b(n);
   if (l.x2.size(0) == 0) {
     for (size_t i = 0; i < n; ++i) {

@@ -99,7 +99,7 @@ liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
                      at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
   const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
   check_queries(d.proj, coord, cell, kOp);
-  check_grad_out(grad_out, coord, out_dim(d), kOp);
+  ik::check_grad_out(grad_out, proj, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
   if (coord.size(1) == 0) {
     return {at::zeros_like(proj), at::zeros_like(w_rel_cell), at::zeros_like(b0),
             zeros_like_all(d.rest.weights), zeros_like_all(d.rest.biases)};

@@ -38,9 +38,7 @@ void check_queries(const at::Tensor& map, const at::Tensor& coord, const at::Ten
   }
   TORCH_CHECK(map.size(1) < (int64_t(1) << 31) && map.size(2) < (int64_t(1) << 31), op,
               ": feature map too large");
-  // NaN has no nearest pixel: it would become an out-of-range index.
-  TORCH_CHECK(coord.numel() == 0 || at::isfinite(coord).all().item<bool>(), op,
-              ": coord must be finite");
+  check_finite(coord, op, "coord");
 }
 
 Ensemble make_ensemble(const Kernels& k, const at::Tensor& map, const at::Tensor& coord,
@@ -71,14 +69,6 @@ at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Ten
       .index_add_(0, e.index, rows.to(e.inputs.scalar_type()))
       .to(map.scalar_type())
       .view(map.sizes());
-}
-
-void check_grad_out(const at::Tensor& grad_out, const at::Tensor& coord, int64_t out,
-                    const char* op) {
-  TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == coord.size(0) &&
-                  grad_out.size(1) == coord.size(1) && grad_out.size(2) == out,
-              op, ": grad_out must be (B, Q, ", out, "), got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.device() == coord.device(), op, ": grad_out must be on ", coord.device());
 }
 
 }  // namespace liif

@@ -85,9 +85,5 @@ at::Tensor blend_backward(const Ensemble& e, const at::Tensor& grad_out, at::Sca
 // gathered member rows (4n, D), accumulated in the accumulation type.
 at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Tensor& map);
 
-// Checks grad_out is (B, Q, out) for queries coord.
-void check_grad_out(const at::Tensor& grad_out, const at::Tensor& coord, int64_t out,
-                    const char* op);
-
 }  // namespace liif
 }  // namespace ik

@@ -103,7 +103,8 @@ lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at
                     const at::Tensor& coord, const at::Tensor& cell) {
   const Decoder d = make_decoder(coef, freq, phase, w, b);
   liif::check_queries(d.coef, coord, cell, kOp);
-  liif::check_grad_out(grad_out, coord, d.imnet.weights.back().size(0), kOp);
+  ik::check_grad_out(grad_out, coef, {coord.size(0), coord.size(1), d.imnet.weights.back().size(0)},
+                     kOp);
   if (coord.size(1) == 0) {
     return {at::zeros_like(coef), at::zeros_like(freq), at::zeros_like(phase),
             zeros_like_all(d.imnet.weights), zeros_like_all(d.imnet.biases)};

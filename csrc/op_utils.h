@@ -10,4 +10,24 @@ inline at::ScalarType accumulate_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
+// A backward's incoming gradient: the forward output's shape, and the dtype and device
+// of `like` (a tensor the forward took).  Checked before anything reads it, so a
+// gradient on another device (a meta tensor, say) is refused instead of being read.
+inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& like,
+                           at::IntArrayRef shape, const char* op) {
+  TORCH_CHECK(grad_out.device() == like.device(), op, ": grad_out must be on ", like.device(),
+              ", got ", grad_out.device());
+  TORCH_CHECK(grad_out.scalar_type() == like.scalar_type(), op, ": grad_out must have dtype ",
+              like.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.sizes() == shape, op, ": grad_out must have shape ", shape, ", got ",
+              grad_out.sizes());
+}
+
+// Positions that become indices (nearest LR pixel, hierarchy bits) must be finite: the
+// float -> int64 conversion of NaN or infinity is undefined behaviour.
+inline void check_finite(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.numel() == 0 || at::isfinite(t).all().item<bool>(), op, ": ", name,
+              " must be finite (no NaN or infinity)");
+}
+
 }  // namespace ik

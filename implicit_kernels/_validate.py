@@ -36,6 +36,9 @@ def finite(x: torch.Tensor, name: str) -> None:
 def feature_map(feat, name: str = "feat") -> torch.Tensor:
     """A ``B×C×H×W`` floating feature map with a non-empty batch and spatial size."""
     tensor(feat, name, ndim=4)
+    if feat.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no data: decode real "
+                         "tensors (torch.compile traces the ops with fake tensors by itself)")
     b, c, h, w = feat.shape
     if b == 0:
         raise ValueError(f"{name} has an empty batch (shape {tuple(feat.shape)})")
@@ -48,8 +51,10 @@ def feature_map(feat, name: str = "feat") -> torch.Tensor:
 def image(inp, feat: torch.Tensor, name: str = "inp") -> torch.Tensor:
     """The normalised ``B×3×h×w`` LR image used by the bilinear skip of LTE, DLTE and HIIF."""
     tensor(inp, name, ndim=4)
-    if inp.shape[0] != feat.shape[0] or inp.shape[1] != 3:
-        raise ValueError(f"{name} must have shape ({feat.shape[0]}, 3, h, w), got {tuple(inp.shape)}")
+    b, _, h, w = feat.shape
+    if tuple(inp.shape) != (b, 3, h, w):
+        raise ValueError(f"{name} must have shape ({b}, 3, {h}, {w}) (the LR image the features "
+                         f"were computed from), got {tuple(inp.shape)}")
     same_device_dtype(inp, feat, name)
     finite(inp, name)
     return inp
@@ -144,11 +149,13 @@ def pixels(pix, feat: torch.Tensor, size) -> torch.Tensor:
     return pix.long()
 
 
-def params(p, feat: torch.Tensor, shapes: Mapping[str, tuple], decoder: str) -> dict:
+def params(p, feat: torch.Tensor, shapes: Mapping[str, tuple], decoder: str,
+           used: set | None = None) -> dict:
     """Check a decoder's parameter mapping against expected shapes.
 
     ``shapes`` maps each required key to a shape tuple whose entries are ints or ``None``
-    (any size); the caller checks relations between sizes.
+    (any size); the caller checks relations between sizes.  The keys are added to
+    ``used`` (for :func:`only_known_keys`).
     """
     if not isinstance(p, Mapping):
         raise TypeError(f"params must be a mapping of {decoder} parameter names to tensors, "
@@ -163,7 +170,66 @@ def params(p, feat: torch.Tensor, shapes: Mapping[str, tuple], decoder: str) -> 
                 raise ValueError(f"params[{key!r}] has shape {tuple(t.shape)}, expected {shape} "
                                  "(None = any)")
         same_device_dtype(t, feat, f"params[{key!r}]")
+    if used is not None:
+        used.update(shapes)
     return {k: p[k] for k in shapes}
+
+
+def only_known_keys(p: Mapping, used: set, decoder: str) -> None:
+    """Refuse keys of ``p`` that no check consumed: a misspelt or stray parameter (an extra
+    layer's weights, say) would otherwise be ignored silently."""
+    unknown = sorted(k for k in p.keys() if k not in used)
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:6]) + (", ..." if len(unknown) > 6 else "")
+        raise ValueError(f"params has {len(unknown)} key(s) that are not {decoder} parameters: "
+                         f"{shown}")
+
+
+def output_memory(shape, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse an output of ``shape`` that cannot fit in the memory available on ``device``
+    now (before allocating it, so the error names the number instead of the allocator
+    failing, or the machine swapping, halfway through a decode)."""
+    if _tracing():
+        return
+    need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise MemoryError(f"the output {tuple(shape)} {str(dtype).replace('torch.', '')} needs "
+                          f"{_bytes(need)} but {device} has {_bytes(free)} available: decode "
+                          "a smaller size, or query mode in pieces")
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can be allocated on ``device`` now (``None``: unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def grad_out(grad: torch.Tensor, like: torch.Tensor, shape, op: str) -> None:
+    """A raw backward operator's incoming gradient: ``shape``, and ``like``'s device and
+    dtype.  The fake (meta) implementations check it as the kernels do: a gradient on
+    the meta device with real arguments dispatches to them, and must not come back as
+    uninitialised gradients."""
+    if grad.device != like.device:
+        raise RuntimeError(f"{op}: grad_out must be on {like.device}, got {grad.device}")
+    if grad.dtype != like.dtype:
+        raise RuntimeError(f"{op}: grad_out must have dtype {like.dtype}, got {grad.dtype}")
+    if tuple(grad.shape) != tuple(shape):
+        raise RuntimeError(f"{op}: grad_out must have shape {tuple(shape)}, got "
+                           f"{tuple(grad.shape)}")
 
 
 def positive_int(v, name: str) -> int:
@@ -183,7 +249,7 @@ def _tracing() -> bool:
 
 
 def mlp(p, prefix: str, layer_ids, in_dim: int, out_dim: int | None, feat: torch.Tensor,
-        decoder: str) -> list:
+        decoder: str, used: set | None = None) -> list:
     """Check a chain of Linear layers ``{prefix}{i}.weight/.bias`` and return ``[(W, b), ...]``.
 
     The first layer must take ``in_dim`` inputs, each layer must take the previous one's
@@ -194,7 +260,7 @@ def mlp(p, prefix: str, layer_ids, in_dim: int, out_dim: int | None, feat: torch
         last = n == len(layer_ids) - 1
         w_key, b_key = f"{prefix}{i}.weight", f"{prefix}{i}.bias"
         shapes = {w_key: (out_dim if last else None, width), b_key: (None,)}
-        got = params(p, feat, shapes, decoder)
+        got = params(p, feat, shapes, decoder, used)
         w, b = got[w_key], got[b_key]
         if b.shape[0] != w.shape[0]:
             raise ValueError(f"params[{b_key!r}] has {b.shape[0]} entries, expected {w.shape[0]}")

@@ -3,8 +3,9 @@
 A backend is a package with one module per decoder it implements (``liif``, ``lte``,
 ``diif``, ``dlte``, ``hiif``), each defining the function of the same name with the
 shared signature of ARCHITECTURE.md (and optionally ``prepare_<decoder>``).  ``"auto"``
-picks the first backend in :data:`AUTO_ORDER` that can run the given input;
-``"reference"`` is the oracle and is never picked automatically.
+picks the first backend in :data:`AUTO_ORDER` that can run the given input and is not
+measured slower there (:data:`CPU_WITH_GRAD_FROM`); ``"reference"`` is the oracle and is
+never picked automatically.
 
 Backend modules are imported, and their input-independent requirements checked, once
 when a backend is registered, so that resolving a backend at call time is plain Python
@@ -13,6 +14,7 @@ on the input's device and dtype: ``torch.compile`` traces it as constants.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -135,27 +137,38 @@ register(Backend("triton", "implicit_kernels.triton",
 #: against "cuda" on a GPU.
 AUTO_ORDER = ["cuda", "cpu", "torch"]
 
+#: Where "auto" skips "cpu" for "torch": with gradients, the fused C++ backward is slower
+#: than PyTorch's autograd of the split form except on large calls.  Queries per call
+#: (over the batch) from which "cpu" is faster forward+backward, by decoder (absent:
+#: never); forward alone, "cpu" is at least as fast at every size.  Measured with
+#: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
+#: between measured sizes, bench/NOTES.md).
+CPU_WITH_GRAD_FROM = {"diif": 53_000, "lte": 39_000, "hiif": 28_000}
+
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:
     """Why backend ``name`` cannot run ``decoder`` on ``feat`` (empty list: it can)."""
     return BACKENDS[name].reasons(decoder, feat)
 
 
-def auto_choice(decoder: str, feat: torch.Tensor) -> str:
-    """The backend name ``"auto"`` resolves to for ``decoder`` on ``feat``."""
+def auto_choice(decoder: str, feat: torch.Tensor, queries: int = 0, grad: bool = False) -> str:
+    """The backend name ``"auto"`` resolves to for ``decoder`` on ``feat``, for a call of
+    ``queries`` output queries (over the batch), with gradients or not (``grad``)."""
     for candidate in AUTO_ORDER:
+        if candidate == "cpu" and grad and queries < CPU_WITH_GRAD_FROM.get(decoder, math.inf):
+            continue
         if not unavailable_reasons(candidate, decoder, feat):
             return candidate
     raise RuntimeError(f"no backend can run {decoder} on this input")
 
 
-def _chosen(name: str, decoder: str, feat: torch.Tensor) -> Backend:
+def _chosen(name: str, decoder: str, feat: torch.Tensor, queries: int, grad: bool) -> Backend:
     """The backend ``name`` (``"auto"`` allowed) stands for, checked to run ``decoder`` on
     ``feat``."""
     if name == "auto":
         name = os.environ.get("IK_BACKEND", "auto")
     if name == "auto":
-        name = auto_choice(decoder, feat)
+        name = auto_choice(decoder, feat, queries, grad)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known backends: "
                          f"{('auto',) + tuple(BACKENDS)}")
@@ -165,8 +178,10 @@ def _chosen(name: str, decoder: str, feat: torch.Tensor) -> Backend:
     return BACKENDS[name]
 
 
-def resolve(name: str, decoder: str, feat: torch.Tensor):
-    """``(prepare, decode)`` for ``decoder`` under backend ``name`` (``"auto"`` allowed).
+def resolve(name: str, decoder: str, feat: torch.Tensor, queries: int = 0, grad: bool = False):
+    """``(prepare, decode)`` for ``decoder`` under backend ``name`` (``"auto"`` allowed;
+    it weighs ``queries``, the call's output queries over the batch, and ``grad``, whether
+    gradients will be taken: :func:`auto_choice`).
 
     ``prepare(feat, params) -> params`` runs once per call of the public op, before its
     chunks: a backend puts there the work that depends only on the feature map (e.g. the
@@ -177,14 +192,15 @@ def resolve(name: str, decoder: str, feat: torch.Tensor):
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` listing the reasons
     when the backend cannot run this input.
     """
-    return _chosen(name, decoder, feat).table["functions"][decoder]
+    return _chosen(name, decoder, feat, queries, grad).table["functions"][decoder]
 
 
-def resolve_queries(name: str, decoder: str, feat: torch.Tensor):
+def resolve_queries(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
+                    grad: bool = False):
     """:func:`resolve` for a decoder of query positions (LIIF, LTE, HIIF), plus the dtype
     of the positions the backend takes: float32 with half-precision features where it
     takes float32 positions (``Backend.float32_positions``), else ``feat``'s dtype."""
-    chosen = _chosen(name, decoder, feat)
+    chosen = _chosen(name, decoder, feat, queries, grad)
     half = feat.dtype in (torch.float16, torch.bfloat16)
     positions = torch.float32 if half and chosen.float32_positions else feat.dtype
     return (*chosen.table["functions"][decoder], positions)

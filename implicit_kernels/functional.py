@@ -53,7 +53,8 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
     """
     check.feature_map(feat)
     p = _liif_params(params, feat)
-    prepare, fn, positions = backends.resolve_queries(backend, "liif", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "liif", feat,
+                                                      *_work(feat, size, coord, params))
     p = prepare(feat, p)
     return _decode_coords(lambda c, ce: fn(feat, c, ce, p), feat, size, coord, cell, chunk_size,
                           positions)
@@ -76,7 +77,8 @@ def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto"
     check.feature_map(feat)
     check.image(inp, feat)
     p = _lte_params(params, feat)
-    prepare, fn, positions = backends.resolve_queries(backend, "lte", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "lte", feat,
+                                                      *_work(feat, size, coord, params, inp))
     p = prepare(feat, p)
     return _decode_coords(lambda c, ce: fn(feat, inp, c, ce, p), feat, size, coord, cell,
                           chunk_size, positions)
@@ -109,7 +111,8 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
     check.choice(normalizer, "normalizer", ("n", "sqrt_n"))
     check.choice(attention, "attention", ("global", "strip"))
     check.positive_int(chunk_size, "chunk_size")
-    prepare, fn, positions = backends.resolve_queries(backend, "hiif", feat)
+    prepare, fn, positions = backends.resolve_queries(backend, "hiif", feat,
+                                                      *_work(feat, size, coord, params, inp))
     p = prepare(feat, p)
 
     def run(c, ce):
@@ -182,7 +185,7 @@ def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pi
     check.choice(slice_ensemble, "slice_ensemble", (True, False))
     p = _diif_params(params, feat, slice_ensemble)
     decoder = "diif" if slice_ensemble else "diif_without_ensemble"
-    prepare, fn = backends.resolve(backend, decoder, feat)
+    prepare, fn = backends.resolve(backend, decoder, feat, *_work(feat, size, pixels, params))
     p = prepare(feat, p)
     return _decode_pixels(lambda pix: fn(feat, size, pix, p, slicing), feat, size, pixels,
                           chunk_size)
@@ -207,7 +210,7 @@ def dlte_decode(feat, inp, size, params, *, slicing="linear", pixels=None, backe
     size = check.output_size(size, feat)
     check.choice(slicing, "slicing", geometry.SLICINGS)
     p = _dlte_params(params, feat)
-    prepare, fn = backends.resolve(backend, "dlte", feat)
+    prepare, fn = backends.resolve(backend, "dlte", feat, *_work(feat, size, pixels, params, inp))
     p = prepare(feat, p)
     return _decode_pixels(lambda pix: fn(feat, inp, size, pix, p, slicing), feat, size,
                           pixels, chunk_size)
@@ -226,6 +229,21 @@ def _decode_pixels(fn, feat, size, pixels, chunk_size):
 # Chunking
 # ----------------------------------------------------------------------------------------
 
+def _work(feat, size, queries, params, *inputs):
+    """``(queries, grad)`` of a call, for ``"auto"``'s choice: its output queries over the
+    batch (``queries``' count in query mode, else the grid's), and whether autograd will
+    differentiate it (grad mode on and some input or parameter requires grad)."""
+    b, count = feat.shape[0], 0  # 0 for an invalid size: refused with the reason later
+    if isinstance(queries, torch.Tensor) and queries.dim() == 3:
+        count = b * queries.shape[1]
+    elif isinstance(size, (tuple, list, torch.Size)) and len(size) == 2:
+        if all(isinstance(n, int) for n in size):
+            count = b * size[0] * size[1]
+    tensors = [feat, *inputs, *(v for v in params.values() if isinstance(v, torch.Tensor))]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return count, grad
+
+
 def _grid_chunk(size, start, stop, batch, device):
     """Pixel indices ``batch×(stop-start)×2`` of raster positions ``[start, stop)``."""
     flat = torch.arange(start, stop, device=device)
@@ -241,7 +259,9 @@ def _chunked(fn, q, batch, chunk_size, feat, channels_first=False):
         step = max(q, 1)
     else:
         step = max(1, check.positive_int(chunk_size, "chunk_size") // batch)
-    out = feat.new_empty((batch, 3, q) if channels_first else (batch, q, 3))
+    shape = (batch, 3, q) if channels_first else (batch, q, 3)
+    check.output_memory(shape, feat.dtype, feat.device)
+    out = feat.new_empty(shape)
     for start in range(0, q, step):
         stop = min(q, start + step)
         res = fn(start, stop)
@@ -264,7 +284,9 @@ def _grid(fn, size, batch, chunk_size, feat):
 # ----------------------------------------------------------------------------------------
 
 def _layer_ids(params, prefix):
-    """Sorted indices ``i`` of the keys ``{prefix}{i}.weight`` present in ``params``."""
+    """Indices ``0, 2, 4, ...`` of the keys ``{prefix}{i}.weight`` in ``params``: the
+    Linear layers of an ``nn.Sequential`` of Linear and ReLU.  Any other numbering (a
+    stray ``{prefix}20.weight``, a gap) is refused rather than read as extra layers."""
     if not hasattr(params, "keys"):
         raise TypeError(f"params must be a mapping of parameter names to tensors, "
                         f"got {type(params).__name__}")
@@ -272,67 +294,82 @@ def _layer_ids(params, prefix):
     ids = sorted(int(m.group(1)) for k in params.keys() if (m := pattern.match(k)))
     if not ids:
         raise ValueError(f"params has no {prefix}N.weight entries")
+    if ids != list(range(0, 2 * len(ids), 2)):
+        raise ValueError(f"params' {prefix}N layers must be numbered 0, 2, 4, ... (Linear "
+                         f"layers between ReLUs), got {ids}")
     return ids
 
 
-def _mlp(params, prefix, in_dim, out_dim, feat, decoder):
-    return check.mlp(params, prefix, _layer_ids(params, prefix), in_dim, out_dim, feat, decoder)
+def _mlp(params, prefix, in_dim, out_dim, feat, decoder, used):
+    return check.mlp(params, prefix, _layer_ids(params, prefix), in_dim, out_dim, feat, decoder,
+                     used)
 
 
-def _conv3x3(params, name, feat, decoder, out_channels=None):
+def _conv3x3(params, name, feat, decoder, used, out_channels=None):
     c = feat.shape[1]
     got = check.params(params, feat, {f"{name}.weight": (out_channels, c, 3, 3),
-                                      f"{name}.bias": (None,)}, decoder)
+                                      f"{name}.bias": (None,)}, decoder, used)
     w, b = got[f"{name}.weight"], got[f"{name}.bias"]
     if b.shape[0] != w.shape[0]:
         raise ValueError(f"params[{name + '.bias'!r}] must have {w.shape[0]} entries")
     return w, b
 
 
-def _fourier_estimators(params, feat, decoder):
+def _fourier_estimators(params, feat, decoder, used):
     """LTE-style ``coef``/``freq`` 3×3 convs and ``phase`` (no bias): freq has 2 values
     (y, x) per phase channel and as many channels as coef."""
-    coef = _conv3x3(params, "coef", feat, decoder)
-    freq = _conv3x3(params, "freq", feat, decoder, out_channels=coef[0].shape[0])
+    coef = _conv3x3(params, "coef", feat, decoder, used)
+    freq = _conv3x3(params, "freq", feat, decoder, used, out_channels=coef[0].shape[0])
     if freq[0].shape[0] % 2:
         raise ValueError("params['freq.weight'] must have an even number of output channels")
     return coef, freq
 
 
 def _liif_params(params, feat):
-    return {"imnet": _mlp(params, "imnet.layers.", 9 * feat.shape[1] + 4, 3, feat, "LIIF")}
+    used = set()
+    out = {"imnet": _mlp(params, "imnet.layers.", 9 * feat.shape[1] + 4, 3, feat, "LIIF", used)}
+    check.only_known_keys(params, used, "LIIF")
+    return out
 
 
 def _lte_params(params, feat):
-    coef, freq = _fourier_estimators(params, feat, "LTE")
+    used = set()
+    coef, freq = _fourier_estimators(params, feat, "LTE", used)
     n = freq[0].shape[0] // 2
-    phase = check.params(params, feat, {"phase.weight": (n, 2)}, "LTE")["phase.weight"]
-    imnet = _mlp(params, "imnet.layers.", coef[0].shape[0], 3, feat, "LTE")
+    phase = check.params(params, feat, {"phase.weight": (n, 2)}, "LTE", used)["phase.weight"]
+    imnet = _mlp(params, "imnet.layers.", coef[0].shape[0], 3, feat, "LTE", used)
+    check.only_known_keys(params, used, "LTE")
     return {"coef": coef, "freq": freq, "phase": phase, "imnet": imnet}
 
 
-def _coarse_fine(params, coarse_in, feat, decoder):
-    coarse = _mlp(params, "coarse.layers.", coarse_in, None, feat, decoder)
-    fine = _mlp(params, "fine.layers.", coarse[-1][0].shape[0] + 2, 3, feat, decoder)
+def _coarse_fine(params, coarse_in, feat, decoder, used):
+    coarse = _mlp(params, "coarse.layers.", coarse_in, None, feat, decoder, used)
+    fine = _mlp(params, "fine.layers.", coarse[-1][0].shape[0] + 2, 3, feat, decoder, used)
     return {"coarse": coarse, "fine": fine}
 
 
 def _diif_params(params, feat, slice_ensemble=True):
+    used = set()
     code = (16 if slice_ensemble else 9) * feat.shape[1]
-    return _coarse_fine(params, code + 6, feat, "DIIF")
+    out = _coarse_fine(params, code + 6, feat, "DIIF", used)
+    check.only_known_keys(params, used, "DIIF")
+    return out
 
 
 def _dlte_params(params, feat):
-    coef, freq = _fourier_estimators(params, feat, "DLTE")
+    used = set()
+    coef, freq = _fourier_estimators(params, feat, "DLTE", used)
     pairs = 4 * freq[0].shape[0] // 2  # 2×2 vertex concatenation, read as (y, x) pairs
-    phase = check.params(params, feat, {"phase.weight": (pairs, 2)}, "DLTE")
-    out = _coarse_fine(params, 4 * coef[0].shape[0], feat, "DLTE")
+    phase = check.params(params, feat, {"phase.weight": (pairs, 2)}, "DLTE", used)
+    out = _coarse_fine(params, 4 * coef[0].shape[0], feat, "DLTE", used)
     out.update(coef=coef, freq=freq, phase=phase["phase.weight"])
+    check.only_known_keys(params, used, "DLTE")
     return out
 
 
 def _hiif_params(params, feat):
-    z = _conv3x3(params, "freq", feat, "HIIF")
+    used = set()
+    z = _conv3x3(params, "freq", feat, "HIIF", used)
     cz = z[0].shape[0]
     # No assignment expression inside the comprehension: torch.compile cannot trace one.
     matches = [re.match(r"fc_layers\.(\d+)\.fc1\.weight$", k) for k in params]
@@ -345,24 +382,26 @@ def _hiif_params(params, feat):
         out_dim = 3 if level == levels[-1] else cz
         prefix = f"fc_layers.{level}."
         norm = check.params(params, feat, {prefix + "norm.weight": (width,),
-                                           prefix + "norm.bias": (width,)}, "HIIF")
-        fc1 = check.mlp(params, prefix + "fc", (1, 2), width, out_dim, feat, "HIIF")
+                                           prefix + "norm.bias": (width,)}, "HIIF", used)
+        fc1 = check.mlp(params, prefix + "fc", (1, 2), width, out_dim, feat, "HIIF", used)
         blocks.append({"norm": (norm[prefix + "norm.weight"], norm[prefix + "norm.bias"]),
                        "fc1": fc1[0], "fc2": fc1[1]})
     attention = []
     for i in range(2):
         prefix = f"conv{i}."
-        qkv = check.mlp(params, prefix + "qkv_proj", ("",), cz, 3 * cz, feat, "HIIF")
+        qkv = check.mlp(params, prefix + "qkv_proj", ("",), cz, 3 * cz, feat, "HIIF", used)
         ln = check.params(params, feat, {prefix + "kln.weight": (None,)}, "HIIF")
         head_dim = ln[prefix + "kln.weight"].shape[0]
         if head_dim == 0 or cz % head_dim:
             raise ValueError(f"params[{prefix + 'kln.weight'!r}] width must divide {cz}")
         norms = check.params(params, feat, {prefix + f"{n}ln.{w}": (head_dim,)
-                                            for n in "kv" for w in ("weight", "bias")}, "HIIF")
-        proj = [check.mlp(params, prefix + f"proj{j}", ("",), cz, cz, feat, "HIIF")[0]
+                                            for n in "kv" for w in ("weight", "bias")}, "HIIF",
+                             used)
+        proj = [check.mlp(params, prefix + f"proj{j}", ("",), cz, cz, feat, "HIIF", used)[0]
                 for j in (1, 2)]
         attention.append({"qkv": qkv[0], "heads": cz // head_dim,
                           "kln": (norms[prefix + "kln.weight"], norms[prefix + "kln.bias"]),
                           "vln": (norms[prefix + "vln.weight"], norms[prefix + "vln.bias"]),
                           "proj1": proj[0], "proj2": proj[1]})
+    check.only_known_keys(params, used, "HIIF")
     return {"z": z, "levels": blocks, "attention": attention}

@@ -1,4 +1,6 @@
 """The public ops' contract: output sizes, backend selection, bad input."""
+import re
+
 import pytest
 import torch
 
@@ -215,3 +217,94 @@ def test_half_precision_features_keep_float32_positions(decoder, backend, dtype,
     assert backends.resolve_queries(backend, decoder, feat.to(dtype))[2] == torch.float32
     err = float((out.float() - ref).abs().max() / ref.abs().max())
     assert err < tol, f"relative error {err:.3g}"
+
+
+def _lte_params(c=4):
+    return {**conv_params("coef", 8, c), **conv_params("freq", 8, c),
+            "phase.weight": linear(4, 2)[0], **mlp_params("imnet.layers.", [8, 16, 3])}
+
+
+def test_image_must_match_the_feature_map(feat):
+    """LTE, DLTE and HIIF blend in the bilinear up-sampling of the LR image the features
+    came from: an image of another size is a mistake, refused rather than resampled."""
+    from test_hiif import hiif_params
+    from test_lte_dlte import dlte_params
+    for inp in (torch.rand(2, 3, 6, 7), torch.rand(2, 3, 5, 8), torch.rand(2, 3, 10, 14)):
+        with pytest.raises(ValueError, match=r"inp must have shape \(2, 3, 5, 7\)"):
+            F.lte_decode(feat, inp, (10, 14), _lte_params())
+        with pytest.raises(ValueError, match=r"inp must have shape \(2, 3, 5, 7\)"):
+            F.dlte_decode(feat, inp, (10, 14), dlte_params(4))
+        with pytest.raises(ValueError, match=r"inp must have shape \(2, 3, 5, 7\)"):
+            F.hiif_decode(feat, inp, (10, 14), hiif_params(c_enc=4, c_z=16, head_dim=8, hidden=16))
+
+
+@pytest.mark.parametrize("stray", ["imnet.layers.20.", "imnet.layers.1.", "imnet.layers.8."])
+def test_stray_layers_are_refused(feat, stray):
+    """A stray ``imnet.layers.20.*`` used to be appended as an extra layer; any numbering
+    other than 0, 2, 4, ... is refused."""
+    params = liif_params()  # layers 0, 2, 4
+    params[stray + "weight"], params[stray + "bias"] = linear(3, 3)
+    with pytest.raises(ValueError, match=r"numbered 0, 2, 4, \.\.\."):
+        F.liif_decode(feat, (10, 14), params)
+    diif = diif_params()
+    diif["fine.layers.20.weight"], diif["fine.layers.20.bias"] = linear(3, 3)
+    with pytest.raises(ValueError, match=r"numbered 0, 2, 4, \.\.\."):
+        F.diif_decode(feat, (10, 14), diif)
+
+
+@pytest.mark.parametrize("key", ["imnet.layers.2.bias_", "encoder.head.0.weight", "freq.weight"])
+def test_unknown_keys_are_refused(feat, key):
+    params = dict(liif_params(), **{key: torch.zeros(3)})
+    with pytest.raises(ValueError, match="not LIIF parameters: " + re.escape(repr(key))):
+        F.liif_decode(feat, (10, 14), params)
+    lte = dict(_lte_params(), **{"imnet.layers.0.scale": torch.zeros(3)})
+    with pytest.raises(ValueError, match="not LTE parameters"):
+        F.lte_decode(feat, torch.rand(2, 3, 5, 7), (10, 14), lte)
+
+
+def test_output_beyond_available_memory_is_refused_before_allocating(feat, monkeypatch):
+    from implicit_kernels import _validate
+    # 8 images of 46340x46340 (within the per-image pixel bound) need 206 GB as float32.
+    with pytest.raises(MemoryError, match=r"needs 192\.0 GiB"):
+        F.diif_decode(torch.randn(8, 4, 2, 2), (46340, 46340), diif_params())
+    # The bound is what the device has now, not a constant.
+    monkeypatch.setattr(_validate, "available_memory", lambda device: 2 ** 20)
+    with pytest.raises(MemoryError, match=r"needs 2\.1 MiB but cpu has 1\.0 MiB"):
+        F.liif_decode(feat, (300, 300), liif_params())
+    monkeypatch.setattr(_validate, "available_memory", lambda device: 2 ** 30)
+    assert F.liif_decode(feat, (10, 14), liif_params()).shape == (2, 3, 10, 14)
+
+
+def test_meta_feature_map_is_a_clear_error(feat):
+    with pytest.raises(ValueError, match="meta device"):
+        F.diif_decode(feat.to("meta"), (10, 14), diif_params())
+    with pytest.raises(ValueError, match="meta device"):
+        F.liif_decode(feat.to("meta"), (10, 14), liif_params())
+
+
+def test_auto_weighs_gradients_and_call_size(feat, monkeypatch):
+    """With gradients, "auto" takes "cpu" only from the measured crossing on
+    (``backends.CPU_WITH_GRAD_FROM``); forward alone it keeps "cpu"."""
+    if backends.unavailable_reasons("cpu", "diif", feat):
+        pytest.skip("the cpu backend is not built")
+    crossing = backends.CPU_WITH_GRAD_FROM["diif"]
+    assert backends.auto_choice("diif", feat, 4096, grad=False) == "cpu"
+    assert backends.auto_choice("diif", feat, 4096, grad=True) == "torch"
+    assert backends.auto_choice("diif", feat, crossing - 1, grad=True) == "torch"
+    assert backends.auto_choice("diif", feat, crossing, grad=True) == "cpu"
+    assert backends.auto_choice("liif", feat, 10 ** 8, grad=True) == "torch"
+    assert backends.auto_choice("liif", feat, 10 ** 8, grad=False) == "cpu"
+
+    seen = []
+    choose = backends.auto_choice
+    monkeypatch.setattr(backends, "auto_choice", lambda *a: seen.append(a[2:]) or choose(*a))
+    params = diif_params()
+    F.diif_decode(feat, (10, 14), params)
+    F.diif_decode(feat.requires_grad_(), (10, 14), params)
+    with torch.no_grad():
+        F.diif_decode(feat, (10, 14), params)
+    F.diif_decode(feat.detach(), (10, 14), params, pixels=torch.zeros(2, 7, 2, dtype=torch.long))
+    coord = torch.zeros(2, 5, 2)
+    F.liif_decode(feat.detach(), None, {k: v.requires_grad_() for k, v in liif_params().items()},
+                  coord=coord, cell=coord + 0.1)
+    assert seen == [(280, False), (280, True), (280, False), (14, False), (10, True)]

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../op_utils.h"
 #include "ik/geometry.h"
 
 namespace ik {
@@ -112,6 +113,7 @@ std::tuple<at::Tensor, at::Tensor> ensemble_neighbours_cpu(const at::Tensor& coo
               "ensemble_neighbours: coord must be float32 or float64, got ",
               coord.scalar_type());
   check_size(size, "ensemble_neighbours", "size");
+  check_finite(coord, "ensemble_neighbours", "coord");
 
   const at::Tensor q = coord.contiguous();
   at::Tensor index = at::empty(leading_shape(q, 1, {4, 2}), q.options().dtype(at::kLong));

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .. import _validate as check
 from ..torch_impl.diif import prepare_diif  # noqa: F401  (the same corner projection)
 
 OP = "implicit_kernels::diif_decode"
@@ -38,6 +39,9 @@ def _fake(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b
 
 def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                    fine_b0, fine_w, fine_b, pixels, out_h, out_w, slicing):
+    check.grad_out(grad_out, corner_proj, (*pixels.shape[:2], fine_w[-1].shape[0]),
+                   OP + "_backward")
+
     def like(ts):
         return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
     return (*like([corner_proj, w_coord, b0]), like(coarse_w), like(coarse_b),

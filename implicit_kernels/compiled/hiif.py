@@ -30,6 +30,7 @@ import math
 import torch
 
 from .. import _extension
+from .. import _validate as check
 from ..reference.lte import bilinear_skip
 from .liif import check_coordinates_constant
 from ..torch_impl import hiif as torch_hiif
@@ -130,6 +131,7 @@ def _fake_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, chann
 
 def _fake_level0_backward(grad_out, maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell,
                           channels):
+    check.grad_out(grad_out, maps, (*coord.shape[:2], fc2_w.shape[0]), NS + "hiif_level0_backward")
     return _like(maps, row_sums, w_extra, bias, fc2_w, fc2_b)
 
 
@@ -151,6 +153,8 @@ def _fake_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
 
 
 def _fake_stats_backward(grad_out, x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
+    d = x.shape[-1] // heads
+    check.grad_out(grad_out, x, (x.shape[0], heads, d, d), NS + "hiif_attention_stats_backward")
     return _like(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b)
 
 
@@ -171,6 +175,7 @@ def _fake_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b):
 
 
 def _fake_apply_backward(grad_out, *inputs):
+    check.grad_out(grad_out, inputs[0], inputs[0].shape, NS + "hiif_attention_apply_backward")
     return _like(*inputs)
 
 
@@ -190,6 +195,7 @@ def _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w):
 
 def _fake_levels_backward(grad_out, x, coord, *lists_and_size):
     lists = lists_and_size[:6]
+    check.grad_out(grad_out, x, (*x.shape[:2], lists[5][-1].shape[0]), NS + "hiif_levels_backward")
     return (*_like(x), *[list(_like(*ts)) for ts in lists])
 
 

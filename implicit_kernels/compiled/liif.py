@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .. import _validate as check
 from ..torch_impl.liif import prepare_liif as _prepare_torch
 
 OP = "implicit_kernels::liif_decode"
@@ -55,6 +56,9 @@ def fake_decode(a, b, c, w, bias, coord, cell):
 
 def fake_backward(grad_out, a, b, c, w, bias, coord, cell):
     """Fake backward shared with LTE: a contiguous gradient like each differentiable input."""
+    check.grad_out(grad_out, a, fake_decode(a, b, c, w, bias, coord, cell).shape,
+                   "implicit_kernels: the decode backward")
+
     def like(ts):
         return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
     return (*like([a, b, c]), like(w), like(bias))
