@@ -414,8 +414,9 @@ def _check_model_options(model, args, device) -> None:
     if args.tile and args.tile < smallest:
         raise UsageError(f"--tile {args.tile} is below {smallest}, the smallest tile for this "
                          f"encoder (twice its receptive radius of "
-                         f"{receptive_radius(model.encoder)}): smaller tiles recompute their "
-                         "margins many times over; use 0 for no tiling")
+                         f"{receptive_radius(model.encoder)}, and {MIN_TILE} at least): "
+                         "smaller tiles recompute their margins many times over; use 0 for "
+                         "no tiling")
 
 
 def _check_options(args) -> None:
