@@ -258,11 +258,11 @@ setup(
         where=ROOT, include=["implicit_kernels", "implicit_kernels.*", "models", "models.*"]
     ),
     package_data={"implicit_kernels": ["_C_build.json", "data/*.png", "data/README.md",
-                                       "weights/*.pt", "weights/*.yaml", "weights/*.md"]},
+                                       "weights/*.safetensors", "weights/*.yaml", "weights/*.md"]},
     entry_points={"console_scripts": ["implicit-sr = implicit_kernels.__main__:main"]},
     # No version pin beyond the API floor: the GPU machine has 2.11, CPU machines 2.13,
     # and pip must never replace the torch the extension is built against.
-    install_requires=["torch>=2.6", "pillow"],
+    install_requires=["torch>=2.6", "pillow", "safetensors"],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "numpy", "pillow", "pyyaml", "tqdm"],
         "train": ["pyyaml", "tqdm"],

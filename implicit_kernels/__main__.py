@@ -47,12 +47,16 @@ def main(argv=None) -> int:
     name = COMMANDS[command][0]
     try:
         module = importlib.import_module(name)
+        return module.main(rest) or 0
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise
         print(f"command {command!r} is not available in this installation", file=sys.stderr)
         return 2
-    return module.main(rest) or 0
+    except KeyboardInterrupt:
+        # Ctrl-C while torch is imported, or in a command that does not handle it itself.
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

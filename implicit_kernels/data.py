@@ -11,6 +11,10 @@ LR/HR batches made the LIIF way (ALGORITHMS.md §1.10, §3.6; SPEC.md §6).
   bicubic resize (SPEC.md §6), random flips and transposition, and a random sample of HR
   pixels (or all of them) as the training targets.
 
+For ``upscale``, :func:`read_photo` reads an image at its full depth (16-bit grey
+PNG/TIFF as 16 bits, not clipped), with its alpha channel, ICC profile and EXIF
+orientation applied, and :func:`save_image` writes a result atomically.
+
 Every random choice comes from one ``torch.Generator`` (``PairSampler.generator``), so a
 checkpoint of its state resumes the exact batch sequence.
 
@@ -34,8 +38,17 @@ from . import geometry
 #: File name endings the folder reads (case-insensitive).
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
+#: Pillow modes of 16-bit (or wider integer) grey images; read as 16 bits.
+INT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: Output formats that keep 16 bits per channel, and those that keep an alpha channel
+#: (Pillow writes others at 8 bits, or cannot write the alpha channel).
+FORMATS_16_BIT = ("PNG", "TIFF")
+FORMATS_ALPHA = ("PNG", "TIFF", "WEBP")
+
 __all__ = ["EXTENSIONS", "ImageFolder", "ScaleDist", "PairSampler", "Batch", "read_image",
-           "to_tensor", "to_pil", "bicubic_resize", "lr_size_for", "crop_sizes", "max_hr_side"]
+           "to_tensor", "to_pil", "bicubic_resize", "lr_size_for", "crop_sizes", "max_hr_side",
+           "Photo", "read_photo", "image_format", "photo_image", "save_image",
+           "INT_GREY_MODES", "FORMATS_16_BIT", "FORMATS_ALPHA"]
 
 
 def read_image(path: str, max_side: int | None = None):
@@ -57,6 +70,115 @@ def read_image(path: str, max_side: int | None = None):
         f = max_side / max(w, h)
         rgb = rgb.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BICUBIC)
     return rgb
+
+
+@dataclass
+class Photo:
+    """An image read for super-resolution (:func:`read_photo`).
+
+    ``rgb``: ``3×h×w`` float32 in [0, 1] (a grey image repeated in the three channels).
+    ``alpha``: ``1×h×w`` float32 in [0, 1], or ``None``.  ``bits``: 8 or 16 per channel.
+    ``grey``: the file had one colour channel (results are written grey).  ``icc``: the
+    ICC profile to write with results (``None``: none, or the colour space changed on
+    reading, e.g. CMYK).  ``image``: the ``PIL.Image`` upright, in the mode results are
+    written in (``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``).  ``note``: a remark about the
+    reading for the user, or ``None``.
+    """
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    bits: int
+    grey: bool
+    icc: bytes | None
+    image: object
+    note: str | None = None
+
+
+def _decoded_16_bit_colour(im) -> bool:
+    """Whether Pillow reads this file's 16-bit colour at 8 bits (it has no 16-bit colour
+    mode): its raw mode says 16 bits but its mode is an 8-bit one."""
+    return im.mode not in INT_GREY_MODES and any(
+        ";16" in str(getattr(t, "args", "")) for t in (im.tile or []))
+
+
+def _has_alpha(im) -> bool:
+    return im.mode in ("LA", "La", "RGBA", "RGBa", "PA") or "transparency" in im.info
+
+
+def _normalised_mode(im):
+    """``(image, grey, bits)``: ``im`` converted to the mode a result is written in."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in INT_GREY_MODES:
+        values = np.asarray(im).astype(np.int64).clip(0, 65535).astype(np.uint16)
+        return Image.fromarray(values), True, 16
+    grey = im.mode in ("1", "L", "LA", "La")
+    alpha = _has_alpha(im)
+    mode = ("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")
+    return (im if im.mode == mode else im.convert(mode)), grey, 8
+
+
+def read_photo(path) -> Photo:
+    """Read an image for super-resolution: upright (EXIF orientation applied), at its
+    full depth (16-bit grey PNG/TIFF as 16 bits), with its alpha channel and ICC profile.
+
+    Raises ``OSError`` (or another Pillow error) when the file is not a readable image.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        note = ("16-bit colour is read at 8 bits per channel (Pillow has no 16-bit colour "
+                "mode)") if _decoded_16_bit_colour(im) else None
+        original = im.mode
+        # exif_transpose decodes the image and drops the orientation tag it applied.
+        upright = ImageOps.exif_transpose(im)
+    # An ICC profile describes the file's colour space: kept unless reading converted it.
+    icc = upright.info.get("icc_profile") if original not in ("CMYK", "LAB") else None
+    image, grey, bits = _normalised_mode(upright)
+    arr = torch.from_numpy(np.array(image).astype(np.float32)) / ((1 << bits) - 1)
+    arr = arr.unsqueeze(-1) if arr.dim() == 2 else arr
+    hwc = arr.permute(2, 0, 1)
+    colour = hwc[:1].expand(3, -1, -1) if grey else hwc[:3]
+    alpha = hwc[-1:].contiguous() if image.mode in ("LA", "RGBA") else None
+    return Photo(colour.contiguous(), alpha, bits, grey, icc or None, image, note)
+
+
+def image_format(path) -> str | None:
+    """Pillow's format name for a file name's extension (``"PNG"``), or ``None``."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower())
+
+
+def photo_image(colour: torch.Tensor, alpha: torch.Tensor | None = None):
+    """``PIL.Image`` of quantised channels: ``colour`` ``1×H×W`` (grey) or ``3×H×W``,
+    ``uint8`` or ``uint16`` (16-bit grey only: Pillow has no 16-bit colour or alpha
+    modes), and an optional ``1×H×W`` ``uint8`` ``alpha``."""
+    from PIL import Image
+
+    if colour.dtype == torch.uint16 and (colour.shape[0] != 1 or alpha is not None):
+        raise ValueError("16-bit images can only be grey without alpha (Pillow's I;16)")
+    chw = colour if alpha is None else torch.cat([colour, alpha.to(colour.dtype)])
+    hwc = chw.permute(1, 2, 0).contiguous().cpu().numpy()
+    return Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
+
+
+def save_image(image, path, icc: bytes | None = None) -> None:
+    """Save ``image`` to ``path`` in the format its extension names, with the ICC
+    profile ``icc``, atomically: a temporary file in the same folder, then
+    ``os.replace``.  Whatever stops the write (an error, Ctrl-C) leaves no partial file,
+    and an existing file at ``path`` stays as it was."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.part")
+    extra = {"icc_profile": icc} if icc else {}
+    try:
+        image.save(tmp, format=image_format(path), **extra)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def to_tensor(img) -> torch.Tensor:

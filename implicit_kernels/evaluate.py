@@ -179,8 +179,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m implicit_kernels eval",
         description="PSNR (SPEC.md §6) of models and bicubic over HR images at several scales.")
     p.add_argument("--model", action="append", default=[],
-                   help="shipped model name or weights/checkpoint path (repeatable; "
-                        "default: every shipped model)")
+                   help="shipped model name, or weights/checkpoint path with a folder or an "
+                        "extension (repeatable; default: every shipped model)")
+    p.add_argument("--weights", action="append", default=[], metavar="PATH",
+                   help="weights file or training checkpoint, any name (repeatable)")
     p.add_argument("--data", default="skimage",
                    help="folder of HR images, or 'skimage' for scikit-image's colour "
                         "photographs (default)")
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from .weights import load_model, shipped
+    from .weights import load_model, load_model_file, shipped
 
     try:
         scales = [float(s) for s in args.scales.split(",")]
@@ -218,8 +220,10 @@ def _main(args) -> int:
         raise ValueError(f"bad --scales {args.scales!r}: every scale must be >= 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     methods = {"bicubic": None}
-    for spec in args.model or shipped():
-        model, info = load_model(spec, device=device)
+    loads = [(load_model, spec) for spec in args.model] + [
+        (load_model_file, path) for path in args.weights]
+    for load, spec in loads or [(load_model, name) for name in shipped()]:
+        model, info = load(spec, device=device)
         step = info.get("step")
         methods[f"{info['model']}" + (f" ({step:,} steps)" if step is not None else "")] = model
     images = load_skimage() if args.data == "skimage" else load_folder(args.data)

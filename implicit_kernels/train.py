@@ -29,9 +29,12 @@ overrides one)::
     train: {batch_size: 16, steps: 1000000, lr: 1.0e-4, milestones: [...], gamma: 0.5,
             backend: torch, checkpoint_every: 1000, seed: 0, minutes: null, out: runs/NAME}
 
-``python -m implicit_kernels train CONFIG --export W.pt`` writes the run's last
+``python -m implicit_kernels train CONFIG --export W.safetensors`` writes the run's last
 checkpoint as shipped weights (fp16 state dict + config + step; see
 :mod:`implicit_kernels.weights`).
+
+Checkpoints hold only tensors and plain data (the random states are tensors), so they
+are read back with ``torch.load(weights_only=True)``: a checkpoint file never runs code.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ import time
 import torch
 
 from . import data as D
+from .weights import CHECKPOINT_FORMAT, SUFFIX, load_torch_file, read_weights, save_weights
 
 #: Default configuration; a config file overrides any subset.
 DEFAULTS = {
@@ -241,7 +245,7 @@ class Trainer:
             gens = [None] * self.world
             dist.all_gather_object(gens, gen)
         return {
-            "format": "implicit-kernels-checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "config": self.cfg,
             "step": self.step,
             "elapsed": self.elapsed,
@@ -261,8 +265,13 @@ class Trainer:
             _atomic_save(state, self.path)
 
     def load(self, path: str) -> None:
-        """Restore a checkpoint written by :meth:`save` (same model and world size)."""
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        """Restore a checkpoint written by :meth:`save` (same model and world size).
+
+        Raises ``ValueError`` for a file that is not such a checkpoint, or that holds
+        objects other than tensors and plain data (refused, never unpickled)."""
+        ck = load_torch_file(path)
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path!r} is not an implicit-kernels training checkpoint")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -364,24 +373,17 @@ def threading_main() -> bool:
 # ----------------------------------------------------------------------------------------
 
 def export(checkpoint: str, dest: str, dtype=torch.float16) -> dict:
-    """Write the model of a training checkpoint as shipped weights: ``{"format", "model",
-    "kwargs", "encoder_kwargs", "state_dict" (in ``dtype``), "step", "elapsed",
-    "config"}``.  Returns that dict."""
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    m = ck["config"]["model"]
-    weights = {
-        "format": "implicit-kernels-weights/1",
-        "model": m["name"],
-        "kwargs": m.get("kwargs") or {},
-        "encoder_kwargs": m.get("encoder_kwargs") or {},
-        "state_dict": {k: (v.to(dtype) if v.is_floating_point() else v)
-                       for k, v in ck["model"].items()},
-        "step": ck["step"],
-        "elapsed": ck.get("elapsed"),
-        "config": ck["config"],
-    }
+    """Write the model of a training checkpoint as shipped weights, a safetensors file
+    (:func:`implicit_kernels.weights.save_weights`): the state dict in ``dtype``, with
+    ``format``, ``model``, ``kwargs``, ``encoder_kwargs``, ``step``, ``elapsed`` and
+    ``config`` as metadata.  Returns the weights dict."""
+    if not dest.endswith(SUFFIX):
+        raise ValueError(f"--export writes safetensors: name the file *{SUFFIX}, not {dest!r}")
+    weights = read_weights(checkpoint)
+    weights["state_dict"] = {k: (v.to(dtype) if v.is_floating_point() else v)
+                             for k, v in weights["state_dict"].items()}
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    _atomic_save(weights, dest)
+    save_weights(weights, dest)
     return weights
 
 
@@ -407,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
     p.add_argument("--restart", action="store_true",
                    help="ignore an existing checkpoint and start from step 0")
-    p.add_argument("--export", metavar="WEIGHTS.pt",
+    p.add_argument("--export", metavar=f"WEIGHTS{SUFFIX}",
                    help="do not train: write the run's last checkpoint as fp16 weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -448,7 +450,11 @@ def main(argv=None) -> int:
         if not os.path.exists(path):
             print(f"train: no checkpoint {path} to export", file=sys.stderr)
             return 1
-        w = export(path, args.export)
+        try:
+            w = export(path, args.export)
+        except ValueError as exc:
+            print(f"train: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.export}: {w['model']} at step {w['step']}, "
               f"{os.path.getsize(args.export) / 2 ** 20:.1f} MiB")
         return 0
@@ -467,7 +473,11 @@ def main(argv=None) -> int:
               f"training images ({len(trainer.sampler.images.skipped)} skipped), device "
               f"{trainer.device}, backend {t['backend']}, world size {trainer.world}")
     if not args.restart and os.path.exists(trainer.path):
-        trainer.load(trainer.path)
+        try:
+            trainer.load(trainer.path)
+        except ValueError as exc:
+            print(f"train: cannot resume: {exc}", file=sys.stderr)
+            return 1
         if trainer.rank == 0:
             print(f"resumed {trainer.path} at step {trainer.step}")
     loss = trainer.fit(progress=not args.no_progress)

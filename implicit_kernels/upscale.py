@@ -3,20 +3,31 @@ upscale ...``): super-resolve a photograph with a trained model.
 
 * ``--scale S`` (or ``AxB``: rows ×A, columns ×B) gives the output size
   ``round(h·A) × round(w·B)``; ``--size HxW`` gives it directly (rows first).
-* ``--model`` is a shipped model name (default ``edsr-baseline-diif``) or a weights file /
-  training checkpoint (:func:`implicit_kernels.weights.load_model`).
-* ``--backend`` picks the ``F`` backend (default ``auto``).
+* ``--model`` is a shipped model name (default ``edsr-baseline-diif``), or a weights file /
+  training checkpoint whose name has a folder or an extension; ``--weights PATH`` takes
+  any path (:func:`implicit_kernels.weights.load_model`).  Files are never unpickled
+  beyond tensors and plain data.
+* ``--backend`` picks the ``F`` backend (default ``auto``), checked up front.
 * ``--tile N`` runs the encoder on ``N×N`` tiles of the input, each with a margin equal
   to the encoder's receptive-field radius, so the features, and hence the output, equal
   the untiled ones (up to float summation order) while the encoder's activations stay
-  small; inputs above :data:`AUTO_TILE_PIXELS` are tiled automatically.  The decoder
-  always works in bands of output rows (memory bounded at any output size), writing
-  ``uint8`` rows into the result, with a progress bar on large outputs.
+  small; inputs above :data:`AUTO_TILE_PIXELS` are tiled automatically.  Tiles smaller
+  than :func:`min_tile` are refused: each tile recomputes its margin, so a tile of side
+  ``t`` costs ``((t + 2r) / t)²`` times the untiled work (4× at ``t = 2r``, 4,761× at
+  ``t = 1`` for EDSR-baseline's ``r = 34``).  The decoder always works in bands of output
+  rows (memory bounded at any output size), with a progress bar on large outputs.
+* The image is read upright (EXIF orientation applied), at its full depth: 16-bit grey
+  PNG/TIFF gives a 16-bit result, grey gives grey; an alpha channel is up-sampled with
+  bicubic interpolation and kept; the ICC profile is written with the result.
 * ``--bicubic PATH`` also writes Pillow's bicubic up-sampling to the same size, for
   comparison.
+* Outputs are checked before anything is decoded (known extension, folder exists and is
+  writable, not a directory, not the input, not existing unless ``--force``) and written
+  atomically (a temporary file in the same folder, then ``os.replace``): Ctrl-C exits
+  with status 130 and leaves no partial file.
 
-Unreadable inputs, unknown models, scales below 1 and absurd output sizes (more than
-``--max-pixels``) are refused with a message and exit status 2.
+Every refused request (README "Upscaling a photo" lists them) prints one line,
+``upscale: error: ...``, on stderr and exits with status 2; other failures exit 1.
 """
 from __future__ import annotations
 
@@ -42,12 +53,28 @@ AUTO_TILE = 512
 BAND_PIXELS = 1 << 20
 #: Outputs from this many pixels on show a progress bar.
 PROGRESS_PIXELS = 1 << 22
+#: Smallest ``--tile`` for any encoder (see :func:`min_tile`).
+MIN_TILE = 16
+#: ITU-R 601-2 luma weights (Pillow's RGB -> L): a grey input's result is written grey.
+LUMA = (0.299, 0.587, 0.114)
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
 
-__all__ = ["parse_size", "output_size", "receptive_radius", "encode", "upscale", "main"]
+__all__ = ["parse_size", "parse_scale", "parse_device", "output_size", "receptive_radius",
+           "min_tile", "encode", "upscale", "upsample_alpha", "check_outputs", "main",
+           "UsageError"]
 
 
 class UsageError(ValueError):
     """A bad command-line request (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are :class:`UsageError` (one line, exit status 2)
+    instead of a usage block."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def parse_size(text: str) -> tuple:
@@ -96,6 +123,23 @@ def output_size(in_size, scale=None, size=None, max_pixels: int = MAX_PIXELS) ->
     return size
 
 
+def parse_device(text: str | None) -> torch.device:
+    """The ``--device``: default cuda when available, else cpu; checked to exist here."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"bad --device {text!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "meta":
+        raise UsageError("--device meta holds no data: use cpu or cuda")
+    try:
+        torch.empty(1, device=device)
+    except Exception as exc:  # noqa: BLE001  (AssertionError on CPU-only torch, RuntimeError...)
+        raise UsageError(f"--device {text}: not available here ({_one_line(exc)})") from None
+    return device
+
+
 def receptive_radius(encoder: nn.Module) -> int:
     """How far (in input pixels) the encoder's output can depend on its input: the sum of
     the convolutions' half-widths (each zero-padded convolution spreads a tile's border
@@ -105,6 +149,13 @@ def receptive_radius(encoder: nn.Module) -> int:
         if isinstance(m, nn.Conv2d):
             r += max((k - 1) // 2 * d for k, d in zip(m.kernel_size, m.dilation))
     return r
+
+
+def min_tile(encoder: nn.Module) -> int:
+    """The smallest ``--tile`` accepted: twice the receptive radius (at most 4× the
+    untiled encoder's work; smaller tiles cost quadratically more), and at least
+    :data:`MIN_TILE`."""
+    return max(MIN_TILE, 2 * receptive_radius(encoder))
 
 
 def encode(encoder: nn.Module, inp: torch.Tensor, tile: int | None = None,
@@ -130,44 +181,71 @@ def encode(encoder: nn.Module, inp: torch.Tensor, tile: int | None = None,
 
 
 def upscale(model: nn.Module, img: torch.Tensor, size, *, backend: str = "auto",
-            tile: int | None = None, progress: bool | None = None) -> torch.Tensor:
+            tile: int | None = None, progress: bool | None = None, bits: int = 8,
+            grey: bool = False) -> torch.Tensor:
     """Super-resolve ``img`` (``1×3×h×w`` in [0, 1]) to ``size`` with a decoder model.
 
-    Returns the ``3×H×W`` ``uint8`` image (rounded).  ``progress=None`` shows a bar when
-    the output has at least :data:`PROGRESS_PIXELS` pixels.
+    Returns the ``3×H×W`` image rounded to ``bits`` (8: ``uint8``, 16: ``uint16``); with
+    ``grey``, the ``1×H×W`` luma (:data:`LUMA`) of the result instead.  ``progress=None``
+    shows a bar when the output has at least :data:`PROGRESS_PIXELS` pixels.
     """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
     h_out, w_out = size
     decoder = type(model).__name__.lower()
     with torch.no_grad():
         inp = (img - 0.5) / 0.5
         feat = encode(model.encoder, inp, tile)
-        out = torch.empty(3, h_out, w_out, dtype=torch.uint8)
+        out = torch.empty(1 if grey else 3, h_out, w_out,
+                          dtype=torch.uint8 if bits == 8 else torch.uint16)
         if decoder == "hiif":
             # HIIF's attention sums over every query of the image: bands would change it.
             bands = [(0, h_out)]
         else:
             rows = max(1, BAND_PIXELS // w_out)
             bands = [(r, min(h_out, r + rows)) for r in range(0, h_out, rows)]
-        show = progress if progress is not None else h_out * w_out >= PROGRESS_PIXELS
-        bar = None
-        if show:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # the bar is a convenience, not a dependency
-                tqdm = None
-        if show and tqdm is not None:
-            bar = tqdm(total=h_out * w_out, unit="px", unit_scale=True, desc="decoding",
-                       file=sys.stderr, dynamic_ncols=True)
+        bar = _progress_bar(h_out * w_out, progress)
         try:
             for r0, r1 in bands:
                 rgb = _decode_band(model, decoder, feat, inp, size, r0, r1, backend)
-                out[:, r0:r1] = (rgb * 0.5 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+                out[:, r0:r1] = _quantise(rgb * 0.5 + 0.5, bits, grey).cpu()
                 if bar is not None:
                     bar.update((r1 - r0) * w_out)
         finally:
             if bar is not None:
                 bar.close()
     return out
+
+
+def _progress_bar(pixels: int, progress: bool | None):
+    """A tqdm bar over ``pixels`` output pixels, or ``None`` (not wanted, or no tqdm)."""
+    if not (progress if progress is not None else pixels >= PROGRESS_PIXELS):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a convenience, not a dependency
+        return None
+    return tqdm(total=pixels, unit="px", unit_scale=True, desc="decoding", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _quantise(x: torch.Tensor, bits: int, grey: bool = False) -> torch.Tensor:
+    """``C×H×W`` values in [0, 1] (clamped) rounded to ``bits`` unsigned integers; with
+    ``grey``, their luma (``1×H×W``)."""
+    x = x.clamp(0, 1)
+    if grey:
+        x = (x * x.new_tensor(LUMA).view(3, 1, 1)).sum(0, keepdim=True)
+    top = (1 << bits) - 1
+    return x.mul(top).round().to(torch.uint8 if bits == 8 else torch.uint16)
+
+
+def upsample_alpha(alpha: torch.Tensor, size, bits: int = 8) -> torch.Tensor:
+    """An alpha channel (``1×h×w`` in [0, 1]) up-sampled to ``size`` with bicubic
+    interpolation (a plain interpolator: the models are trained on colour), clamped and
+    rounded to ``bits``."""
+    up = torch.nn.functional.interpolate(alpha[None].float(), size=tuple(size), mode="bicubic",
+                                         align_corners=False)[0]
+    return _quantise(up, bits)
 
 
 def _decode_band(model, decoder, feat, inp, size, r0, r1, backend):
@@ -195,89 +273,202 @@ def _bundled_photo() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m implicit_kernels upscale",
         description="Super-resolve an image to any size with a trained implicit model.")
     p.add_argument("input", nargs="?",
-                   help="PNG/JPEG image (default: the bundled 64x64 photograph)")
+                   help="PNG/JPEG/TIFF/WebP image (default: the bundled 64x64 photograph)")
     p.add_argument("-o", "--output", help="output image (default: <input>_x<scale>.png here)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--scale", help="factor, e.g. 3.7, or AxB for rows xA and columns xB")
     g.add_argument("--size", help="output size HxW in pixels, rows first, e.g. 1080x1920")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"shipped model name or weights/checkpoint path (default {DEFAULT_MODEL})")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"shipped model name (default {DEFAULT_MODEL}), or a weights file "
+                        "or checkpoint path with a folder or an extension (./mine, x.pt)")
+    m.add_argument("--weights", metavar="PATH",
+                   help="a weights file (.safetensors) or training checkpoint, any name")
     p.add_argument("--backend", default="auto", help="F backend (default auto)")
     p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     p.add_argument("--tile", type=int,
                    help=f"encode the input in NxN tiles (exact; default {AUTO_TILE} for inputs "
-                        f"over {AUTO_TILE_PIXELS:,} pixels, else whole; 0: never tile)")
+                        f"over {AUTO_TILE_PIXELS:,} pixels, else whole; 0: never tile; at "
+                        f"least twice the encoder's receptive radius, {MIN_TILE} at least)")
     p.add_argument("--bicubic", metavar="PATH",
                    help="also write Pillow's bicubic up-sampling to the same size")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse larger outputs (default {MAX_PIXELS:,})")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its lines joined), or its type's name."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def main(argv=None) -> int:
-    """Run the command; returns the exit status (2 for a refused request)."""
-    args = _parser().parse_args(argv)
+    """Run the command; returns the exit status: 0, 2 for a refused request, 130 after
+    Ctrl-C, 1 for any other failure.  Each error is one line on stderr."""
     try:
-        return _main(args)
+        return _main(_parser().parse_args(argv))
     except UsageError as exc:
-        print(f"upscale: error: {exc}", file=sys.stderr)
+        print(f"upscale: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, ImportError, RuntimeError) as exc:
-        print(f"upscale: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        print("upscale: interrupted; no partial output was left", file=sys.stderr)
+        return INTERRUPTED
+    except (ValueError, OSError, ImportError, RuntimeError, MemoryError) as exc:
+        print(f"upscale: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def check_outputs(targets, input_path: str, force: bool = False) -> None:
+    """Refuse output paths that cannot or must not be written, before any work.
+
+    ``targets``: ``[(option, path)]`` such as ``[("-o", "x.png"), ("--bicubic", "b.png")]``.
+    Each must have a known image extension, lie in an existing writable folder, not be a
+    directory, the input or another target, and not exist unless ``force``.
+
+    Raises :class:`UsageError` naming the option and the reason.
+    """
+    seen = []
+    for option, path in targets:
+        if os.path.isdir(path):
+            raise UsageError(f"{option} {path!r} is a directory: give a file name")
+        ext = os.path.splitext(path)[1].lower()
+        if D.image_format(path) is None:
+            raise UsageError(f"cannot write {path!r}: unknown image extension {ext!r} "
+                             "(use .png or .jpg)")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise UsageError(f"{option} {path!r}: folder {folder!r} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{option} {path!r}: folder {folder!r} is not writable")
+        if _same_file(path, input_path):
+            raise UsageError(f"{option} {path!r} is the input: choose another name")
+        if any(_same_file(path, other) for other in seen):
+            raise UsageError(f"-o and --bicubic name the same file {path!r}")
+        if os.path.exists(path) and not force:
+            raise UsageError(f"{option} {path!r} exists: pass --force to overwrite it")
+        seen.append(path)
+
+
+def _check_format(photo, targets) -> None:
+    """Refuse formats that would silently lose the alpha channel or 16-bit depth."""
+    for option, path in targets:
+        fmt, ext = D.image_format(path), os.path.splitext(path)[1]
+        if photo.alpha is not None and fmt not in D.FORMATS_ALPHA:
+            raise UsageError(f"{option} {path!r}: {ext} cannot keep the input's alpha "
+                             "channel; write .png, .tif or .webp")
+        if photo.bits == 16 and fmt not in D.FORMATS_16_BIT:
+            raise UsageError(f"{option} {path!r}: {ext} cannot keep the input's 16 bits; "
+                             "write .png or .tif")
+
+
+def _read_input(path: str):
+    try:
+        return D.read_photo(path)
+    except FileNotFoundError:
+        raise UsageError(f"cannot read {path!r}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot read {path!r}: it is a directory") from None
+    except Exception as exc:  # noqa: BLE001  (Pillow raises many types for bad files)
+        raise UsageError(f"cannot read {path!r} as an image: {_one_line(exc)}") from None
+
+
+def _load(args, device):
+    """``(model, info)`` of ``--weights`` or ``--model``; unreadable, refused or unfit
+    files are usage errors."""
+    from .weights import load_model, load_model_file
+
+    try:
+        if args.weights is not None:
+            return load_model_file(args.weights, device=device)
+        return load_model(args.model, device=device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_model_options(model, args, device) -> None:
+    """``--backend`` can run this model's decoder on ``device``; ``--tile`` is not below
+    :func:`min_tile`."""
+    from . import backends
+
+    decoder = type(model).__name__.lower()
+    with torch.no_grad():
+        feat = model.encoder(torch.zeros(1, 3, 1, 1, device=device))
+    try:
+        backends.resolve(args.backend, decoder, feat)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"--backend {args.backend}: {_one_line(exc)}") from None
+    smallest = min_tile(model.encoder)
+    if args.tile and args.tile < smallest:
+        raise UsageError(f"--tile {args.tile} is below {smallest}, the smallest tile for this "
+                         f"encoder (twice its receptive radius of "
+                         f"{receptive_radius(model.encoder)}, and {MIN_TILE} at least): "
+                         "smaller tiles recompute their margins many times over; use 0 for "
+                         "no tiling")
+
+
+def _check_options(args) -> None:
+    if args.tile is not None and args.tile < 0:
+        raise UsageError("--tile must be 0 (never) or a tile side in pixels")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels must be positive, got {args.max_pixels}")
 
 
 def _main(args) -> int:
-    from PIL import Image
-
-    from .weights import load_model
-
-    if args.tile is not None and args.tile < 0:
-        raise UsageError("--tile must be 0 (never) or a positive tile side")
-    path = args.input or _bundled_photo()
-    try:
-        pil = D.read_image(path)
-    except FileNotFoundError:
-        raise UsageError(f"cannot read {path!r}: no such file") from None
-    except Exception as exc:  # noqa: BLE001  (Pillow raises many types for bad files)
-        raise UsageError(f"cannot read {path!r} as an image: {exc}") from None
-    in_size = (pil.height, pil.width)
+    _check_options(args)
+    device = parse_device(args.device)
     scale = parse_scale(args.scale) if args.scale else None
-    size = output_size(in_size, scale, parse_size(args.size) if args.size else None,
-                       args.max_pixels)
+    size = parse_size(args.size) if args.size else None
+    path = args.input or _bundled_photo()
+    if not os.path.exists(path):
+        raise UsageError(f"cannot read {path!r}: no such file")
     stem = os.path.splitext(os.path.basename(path))[0]
     output = args.output or f"{stem}_x{args.scale or args.size}.png"
-    for target in filter(None, (output, args.bicubic)):
-        ext = os.path.splitext(target)[1].lower()
-        if ext not in Image.registered_extensions():
-            raise UsageError(f"cannot write {target!r}: unknown image extension {ext!r} "
-                             "(use .png or .jpg)")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model, info = load_model(args.model, device=device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    targets = [("-o", output)] + ([("--bicubic", args.bicubic)] if args.bicubic else [])
+    check_outputs(targets, path, args.force)
+    photo = _read_input(path)
+    in_size = tuple(photo.rgb.shape[-2:])
+    size = output_size(in_size, scale, size, args.max_pixels)
+    _check_format(photo, targets)
+    model, info = _load(args, device)
+    _check_model_options(model, args, device)
     tile = args.tile
     if tile is None:
         tile = AUTO_TILE if in_size[0] * in_size[1] > AUTO_TILE_PIXELS else 0
-    img = (D.to_tensor(pil).float() / 255).unsqueeze(0).to(device)
+    if photo.note and not args.quiet:
+        print(f"upscale: note: {photo.note}", file=sys.stderr)
     start = time.perf_counter()
-    sr = upscale(model, img, size, backend=args.backend, tile=tile or None,
-                 progress=False if args.quiet else None)
+    sr = upscale(model, photo.rgb.unsqueeze(0).to(device), size, backend=args.backend,
+                 tile=tile or None, progress=False if args.quiet else None, bits=photo.bits,
+                 grey=photo.grey)
+    alpha = None if photo.alpha is None else upsample_alpha(photo.alpha, size)
     seconds = time.perf_counter() - start
-    D.to_pil(sr).save(output)
+    D.save_image(D.photo_image(sr, alpha), output, photo.icc)
     if args.bicubic:
-        pil.resize((size[1], size[0]), Image.BICUBIC).save(args.bicubic)
+        from PIL import Image
+
+        D.save_image(photo.image.resize((size[1], size[0]), Image.BICUBIC), args.bicubic,
+                     photo.icc)
     if not args.quiet:
         step = info.get("step")
+        kind = f"{photo.bits}-bit {'grey' if photo.grey else 'colour'}" + (
+            " with alpha" if photo.alpha is not None else "")
         print(f"{info['model']}{f' (step {step})' if step is not None else ''}: "
-              f"{in_size[0]}x{in_size[1]} -> {size[0]}x{size[1]} in {seconds:.2f} s on {device}; "
-              f"wrote {output}" + (f" and {args.bicubic} (bicubic)" if args.bicubic else ""))
+              f"{in_size[0]}x{in_size[1]} -> {size[0]}x{size[1]} ({kind}) in {seconds:.2f} s "
+              f"on {device}; wrote {output}"
+              + (f" and {args.bicubic} (bicubic)" if args.bicubic else ""))
     return 0
 
 

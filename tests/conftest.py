@@ -166,3 +166,29 @@ def exact_fp32_matmul():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+class _CreatesFile:
+    """Unpickling this calls ``open(path, "w")``: a harmless stand-in for a payload."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.fixture
+def evil_pickle(tmp_path):
+    """``make(path) -> marker``: write a torch file at ``path`` whose unpickling creates
+    ``marker`` (checked to work: ``weights_only=False`` does create it)."""
+
+    def make(path, marker=None):
+        marker = tmp_path / f"pwned-{os.path.basename(str(path))}" if marker is None else marker
+        torch.save({"format": "implicit-kernels-weights/1", "payload": _CreatesFile(marker)}, path)
+        torch.load(path, weights_only=False)  # the payload works ...
+        assert os.path.exists(marker)
+        os.remove(marker)                     # ... and the test starts without its file
+        return marker
+
+    return make

@@ -127,3 +127,43 @@ def test_generator_state_replays_batches(tmp_path):
     sampler.generator.set_state(state)
     b = sampler.next()
     assert a.scale == b.scale and torch.equal(a.lr, b.lr) and torch.equal(a.pixels, b.pixels)
+
+
+@pytest.mark.parametrize("make, grey, bits, alpha, mode", [
+    (lambda: Image.new("1", (5, 4), 1), True, 8, False, "L"),
+    (lambda: Image.new("L", (5, 4), 7), True, 8, False, "L"),
+    (lambda: Image.new("LA", (5, 4), (7, 9)), True, 8, True, "LA"),
+    (lambda: Image.new("I;16", (5, 4), 40000), True, 16, False, "I;16"),
+    (lambda: Image.new("RGBA", (5, 4), (1, 2, 3, 4)), False, 8, True, "RGBA"),
+    (lambda: Image.new("RGB", (5, 4), (1, 2, 3)).convert("P"), False, 8, False, "RGB"),
+])
+def test_read_photo_modes(tmp_path, make, grey, bits, alpha, mode):
+    path = tmp_path / "x.png"
+    make().save(path)
+    photo = D.read_photo(path)
+    assert (photo.grey, photo.bits, photo.alpha is not None, photo.image.mode) == (
+        grey, bits, alpha, mode)
+    assert photo.rgb.shape == (3, 4, 5) and photo.rgb.dtype == torch.float32
+    assert 0 <= photo.rgb.min() and photo.rgb.max() <= 1
+    if bits == 16:
+        assert photo.rgb[0, 0, 0] == pytest.approx(40000 / 65535)
+
+
+def test_read_photo_palette_transparency_and_cmyk(tmp_path):
+    p = Image.new("P", (5, 4), 3)
+    p.putpalette([0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 30])
+    p.save(tmp_path / "p.png", transparency=3)     # index 3 is transparent
+    photo = D.read_photo(tmp_path / "p.png")
+    assert photo.alpha is not None and float(photo.alpha.max()) == 0
+    # A CMYK file's ICC profile describes CMYK: not written with the RGB result.
+    Image.new("CMYK", (5, 4)).save(tmp_path / "c.jpg", icc_profile=b"fake cmyk profile")
+    photo = D.read_photo(tmp_path / "c.jpg")
+    assert photo.image.mode == "RGB" and photo.icc is None
+
+
+def test_save_image_is_atomic(tmp_path):
+    D.save_image(Image.new("RGB", (3, 2)), tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").size == (3, 2) and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(OSError):
+        D.save_image(Image.new("I;16", (3, 2)), tmp_path / "a.jpg")   # JPEG has no 16 bits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -91,3 +91,12 @@ def test_dispatcher(capsys):
     assert cli.main([]) == 2
     assert cli.main(["cost", "edsr-baseline-diif", "90x160", "16"]) == 0
     assert "0.790T" in capsys.readouterr().out
+
+
+def test_dispatcher_ctrl_c(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "main", interrupted)
+    assert cli.main(["demo"]) == 130
+    assert capsys.readouterr().err == "demo: interrupted\n"

@@ -100,3 +100,11 @@ def test_command_line_on_a_folder(tmp_path, capsys):
     assert md.read_text().count("\n") == 4
     assert E.main(["--data", str(folder), "--scales", "0.5", "--model", str(weights)]) == 2
     assert "every scale must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, name", [("--model", "evil.pt"), ("--weights", "evil")])
+def test_command_line_refuses_pickled_weights(tmp_path, capsys, evil_pickle, option, name):
+    marker = evil_pickle(tmp_path / name)
+    assert E.main([option, str(tmp_path / name), "--data", str(tmp_path), "--no-progress"]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()

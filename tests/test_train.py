@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from implicit_kernels import data as D
 from implicit_kernels import train as T
@@ -105,13 +106,36 @@ def test_command_line_trains_resumes_and_exports(tmp_path, capsys):
     assert T.main([str(path), "--out", out, "--steps", "2", "--no-progress",
                    "--backend", "reference"]) == 0
     assert "resumed" in capsys.readouterr().out
-    weights = str(tmp_path / "w.pt")
+    weights = str(tmp_path / "w.safetensors")
     assert T.main([str(path), "--out", out, "--export", weights]) == 0
     model, info = load_model(weights)
     assert info["step"] == 2 and info["model"] == "edsr-baseline-diif"
-    saved = torch.load(weights, weights_only=False)["state_dict"]
-    assert all(v.dtype == torch.float16 for v in saved.values() if v.is_floating_point())
+    assert info["config"]["data"]["hr_patch"] == 32
+    saved = load_file(weights)
+    assert saved and all(v.dtype == torch.float16 for v in saved.values() if v.is_floating_point())
     assert T.main([str(path), "--out", str(tmp_path / "none"), "--export", weights]) == 1
+    # Exports are safetensors only: a .pt name is refused, nothing is written.
+    assert T.main([str(path), "--out", out, "--export", str(tmp_path / "w.pt")]) == 2
+    assert "safetensors" in capsys.readouterr().err and not (tmp_path / "w.pt").exists()
+
+
+def test_resume_refuses_a_pickle_that_runs_code(tmp_path, capsys, evil_pickle):
+    """``last.pt`` is read with weights_only=True: a payload is refused, never run."""
+    root = _images(tmp_path / "img")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(_config(root)))
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = evil_pickle(run / T.CHECKPOINT)
+    assert T.main([str(path), "--out", str(run), "--steps", "1", "--no-progress"]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+    trainer = T.Trainer(_config(root), out=None)
+    with pytest.raises(ValueError, match="refused"):
+        trainer.load(str(run / T.CHECKPOINT))
+    with pytest.raises(ValueError, match="refused"):
+        T.export(str(run / T.CHECKPOINT), str(tmp_path / "w.safetensors"))
+    assert not marker.exists() and not (tmp_path / "w.safetensors").exists()
 
 
 def _ddp_worker(rank, world, port, cfg, out, results):
@@ -147,6 +171,6 @@ def test_ddp_gloo_two_processes_stay_in_sync(tmp_path):
         mp.spawn(_ddp_worker, args=(2, port, cfg, out, results), nprocs=2, join=True)
         a, b = results[0], results[1]
     assert torch.equal(a, b)
-    ck = torch.load(os.path.join(out, T.CHECKPOINT), weights_only=False)
+    ck = torch.load(os.path.join(out, T.CHECKPOINT), weights_only=True)
     assert ck["step"] == 2 and len(ck["rng"]["data"]) == 2
     assert not torch.equal(ck["rng"]["data"][0], ck["rng"]["data"][1])
