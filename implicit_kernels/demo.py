@@ -185,7 +185,8 @@ def run(model, model_name: str, img: torch.Tensor, scales, names=None, repeat: i
 
     Returns:
         ``(rows, skipped, auto)``: :class:`Row` s in backend-major order, ``{name: reasons}``
-        of registered backends that cannot run here, and the backend ``"auto"`` picks.
+        of registered backends that cannot run here, and ``{scale: backend}``, the backend
+        ``"auto"`` picks for each scale's decode.
 
     Raises:
         RuntimeError: a requested backend cannot run, or a result differs from the
@@ -208,7 +209,8 @@ def run(model, model_name: str, img: torch.Tensor, scales, names=None, repeat: i
                 raise RuntimeError(f"backend {name!r} cannot run {decoder} here: "
                                    + "; ".join(skipped[name]))
         names = ["reference"] + [n for n in names if n != "reference"]
-        auto = backends.auto_choice(decoder, feat)
+        auto = {s: backends.auto_choice(decoder, feat, _out_size(img.shape[-2:], s)[0]
+                                        * _out_size(img.shape[-2:], s)[1]) for s in scales}
         references = {}
         for name in names:
             for scale in scales:
@@ -225,6 +227,24 @@ def run(model, model_name: str, img: torch.Tensor, scales, names=None, repeat: i
                 macs = cost.count(model_name, img.shape[-2:], out_size=size).decoder_macs
                 rows.append(Row(name, scale, size, macs / 1e9, seconds, peak, diff))
     return rows, skipped, auto
+
+
+def slow_auto(rows, auto, margin: float = 0.10) -> list[str]:
+    """One line per scale where ``auto``'s backend took more than ``margin`` longer than
+    the fastest backend timed (``"reference"`` aside): "auto" should never pick a slower
+    backend, so such a line is worth a look (or a rerun with ``--repeat``: a single run
+    on a busy machine is noisy)."""
+    lines = []
+    for scale, chosen in auto.items():
+        timed = {r.backend: r.seconds for r in rows if r.scale == scale and r.backend != "reference"}
+        if chosen not in timed or len(timed) < 2:
+            continue
+        best = min(timed, key=timed.get)
+        if timed[chosen] > (1 + margin) * timed[best]:
+            lines.append(f'"auto" is slower than {best} at {_scale_text(scale)}: {chosen} took '
+                         f"{timed[chosen]:.3f} s, {best} {timed[best]:.3f} s "
+                         f"(+{timed[chosen] / timed[best] - 1:.0%})")
+    return lines
 
 
 def _scale_text(scale) -> str:
@@ -315,7 +335,11 @@ def _main(args) -> int:
     print(format_table(rows))
     for name, reasons in skipped.items():
         print(f"not available: {name}: {'; '.join(reasons)}")
-    print(f'"auto" picks: {auto}')
+    picks = sorted(set(auto.values()))
+    print('"auto" picks: ' + (picks[0] if len(picks) == 1 else ", ".join(
+        f"{name} at {_scale_text(s)}" for s, name in auto.items())))
+    for line in slow_auto(rows, auto):
+        print(f"warning: {line}")
     if device.type == "cpu":
         print("peak MiB on CPU: growth of the resident set size, sampled every ~1 ms")
     return 0

@@ -5,7 +5,9 @@ Every op decodes either a whole output grid (``size=(H_out, W_out)``, returning
 ``B×3×H_out×W_out``) or a list of queries (returning ``B×Q×3``), in the normalised
 colour space of SPEC.md §1 (map back with ``*0.5 + 0.5`` and clamp).  Decoding runs in
 chunks of at most ``chunk_size`` queries (over the whole batch) per backend call, so
-memory stays bounded at any output size; chunked and unchunked results are identical.
+memory stays bounded at any output size; chunked and unchunked results agree to rounding
+(per-query decoders differ only in how matrix multiplies are blocked; HIIF adds its
+attention's per-chunk sums in another order: float32 within 1e-5 relative).
 
 ``params`` maps the decoder module's state-dict names (without ``encoder.``) to tensors;
 ``model.decoder_params()`` returns it (key tables in ARCHITECTURE.md).

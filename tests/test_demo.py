@@ -33,7 +33,20 @@ def test_run_one_row_per_backend_and_scale():
     assert rows[0].backend == "reference"
     assert {r.out_size for r in rows} == {(12, 14), (15, 18), (12, 21)}
     assert all(r.max_diff < 1e-4 for r in rows)
-    assert auto == backends.auto_choice("diif", feat) and auto not in skipped
+    assert auto == {s: backends.auto_choice("diif", feat, h * w)
+                    for s, (h, w) in zip(scales, [(12, 14), (15, 18), (12, 21)])}
+    assert not set(auto.values()) & set(skipped)
+
+
+def test_slow_auto_flags_a_slower_choice():
+    def row(backend, scale, seconds):
+        return demo.Row(backend, scale, (8, 8), 0.1, seconds, None, 0.0)
+    rows = [row("reference", (2, 2), 9.0), row("torch", (2, 2), 1.0), row("cpu", (2, 2), 1.05),
+            row("reference", (3, 3), 9.0), row("torch", (3, 3), 1.0), row("cpu", (3, 3), 1.2)]
+    assert demo.slow_auto(rows, {(2, 2): "cpu"}) == []  # within 10 %
+    assert demo.slow_auto(rows, {(2, 2): "torch", (3, 3): "torch"}) == []
+    lines = demo.slow_auto(rows, {(2, 2): "cpu", (3, 3): "cpu"})
+    assert len(lines) == 1 and "slower than torch at ×3: cpu took 1.200 s" in lines[0]
 
 
 def test_cli_random_weights(tiny_png, capsys):
