@@ -262,7 +262,8 @@ setup(
     entry_points={"console_scripts": ["implicit-sr = implicit_kernels.__main__:main"]},
     # No version pin beyond the API floor: the GPU machine has 2.11, CPU machines 2.13,
     # and pip must never replace the torch the extension is built against.
-    install_requires=["torch>=2.6", "pillow", "safetensors"],
+    # pypng and tifffile: 16-bit colour PNG and TIFF, which Pillow reads at 8 bits.
+    install_requires=["torch>=2.6", "pillow", "safetensors", "numpy", "pypng", "tifffile"],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "numpy", "pillow", "pyyaml", "tqdm"],
         "train": ["pyyaml", "tqdm"],
