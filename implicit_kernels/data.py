@@ -11,9 +11,10 @@ LR/HR batches made the LIIF way (ALGORITHMS.md §1.10, §3.6; SPEC.md §6).
   bicubic resize (SPEC.md §6), random flips and transposition, and a random sample of HR
   pixels (or all of them) as the training targets.
 
-For ``upscale``, :func:`read_photo` reads an image at its full depth (16-bit grey
-PNG/TIFF as 16 bits, not clipped), with its alpha channel, ICC profile and EXIF
-orientation applied, and :func:`save_image` writes a result atomically.
+For ``upscale``, :func:`read_photo` reads an image at its full depth (16-bit PNG/TIFF,
+grey or colour, as 16 bits, not clipped; 16-bit colour through :mod:`.image16`), with
+its alpha channel, ICC profile and EXIF orientation applied, and :func:`save_image`
+writes a result atomically.
 
 Every random choice comes from one ``torch.Generator`` (``PairSampler.generator``), so a
 checkpoint of its state resumes the exact batch sequence.
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import geometry
+from . import geometry, image16
 
 #: File name endings the folder reads (case-insensitive).
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -80,9 +81,10 @@ class Photo:
     ``alpha``: ``1×h×w`` float32 in [0, 1], or ``None``.  ``bits``: 8 or 16 per channel.
     ``grey``: the file had one colour channel (results are written grey).  ``icc``: the
     ICC profile to write with results (``None``: none, or the colour space changed on
-    reading, e.g. CMYK).  ``image``: the ``PIL.Image`` upright, in the mode results are
-    written in (``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``).  ``note``: a remark about the
-    reading for the user, or ``None``.
+    reading, e.g. CMYK).  ``image``: the image upright, in the mode results are written
+    in: a ``PIL.Image`` (``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``) or, for 16-bit colour
+    or grey with alpha, an :class:`~implicit_kernels.image16.Image16`.  ``note``: a
+    remark about the reading for the user, or ``None``.
     """
     rgb: torch.Tensor
     alpha: torch.Tensor | None
@@ -95,9 +97,18 @@ class Photo:
 
 def _decoded_16_bit_colour(im) -> bool:
     """Whether Pillow reads this file's 16-bit colour at 8 bits (it has no 16-bit colour
-    mode): its raw mode says 16 bits but its mode is an 8-bit one."""
+    mode): its raw mode says 16 bits but its mode is an 8-bit one.  Only layouts that
+    :mod:`.image16` leaves to Pillow get here (CMYK, YCbCr, signed samples...)."""
     return im.mode not in INT_GREY_MODES and any(
         ";16" in str(getattr(t, "args", "")) for t in (im.tile or []))
+
+
+def _eight_bit_note(im) -> str | None:
+    """The note for a 16-bit file Pillow reads at 8 bits, or ``None``."""
+    if not _decoded_16_bit_colour(im):
+        return None
+    return (f"this 16-bit {im.mode} file is read at 8 bits per channel (16 bits are kept "
+            "for grey, grey with alpha, RGB and RGBA PNG and TIFF)")
 
 
 def _has_alpha(im) -> bool:
@@ -120,28 +131,51 @@ def _normalised_mode(im):
 
 def read_photo(path) -> Photo:
     """Read an image for super-resolution: upright (EXIF orientation applied), at its
-    full depth (16-bit grey PNG/TIFF as 16 bits), with its alpha channel and ICC profile.
+    full depth (16-bit PNG/TIFF as 16 bits, grey or colour), with its alpha channel and
+    ICC profile.
 
-    Raises ``OSError`` (or another Pillow error) when the file is not a readable image.
+    Raises ``OSError`` (or another Pillow, pypng or tifffile error) when the file is not
+    a readable image.
     """
+    if image16.is_16_bit_colour(path):
+        return _read_16_bit_colour(path)
+    return _read_with_pillow(path)
+
+
+def _read_with_pillow(path) -> Photo:
+    """:func:`read_photo` of a file Pillow reads at its full depth (8 bits, 16-bit grey)."""
     import numpy as np
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        note = ("16-bit colour is read at 8 bits per channel (Pillow has no 16-bit colour "
-                "mode)") if _decoded_16_bit_colour(im) else None
+        note = _eight_bit_note(im)
         original = im.mode
         # exif_transpose decodes the image and drops the orientation tag it applied.
         upright = ImageOps.exif_transpose(im)
     # An ICC profile describes the file's colour space: kept unless reading converted it.
     icc = upright.info.get("icc_profile") if original not in ("CMYK", "LAB") else None
     image, grey, bits = _normalised_mode(upright)
-    arr = torch.from_numpy(np.array(image).astype(np.float32)) / ((1 << bits) - 1)
-    arr = arr.unsqueeze(-1) if arr.dim() == 2 else arr
-    hwc = arr.permute(2, 0, 1)
-    colour = hwc[:1].expand(3, -1, -1) if grey else hwc[:3]
-    alpha = hwc[-1:].contiguous() if image.mode in ("LA", "RGBA") else None
-    return Photo(colour.contiguous(), alpha, bits, grey, icc or None, image, note)
+    values = np.array(image)
+    alpha = image.mode in ("LA", "RGBA")
+    return _photo(values.reshape(values.shape[:2] + (-1,)), bits, grey, alpha, icc, image, note)
+
+
+def _read_16_bit_colour(path) -> Photo:
+    """:func:`read_photo` of a 16-bit colour (or grey with alpha) PNG or TIFF."""
+    pixels, icc = image16.read(path)
+    channels = pixels.shape[-1]
+    return _photo(pixels, 16, channels < 3, channels in (2, 4), icc, image16.Image16(pixels))
+
+
+def _photo(values, bits: int, grey: bool, alpha: bool, icc, image, note=None) -> Photo:
+    """A :class:`Photo` of ``H×W×C`` integer ``values`` of ``bits`` bits (grey or RGB,
+    then alpha when ``alpha``)."""
+    import numpy as np
+
+    chw = torch.from_numpy(values.astype(np.float32)).permute(2, 0, 1) / ((1 << bits) - 1)
+    colour = chw[:1].expand(3, -1, -1) if grey else chw[:3]
+    return Photo(colour.contiguous(), chw[-1:].contiguous() if alpha else None, bits, grey,
+                 icc or None, image, note)
 
 
 def image_format(path) -> str | None:
@@ -152,15 +186,21 @@ def image_format(path) -> str | None:
 
 
 def photo_image(colour: torch.Tensor, alpha: torch.Tensor | None = None):
-    """``PIL.Image`` of quantised channels: ``colour`` ``1×H×W`` (grey) or ``3×H×W``,
-    ``uint8`` or ``uint16`` (16-bit grey only: Pillow has no 16-bit colour or alpha
-    modes), and an optional ``1×H×W`` ``uint8`` ``alpha``."""
+    """The image of quantised channels: ``colour`` ``1×H×W`` (grey) or ``3×H×W``, ``uint8``
+    or ``uint16``, and an optional ``1×H×W`` ``alpha`` of the same dtype.
+
+    A ``PIL.Image``, except for 16-bit colour or 16-bit grey with alpha, which Pillow
+    cannot hold: an :class:`~implicit_kernels.image16.Image16` then (PNG or TIFF only).
+    """
     from PIL import Image
 
-    if colour.dtype == torch.uint16 and (colour.shape[0] != 1 or alpha is not None):
-        raise ValueError("16-bit images can only be grey without alpha (Pillow's I;16)")
-    chw = colour if alpha is None else torch.cat([colour, alpha.to(colour.dtype)])
+    if alpha is not None and alpha.dtype != colour.dtype:
+        raise ValueError(f"alpha ({alpha.dtype}) and colour ({colour.dtype}) must have the "
+                         "same dtype")
+    chw = colour if alpha is None else torch.cat([colour, alpha])
     hwc = chw.permute(1, 2, 0).contiguous().cpu().numpy()
+    if colour.dtype == torch.uint16 and hwc.shape[-1] > 1:
+        return image16.Image16(hwc)
     return Image.fromarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc)
 
 

@@ -16,9 +16,10 @@ upscale ...``): super-resolve a photograph with a trained model.
   ``t`` costs ``((t + 2r) / t)²`` times the untiled work (4× at ``t = 2r``, 4,761× at
   ``t = 1`` for EDSR-baseline's ``r = 34``).  The decoder always works in bands of output
   rows (memory bounded at any output size), with a progress bar on large outputs.
-* The image is read upright (EXIF orientation applied), at its full depth: 16-bit grey
-  PNG/TIFF gives a 16-bit result, grey gives grey; an alpha channel is up-sampled with
-  bicubic interpolation and kept; the ICC profile is written with the result.
+* The image is read upright (EXIF orientation applied), at its full depth: a 16-bit
+  PNG/TIFF (grey, RGB or RGBA; colour through :mod:`.image16`) gives a 16-bit result,
+  grey gives grey; an alpha channel is up-sampled with bicubic interpolation and kept at
+  the input's depth; the ICC profile is written with the result.
 * ``--bicubic PATH`` also writes Pillow's bicubic up-sampling to the same size, for
   comparison.
 * Outputs are checked before anything is decoded (known extension, folder exists and is
@@ -366,12 +367,13 @@ def _check_format(photo, targets) -> None:
     """Refuse formats that would silently lose the alpha channel or 16-bit depth."""
     for option, path in targets:
         fmt, ext = D.image_format(path), os.path.splitext(path)[1]
-        if photo.alpha is not None and fmt not in D.FORMATS_ALPHA:
-            raise UsageError(f"{option} {path!r}: {ext} cannot keep the input's alpha "
-                             "channel; write .png, .tif or .webp")
+        # Depth first: the formats that keep 16 bits keep alpha too.
         if photo.bits == 16 and fmt not in D.FORMATS_16_BIT:
             raise UsageError(f"{option} {path!r}: {ext} cannot keep the input's 16 bits; "
                              "write .png or .tif")
+        if photo.alpha is not None and fmt not in D.FORMATS_ALPHA:
+            raise UsageError(f"{option} {path!r}: {ext} cannot keep the input's alpha "
+                             "channel; write .png, .tif or .webp")
 
 
 def _read_input(path: str):
@@ -453,7 +455,7 @@ def _main(args) -> int:
     sr = upscale(model, photo.rgb.unsqueeze(0).to(device), size, backend=args.backend,
                  tile=tile or None, progress=False if args.quiet else None, bits=photo.bits,
                  grey=photo.grey)
-    alpha = None if photo.alpha is None else upsample_alpha(photo.alpha, size)
+    alpha = None if photo.alpha is None else upsample_alpha(photo.alpha, size, photo.bits)
     seconds = time.perf_counter() - start
     D.save_image(D.photo_image(sr, alpha), output, photo.icc)
     if args.bicubic:

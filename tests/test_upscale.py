@@ -1,7 +1,8 @@
-"""implicit_kernels.upscale: writes the requested size at the input's depth, with its
-alpha channel, ICC profile and orientation; refuses every request the README lists with
-one line and exit status 2, before decoding anything; never unpickles weights; Ctrl-C
-leaves no partial file; its tiled encoder and banded decoder equal the plain ones."""
+"""implicit_kernels.upscale: writes the requested size at the input's depth (8 or 16 bits,
+grey or colour), with its alpha channel, ICC profile and orientation; refuses every
+request the README lists with one line and exit status 2, before decoding anything; never
+unpickles weights; Ctrl-C leaves no partial file; its tiled encoder and banded decoder
+equal the plain ones."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ from PIL import Image, ImageOps
 import models
 from implicit_kernels import data as D
 from implicit_kernels import upscale as U
+from implicit_kernels.image16 import Image16
 from implicit_kernels.weights import WEIGHTS_FORMAT, save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,17 +55,34 @@ def _run(*argv) -> int:
     return U.main([str(a) for a in argv])
 
 
-def _sixteen_bit(grey8: Image.Image) -> Image.Image:
-    """The 16-bit twin of an 8-bit grey image (each value times 257: the same levels)."""
+def _sixteen_bit(img8: Image.Image):
+    """The 16-bit twin of an 8-bit image (each value times 257: the same levels): a
+    Pillow ``I;16`` image when grey, else an :class:`Image16`."""
     import numpy as np
 
-    return Image.fromarray(np.array(grey8).astype(np.uint16) * 257)
+    values = np.array(img8).astype(np.uint16) * 257
+    return Image.fromarray(values) if values.ndim == 2 else Image16(values)
 
 
 def _pixels(path) -> torch.Tensor:
     import numpy as np
 
     return torch.from_numpy(np.array(Image.open(path)).astype(np.int64))
+
+
+def _depth_and_pixels(path) -> tuple:
+    """``(bits per channel, H×W[×C] int64 pixels)`` of a PNG or TIFF file, read with
+    pypng or tifffile (not Pillow, which reads 16-bit colour at 8 bits)."""
+    import numpy as np
+    import png
+    import tifffile
+
+    if str(path).endswith(".tif"):
+        values = tifffile.imread(path)
+        return values.dtype.itemsize * 8, torch.from_numpy(values.astype(np.int64))
+    w, h, rows, info = png.Reader(filename=str(path)).read()
+    values = np.vstack([np.asarray(r) for r in rows]).reshape(h, w, info["planes"])
+    return info["bitdepth"], torch.from_numpy(values.astype(np.int64)).squeeze(-1)
 
 
 def test_writes_the_requested_size(files, capsys):
@@ -116,6 +135,7 @@ def usage_folder(tmp_path, monkeypatch, evil_pickle):
     rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
     rgba.save("rgba.png")
     _sixteen_bit(_photo().convert("L")).save("grey16.png")
+    D.save_image(_sixteen_bit(_photo()), "rgb16.png")
     (tmp_path / "notes.txt").write_text("not an image\n")
     (tmp_path / "results").mkdir()
     torch.save({"format": WEIGHTS_FORMAT}, "empty.pt")
@@ -216,25 +236,53 @@ def test_a_read_only_folder_is_refused(files, capsys):
 # Depth, alpha, ICC profile, orientation
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
 @pytest.mark.parametrize("ext", [".png", ".tif"])
-def test_16_bit_grey_is_read_and_written_at_full_depth(files, ext):
+def test_16_bit_is_read_and_written_at_full_depth(files, ext, mode, capsys):
     tmp, _, weights = files
-    grey8 = _photo().convert("L")
-    grey8.save(tmp / f"g8{ext}")
-    _sixteen_bit(grey8).save(tmp / f"g16{ext}")
-    assert Image.open(tmp / f"g16{ext}").mode == "I;16"
-    for name in ("g8", "g16"):
+    img8 = _photo().convert(mode)
+    img8.save(tmp / f"i8{ext}")
+    D.save_image(_sixteen_bit(img8), tmp / f"i16{ext}")
+    for name in ("i8", "i16"):
         assert _run(tmp / f"{name}{ext}", "--scale", "2", "--weights", weights, "-o",
-                    tmp / f"out_{name}{ext}", "--quiet", "--backend", "torch") == 0
-    out8, out16 = Image.open(tmp / f"out_g8{ext}"), Image.open(tmp / f"out_g16{ext}")
-    assert (out8.mode, out16.mode) == ("L", "I;16") and out16.size == (60, 40)
-    a8, a16 = _pixels(tmp / f"out_g8{ext}"), _pixels(tmp / f"out_g16{ext}")
+                    tmp / f"out_{name}{ext}", "--backend", "torch") == 0
+    kind = "grey" if mode == "L" else "colour"
+    out = capsys.readouterr()
+    assert f"(8-bit {kind})" in out.out and f"(16-bit {kind})" in out.out and out.err == ""
+    (bits8, a8), (bits16, a16) = (_depth_and_pixels(tmp / f"out_{n}{ext}") for n in ("i8", "i16"))
+    assert (bits8, bits16) == (8, 16) and a16.shape == a8.shape == (40, 60) + (
+        () if mode == "L" else (3,))
     # The same image at two depths: the same result, rounded to 8 or to 16 bits, so each
     # pixel (and the mean) differs by at most half an 8-bit step plus half a 16-bit one.
     bound = 0.5 + 0.5 / 257
     assert abs(float(a16.double().mean()) / 257 - float(a8.double().mean())) <= bound
     assert float((a16 / 257 - a8).abs().max()) <= bound
-    assert a16.max() > 255                     # not clipped to 8-bit values
+    assert (a16 % 257 != 0).any()              # finer than 8-bit levels
+
+
+def test_16_bit_colour_keeps_alpha_icc_and_bicubic_depth(files):
+    import numpy as np
+
+    tmp, _, weights = files
+    rgb = np.array(_photo()).astype(np.uint16) * 257
+    alpha = torch.randint(0, 65536, (20, 30), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.int32)
+    rgba = np.concatenate([rgb, alpha.numpy().astype(np.uint16)[..., None]], -1)
+    D.save_image(Image16(rgba), tmp / "a.png", b"a profile")
+    D.save_image(Image16(rgb), tmp / "rgb.png")
+    for name in ("a", "rgb"):
+        assert _run(tmp / f"{name}.png", "--scale", "2.5", "--weights", weights, "-o",
+                    tmp / f"out_{name}.png", "--quiet", "--backend", "torch",
+                    "--bicubic", tmp / f"bic_{name}.tif") == 0
+    (bits, out), (_, plain) = (_depth_and_pixels(tmp / f"out_{n}.png") for n in ("a", "rgb"))
+    assert bits == 16 and out.shape == (50, 75, 4)
+    assert torch.equal(out[..., :3], plain)    # colour as without alpha
+    expect = U.upsample_alpha(alpha[None].float() / 65535, (50, 75), 16)
+    assert torch.equal(out[..., 3], expect[0].long())
+    assert (out[..., 3] % 257 != 0).any()      # alpha at 16 bits too
+    assert Image.open(tmp / "out_a.png").info.get("icc_profile") == b"a profile"
+    bits, bicubic = _depth_and_pixels(tmp / "bic_a.tif")
+    assert bits == 16 and bicubic.shape == (50, 75, 4)
 
 
 def test_alpha_is_kept_and_upsampled_bicubically(files):
