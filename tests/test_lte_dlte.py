@@ -88,13 +88,26 @@ def test_lte_torch_equals_reference_queries():
         feat, inp, params)
 
 
+def test_bilinear_skip_by_hand():
+    """The skip samples the LR image bilinearly, row first: on a 2×2 image pixel centres
+    sit at ±0.5, so (y, x) is at (y + 0.5, x + 0.5) between them."""
+    from implicit_kernels.reference.lte import bilinear_skip
+    inp = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    y, x = 0.1, -0.3
+    uy, ux = y + 0.5, x + 0.5
+    expected = ((1 - uy) * (1 - ux) * inp[0, :, 0, 0] + (1 - uy) * ux * inp[0, :, 0, 1]
+                + uy * (1 - ux) * inp[0, :, 1, 0] + uy * ux * inp[0, :, 1, 1])
+    got = bilinear_skip(inp, torch.tensor([[[y, x]]], dtype=torch.float64))
+    assert_matches(got[0, 0], expected)
+
+
 def test_lte_single_code_by_hand():
     """1×1 feature map: the four ensemble members are the same code (weights 1/4 each),
     so the output is one Fourier-feature MLP plus the bilinear skip, written out here."""
     dtype = torch.float64
     c, n = 3, 4
     feat = torch.randn(1, c, 1, 1, dtype=dtype)
-    inp = torch.randn(1, 3, 2, 2, dtype=dtype)
+    inp = torch.randn(1, 3, 1, 1, dtype=dtype)  # the LR image the 1×1 features came from
     params = lte_params(c, channels=2 * n, hidden=5, dtype=dtype)
     y, x = 0.1, -0.3
     cell_y, cell_x = 0.25, 0.4
@@ -111,10 +124,8 @@ def test_lte_single_code_by_hand():
                        + phase[i, 0] * cell_y + phase[i, 1] * cell_x for i in range(n)])
     feature = coef * torch.cat([torch.cos(math.pi * phi), torch.sin(math.pi * phi)])
     rgb = mlp_by_hand(feature, params, "imnet.layers.", 3, False)
-    # Bilinear skip on a 2×2 image: pixel centres at ±0.5, so (y, x) is at (y + 0.5, x + 0.5).
-    uy, ux = y + 0.5, x + 0.5
-    skip = ((1 - uy) * (1 - ux) * inp[0, :, 0, 0] + (1 - uy) * ux * inp[0, :, 0, 1]
-            + uy * (1 - ux) * inp[0, :, 1, 0] + uy * ux * inp[0, :, 1, 1])
+    # Bilinear skip on a 1×1 image (border-clamped): its one pixel everywhere.
+    skip = inp[0, :, 0, 0]
     assert_matches(got[0, 0], rgb + skip)
     fast = F.lte_decode(feat, inp, None, params, coord=coord, cell=cell, backend="torch")
     assert_matches(fast, got)

@@ -164,7 +164,7 @@ def test_hiif_ops_reject_bad_input():
         (ops.hiif_level0, level0, 2, level0[2].t(), r"w_extra must have shape \[8, 4\]"),
         (ops.hiif_level0, level0, 6, level0[6][:1], r"coord must be \(B, m, 2\) with B = 2"),
         (ops.hiif_level0, level0, 7, level0[7][:, :3], "cell must have coord's shape"),
-        (ops.hiif_level0, level0, 8, 0, "channels must be positive"),
+        (ops.hiif_level0, level0, 8, 0, r"channels must be in \[1, 2\^28\)"),
         (ops.hiif_attention_stats, list(args["hiif_attention_stats"]), 7, 3,
          r"heads \(3\) must divide C = 8"),
         (ops.hiif_attention_stats, list(args["hiif_attention_stats"]), 3, torch.ones(3),
