@@ -269,6 +269,8 @@ setup(
         "train": ["pyyaml", "tqdm"],
         "eval": ["scikit-image", "tqdm"],  # scikit-image: only `eval --data skimage`
         "triton": ["triton"],  # CPU machines: triton==3.7.1, paired with torch 2.13
+        # ONNX export (dynamo exporter: onnxscript) and checking it with onnxruntime.
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
     },
     ext_modules=[extension],
     cmdclass={"build_ext": BuildWithInfo},

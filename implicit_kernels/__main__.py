@@ -7,7 +7,8 @@ Commands (each module is imported only when its command runs):
 - ``cost``: parameters and MACs of a model (:mod:`.cost`);
 - ``upscale``: super-resolve an image with a trained model (:mod:`.upscale`);
 - ``train``: train a model from a YAML config (:mod:`.train`);
-- ``eval``: PSNR of models and bicubic over HR images (:mod:`.evaluate`).
+- ``eval``: PSNR of models and bicubic over HR images (:mod:`.evaluate`);
+- ``export``: encoder + decoder to ONNX (:mod:`.export`).
 
 The console script ``implicit-sr`` is this dispatcher (``implicit-sr upscale ...``).
 """
@@ -24,6 +25,7 @@ COMMANDS = {
     "upscale": ("implicit_kernels.upscale", "super-resolve an image with a trained model"),
     "train": ("implicit_kernels.train", "train a model from a YAML config"),
     "eval": ("implicit_kernels.evaluate", "PSNR of models and bicubic over HR images"),
+    "export": ("implicit_kernels.export", "encoder + decoder to ONNX (torch backend)"),
 }
 
 

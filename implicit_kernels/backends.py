@@ -23,8 +23,9 @@ import torch
 
 DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
 #: Variants of a decoder implemented by functions of the same module (variant -> decoder):
-#: DIIF without slice ensemble (the paper's "w/o se" ablation).
-VARIANTS = {"diif_without_ensemble": "diif"}
+#: DIIF without slice ensemble (the paper's "w/o se" ablation); HIIF with the public
+#: code's level codes (``F.hiif_decode(level_codes="public")``).
+VARIANTS = {"diif_without_ensemble": "diif", "hiif_public_codes": "hiif"}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ HIDDEN = 256
 #: HIIF's attention heads and number of levels (SPEC.md §5).
 HIIF_HEADS, HIIF_LEVELS = 16, 6
 
-ENCODERS = ("edsr-baseline", "rdn")
+ENCODERS = ("edsr-baseline", "rdn", "swinir")
 DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
 
 __all__ = ["Cost", "count", "diif_slice_count", "paper_tera", "paper_kilo",
@@ -94,7 +94,36 @@ def _rdn():
                   + [_conv(d * g0, g0, 1), _conv(g0, g0, 3)])
 
 
-_ENCODER_COST = {"edsr-baseline": _edsr_baseline, "rdn": _rdn}
+#: SwinIR classical-SR configuration (LTE's SwinIR-LIIF/LTE encoder): width, stages,
+#: layers per stage, window, MLP ratio, output channels.
+SWINIR_DIM, SWINIR_STAGES, SWINIR_DEPTH, SWINIR_WINDOW, SWINIR_MLP = 180, 6, 6, 8, 2
+SWINIR_HEADS = 6
+
+
+def _swinir():
+    """SwinIR without up-sampler: Conv3×3(3→180); 6 stages × 6 Swin layers (LayerNorms,
+    qkv Linear 180→540, relative-position bias table, proj 180→180, MLP 180→360→180) each
+    closed by a Conv3×3(180→180); patch and final LayerNorms; Conv3×3(180→180) and
+    Conv3×3(180→64).  MACs per (padded) pixel add the window products ``QKᵀ`` and ``AV``
+    (``2·window²·180``), which thop would not see."""
+    dim, window = SWINIR_DIM, SWINIR_WINDOW
+    table = (2 * window - 1) ** 2 * SWINIR_HEADS, 0
+    layer = _total([_layer_norm(dim), _linear(dim, 3 * dim), table, _linear(dim, dim),
+                    _layer_norm(dim), _linear(dim, SWINIR_MLP * dim),
+                    _linear(SWINIR_MLP * dim, dim), (0, 2 * window * window * dim)])
+    stage = _total([layer] * SWINIR_DEPTH + [_conv(dim, dim, 3)])
+    return _total([_conv(3, dim, 3), _layer_norm(dim)] + [stage] * SWINIR_STAGES
+                  + [_layer_norm(dim), _conv(dim, dim, 3), _conv(dim, FEAT_CHANNELS, 3)])
+
+
+def _swinir_pixels(in_size) -> int:
+    """SwinIR runs on the input padded to window multiples."""
+    return _pixels(tuple(-(-n // SWINIR_WINDOW) * SWINIR_WINDOW for n in in_size))
+
+
+_ENCODER_COST = {"edsr-baseline": _edsr_baseline, "rdn": _rdn, "swinir": _swinir}
+#: Pixels an encoder runs on for an input size (default: the input's).
+_ENCODER_PIXELS = {"swinir": _swinir_pixels}
 
 
 # ----------------------------------------------------------------------------------------
@@ -322,7 +351,7 @@ def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "lin
 
     Args:
         model: ``"<encoder>-<decoder>"`` (e.g. ``"edsr-baseline-diif"``, ``"rdn-lte"``), an
-            encoder alone (``"edsr-baseline"``, ``"rdn"``) or a decoder alone (on 64-channel
+            encoder alone (``"edsr-baseline"``, ``"rdn"``, ``"swinir"``) or a decoder alone (on 64-channel
             features, encoder counted as zero).
         in_size: ``(H, W)`` of the LR input (row first: a 160×90 image is ``(90, 160)``).
         scale: a number or ``(s_y, s_x)``; the output side is ``round(side · s)``.
@@ -350,8 +379,9 @@ def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "lin
     decoder_cost = _DECODER_COST.get(decoder) if slice_ensemble else _diif_without_ensemble
     dec_params, dec_macs, note = (decoder_cost(FEAT_CHANNELS, in_size, size, slicing)
                                   if decoder else (0, 0, ""))
+    enc_pixels = _ENCODER_PIXELS.get(encoder, _pixels)(in_size)
     return Cost(model, in_size, size, slicing, enc_params, dec_params,
-                enc_per_pixel * _pixels(in_size), dec_macs, note)
+                enc_per_pixel * enc_pixels, dec_macs, note)
 
 
 def main(argv=None) -> int:
@@ -361,7 +391,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m implicit_kernels cost",
                                 description="Parameters and MACs of a model (plain counts and "
                                             "the DIIF paper's printing convention).")
-    p.add_argument("model", help="e.g. edsr-baseline-diif, rdn-lte, edsr-baseline")
+    p.add_argument("model", help="e.g. edsr-baseline-diif, rdn-lte, swinir-lte, edsr-baseline")
     p.add_argument("size", help="LR input size HxW, e.g. 90x160 for a 160x90 image")
     p.add_argument("scale", nargs="?", default=None,
                    help="scale S or AxB (rows x A, columns x B); default 1")

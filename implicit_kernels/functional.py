@@ -87,7 +87,7 @@ def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto"
 
 
 def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n",
-                attention="global", strip_rows=None, backend="auto",
+                attention="global", strip_rows=None, level_codes="project", backend="auto",
                 chunk_size=DEFAULT_CHUNK_SIZE):
     """HIIF decoder (SPEC.md §5): hierarchical position codes, level MLPs and multi-head
     linear attention over all queries of an image, plus the bilinear skip.
@@ -102,6 +102,12 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
         attention: ``"global"`` (every query of an image attends together: exact under
             chunking, by a pass per attention block) or ``"strip"`` (queries attend within
             strips of ``strip_rows`` output rows, as the public code evaluates; grid mode).
+        level_codes: ``"project"`` (default: pixel centres ``-1 + (2k+1)/n``, the rule of
+            every backend) or ``"public"``: LR centres, and grid-mode query positions, as
+            the public HIIF code rounds them (LIIF's ``make_coord``), so its level codes,
+            which break exact ties (integer scales) by that rounding, are reproduced bit
+            for bit (docs/hiif.md).  ``reference`` and ``torch`` only; ``auto`` picks
+            ``torch``, and the fused backends refuse it.
         chunk_size: queries per backend pass; the attention sums still cover the image.
 
     Returns:
@@ -112,8 +118,10 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
     p = _hiif_params(params, feat)
     check.choice(normalizer, "normalizer", ("n", "sqrt_n"))
     check.choice(attention, "attention", ("global", "strip"))
+    check.choice(level_codes, "level_codes", geometry.CENTRES)
     check.positive_int(chunk_size, "chunk_size")
-    prepare, fn, positions = backends.resolve_queries(backend, "hiif", feat,
+    decoder = "hiif" if level_codes == "project" else "hiif_public_codes"
+    prepare, fn, positions = backends.resolve_queries(backend, decoder, feat,
                                                       *_work(feat, size, coord, params, inp))
     p = prepare(feat, p)
 
@@ -127,16 +135,17 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
         size = check.output_size(size, feat)
         # One strip of whole output rows per call, so attention sums stay within it.
         return _decode_coords(run, feat, size, None, None, strip_rows * size[1] * feat.shape[0],
-                              positions)
+                              positions, level_codes)
     if strip_rows is not None:
         raise ValueError("strip_rows is only used with attention='strip'")
-    return _decode_coords(run, feat, size, coord, cell, None, positions)
+    return _decode_coords(run, feat, size, coord, cell, None, positions, level_codes)
 
 
-def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions):
+def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="project"):
     """Run ``fn(coord, cell) -> B×Q×3`` over a grid or a query list, in chunks of
     ``chunk_size`` queries over the batch (``None``: one call), with positions in dtype
-    ``positions`` (``backends.resolve_queries``)."""
+    ``positions`` (``backends.resolve_queries``), grid positions rounded as ``centres``
+    (``geometry.CENTRES``)."""
     b = feat.shape[0]
     if size is not None:
         if coord is not None or cell is not None:
@@ -146,7 +155,7 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions):
 
         def chunk(start, stop):
             pix = _grid_chunk(size, start, stop, b, feat.device)
-            c = geometry.pixel_coord(pix, size, positions)
+            c = geometry.pixel_coord(pix, size, positions, centres)
             return fn(c, cell_value.expand_as(c))
 
         return _grid(chunk, size, b, chunk_size, feat)

@@ -17,21 +17,46 @@ ENSEMBLE_EPS = 1e-6
 ENSEMBLE_SHIFTS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
-def make_coord(shape, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Pixel-centre coordinates of a ``(H, W)`` grid, as an ``(H, W, 2)`` tensor, row first."""
-    axes = [axis_centres(n, device=device, dtype=dtype) for n in shape]
+#: How pixel centres are rounded: ``"project"`` computes ``-1 + (2k + 1) / n`` (one
+#: rounding of the exact value, the same in every backend); ``"public"`` computes LIIF's
+#: ``make_coord`` formula ``(-1 + r) + 2r·k`` with ``r = 1/n`` (float32 in the public code),
+#: which HIIF's public code uses and which differs from it in the last bit for most ``n``.
+CENTRES = ("project", "public")
+
+
+def make_coord(shape, device=None, dtype=torch.float32, centres: str = "project") -> torch.Tensor:
+    """Pixel-centre coordinates of a ``(H, W)`` grid, as an ``(H, W, 2)`` tensor, row first
+    (rounded as ``centres``, see :data:`CENTRES`)."""
+    axes = [axis_centres(n, device=device, dtype=dtype, centres=centres) for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
-def axis_centres(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Centres ``-1 + (2k + 1) / n`` of the ``n`` pixels of one axis."""
-    return -1 + (2 * torch.arange(n, device=device, dtype=dtype) + 1) / n
+def axis_centres(n: int, device=None, dtype=torch.float32, centres: str = "project") -> torch.Tensor:
+    """Centres of the ``n`` pixels of one axis: ``-1 + (2k + 1) / n`` (``centres="project"``)
+    or LIIF's ``(-1 + r) + 2r·k`` (``"public"``)."""
+    return _centres_of(torch.arange(n, device=device, dtype=dtype), n, centres)
 
 
-def pixel_coord(pixels: torch.Tensor, size, dtype=torch.float32) -> torch.Tensor:
-    """Centres of integer pixel indices ``(..., 2)`` (row, col) of a ``size = (H, W)`` grid."""
+def _centres_of(k: torch.Tensor, n, centres: str) -> torch.Tensor:
+    """Centres of float indices ``k`` on axes of ``n`` pixels (``"public"``: ``n`` a
+    number; ``"project"``: a number or a tensor broadcasting against ``k``)."""
+    if centres == "project":
+        return -1 + (2 * k + 1) / n
+    if centres == "public":
+        r = 2 / (2 * n)
+        return (-1 + r) + (2 * r) * k
+    raise ValueError(f"centres must be one of {CENTRES}, got {centres!r}")
+
+
+def pixel_coord(pixels: torch.Tensor, size, dtype=torch.float32,
+                centres: str = "project") -> torch.Tensor:
+    """Centres of integer pixel indices ``(..., 2)`` (row, col) of a ``size = (H, W)`` grid
+    (rounded as ``centres``)."""
+    if centres == "public":
+        axes = [_centres_of(pixels[..., i].to(dtype), n, centres) for i, n in enumerate(size)]
+        return torch.stack(axes, dim=-1)
     n = torch.tensor(size, device=pixels.device, dtype=dtype)
-    return -1 + (2 * pixels.to(dtype) + 1) / n
+    return _centres_of(pixels.to(dtype), n, centres)
 
 
 def grid_pixels(size, batch: int, device=None) -> torch.Tensor:
@@ -52,12 +77,13 @@ def nearest_index(q: torch.Tensor, n: int) -> torch.Tensor:
     return torch.round(((q + 1) * n - 1) / 2).clamp_(0, n - 1).long()
 
 
-def ensemble_neighbours(coord: torch.Tensor, size):
+def ensemble_neighbours(coord: torch.Tensor, size, centres: str = "project"):
     """The four local-ensemble codes of each query (SPEC.md §1, LIIF's procedure).
 
     Args:
         coord: ``(..., 2)`` query coordinates, row first.
         size: ``(H, W)`` of the feature map.
+        centres: how the LR pixel centres are rounded (:data:`CENTRES`).
 
     Returns:
         A list of four ``(index, rel)`` pairs in LIIF's shift order, where ``index`` is the
@@ -65,8 +91,8 @@ def ensemble_neighbours(coord: torch.Tensor, size):
         offset ``(q - v) * (H, W)`` of the *unshifted* query from that pixel's centre.
     """
     h, w = size
-    centres_y = axis_centres(h, coord.device, coord.dtype)
-    centres_x = axis_centres(w, coord.device, coord.dtype)
+    centres_y = axis_centres(h, coord.device, coord.dtype, centres)
+    centres_x = axis_centres(w, coord.device, coord.dtype, centres)
     out = []
     for vy, vx in ENSEMBLE_SHIFTS:
         # One scalar added once, as LIIF does, so exact ties round the same way.

@@ -62,7 +62,7 @@ LUMA = (0.299, 0.587, 0.114)
 INTERRUPTED = 130
 
 __all__ = ["parse_size", "parse_scale", "parse_device", "output_size", "receptive_radius",
-           "min_tile", "encode", "upscale", "upsample_alpha", "check_outputs", "main",
+           "global_receptive_field", "min_tile", "encode", "upscale", "upsample_alpha", "check_outputs", "main",
            "UsageError"]
 
 
@@ -152,6 +152,13 @@ def receptive_radius(encoder: nn.Module) -> int:
     return r
 
 
+def global_receptive_field(encoder: nn.Module) -> bool:
+    """Whether every output feature of ``encoder`` depends on the whole input (its
+    ``global_receptive_field`` attribute, e.g. SwinIR's shifted-window attention and
+    padding): such an encoder is never tiled."""
+    return bool(getattr(encoder, "global_receptive_field", False))
+
+
 def min_tile(encoder: nn.Module) -> int:
     """The smallest ``--tile`` accepted: twice the receptive radius (at most 4× the
     untiled encoder's work; smaller tiles cost quadratically more), and at least
@@ -166,6 +173,9 @@ def encode(encoder: nn.Module, inp: torch.Tensor, tile: int | None = None,
     receptive radius, which makes tiling exact)."""
     if not tile:
         return encoder(inp)
+    if global_receptive_field(encoder):
+        raise ValueError(f"{type(encoder).__name__} cannot be encoded in tiles: every output "
+                         "feature depends on the whole input")
     margin = receptive_radius(encoder) if margin is None else margin
     _, _, h, w = inp.shape
     feat = None
@@ -412,6 +422,10 @@ def _check_model_options(model, args, device) -> None:
         backends.resolve(args.backend, decoder, feat)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"--backend {args.backend}: {_one_line(exc)}") from None
+    if args.tile and global_receptive_field(model.encoder):
+        raise UsageError(f"--tile {args.tile}: this model's encoder "
+                         f"({type(model.encoder).__name__}) cannot be tiled exactly (its "
+                         "features depend on the whole input); use --tile 0 or leave it out")
     smallest = min_tile(model.encoder)
     if args.tile and args.tile < smallest:
         raise UsageError(f"--tile {args.tile} is below {smallest}, the smallest tile for this "
@@ -448,7 +462,8 @@ def _main(args) -> int:
     _check_model_options(model, args, device)
     tile = args.tile
     if tile is None:
-        tile = AUTO_TILE if in_size[0] * in_size[1] > AUTO_TILE_PIXELS else 0
+        big = in_size[0] * in_size[1] > AUTO_TILE_PIXELS
+        tile = AUTO_TILE if big and not global_receptive_field(model.encoder) else 0
     if photo.note and not args.quiet:
         print(f"upscale: note: {photo.note}", file=sys.stderr)
     start = time.perf_counter()

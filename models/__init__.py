@@ -1,7 +1,7 @@
-"""Reference models: encoders (EDSR-baseline, RDN) and implicit decoders (LIIF, LTE, DIIF,
+"""Reference models: encoders (EDSR-baseline, RDN, SwinIR) and implicit decoders (LIIF, LTE, DIIF,
 DLTE, HIIF) as ``nn.Module`` s whose decoders call :mod:`implicit_kernels.functional`.
 
-Build by name with :func:`make`: an encoder alone (``"edsr-baseline"``, ``"rdn"``) or
+Build by name with :func:`make`: an encoder alone (``"edsr-baseline"``, ``"rdn"``, ``"swinir"``) or
 ``"<encoder>-<decoder>"`` (e.g. ``"edsr-baseline-diif"``).  Decoder models take the
 *normalised* LR image ``(x - 0.5) / 0.5``; :func:`upscale` wraps that for ``[0, 1]`` images.
 
@@ -20,14 +20,15 @@ from .liif import LIIF
 from .lte import LTE
 from .mlp import MLP, DecoderModel
 from .rdn import RDN
+from .swinir import SwinIR
 
 #: Encoder constructors by name; their defaults are the papers' configurations.
-ENCODERS = {"edsr-baseline": EDSR, "rdn": RDN}
+ENCODERS = {"edsr-baseline": EDSR, "rdn": RDN, "swinir": SwinIR}
 #: Decoder model classes by name; each takes the encoder as first argument.
 DECODERS = {"liif": LIIF, "lte": LTE, "diif": DIIF, "dlte": DLTE, "hiif": HIIF}
 
 __all__ = ["make", "names", "count_parameters", "upscale", "ENCODERS", "DECODERS",
-           "EDSR", "RDN", "LIIF", "LTE", "DIIF", "DLTE", "HIIF", "MLP", "DecoderModel"]
+           "EDSR", "RDN", "SwinIR", "LIIF", "LTE", "DIIF", "DLTE", "HIIF", "MLP", "DecoderModel"]
 
 
 def names() -> list[str]:

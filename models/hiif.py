@@ -7,7 +7,9 @@ derivative (ALGORITHMS.md §4.2–4.6): ``encoder.*``, ``freq.*`` (the 3×3 conv
 
 Parameters: 1,735,071 for the decoder with its 3×3 conv (1,587,359 without) at the paper's
 widths on a 64-channel encoder; the paper reports +1.33M over the encoder — a gap of about
-0.4M that no natural variant closes (ALGORITHMS.md §4.4).
+0.4M that no natural variant closes (docs/hiif.md lists the readings that reach 1.33M).
+``level_codes="public"`` reproduces the public code's level codes at exact ties
+(docs/hiif.md).
 """
 from __future__ import annotations
 
@@ -58,16 +60,23 @@ class HIIF(DecoderModel):
         heads: attention heads (paper 16); each attends over ``dim // heads`` channels.
         normalizer: default divisor of ``KᵀV``: ``"n"`` (public code) or ``"sqrt_n"``
             (the paper's Eq. 10).
+        level_codes: default rounding of the positions behind the level codes:
+            ``"project"`` or ``"public"`` (the public code's, bit for bit; for its
+            checkpoints: docs/hiif.md).
     """
 
     def __init__(self, encoder: nn.Module, dim: int = 256, hidden_dim: int = 256,
-                 levels: int = 6, heads: int = 16, normalizer: str = "n"):
+                 levels: int = 6, heads: int = 16, normalizer: str = "n",
+                 level_codes: str = "project"):
         super().__init__(encoder)
         if levels < 2:
             raise ValueError(f"levels must be at least 2, got {levels}")
         if normalizer not in ("n", "sqrt_n"):
             raise ValueError(f"normalizer must be 'n' or 'sqrt_n', got {normalizer!r}")
+        if level_codes not in ("project", "public"):
+            raise ValueError(f"level_codes must be 'project' or 'public', got {level_codes!r}")
         self.normalizer = normalizer
+        self.level_codes = level_codes
         self.freq = nn.Conv2d(encoder.out_dim, dim, 3, padding=1)
         # Level 0 sees the four weighted codes, the cell and its 2 hierarchical bits.
         ins = [4 * dim + 4] + [dim + 2] * (levels - 1)
@@ -77,12 +86,13 @@ class HIIF(DecoderModel):
         self.conv1 = LinearAttention(dim, heads)
 
     def decode(self, feat, inp, size=None, *, coord=None, cell=None, normalizer=None,
-               attention="global", strip_rows=None, backend="auto",
+               attention="global", strip_rows=None, level_codes=None, backend="auto",
                chunk_size=F.DEFAULT_CHUNK_SIZE):
         """Decode encoder features ``feat`` (``B×C×H×W``, before the ``freq`` conv) with
         the normalised LR image ``inp`` (``B×3×h×w``, the bilinear skip).
-        ``normalizer=None`` uses the model's.  Other arguments and the result as
+        ``normalizer=None`` and ``level_codes=None`` use the model's.  Other arguments and the result as
         :func:`implicit_kernels.functional.hiif_decode`."""
         return F.hiif_decode(feat, inp, size, self.decoder_params(), coord=coord, cell=cell,
                              normalizer=normalizer or self.normalizer, attention=attention,
-                             strip_rows=strip_rows, backend=backend, chunk_size=chunk_size)
+                             strip_rows=strip_rows, level_codes=level_codes or self.level_codes,
+                             backend=backend, chunk_size=chunk_size)

@@ -168,8 +168,8 @@ def test_diif_dlte_hiif_keys():
 
 def test_names_and_unknown_name():
     names = models.names()
-    assert names[:2] == ["edsr-baseline", "rdn"]
-    assert len(names) == 2 + 2 * 5 and "rdn-hiif" in names
+    assert names[:3] == ["edsr-baseline", "rdn", "swinir"]
+    assert len(names) == 3 + 3 * 5 and "rdn-hiif" in names and "swinir-lte" in names
     with pytest.raises(ValueError, match="edsr-baseline-diif"):
         models.make("edsr-diif")
     with pytest.raises(ValueError, match="valid names"):

@@ -72,7 +72,7 @@ def attention_block(x: torch.Tensor, block, normalizer: str) -> torch.Tensor:
     return x + nnf.linear(nnf.gelu(nnf.linear(r, *block["proj1"])), *block["proj2"])
 
 
-def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centres="project"):
     """Decode queries with whole-call attention.
 
     Args:
@@ -83,6 +83,8 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
         params: as structured by ``functional._hiif_params``.
         chunk_size: ignored (the oracle decodes everything at once).
         normalizer: ``"n"`` or ``"sqrt_n"`` (divisor of ``k̂ᵀv̂``).
+        centres: how the LR pixel centres behind ``rel`` and the level codes are rounded
+            (``geometry.CENTRES``; ``"public"``: :func:`hiif_public_codes`).
 
     Returns:
         ``B×Q×3``.
@@ -90,7 +92,7 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     h, w = feat.shape[-2:]
     # 1. The 3×3 conv to C channels.
     z = nnf.conv2d(feat, *params["z"], padding=1)
-    centres = centre_map(feat, coord.dtype)
+    centres = centre_map(feat, coord.dtype, centres)
     # 3. Nearest codes and centres of LIIF's four shifts; rel in LR pixels (HIIF units).
     half = coord.new_tensor([h / 2, w / 2])
     codes, rels, areas = [], [], []
@@ -119,3 +121,10 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
                         levels[level])
     # 8. The bilinear skip.
     return x + bilinear_skip(inp, coord)
+
+
+def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+    """:func:`hiif` with the public code's LR pixel centres (LIIF's ``make_coord``
+    rounding), so that the local coordinate and every level code equal that code's bit
+    for bit, ties included."""
+    return hiif(feat, inp, coord, cell, params, chunk_size, normalizer, centres="public")

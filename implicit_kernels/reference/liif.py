@@ -28,11 +28,11 @@ def shifted_queries(coord: torch.Tensor, size):
         yield shifted.clamp_(-1 + eps, 1 - eps)
 
 
-def centre_map(feat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def centre_map(feat: torch.Tensor, dtype: torch.dtype, centres: str = "project") -> torch.Tensor:
     """LR pixel-centre coordinates as a ``B×2×H×W`` map in ``dtype`` (the positions'), to
-    sample alongside features."""
+    sample alongside features (rounded as ``centres``: ``geometry.CENTRES``)."""
     b, _, h, w = feat.shape
-    coord = geometry.make_coord((h, w), device=feat.device, dtype=dtype)
+    coord = geometry.make_coord((h, w), device=feat.device, dtype=dtype, centres=centres)
     return coord.permute(2, 0, 1).unsqueeze(0).expand(b, 2, h, w)
 
 

@@ -58,7 +58,7 @@ def prepare_hiif(feat, params):
     }}
 
 
-def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centres="project"):
     """Decode queries with attention over all ``Q`` queries of each image.
 
     Args:
@@ -70,6 +70,7 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
             ``"level0"``.
         chunk_size: queries (over the batch) per pass step; ``None``: all at once.
         normalizer: ``"n"`` or ``"sqrt_n"`` (divisor of ``k̂ᵀv̂``).
+        centres: rounding of the LR pixel centres (``geometry.CENTRES``).
 
     Returns:
         ``B×Q×3``.
@@ -79,7 +80,8 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
         return coord.new_zeros(b, 0, 3)
     step = n if chunk_size is None else max(1, chunk_size // b)
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
-    decoder = _Decoder(feat.shape[-2:], params, n if normalizer == "n" else math.sqrt(n))
+    decoder = _Decoder(feat.shape[-2:], params, n if normalizer == "n" else math.sqrt(n),
+                       centres)
     mats = []
     if len(chunks) > 1:
         for k in range(len(params["attention"])):
@@ -89,11 +91,21 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     return out + bilinear_skip(inp, coord)
 
 
+def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+    """:func:`hiif` with the public code's LR pixel centres (level codes bit for bit as
+    that code's); see ``reference.hiif.hiif_public_codes``."""
+    return hiif(feat, inp, coord, cell, params, chunk_size, normalizer, centres="public")
+
+
+#: Level codes with the public code's centres need only the feature-map preparation.
+prepare_hiif_public_codes = prepare_hiif
+
+
 class _Decoder:
     """One call's chunk functions; ``norm`` divides the attention sums."""
 
-    def __init__(self, size, params, norm):
-        self.size, self.params, self.norm = size, params, norm
+    def __init__(self, size, params, norm, centres="project"):
+        self.size, self.params, self.norm, self.centres = size, params, norm, centres
         self.level0_params = params["level0"]
 
     def level0(self, coord, cell):
@@ -101,7 +113,7 @@ class _Decoder:
         h, w = self.size
         p = self.level0_params
         dt = p["maps"][0].dtype  # positions stay in coord's dtype until they meet features
-        members = geometry.ensemble_neighbours(coord, (h, w))
+        members = geometry.ensemble_neighbours(coord, (h, w), self.centres)
         rels = [rel * 0.5 for _, rel in members]  # LIIF units → LR pixels
         weights = geometry.ensemble_weights(rels).to(dt)
         rel0 = rels[0]
