@@ -205,7 +205,10 @@ write_if_changed(
     f"#define IK_BUILD_CUDA_ARCH_LIST {c_string(ARCH_LIST)}\n",
 )
 
-cxx_flags = ["-O0", "-g"] if DEBUG else ["-O3"]
+# Python's own CFLAGS (which torch's build passes first) hold -g: debug information for
+# code that instantiates ATen's templates more than doubles the compile time, so release
+# builds turn it off again (the last -g option wins).
+cxx_flags = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
 # Index geometry must match torch's float rounding exactly: no FMA contraction.
 cxx_flags += ["-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas"] + openmp_flags()
 nvcc_flags = ["-O3", "-lineinfo", "-Xcompiler", "-ffp-contract=off"]
