@@ -8,7 +8,8 @@ Commands (each module is imported only when its command runs):
 - ``upscale``: super-resolve an image with a trained model (:mod:`.upscale`);
 - ``train``: train a model from a YAML config (:mod:`.train`);
 - ``eval``: PSNR of models and bicubic over HR images (:mod:`.evaluate`);
-- ``export``: encoder + decoder to ONNX (:mod:`.export`).
+- ``export``: encoder + decoder to ONNX (:mod:`.export`);
+- ``build``: compile the C++ extension for the installed torch now (:mod:`._jit`).
 
 The console script ``implicit-sr`` is this dispatcher (``implicit-sr upscale ...``).
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "upscale": ("implicit_kernels.upscale", "super-resolve an image with a trained model"),
     "train": ("implicit_kernels.train", "train a model from a YAML config"),
     "eval": ("implicit_kernels.evaluate", "PSNR of models and bicubic over HR images"),
+    "build": ("implicit_kernels._jit", "compile the C++ extension for the installed torch now"),
     "export": ("implicit_kernels.export", "encoder + decoder to ONNX (torch backend)"),
 }
 

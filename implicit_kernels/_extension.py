@@ -6,6 +6,9 @@ runs at import time: the library is loaded on the first call of :func:`available
 extension is missing or broken.  Backends ask :func:`available` / :func:`reasons` and
 fall back to pure PyTorch.
 
+An installation without ``_C`` (made with pip's build isolation, which cannot see the
+user's torch) compiles it on first use against the running torch (:mod:`._jit`).
+
 A library built against another torch is refused with an actionable message ("built for
 torch X, you have Y: reinstall with ...") instead of an undefined-symbol traceback or,
 worse, a silent ABI mismatch.  The build metadata comes from the module's constants
@@ -76,8 +79,7 @@ def _try_load() -> tuple[ModuleType | None, list[str]]:
     except ModuleNotFoundError as exc:
         if exc.name != _MODULE:
             return None, [f"implicit_kernels._C could not be imported: {exc}"]
-        return None, [f"implicit_kernels._C is not built: install the package with `{REINSTALL}` "
-                      "(after `pip install -r requirements-cpu.txt` on CPU machines)"]
+        return _build_on_first_use(torch)
     except (ImportError, OSError) as exc:
         # Typically "undefined symbol" after torch was upgraded or replaced.
         built = _read_sidecar()
@@ -86,6 +88,23 @@ def _try_load() -> tuple[ModuleType | None, list[str]]:
             reason = (f"implicit_kernels._C failed to load ({exc}); it was probably built against "
                       f"another torch (you have {torch.__version__}): reinstall with `{REINSTALL}`")
         return None, [reason]
+    reason = _mismatch(_module_info(module), torch)
+    return (None, [reason]) if reason else (module, [])
+
+
+def _build_on_first_use(torch) -> tuple[ModuleType | None, list[str]]:
+    """An install without ``_C`` (pip's build isolation could not see torch) compiles it
+    now against the running torch (:mod:`implicit_kernels._jit`), unless ``IK_JIT=0``."""
+    from . import _jit
+
+    not_built = (f"implicit_kernels._C is not built: install the package with `{REINSTALL}` "
+                 "(after `pip install -r requirements-cpu.txt` on CPU machines)")
+    if not _jit.enabled():
+        return None, [not_built + ", or unset IK_JIT=0 to compile it on first use"]
+    try:
+        module = _jit.build()
+    except RuntimeError as exc:
+        return None, [f"{not_built}; compiling it on first use failed: {exc}"]
     reason = _mismatch(_module_info(module), torch)
     return (None, [reason]) if reason else (module, [])
 

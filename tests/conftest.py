@@ -6,6 +6,9 @@ import os
 # Compiled kernels fill their outputs with NaN before writing them (read once, when the
 # extension first allocates), so an element a kernel forgets stays NaN and fails a test.
 os.environ.setdefault("IK_POISON", "1")
+# A checkout without the built extension skips its tests instead of compiling it on first
+# use (tests/test_install.py exercises that path in its own environment).
+os.environ.setdefault("IK_JIT", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
