@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 
 from setuptools import find_packages, setup
 
@@ -40,6 +41,18 @@ REINSTALL = "pip install --no-build-isolation -e ."
 def log(msg):
     """Print a build message that pip shows with ``-v`` (and always on failure)."""
     print(f"[implicit-kernels] {msg}", flush=True)
+
+
+def tell(msg):
+    """A progress line the user sees while pip runs the build: pip captures this
+    process's output (shown only with ``-v``), so the line also goes to the terminal
+    directly when there is one."""
+    log(msg)
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(f"[implicit-kernels] {msg}\n")
+    except OSError:
+        pass
 
 
 def fail(msg):
@@ -152,7 +165,11 @@ def build_ext_command(extension, info):
 
     class BuildWithInfo(BuildExtension):
         def run(self):
+            start = time.monotonic()
+            tell(f"compiling the C++ extension: {len(extension.sources)} sources on "
+                 f"{os.environ['MAX_JOBS']} jobs (a few minutes; `pip install -v` shows each file)")
             super().run()
+            tell(f"compiled the C++ extension in {time.monotonic() - start:.0f} s")
             target = os.path.join(os.path.dirname(self.get_ext_fullpath(extension.name)),
                                   "_C_build.json")
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -1,6 +1,7 @@
 """Runs each tests/test_triton_<decoder>.py under Triton's interpreter (CPU tensors) in a
 subprocess: ``TRITON_INTERPRET=1`` must be set before triton is imported, which this
 process may already have done."""
+import concurrent.futures
 import importlib.util
 import os
 import pathlib
@@ -17,13 +18,27 @@ FILES = sorted(p.name for p in (ROOT / "tests").glob("test_triton_*.py")
                if p.name not in NOT_INTERPRETED)
 
 
+def _run(name: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    return subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q", "-rs",
+                           "-p", "no:cacheprovider"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Every file's run, started together on as many processes as there are cores: each
+    is one interpreter process, so on two cores the set takes about half as long."""
+    workers = max(1, min(len(FILES), len(os.sched_getaffinity(0))))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(_run, name) for name in FILES}
+        yield futures
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.parametrize("name", FILES)
-def test_triton_kernels_pass_under_the_interpreter(name):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q", "-rs",
-                          "-p", "no:cacheprovider"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def test_triton_kernels_pass_under_the_interpreter(runs, name):
+    run = runs[name].result()
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout, run.stdout[-2000:]
     # The only skips allowed are the GPU-only checks (half precision, real sizes).
