@@ -114,9 +114,12 @@ def triton_device() -> str:
 #: Triton tests that need the GPU itself (half precision, real sizes): the interpreter's
 #: bf16 ``tl.dot`` is not the GPU's, and it is too slow for real sizes.
 #: tests/test_triton_interpreter.py accepts exactly this skip reason.
-triton_gpu_only = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available(),
-    reason="needs a CUDA GPU")
+def triton_gpu_only(test):
+    """Marks ``test`` ``gpu`` and skips it under the interpreter or without a GPU."""
+    skip = pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available(),
+        reason="needs a CUDA GPU")
+    return pytest.mark.gpu(skip(test))
 
 
 def assert_half_precision_close(decode, leaves: dict, upstream, dtype, out_tol=1e-2) -> None:

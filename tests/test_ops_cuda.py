@@ -24,7 +24,7 @@ def diif_params(c=4, hidden=32, dtype=torch.float32):
         **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}.items()}
 
 # fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
-pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
+pytestmark = [pytestmark, pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)

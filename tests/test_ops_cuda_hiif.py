@@ -27,7 +27,7 @@ def cuda_params(**kw):
     return {k: v.cuda() for k, v in hiif_params(**kw).items()}
 
 # fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
-pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
+pytestmark = [pytestmark, pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 @pytest.mark.parametrize("chunk_size", [16384, 1000])

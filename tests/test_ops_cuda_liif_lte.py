@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 SIZES = {**SIZES, "x30": (150, 210)}
 
 # fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
-pytestmark = [pytestmark, pytest.mark.usefixtures("exact_fp32_matmul")]
+pytestmark = [pytestmark, pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
 def cuda_leaves(decoder, b=2, c=4, h=5, w=7, dtype=torch.float32, **kw):

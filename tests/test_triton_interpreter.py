@@ -35,6 +35,7 @@ def runs():
         yield futures
 
 
+@pytest.mark.interpreter
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.parametrize("name", FILES)
 def test_triton_kernels_pass_under_the_interpreter(runs, name):
