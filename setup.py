@@ -191,6 +191,7 @@ setup(
     version="0.1.0",
     description="Fused kernels for implicit-image-function super-resolution (LIIF, LTE, DIIF, DLTE, HIIF)",
     python_requires=">=3.10",
+    license="MIT",
     # Only `implicit_kernels` and the reference models; `models` is a generic top-level
     # name, shipped explicitly; implicit_kernels imports it only in its command-line demo.
     packages=find_packages(
