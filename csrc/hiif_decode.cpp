@@ -1,5 +1,5 @@
-// The fused HIIF operators (SPEC.md §5, ALGORITHMS.md §4.2-4.5) and their backwards, for
-// CPU and (in CUDA builds) CUDA tensors.  implicit_kernels/compiled/hiif.py chains them
+// The fused HIIF operators (docs/hiif.md) and their backwards, for CPU and (in CUDA
+// builds) CUDA tensors.  implicit_kernels/compiled/hiif.py chains them
 // per chunk of queries and runs the passes of the global attention:
 //
 //   hiif_level0           per query: the four codes' gather with their area weights, the

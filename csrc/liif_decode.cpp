@@ -1,4 +1,4 @@
-// The fused LIIF decode operators (SPEC.md §2 with §3's split first layer):
+// The fused LIIF decode operators (docs/liif-lte.md, "Split first layer"):
 // implicit_kernels::liif_decode and its backward, for CPU and (in CUDA builds) CUDA tensors.
 //
 // Inputs are the decoder after the split: `proj` (B, H, W, D), channels last, holds the

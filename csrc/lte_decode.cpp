@@ -1,5 +1,5 @@
-// The fused LTE decode operators (SPEC.md §2): implicit_kernels::lte_decode and its
-// backward, for CPU and (in CUDA builds) CUDA tensors.
+// The fused LTE decode operators (docs/liif-lte.md, "LTE"): implicit_kernels::lte_decode
+// and its backward, for CPU and (in CUDA builds) CUDA tensors.
 //
 // Inputs: the coefficient and frequency maps `coef`, `freq` (B, H, W, 2m), channels last
 // (the estimators' 3×3 convolutions, computed once per call by the caller), the phase

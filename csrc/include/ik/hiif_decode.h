@@ -1,4 +1,4 @@
-// Per-query pieces of the fused HIIF operators (SPEC.md §5), shared by the CPU loops
+// Per-query pieces of the fused HIIF operators (docs/hiif.md), shared by the CPU loops
 // (csrc/cpu/hiif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/hiif_kernels.cu).
 //
 // Two element-wise steps sit between the dense layers of csrc/hiif_decode.cpp:

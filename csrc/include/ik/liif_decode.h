@@ -1,5 +1,5 @@
-// Per-element pieces of the fused LIIF decode (SPEC.md §2), shared by the CPU loops
-// (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
+// Per-element pieces of the fused LIIF decode (docs/liif-lte.md, "LIIF"), shared by the
+// CPU loops (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
 // LTE's decode (ik/lte_decode.h) uses the same local ensemble.
 //
 // The decode runs in two element-wise steps around dense layers (csrc/liif_decode.cpp):
