@@ -45,8 +45,8 @@ Decoder make_decoder(const at::Tensor& proj, const at::Tensor& w_rel_cell, const
   for (const auto& t : all) {
     TORCH_CHECK(t.scalar_type() == type, kOp, ": every parameter must have proj's dtype ", type,
                 ", got ", t.scalar_type());
-    TORCH_CHECK(t.device() == proj.device(), kOp, ": every parameter must be on ",
-                proj.device(), ", got ", t.device());
+    TORCH_CHECK(t.device() == proj.device(), kOp, ": every parameter must be on ", proj.device(),
+                ", got ", t.device());
   }
   const int64_t width = proj.size(3);
   TORCH_CHECK(w_rel_cell.dim() == 2 && w_rel_cell.size(0) == width &&

@@ -140,8 +140,8 @@ struct DiifSlice {
   index_t last_r, last_c;
 };
 
-IK_HD DiifSlice diif_slice(index_t r, index_t c, index_t h, index_t w, index_t h_out,
-                           index_t w_out, Slicing slicing) {
+IK_HD DiifSlice diif_slice(index_t r, index_t c, index_t h, index_t w, index_t h_out, index_t w_out,
+                           Slicing slicing) {
   const GroupBounds gr = group_bounds(r, h, h_out);
   const GroupBounds gc = group_bounds(c, w, w_out);
   DiifSlice s;

@@ -33,9 +33,8 @@ struct Dims {
 // (geometry.ensemble_neighbours; the cell scaled in T, as `cell * (h, w)`); weight[t]
 // its area weight (geometry.ensemble_weights).
 template <typename T>
-IK_HD void query_members(index_t p, T qy, T qx, T cy, T cx, const Dims& d,
-                         index_t index[kMembers], T inputs[kMembers * kCoordInputs],
-                         T weight[kMembers]) {
+IK_HD void query_members(index_t p, T qy, T qx, T cy, T cx, const Dims& d, index_t index[kMembers],
+                         T inputs[kMembers * kCoordInputs], T weight[kMembers]) {
   const index_t row0 = (p / d.q) * d.h;
   const T sy = mul_rn(cy, static_cast<T>(d.h)), sx = mul_rn(cx, static_cast<T>(d.w));
   T ry[kMembers], rx[kMembers];
