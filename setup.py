@@ -117,7 +117,8 @@ def want_cuda(cuda_home):
         fail(str(exc))
     if problems:
         if mode == "1":
-            fail("IK_CUDA=1 but the CUDA extension cannot be built:\n  - " + "\n  - ".join(problems))
+            fail("IK_CUDA=1 but the CUDA extension cannot be built:\n  - "
+                 + "\n  - ".join(problems))
         log("skipping CUDA (not an error; the CPU extension is built): " + "; ".join(problems))
     return release
 
@@ -182,14 +183,16 @@ def build_ext_command(extension, info):
 
 if torch is not None:
     EXTENSION, INFO = make_extension()
-    BUILD = {"ext_modules": [EXTENSION], "cmdclass": {"build_ext": build_ext_command(EXTENSION, INFO)}}
+    BUILD = {"ext_modules": [EXTENSION],
+             "cmdclass": {"build_ext": build_ext_command(EXTENSION, INFO)}}
 else:
     BUILD = {}
 
 setup(
     name="implicit-kernels",
     version="0.1.0",
-    description="Fused kernels for implicit-image-function super-resolution (LIIF, LTE, DIIF, DLTE, HIIF)",
+    description=("Fused kernels for implicit-image-function super-resolution "
+                 "(LIIF, LTE, DIIF, DLTE, HIIF)"),
     python_requires=">=3.10",
     license="MIT",
     # Only `implicit_kernels` and the reference models; `models` is a generic top-level

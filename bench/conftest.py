@@ -15,12 +15,12 @@ Encoders are timed on their own (``test_encoders.py``). ``fwd`` runs under
 parameters and back-propagates a fixed random output gradient (gradients are cleared
 between runs, outside the timed region).
 
-Protocol (shared/PERFORMANCE.md §7; the device METHOD.md)
----------------------------------------------------------
+Protocol (docs/cost-model.md, "Timing protocol")
+------------------------------------------------
 * Device: CUDA when visible, else CPU. On CUDA every run ends with
   ``torch.cuda.synchronize()``, so pytest-benchmark's wall clock covers the device work,
   and CUDA events around each run give ``device_median_s``; float32 means float32 (TF32
-  off), as the R32 baseline of PERFORMANCE.md §7.
+  off), as the float32 ``reference`` baseline of docs/cost-model.md ("Timing protocol").
 * Warm-up is excluded: one untimed run (compilation, lazy loading, allocator growth), one
   untimed run inside :class:`~implicit_kernels.demo.PeakMemory` for the peak memory, on
   CUDA further untimed warm-up runs, then the timed rounds (counts in :func:`_rounds`).
@@ -374,8 +374,9 @@ def _versions() -> dict:
 
 def _rounds(seconds: float) -> tuple:
     """``(warm-up, timed)`` rounds after the two untimed runs, for a run of ``seconds``.
-    CUDA: up to 10 warm-ups and 50 timed runs (PERFORMANCE.md §7), fewer (at least 2 and
-    10) when a run takes over 0.1 s. CPU: 3 to 20 timed runs, about 0.5 s in all."""
+    CUDA: up to 10 warm-ups and 50 timed runs (docs/cost-model.md, "Timing protocol"),
+    fewer (at least 2 and 10) when a run takes over 0.1 s. CPU: 3 to 20 timed runs, about
+    0.5 s in all."""
     seconds = max(seconds, 1e-6)
     if ON_CUDA:
         return (min(10, max(2, math.ceil(1.0 / seconds))),

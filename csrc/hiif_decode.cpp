@@ -1,5 +1,5 @@
-// The fused HIIF operators (SPEC.md §5, ALGORITHMS.md §4.2-4.5) and their backwards, for
-// CPU and (in CUDA builds) CUDA tensors.  implicit_kernels/compiled/hiif.py chains them
+// The fused HIIF operators (docs/hiif.md) and their backwards, for CPU and (in CUDA
+// builds) CUDA tensors.  implicit_kernels/compiled/hiif.py chains them
 // per chunk of queries and runs the passes of the global attention:
 //
 //   hiif_level0           per query: the four codes' gather with their area weights, the
@@ -36,13 +36,12 @@ using Tensors = std::vector<at::Tensor>;
 void check_same(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have dtype ",
               like.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(),
-              ", got ", t.device());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " must be on ", like.device(), ", got ",
+              t.device());
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef shape, const char* op, const char* name) {
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t.sizes());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
 // The element-wise steps for the tensors' device.
@@ -67,8 +66,8 @@ Kernels kernels_for(const at::Tensor& t, const char* op) {
 }
 
 // Queries (B, m, 2) of `like`'s batch, dtype and device, as a contiguous (B * m, 2).
-at::Tensor check_queries(const at::Tensor& t, const at::Tensor& like, int64_t batch,
-                         const char* op, const char* name) {
+at::Tensor check_queries(const at::Tensor& t, const at::Tensor& like, int64_t batch, const char* op,
+                         const char* name) {
   check_same(t, like, op, name);
   TORCH_CHECK(t.dim() == 3 && t.size(0) == batch && t.size(2) == 2, op, ": ", name,
               " must be (B, m, 2) with B = ", batch, ", got ", t.sizes());
@@ -101,9 +100,7 @@ at::Tensor normalize_backward(const at::Tensor& gy, const at::Tensor& y, const a
 }
 
 // Sum over every dimension but the last: the gradient of a per-channel parameter.
-at::Tensor channel_sum(const at::Tensor& t) {
-  return t.reshape({-1, t.size(-1)}).sum(0);
-}
+at::Tensor channel_sum(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}).sum(0); }
 
 // ---------------------------------------------------------------------------------------
 // hiif_codes
@@ -162,8 +159,8 @@ Level0 make_level0(const at::Tensor& maps, const at::Tensor& row_sums, const at:
   std::tie(l.fc2_w, l.fc2_b) = linear(fc2_w, fc2_b, hidden, maps, op, "fc2");
   l.coord = check_queries(coord, maps, l.batch, op, "coord");
   l.cell = check_queries(cell, maps, l.batch, op, "cell");
-  TORCH_CHECK(cell.sizes() == coord.sizes(), op, ": cell must have coord's shape ",
-              coord.sizes(), ", got ", cell.sizes());
+  TORCH_CHECK(cell.sizes() == coord.sizes(), op, ": cell must have coord's shape ", coord.sizes(),
+              ", got ", cell.sizes());
   l.queries = coord.size(1);
   return l;
 }
@@ -176,8 +173,9 @@ struct Level0Trace {
 
 Level0Trace level0_forward(const Level0& l) {
   Level0Trace tr;
-  std::tie(tr.u, tr.rows, tr.aux) = kernels_for(l.maps, kLevel0).level0_sum(
-      l.maps, l.row_sums, l.w_extra, l.coord, l.cell, l.queries, l.channels);
+  std::tie(tr.u, tr.rows, tr.aux) =
+      kernels_for(l.maps, kLevel0)
+          .level0_sum(l.maps, l.row_sums, l.w_extra, l.coord, l.cell, l.queries, l.channels);
   const at::Tensor rstd = tr.aux.narrow(1, kAuxRstd, 1);
   tr.pre = at::addcmul(l.bias.to(rstd.scalar_type()), tr.u.to(rstd.scalar_type()), rstd)
                .to(l.maps.scalar_type());
@@ -185,9 +183,9 @@ Level0Trace level0_forward(const Level0& l) {
 }
 
 at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
-                       const at::Tensor& w_extra, const at::Tensor& bias,
-                       const at::Tensor& fc2_w, const at::Tensor& fc2_b, const at::Tensor& coord,
-                       const at::Tensor& cell, int64_t channels) {
+                       const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
+                       const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
+                       int64_t channels) {
   const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels);
   const int64_t out_dim = l.fc2_w.size(0);
   if (l.coord.size(0) == 0) return at::empty({l.batch, l.queries, out_dim}, maps.options());
@@ -196,16 +194,16 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps,
-                     const at::Tensor& row_sums, const at::Tensor& w_extra,
-                     const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-                     const at::Tensor& coord, const at::Tensor& cell, int64_t channels) {
+hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps, const at::Tensor& row_sums,
+                     const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
+                     const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
+                     int64_t channels) {
   const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels);
   const int64_t n = l.coord.size(0), hidden = l.row_sums.size(1), out_dim = l.fc2_w.size(0);
   check_grad_out(grad_out, maps, {l.batch, l.queries, out_dim}, kLevel0);
   if (n == 0) {
     return {at::zeros_like(maps), at::zeros_like(row_sums), at::zeros_like(w_extra),
-            at::zeros_like(bias), at::zeros_like(fc2_w), at::zeros_like(fc2_b)};
+            at::zeros_like(bias), at::zeros_like(fc2_w),    at::zeros_like(fc2_b)};
   }
   const auto type = maps.scalar_type();
   const Level0Trace tr = level0_forward(l);
@@ -314,7 +312,8 @@ Stats make_stats(const at::Tensor& x, const at::Tensor& qkv_w, const at::Tensor&
   check_heads(s.c, heads, kStats);
   s.d = s.c / heads;
   std::tie(s.w_qkv, s.b_qkv) = linear(qkv_w, qkv_b, s.c, x, kStats, "qkv");
-  TORCH_CHECK(s.w_qkv.size(0) == 3 * s.c, kStats, ": qkv weight must be (", 3 * s.c, ", ", s.c, ")");
+  TORCH_CHECK(s.w_qkv.size(0) == 3 * s.c, kStats, ": qkv weight must be (", 3 * s.c, ", ", s.c,
+              ")");
   head_norm(kln_w, kln_b, s.d, x, "kln");
   head_norm(vln_w, vln_b, s.d, x, "vln");
   return s;
@@ -326,7 +325,8 @@ at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
                                 const at::Tensor& vln_b, int64_t heads) {
   const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
   if (s.x2.size(0) == 0) return at::zeros({x.size(0), heads, s.d, s.d}, x.options());
-  const KeyValues kv = key_values(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
+  const KeyValues kv =
+      key_values(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
 }
 
@@ -340,7 +340,7 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
   const int64_t b = x.size(0), c = s.c, d = s.d;
   check_grad_out(grad_out, x, {b, heads, d, d}, kStats);
   if (x2.size(0) == 0) {
-    return {at::zeros_like(x), at::zeros_like(qkv_w), at::zeros_like(qkv_b),
+    return {at::zeros_like(x),     at::zeros_like(qkv_w), at::zeros_like(qkv_b),
             at::zeros_like(kln_w), at::zeros_like(kln_b), at::zeros_like(vln_w),
             at::zeros_like(vln_b)};
   }
@@ -353,9 +353,13 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
   grad_p.select(3, 1).copy_(normalize_backward(grad_k_hat * kln_w, kv.k_norm, kv.k_rstd));
   grad_p.select(3, 2).copy_(normalize_backward(grad_v_hat * vln_w, kv.v_norm, kv.v_rstd));
   const at::Tensor gp = grad_p.view({-1, 3 * c});
-  return {at::mm(gp, s.w_qkv).view(x.sizes()), at::mm(gp.t(), x2), gp.sum(0),
-          channel_sum(grad_k_hat * kv.k_norm), channel_sum(grad_k_hat),
-          channel_sum(grad_v_hat * kv.v_norm), channel_sum(grad_v_hat)};
+  return {at::mm(gp, s.w_qkv).view(x.sizes()),
+          at::mm(gp.t(), x2),
+          gp.sum(0),
+          channel_sum(grad_k_hat * kv.k_norm),
+          channel_sum(grad_k_hat),
+          channel_sum(grad_v_hat * kv.v_norm),
+          channel_sum(grad_v_hat)};
 }
 
 struct Apply {
@@ -372,8 +376,8 @@ Apply make_apply(const at::Tensor& x, const at::Tensor& mat, const at::Tensor& q
   check_same(mat, x, kApply, "mat");
   TORCH_CHECK(mat.dim() == 4 && mat.size(0) == x.size(0) && mat.size(2) == mat.size(3) &&
                   mat.size(1) * mat.size(2) == c,
-              kApply, ": mat must be (B, heads, d, d) with B = ", x.size(0),
-              " and heads * d = ", c, ", got ", mat.sizes());
+              kApply, ": mat must be (B, heads, d, d) with B = ", x.size(0), " and heads * d = ", c,
+              ", got ", mat.sizes());
   a.mat = mat;
   a.heads = mat.size(1);
   a.d = mat.size(2);
@@ -403,10 +407,10 @@ ApplyTrace apply_forward(const Apply& a, int64_t batch) {
   return tr;
 }
 
-at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat,
-                                const at::Tensor& qkv_w, const at::Tensor& qkv_b,
-                                const at::Tensor& proj1_w, const at::Tensor& proj1_b,
-                                const at::Tensor& proj2_w, const at::Tensor& proj2_b) {
+at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat, const at::Tensor& qkv_w,
+                                const at::Tensor& qkv_b, const at::Tensor& proj1_w,
+                                const at::Tensor& proj1_b, const at::Tensor& proj2_w,
+                                const at::Tensor& proj2_b) {
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
   if (a.x2.size(0) == 0) return at::empty(x.sizes(), x.options());
   const ApplyTrace tr = apply_forward(a, x.size(0));
@@ -423,8 +427,8 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
   check_grad_out(grad_out, x, x.sizes(), kApply);
   if (a.x2.size(0) == 0) {
-    return {at::zeros_like(x), at::zeros_like(mat), at::zeros_like(qkv_w),
-            at::zeros_like(qkv_b), at::zeros_like(proj1_w), at::zeros_like(proj1_b),
+    return {at::zeros_like(x),       at::zeros_like(mat),     at::zeros_like(qkv_w),
+            at::zeros_like(qkv_b),   at::zeros_like(proj1_w), at::zeros_like(proj1_b),
             at::zeros_like(proj2_w), at::zeros_like(proj2_b)};
   }
   const int64_t b = x.size(0), c = x.size(2);
@@ -446,8 +450,14 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
   grad_qkv_w.select(1, 0).copy_(at::mm(gq.t(), a.x2).view({a.heads, a.d, c}));
   const at::Tensor grad_qkv_b = at::zeros({a.heads, 3, a.d}, x.options());
   grad_qkv_b.select(1, 0).copy_(gq.sum(0).view({a.heads, a.d}));
-  return {grad_x.view(x.sizes()), grad_mat, grad_qkv_w.view(qkv_w.sizes()),
-          grad_qkv_b.view(qkv_b.sizes()), grad_w1, grad_b1, grad_w2, grad_b2};
+  return {grad_x.view(x.sizes()),
+          grad_mat,
+          grad_qkv_w.view(qkv_w.sizes()),
+          grad_qkv_b.view(qkv_b.sizes()),
+          grad_w1,
+          grad_b1,
+          grad_w2,
+          grad_b2};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -528,11 +538,10 @@ at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorL
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
-std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>
-hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord,
-                     at::TensorList norm_w, at::TensorList norm_b, at::TensorList fc1_w,
-                     at::TensorList fc1_b, at::TensorList fc2_w, at::TensorList fc2_b,
-                     int64_t h, int64_t w) {
+std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hiif_levels_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
+    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b, at::TensorList fc2_w,
+    at::TensorList fc2_b, int64_t h, int64_t w) {
   const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w);
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);

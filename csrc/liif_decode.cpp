@@ -1,4 +1,4 @@
-// The fused LIIF decode operators (SPEC.md §2 with §3's split first layer):
+// The fused LIIF decode operators (docs/liif-lte.md, "Split first layer"):
 // implicit_kernels::liif_decode and its backward, for CPU and (in CUDA builds) CUDA tensors.
 //
 // Inputs are the decoder after the split: `proj` (B, H, W, D), channels last, holds the
@@ -45,8 +45,8 @@ Decoder make_decoder(const at::Tensor& proj, const at::Tensor& w_rel_cell, const
   for (const auto& t : all) {
     TORCH_CHECK(t.scalar_type() == type, kOp, ": every parameter must have proj's dtype ", type,
                 ", got ", t.scalar_type());
-    TORCH_CHECK(t.device() == proj.device(), kOp, ": every parameter must be on ",
-                proj.device(), ", got ", t.device());
+    TORCH_CHECK(t.device() == proj.device(), kOp, ": every parameter must be on ", proj.device(),
+                ", got ", t.device());
   }
   const int64_t width = proj.size(3);
   TORCH_CHECK(w_rel_cell.dim() == 2 && w_rel_cell.size(0) == width &&

@@ -1,5 +1,5 @@
-// The fused LTE decode operators (SPEC.md §2): implicit_kernels::lte_decode and its
-// backward, for CPU and (in CUDA builds) CUDA tensors.
+// The fused LTE decode operators (docs/liif-lte.md, "LTE"): implicit_kernels::lte_decode
+// and its backward, for CPU and (in CUDA builds) CUDA tensors.
 //
 // Inputs: the coefficient and frequency maps `coef`, `freq` (B, H, W, 2m), channels last
 // (the estimators' 3×3 convolutions, computed once per call by the caller), the phase
@@ -51,8 +51,8 @@ Decoder make_decoder(const at::Tensor& coef, const at::Tensor& freq, const at::T
   for (const auto& t : all) {
     TORCH_CHECK(t.scalar_type() == type, kOp, ": every parameter must have coef's dtype ", type,
                 ", got ", t.scalar_type());
-    TORCH_CHECK(t.device() == coef.device(), kOp, ": every parameter must be on ",
-                coef.device(), ", got ", t.device());
+    TORCH_CHECK(t.device() == coef.device(), kOp, ": every parameter must be on ", coef.device(),
+                ", got ", t.device());
   }
   const int64_t pairs = coef.size(3) / 2;
   TORCH_CHECK(phase.dim() == 2 && phase.size(0) == pairs && phase.size(1) == 2, kOp,
@@ -79,8 +79,8 @@ Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& c
   const Kernels k = liif::kernels_for(d.coef, kOp);
   Trace tr;
   tr.ensemble = liif::make_ensemble(k, d.coef, coord, cell);
-  const at::Tensor x = k.lte_features(rows(d.coef), rows(d.freq), d.phase, tr.ensemble.index,
-                                      tr.ensemble.inputs);
+  const at::Tensor x =
+      k.lte_features(rows(d.coef), rows(d.freq), d.phase, tr.ensemble.index, tr.ensemble.inputs);
   const at::Tensor preds = mlp_forward(d.imnet, x, &tr.acts);
   tr.out = liif::blend(tr.ensemble, preds, {coord.size(0), coord.size(1), preds.size(1)});
   return tr;
@@ -117,15 +117,15 @@ lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at
   const at::Tensor grad_x =
       mlp_backward(d.imnet, liif::blend_backward(e, grad_out, type), tr.acts, grad_w, grad_b);
   at::Tensor grad_coef_rows, grad_freq_rows, grad_phi;
-  std::tie(grad_coef_rows, grad_freq_rows, grad_phi) = liif::kernels_for(d.coef, kOp)
-      .lte_features_backward(grad_x.contiguous(), rows(d.coef), rows(d.freq), d.phase, e.index,
-                             e.inputs);
+  std::tie(grad_coef_rows, grad_freq_rows, grad_phi) =
+      liif::kernels_for(d.coef, kOp)
+          .lte_features_backward(grad_x.contiguous(), rows(d.coef), rows(d.freq), d.phase, e.index,
+                                 e.inputs);
   // The phase is Linear(cell·(H, W)), shared by a query's members: its weight's gradient
   // is Σ_query (Σ_t dL/dφ_t) ⊗ scaled cell.
   const int64_t n = e.weights.size(0);
-  const at::Tensor cells = e.inputs.view({n, liif::kMembers, liif::kCoordInputs})
-                               .select(1, 0)
-                               .narrow(1, 2, 2);
+  const at::Tensor cells =
+      e.inputs.view({n, liif::kMembers, liif::kCoordInputs}).select(1, 0).narrow(1, 2, 2);
   const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
   return {liif::scatter_rows(e, grad_coef_rows, d.coef),
           liif::scatter_rows(e, grad_freq_rows, d.freq), grad_phase, grad_w, grad_b};

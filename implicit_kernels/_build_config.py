@@ -91,7 +91,8 @@ def cuda_decision(torch, cuda_home: str | None) -> tuple[str | None, list[str]]:
     at link or load time with obscure errors)."""
     problems = []
     if torch.version.cuda is None:
-        problems.append(f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)")
+        problems.append(f"torch {torch.__version__} is a CPU-only build "
+                        "(torch.version.cuda is None)")
     nvcc = nvcc_path(cuda_home)
     if nvcc is None:
         problems.append("nvcc not found: set CUDA_HOME to the CUDA toolkit or put nvcc on PATH")

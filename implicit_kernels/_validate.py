@@ -43,7 +43,8 @@ def feature_map(feat, name: str = "feat") -> torch.Tensor:
     if b == 0:
         raise ValueError(f"{name} has an empty batch (shape {tuple(feat.shape)})")
     if c == 0 or h == 0 or w == 0:
-        raise ValueError(f"{name} must have non-zero channels and spatial size, got {tuple(feat.shape)}")
+        raise ValueError(f"{name} must have non-zero channels and spatial size, "
+                         f"got {tuple(feat.shape)}")
     finite(feat, name)
     return feat
 
@@ -89,7 +90,8 @@ def output_size(size, feat: torch.Tensor, name: str = "size") -> tuple[int, int]
             f"{name}={tuple(out)} is smaller than the feature map ({h}, {w}): "
             "scales below 1 are not supported")
     if out[0] * out[1] > MAX_OUTPUT_PIXELS:
-        raise ValueError(f"{name}={tuple(out)} is absurdly large ({out[0] * out[1]:,} pixels per image)")
+        raise ValueError(f"{name}={tuple(out)} is absurdly large "
+                         f"({out[0] * out[1]:,} pixels per image)")
     return out[0], out[1]
 
 
@@ -116,7 +118,8 @@ def queries(coord, cell, feat: torch.Tensor,
     if coord.shape[0] != b or coord.shape[2] != 2:
         raise ValueError(f"coord must have shape ({b}, Q, 2), got {tuple(coord.shape)}")
     if cell.shape != coord.shape:
-        raise ValueError(f"cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}")
+        raise ValueError(f"cell must have the shape of coord {tuple(coord.shape)}, "
+                         f"got {tuple(cell.shape)}")
     for x, name in ((coord, "coord"), (cell, "cell")):
         if x.device != feat.device:
             raise ValueError(f"{name} is on {x.device} but feat is on {feat.device}")
@@ -129,7 +132,8 @@ def queries(coord, cell, feat: torch.Tensor,
         if bool((coord.abs() > 1).any()):
             raise ValueError("coord must lie in [-1, 1] (normalised pixel-centre coordinates)")
         if bool((cell <= 0).any()):
-            raise ValueError("cell must be positive (the size of one output pixel, 2/H_out, 2/W_out)")
+            raise ValueError("cell must be positive "
+                             "(the size of one output pixel, 2/H_out, 2/W_out)")
     return coord, cell
 
 

@@ -1,19 +1,22 @@
 """Trainable parameters and multiply-accumulates (MACs) of the models, counted analytically.
 
-Counting rule (ALGORITHMS.md §3.1): a plain count of the multiplies of every Linear and
-Conv layer (``in_features × out_features`` per row, ``C_in × C_out × k²`` per output
-pixel) -- what ``thop`` counts: no biases, activations, norms or other element-wise work.
+Counting rule (docs/cost-model.md#counting-rule): a plain count of the multiplies of every
+Linear and Conv layer (``in_features × out_features`` per row, ``C_in × C_out × k²`` per
+output pixel) -- what ``thop`` counts: no biases, activations, norms or other element-wise
+work.
 Units follow each layer's real call count: per LR pixel (encoders, 3×3 estimators), per
 slice and vertex (DIIF/DLTE coarse stage), per output pixel and ensemble member.
 
-The DIIF paper's tables print these counts with a unit slip (ALGORITHMS.md §3.1): values
-``thop`` printed in T were used as is, values printed in G were divided by 1024 and called
-"T", and decoder parameter counts in M were multiplied by 1024 and called "K".
+The DIIF paper's tables print these counts with a unit slip
+(docs/cost-model.md#printing-convention): values ``thop`` printed in T were used as is,
+values printed in G were divided by 1024 and called "T", and decoder parameter counts in M
+were multiplied by 1024 and called "K".
 :func:`paper_tera` and :func:`paper_kilo` apply that convention, so our plain counts can be
 compared with the printed tables; :class:`Cost` reports both.
 
 Widths are the papers' defaults (64 encoder channels, 256 hidden); the architectures
-are SPEC.md §1-§5.  No module is built, so the package does not depend on ``models``.
+are those of docs/ (docs/conventions.md, docs/liif-lte.md, docs/diif.md, docs/dlte.md,
+docs/hiif.md).  No module is built, so the package does not depend on ``models``.
 
 Example::
 
@@ -35,7 +38,7 @@ from . import geometry
 #: Encoder output channels and decoder hidden width used by every paper.
 FEAT_CHANNELS = 64
 HIDDEN = 256
-#: HIIF's attention heads and number of levels (SPEC.md §5).
+#: HIIF's attention heads and number of levels (docs/hiif.md#what-the-paper-fixes).
 HIIF_HEADS, HIIF_LEVELS = 16, 6
 
 ENCODERS = ("edsr-baseline", "rdn", "swinir")
@@ -76,7 +79,7 @@ def _total(pairs):
 
 
 # ----------------------------------------------------------------------------------------
-# Encoders (SPEC.md §1, ALGORITHMS.md §1.8): parameters and MACs per LR pixel
+# Encoders (docs/conventions.md#encoders): parameters and MACs per LR pixel
 # ----------------------------------------------------------------------------------------
 
 def _edsr_baseline():
@@ -162,7 +165,8 @@ def diif_slice_count(in_size, out_size, slicing: str = "linear") -> int:
 # ----------------------------------------------------------------------------------------
 
 def _liif(c, in_size, out_size, slicing):
-    """SPEC.md §2: MLP [9C+4, 256×4, 3] on each of 4 ensemble members per output pixel."""
+    """docs/liif-lte.md#liif: MLP [9C+4, 256×4, 3] on each of 4 ensemble members per output
+    pixel."""
     params, per_member = _mlp([9 * c + 4] + [HIDDEN] * 4 + [3])
     return params, 4 * per_member * _pixels(out_size), ""
 
@@ -174,8 +178,8 @@ def _fourier_estimators(c, channels):
 
 
 def _lte(c, in_size, out_size, slicing):
-    """ALGORITHMS.md §2: two 3×3 estimators per LR pixel; per output pixel and member,
-    the phase Linear and the MLP [256, 256×3, 3]."""
+    """docs/liif-lte.md#parameters-and-macs: two 3×3 estimators per LR pixel; per output
+    pixel and member, the phase Linear and the MLP [256, 256×3, 3]."""
     convs, phase = _fourier_estimators(c, HIDDEN)
     imnet = _mlp([HIDDEN] * 4 + [3])
     params = convs[0] + phase[0] + imnet[0]
@@ -189,7 +193,8 @@ def _fine():
 
 
 def _diif(c, in_size, out_size, slicing):
-    """ALGORITHMS.md §3.4: coarse [16C+6, 256, 256] per slice and vertex, fine per pixel."""
+    """docs/diif.md#mac-formula: coarse [16C+6, 256, 256] per slice and vertex, fine per
+    pixel."""
     coarse, fine = _mlp([16 * c + 6, HIDDEN, HIDDEN]), _fine()
     slices = diif_slice_count(in_size, out_size, slicing)
     macs = 4 * slices * coarse[1] + _pixels(out_size) * fine[1]
@@ -197,7 +202,8 @@ def _diif(c, in_size, out_size, slicing):
 
 
 def _diif_without_ensemble(c, in_size, out_size, slicing):
-    """ALGORITHMS.md §3.5 ("w/o se"): coarse [9C+6, 256, 256] once per slice, fine per pixel."""
+    """docs/diif.md#ablation-variants ("w/o se"): coarse [9C+6, 256, 256] once per slice,
+    fine per pixel."""
     coarse, fine = _mlp([9 * c + 6, HIDDEN, HIDDEN]), _fine()
     slices = diif_slice_count(in_size, out_size, slicing)
     macs = slices * coarse[1] + _pixels(out_size) * fine[1]
@@ -205,19 +211,20 @@ def _diif_without_ensemble(c, in_size, out_size, slicing):
 
 
 def _dlte(c, in_size, out_size, slicing):
-    """ALGORITHMS.md §3.7 (reconstructed): Conv3×3(C→64) estimators per LR pixel; per slice
-    and vertex the phase Linear and the coarse [256, 256, 256]; fine per pixel."""
+    """docs/dlte.md#numbers-that-pin-it (reconstructed): Conv3×3(C→64) estimators per LR
+    pixel; per slice and vertex the phase Linear and the coarse [256, 256, 256]; fine per
+    pixel."""
     convs, phase = _fourier_estimators(c, FEAT_CHANNELS)
     coarse, fine = _mlp([4 * FEAT_CHANNELS, HIDDEN, HIDDEN]), _fine()
     slices = diif_slice_count(in_size, out_size, slicing)
     params = convs[0] + phase[0] + coarse[0] + fine[0]
     macs = (convs[1] * _pixels(in_size) + 4 * slices * (phase[1] + coarse[1])
             + _pixels(out_size) * fine[1])
-    return params, macs, "DLTE is reconstructed (SPEC.md §4)"
+    return params, macs, "DLTE is reconstructed (docs/dlte.md)"
 
 
 def _hiif(c, in_size, out_size, slicing):
-    """SPEC.md §5 / ALGORITHMS.md §4.4-4.5 (our count): Conv3×3(C→256) per LR pixel; per
+    """docs/hiif.md#parameters-per-layer (our count): Conv3×3(C→256) per LR pixel; per
     query six level blocks (LayerNorm, Linear, GELU, Linear) and two attention blocks
     (Linear 256→768, per-head K/V LayerNorms, two 256→256 Linears), plus the attention
     products ``KᵀV`` and ``Q·M`` (``2·256·16`` MACs per block), which thop would not see."""
@@ -233,9 +240,9 @@ def _hiif(c, in_size, out_size, slicing):
     params = conv[0] + levels[0] + 2 * attention[0]
     per_query = levels[1] + 2 * (attention[1] + products)
     macs = conv[1] * _pixels(in_size) + per_query * _pixels(out_size)
-    note = (f"HIIF: our count of the derivative layout (SPEC.md §5); decoder params include "
-            f"the 3×3 conv ({conv[0]:,}) the paper counts with the encoder, and MACs the "
-            f"attention products ({2 * products:,} per query)")
+    note = (f"HIIF: our count of the derivative layout (docs/hiif.md#parameters-per-layer); "
+            f"decoder params include the 3×3 conv ({conv[0]:,}) the paper counts with the "
+            f"encoder, and MACs the attention products ({2 * products:,} per query)")
     return params, macs, note
 
 
@@ -253,12 +260,13 @@ def _pixels(size) -> int:
 def paper_tera(macs: int) -> float:
     """The DIIF paper's "T" for a plain MAC count: ``macs / 1e12`` from 1e12 up (thop
     printed T), otherwise ``macs / 1e9 / 1024`` (thop printed G, read as T by dividing by
-    1024; ALGORITHMS.md §3.1)."""
+    1024; docs/cost-model.md#printing-convention)."""
     return macs / 1e12 if macs >= 1e12 else macs / 1e9 / 1024
 
 
 def paper_kilo(params: int) -> float:
-    """The DIIF paper's "K" for a parameter count: millions × 1024 (ALGORITHMS.md §3.1)."""
+    """The DIIF paper's "K" for a parameter count: millions × 1024
+    (docs/cost-model.md#printing-convention)."""
     return params / 1e6 * 1024
 
 
@@ -351,8 +359,8 @@ def count(model: str, in_size, scale=None, *, out_size=None, slicing: str = "lin
 
     Args:
         model: ``"<encoder>-<decoder>"`` (e.g. ``"edsr-baseline-diif"``, ``"rdn-lte"``), an
-            encoder alone (``"edsr-baseline"``, ``"rdn"``, ``"swinir"``) or a decoder alone (on 64-channel
-            features, encoder counted as zero).
+            encoder alone (``"edsr-baseline"``, ``"rdn"``, ``"swinir"``) or a decoder alone
+            (on 64-channel features, encoder counted as zero).
         in_size: ``(H, W)`` of the LR input (row first: a 160×90 image is ``(90, 160)``).
         scale: a number or ``(s_y, s_x)``; the output side is ``round(side · s)``.
         out_size: ``(H_out, W_out)`` instead of ``scale``; neither means the input size.
@@ -399,7 +407,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         in_size = tuple(int(n) for n in args.size.lower().split("x"))
-        scale = None if args.scale is None else tuple(float(s) for s in args.scale.lower().split("x"))
+        scale = (None if args.scale is None
+                 else tuple(float(s) for s in args.scale.lower().split("x")))
         if scale is not None and len(scale) == 1:
             scale = scale * 2
         print(count(args.model, in_size, scale, slicing=args.slicing))

@@ -1,5 +1,6 @@
 """Training data for arbitrary-scale super-resolution: an image folder and a sampler of
-LR/HR batches made the LIIF way (ALGORITHMS.md §1.10, §3.6; SPEC.md §6).
+LR/HR batches made the LIIF way (docs/liif-lte.md#training-recipe,
+docs/diif.md#training-settings; docs/evaluation.md#liifs-protocol).
 
 * :class:`ImageFolder` lists the PNG/JPEG files under a folder (recursively), reads them
   as ``uint8`` RGB, optionally shrinks very large ones and keeps them in memory.  Files
@@ -8,8 +9,8 @@ LR/HR batches made the LIIF way (ALGORITHMS.md §1.10, §3.6; SPEC.md §6).
 * :class:`PairSampler` draws one batch at a time: one scale for the whole batch (uniform
   in an interval, LIIF's U(1, 4) by default, or a choice from a list such as DIIF's
   {2, 2.5, 3, 3.5, 4}), a random HR crop per image, the LR made from that crop by Pillow's
-  bicubic resize (SPEC.md §6), random flips and transposition, and a random sample of HR
-  pixels (or all of them) as the training targets.
+  bicubic resize (docs/evaluation.md#liifs-protocol), random flips and transposition, and
+  a random sample of HR pixels (or all of them) as the training targets.
 
 For ``upscale``, :func:`read_photo` reads an image at its full depth (16-bit PNG/TIFF,
 grey or colour, as 16 bits, not clipped; 16-bit colour through :mod:`.image16`), with
@@ -22,8 +23,8 @@ checkpoint of its state resumes the exact batch sequence.
 Crop geometry: with ``lr_patch`` (LIIF), the LR side is fixed and the HR crop side is
 ``round(lr_patch * s)``; with ``hr_patch`` (DIIF), the LR side is
 ``floor(hr_patch / s + 1e-9)`` and the HR crop ``round(lr * s)`` (LIIF's test-time rule,
-ALGORITHMS.md §3.6), so the LR/HR pair is an exact resize either way and the effective
-scale is ``hr / lr``.
+docs/diif.md#training-settings), so the LR/HR pair is an exact resize either way and the
+effective scale is ``hr / lr``.
 """
 from __future__ import annotations
 
@@ -239,7 +240,8 @@ def to_pil(t: torch.Tensor):
 
 def bicubic_resize(t: torch.Tensor, size) -> torch.Tensor:
     """Resize a ``3×H×W`` uint8 tensor to ``size = (h, w)`` with Pillow's bicubic filter
-    (antialiased when shrinking): the down-sampling of SPEC.md §6.  Returns uint8."""
+    (antialiased when shrinking): the down-sampling of
+    docs/evaluation.md#liifs-protocol.  Returns uint8."""
     from PIL import Image
 
     h, w = size

@@ -236,7 +236,8 @@ def slow_auto(rows, auto, margin: float = 0.10) -> list[str]:
     on a busy machine is noisy)."""
     lines = []
     for scale, chosen in auto.items():
-        timed = {r.backend: r.seconds for r in rows if r.scale == scale and r.backend != "reference"}
+        timed = {r.backend: r.seconds for r in rows
+                 if r.scale == scale and r.backend != "reference"}
         if chosen not in timed or len(timed) < 2:
             continue
         best = min(timed, key=timed.get)

@@ -1,5 +1,5 @@
 """``python -m implicit_kernels eval``: PSNR of models and of bicubic over a folder of HR
-images at a list of scales, by the protocol of SPEC.md §6 (LIIF's).
+images at a list of scales, by the protocol of docs/evaluation.md (LIIF's).
 
 For each HR image and scale ``s``: ``h_lr = floor(h / s + 1e-9)`` (likewise ``w_lr``), the
 HR cropped from the top-left to ``round(h_lr·s) × round(w_lr·s)``, the LR made from that
@@ -85,7 +85,8 @@ def load_skimage():
         raise ImportError("--data skimage needs scikit-image: pip install scikit-image") from exc
     out = []
     for name in SKIMAGE_IMAGES:
-        arr = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+        arr = (skimage.data.stereo_motorcycle()[0] if name == "motorcycle"
+               else getattr(skimage.data, name)())
         out.append((name, torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).contiguous()))
     return out
 
@@ -177,7 +178,8 @@ def write_csv(results: dict, scales, path: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m implicit_kernels eval",
-        description="PSNR (SPEC.md §6) of models and bicubic over HR images at several scales.")
+        description="PSNR (docs/evaluation.md) of models and bicubic over HR images at several "
+                    "scales.")
     p.add_argument("--model", action="append", default=[],
                    help="shipped model name, or weights/checkpoint path with a folder or an "
                         "extension (repeatable; default: every shipped model)")

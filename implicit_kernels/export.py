@@ -9,8 +9,8 @@ the exporter too (the functional ops' validation reads it), so there is no dynam
 output size yet: export one file per size.
 
 The exporter is ``torch.onnx.export(..., dynamo=True)`` (needs ``onnxscript``; weights
-are embedded, one file); the whole decode is one chunk, so the graph has no loop.  Optional dependencies: ``pip install
-.[onnx]`` (onnx, onnxruntime, onnxscript).
+are embedded, one file); the whole decode is one chunk, so the graph has no loop.
+Optional dependencies: ``pip install .[onnx]`` (onnx, onnxruntime, onnxscript).
 
 Command line::
 

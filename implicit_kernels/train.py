@@ -1,12 +1,12 @@
 """``python -m implicit_kernels train CONFIG.yaml``: train an implicit SR model.
 
-The recipe is the papers' (ALGORITHMS.md §1.10, §3.6): random HR crops and a scale per
-batch from :mod:`implicit_kernels.data`, LR by Pillow bicubic, L1 loss on the normalised
-colours of sampled HR pixels, Adam, the learning rate multiplied by ``gamma`` at each
-milestone step.  Point-query decoders (LIIF, LTE, HIIF) are trained on coordinates and
-cells, DIIF/DLTE on pixel indices of the HR grid (exact by SPEC.md §3's per-pixel
-equivalence), through the ``F`` backend named by ``train.backend`` (any backend that
-supports autograd).
+The recipe is the papers' (docs/liif-lte.md#training-recipe, docs/diif.md#training-settings):
+random HR crops and a scale per batch from :mod:`implicit_kernels.data`, LR by Pillow
+bicubic, L1 loss on the normalised colours of sampled HR pixels, Adam, the learning rate
+multiplied by ``gamma`` at each milestone step.  Point-query decoders (LIIF, LTE, HIIF) are
+trained on coordinates and cells, DIIF/DLTE on pixel indices of the HR grid (exact by the
+per-pixel equivalence, docs/diif.md#per-pixel-equivalence), through the ``F`` backend
+named by ``train.backend`` (any backend that supports autograd).
 
 Runs are resumable exactly: every ``checkpoint_every`` steps (and on SIGINT/SIGTERM, at
 the time limit and at the end) ``<out>/last.pt`` is rewritten atomically (a temporary
@@ -327,9 +327,10 @@ class Trainer:
                     now = time.monotonic()
                     if now - window_t >= 2 or self.step == steps:
                         last_mean = sum(window) / len(window)
+                        img_s = len(window) * batch.lr.shape[0] * self.world / (now - window_t)
                         bar.set_postfix(loss=f"{last_mean:.4f}",
                                         lr=f"{self.scheduler.get_last_lr()[0]:.1e}",
-                                        img_s=f"{len(window) * batch.lr.shape[0] * self.world / (now - window_t):.1f}",
+                                        img_s=f"{img_s:.1f}",
                                         kpx_s=f"{window_px / (now - window_t) / 1e3:.1f}")
                         window, window_px, window_t = [], 0, now
                 out_of_time = minutes is not None and time.monotonic() - start >= 60 * minutes
@@ -356,7 +357,8 @@ class Trainer:
             return flag
         import torch.distributed as dist
 
-        t = torch.tensor([float(flag)], device=self.device if dist.get_backend() == "nccl" else "cpu")
+        t = torch.tensor([float(flag)],
+                         device=self.device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 

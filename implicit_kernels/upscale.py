@@ -62,8 +62,8 @@ LUMA = (0.299, 0.587, 0.114)
 INTERRUPTED = 130
 
 __all__ = ["parse_size", "parse_scale", "parse_device", "output_size", "receptive_radius",
-           "global_receptive_field", "min_tile", "encode", "upscale", "upsample_alpha", "check_outputs", "main",
-           "UsageError"]
+           "global_receptive_field", "min_tile", "encode", "upscale", "upsample_alpha",
+           "check_outputs", "main", "UsageError"]
 
 
 class UsageError(ValueError):
@@ -84,7 +84,8 @@ def parse_size(text: str) -> tuple:
     try:
         h, w = (int(p) for p in parts)
     except ValueError:
-        raise UsageError(f"bad --size {text!r}: use HxW in pixels, rows first, e.g. 1080x1920") from None
+        raise UsageError(f"bad --size {text!r}: use HxW in pixels, rows first, "
+                         "e.g. 1080x1920") from None
     if h < 1 or w < 1:
         raise UsageError(f"bad --size {text!r}: both sides must be positive")
     return h, w

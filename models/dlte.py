@@ -1,4 +1,4 @@
-"""DLTE — *reconstructed* (the DIIF paper names it but gives no details; SPEC.md §4):
+"""DLTE — *reconstructed* (the DIIF paper names it but gives no details; docs/dlte.md):
 DIIF's slicing with LTE-style Fourier vertex features and LTE's bilinear skip, decoded by
 ``F.dlte_decode``.  No checkpoint exists to match; the layout is the project's
 reconstruction, fitted to the paper's parameter and MAC figures.
@@ -18,7 +18,7 @@ from .diif import SlicedDecoderModel
 
 
 class DLTE(SlicedDecoderModel):
-    """Reconstructed DLTE (SPEC.md §4).
+    """Reconstructed DLTE (docs/dlte.md#reconstruction).
 
     Args:
         encoder: module with ``out_dim`` channels ``C``.

@@ -2,14 +2,16 @@
 multi-head linear attention, decoded by ``F.hiif_decode``.
 
 The official code is not reachable; the layout and state-dict keys follow a public
-derivative (ALGORITHMS.md §4.2–4.6): ``encoder.*``, ``freq.*`` (the 3×3 conv),
-``fc_layers.{l}.{norm,fc1,fc2}.*``, ``conv{0,1}.{qkv_proj,kln,vln,proj1,proj2}.*``.
+derivative (docs/hiif.md; keys: docs/hiif.md#state-dict-keys): ``encoder.*``, ``freq.*``
+(the 3×3 conv), ``fc_layers.{l}.{norm,fc1,fc2}.*``,
+``conv{0,1}.{qkv_proj,kln,vln,proj1,proj2}.*``.
 
 Parameters: 1,735,071 for the decoder with its 3×3 conv (1,587,359 without) at the paper's
 widths on a 64-channel encoder; the paper reports +1.33M over the encoder — a gap of about
-0.4M that no natural variant closes (docs/hiif.md lists the readings that reach 1.33M).
+0.4M that no natural variant closes (docs/hiif.md#parameter-count lists the readings that
+reach 1.33M).
 ``level_codes="public"`` reproduces the public code's level codes at exact ties
-(docs/hiif.md).
+(docs/hiif.md#level-codes-at-ties).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class LinearAttention(nn.Module):
 
 
 class HIIF(DecoderModel):
-    """Hierarchical encoding based implicit image function (SPEC.md §5).
+    """Hierarchical encoding based implicit image function (docs/hiif.md).
 
     Args:
         encoder: module with ``out_dim`` channels ``C``.
@@ -90,8 +92,8 @@ class HIIF(DecoderModel):
                chunk_size=F.DEFAULT_CHUNK_SIZE):
         """Decode encoder features ``feat`` (``B×C×H×W``, before the ``freq`` conv) with
         the normalised LR image ``inp`` (``B×3×h×w``, the bilinear skip).
-        ``normalizer=None`` and ``level_codes=None`` use the model's.  Other arguments and the result as
-        :func:`implicit_kernels.functional.hiif_decode`."""
+        ``normalizer=None`` and ``level_codes=None`` use the model's.  Other arguments and the
+        result as :func:`implicit_kernels.functional.hiif_decode`."""
         return F.hiif_decode(feat, inp, size, self.decoder_params(), coord=coord, cell=cell,
                              normalizer=normalizer or self.normalizer, attention=attention,
                              strip_rows=strip_rows, level_codes=level_codes or self.level_codes,

@@ -14,7 +14,7 @@ from .mlp import MLP, DecoderModel
 
 
 class LIIF(DecoderModel):
-    """LIIF with feature unfolding, local ensemble and cell decoding (SPEC.md §2).
+    """LIIF with feature unfolding, local ensemble and cell decoding (docs/liif-lte.md#liif).
 
     Args:
         encoder: module with ``out_dim`` channels ``C``.
@@ -29,6 +29,7 @@ class LIIF(DecoderModel):
     def decode(self, feat, inp, size=None, *, coord=None, cell=None, backend="auto",
                chunk_size=F.DEFAULT_CHUNK_SIZE):
         """Decode features ``feat`` (``B×C×H×W``); ``inp`` is unused (LIIF has no image
-        skip).  Other arguments and the result as :func:`implicit_kernels.functional.liif_decode`."""
+        skip).  Other arguments and the result as
+        :func:`implicit_kernels.functional.liif_decode`."""
         return F.liif_decode(feat, size, self.decoder_params(), coord=coord, cell=cell,
                              backend=backend, chunk_size=chunk_size)

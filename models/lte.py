@@ -16,7 +16,7 @@ from .mlp import MLP, DecoderModel
 
 
 class LTE(DecoderModel):
-    """Local texture estimator (SPEC.md §2).
+    """Local texture estimator (docs/liif-lte.md#lte).
 
     Args:
         encoder: module with ``out_dim`` channels ``C``.

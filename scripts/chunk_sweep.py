@@ -33,7 +33,8 @@ def decode_fn(decoder, feat, inp, out_size, params):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--decoder", default="diif", choices=["liif", "lte", "diif", "dlte", "hiif"])
+    parser.add_argument("--decoder", default="diif",
+                        choices=["liif", "lte", "diif", "dlte", "hiif"])
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--size", default="90x160", help="feature map H×W")
     parser.add_argument("--scale", type=float, default=16.0)

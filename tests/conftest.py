@@ -30,7 +30,8 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, name: str = "ou
     assert torch.isfinite(actual).all(), f"{name}: non-finite values"
     tol = TOLERANCES[expected.dtype]
     scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale,
+                               msg=lambda m: f"{name}: {m}")
 
 
 def linear(out_f: int, in_f: int, dtype=torch.float32, gen=None):
@@ -51,7 +52,8 @@ def mlp_params(prefix: str, dims, ids=None, dtype=torch.float32, gen=None) -> di
     return out
 
 
-def conv_params(name: str, out_c: int, in_c: int, k: int = 3, dtype=torch.float32, gen=None) -> dict:
+def conv_params(name: str, out_c: int, in_c: int, k: int = 3, dtype=torch.float32,
+                gen=None) -> dict:
     w, b = linear(out_c, in_c * k * k, dtype, gen)
     return {f"{name}.weight": w.view(out_c, in_c, k, k), f"{name}.bias": b}
 
@@ -78,7 +80,8 @@ def opcheck_layouts(op, args) -> None:
     permuted[0] = first.permute(order).contiguous().permute(back)
     assert not permuted[0].is_contiguous()
     for sample in (args, tuple(permuted)):
-        leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+        leaves = [a.detach().requires_grad_()
+                  if isinstance(a, torch.Tensor) and a.is_floating_point()
                   else [t.detach().requires_grad_() for t in a] if isinstance(a, list) else a
                   for a in sample]
         torch.library.opcheck(op, tuple(leaves))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from implicit_kernels import _extension
@@ -96,7 +96,8 @@ def test_undefined_symbol_reports_build_torch(fresh_loader, monkeypatch, tmp_pat
     assert not fresh_loader.available()
     (reason,) = fresh_loader.reasons()
     assert reason == (f"implicit_kernels._C was built for torch 2.11.0+cu130, you have torch "
-                      f"{torch.__version__}: reinstall with `pip install --no-build-isolation -e .`")
+                      f"{torch.__version__}: reinstall with "
+                      "`pip install --no-build-isolation -e .`")
     with pytest.raises(_extension.ExtensionUnavailable, match="built for torch 2.11.0"):
         fresh_loader.load()
     assert fresh_loader.build_info()["torch"] == "2.11.0+cu130"

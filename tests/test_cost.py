@@ -1,5 +1,6 @@
-"""The cost model against the papers' figures (ALGORITHMS.md §3.4, §3.7, §5) and against
-counts taken with forward hooks on the real modules."""
+"""The cost model against the papers' figures (docs/diif.md#mac-formula,
+docs/dlte.md#numbers-that-pin-it, docs/cost-model.md#reference-figures) and against counts
+taken with forward hooks on the real modules."""
 from __future__ import annotations
 
 import math
@@ -137,7 +138,7 @@ def _fixed4_bruteforce(in_size, out_size):
 @pytest.mark.parametrize("in_size, out_size", [((4, 5), (8, 10)), ((5, 7), (13, 19)),
                                                ((6, 4), (15, 21)), ((3, 3), (3, 3))])
 def test_slice_counts_non_integer_and_asymmetric(in_size, out_size):
-    (h, w), (ho, wo) = in_size, out_size
+    (h, w), (ho, _) = in_size, out_size
     assert diif_slice_count(in_size, out_size, "linear") == ho * w
     assert diif_slice_count(in_size, out_size, "constant") == h * w
     assert diif_slice_count(in_size, out_size, "fixed4") == _fixed4_bruteforce(in_size, out_size)

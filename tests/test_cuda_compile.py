@@ -116,7 +116,8 @@ def test_cu_file_compiles(source, tmp_path):
     nvcc_compile(source, tmp_path / (source.stem + ".o"))
 
 
-@pytest.mark.parametrize("path", CU_FILES + HEADERS, ids=[str(p.relative_to(CSRC)) for p in CU_FILES + HEADERS])
+@pytest.mark.parametrize("path", CU_FILES + HEADERS,
+                         ids=[str(p.relative_to(CSRC)) for p in CU_FILES + HEADERS])
 def test_device_code_is_torch_free(path):
     match = TORCH_INCLUDE.search(path.read_text())
     assert match is None, f"{path.relative_to(ROOT)} includes {match.group(0).strip()!r}: " \

@@ -1,5 +1,5 @@
 """implicit_kernels.evaluate: PSNR by hand (shave, Y channel), the LR/HR pairs of
-SPEC.md §6, and the table over a folder."""
+docs/evaluation.md, and the table over a folder."""
 from __future__ import annotations
 
 import math
@@ -29,7 +29,8 @@ def test_psnr_rgb_by_hand():
 def test_psnr_y_channel_by_hand():
     hr = torch.zeros(3, 5, 5, dtype=torch.float64)
     sr = hr.clone()
-    sr[:, 2, 2] = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)   # centre pixel, kept by shave 2
+    # centre pixel, kept by shave 2
+    sr[:, 2, 2] = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
     sr[:, 0, 4] = 1.0                              # corner, shaved
     y = (65.738 * 0.1 + 129.057 * 0.2 + 25.064 * 0.3) / 256
     expect = -10 * math.log10(y ** 2 / 1)          # shave 2 of 5x5 leaves one pixel

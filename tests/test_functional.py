@@ -3,10 +3,10 @@ import re
 
 import pytest
 import torch
+from conftest import conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
-from conftest import conv_params, linear, mlp_params
 
 
 def diif_params(c=4, hidden=16):
@@ -97,7 +97,8 @@ def test_bad_params(feat):
         F.diif_decode(feat, (10, 14), list(params.values()))
     with pytest.raises(TypeError, match="dtype"):
         F.diif_decode(feat.double(), (10, 14), params)
-    wrong_out = dict(params, **{"fine.layers.4.weight": torch.randn(4, 16), "fine.layers.4.bias": torch.randn(4)})
+    wrong_out = dict(params, **{"fine.layers.4.weight": torch.randn(4, 16),
+                                "fine.layers.4.bias": torch.randn(4)})
     with pytest.raises(ValueError, match="fine.layers.4.weight"):
         F.diif_decode(feat, (10, 14), wrong_out)
 
@@ -128,7 +129,8 @@ def test_bad_queries(feat):
     with pytest.raises(TypeError, match="coord has dtype"):
         F.liif_decode(feat, None, params, coord=coord.double(), cell=cell)
     with pytest.raises(ValueError, match="NaN"):
-        F.liif_decode(feat, None, params, coord=coord.index_fill(1, torch.tensor([3]), float("nan")), cell=cell)
+        F.liif_decode(feat, None, params,
+                      coord=coord.index_fill(1, torch.tensor([3]), float("nan")), cell=cell)
 
 
 def test_bad_pixels(feat):
@@ -142,9 +144,11 @@ def test_bad_pixels(feat):
 
 
 def test_empty_query_list(feat):
-    out = F.liif_decode(feat, None, liif_params(), coord=torch.zeros(2, 0, 2), cell=torch.ones(2, 0, 2))
+    out = F.liif_decode(feat, None, liif_params(), coord=torch.zeros(2, 0, 2),
+                        cell=torch.ones(2, 0, 2))
     assert out.shape == (2, 0, 3)
-    out = F.diif_decode(feat, (10, 14), diif_params(), pixels=torch.zeros(2, 0, 2, dtype=torch.long))
+    out = F.diif_decode(feat, (10, 14), diif_params(),
+                        pixels=torch.zeros(2, 0, 2, dtype=torch.long))
     assert out.shape == (2, 0, 3)
 
 
@@ -174,13 +178,15 @@ def test_device_mismatch(feat):
     tensors stand in for a second device on machines without a GPU)."""
     params = {k: v.to("meta") if k == "fine.layers.2.weight" else v
               for k, v in diif_params().items()}
-    with pytest.raises(ValueError, match=r"params\['fine.layers.2.weight'\] is on meta but feat is on cpu"):
+    with pytest.raises(ValueError,
+                       match=r"params\['fine.layers.2.weight'\] is on meta but feat is on cpu"):
         F.diif_decode(feat, (10, 14), params)
     coord = torch.zeros(2, 3, 2, device="meta")
     with pytest.raises(ValueError, match="coord is on meta"):
         F.liif_decode(feat, None, liif_params(), coord=coord, cell=torch.ones(2, 3, 2))
     with pytest.raises(ValueError, match="pixels is on meta"):
-        F.diif_decode(feat, (10, 14), diif_params(), pixels=torch.zeros(2, 3, 2, dtype=torch.long, device="meta"))
+        F.diif_decode(feat, (10, 14), diif_params(),
+                      pixels=torch.zeros(2, 3, 2, dtype=torch.long, device="meta"))
 
 
 def _position_params(decoder):

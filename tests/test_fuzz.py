@@ -18,14 +18,14 @@ import sys
 
 import pytest
 import torch
+from conftest import assert_matches, mlp_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hiif import hiif_params
+from test_lte_dlte import dlte_params, lte_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, backends
-from conftest import assert_matches, mlp_params
-from test_hiif import hiif_params
-from test_lte_dlte import dlte_params, lte_params
 
 DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
 FUZZ = settings(max_examples=int(os.environ.get("IK_FUZZ_EXAMPLES", "200")), deadline=None,
@@ -98,7 +98,8 @@ def cases(draw):
 
 
 def _small_enough(case):
-    n = case["queries"].shape[1] if case["queries"] is not None else case["size"][0] * case["size"][1]
+    n = (case["queries"].shape[1] if case["queries"] is not None
+         else case["size"][0] * case["size"][1])
     return case["feat"].shape[0] * n <= MAX_QUERIES
 
 
@@ -181,7 +182,8 @@ from test_op_inputs import record_operator_calls
 def variants(a):
     """Broken versions of one operator argument."""
     if isinstance(a, torch.Tensor):
-        yield "nan", (a.clone().fill_(float("nan")) if a.is_floating_point() else a.clone().fill_(-1))
+        yield "nan", (a.clone().fill_(float("nan")) if a.is_floating_point()
+                      else a.clone().fill_(-1))
         yield "int32", a.int()
         yield "half", a.half()
         yield "meta", a.to("meta")

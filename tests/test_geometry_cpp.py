@@ -13,7 +13,8 @@ import os
 import pytest
 import torch
 
-from implicit_kernels import _extension, geometry as G
+from implicit_kernels import _extension
+from implicit_kernels import geometry as G
 
 if not _extension.available():
     pytest.skip("implicit_kernels._C is not available: " + "; ".join(_extension.reasons()),

@@ -43,8 +43,8 @@ def _public_bits(lr, out):
     rel = rel.permute(0, 2, 3, 1).reshape(-1, 2)
     positive = (rel > 0).float()
     local = positive * rel + (1 - positive) * (torch.tensor([1 / h, 1 / w]) - rel)
-    return torch.stack([torch.floor(torch.clip(local - 1e-9, 0, 1) * 2 ** (l + 1)) % 2
-                        for l in range(LEVELS)], dim=1)
+    return torch.stack([torch.floor(torch.clip(local - 1e-9, 0, 1) * 2 ** (level + 1)) % 2
+                        for level in range(LEVELS)], dim=1)
 
 
 def _params(seed=0):
@@ -75,7 +75,8 @@ def test_grid_positions_follow_the_mode():
     pix = geometry.grid_pixels((10, 13), 1)[0]
     public = geometry.pixel_coord(pix, (10, 13), centres="public")
     assert torch.equal(public, _liif_make_coord((10, 13)).view(-1, 2))
-    assert torch.equal(geometry.pixel_coord(pix, (10, 13)), geometry.make_coord((10, 13)).view(-1, 2))
+    assert torch.equal(geometry.pixel_coord(pix, (10, 13)),
+                       geometry.make_coord((10, 13)).view(-1, 2))
     assert not torch.equal(public, geometry.pixel_coord(pix, (10, 13)))
     with pytest.raises(ValueError, match="centres must be one of"):
         geometry.axis_centres(4, centres="exact")

@@ -2,13 +2,14 @@
 against grid_sample."""
 import pytest
 import torch
+from conftest import assert_matches, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
 from implicit_kernels.reference.liif import centre_map, sample_nearest, shifted_queries
-from conftest import assert_matches, mlp_params
 
-SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35), "x30": (150, 210)}
+SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35),
+         "x30": (150, 210)}
 
 
 def liif_params(c, hidden=24, dtype=torch.float32):
@@ -23,7 +24,8 @@ def test_torch_equals_reference_grid(name):
     results = {}
     for backend in ("reference", "torch"):
         out = F.liif_decode(feat, SIZES[name], params, backend=backend)
-        results[backend] = (out.detach(), torch.autograd.grad(out, [feat, *params.values()], upstream))
+        results[backend] = (out.detach(),
+                            torch.autograd.grad(out, [feat, *params.values()], upstream))
     assert results["reference"][0].shape == (2, 3, *SIZES[name])
     assert_matches(results["torch"][0], results["reference"][0])
     for key, g, g_ref in zip(["feat", *params], results["torch"][1], results["reference"][1]):
@@ -68,7 +70,7 @@ def test_single_query_by_hand():
     rows = [int(p[0].floor()), int(p[0].floor()) + 1]
     cols = [int(p[1].floor()), int(p[1].floor()) + 1]
     padded = torch.nn.functional.pad(feat[0], (1, 1, 1, 1))
-    total, preds = 0, []
+    preds = []
     for i in rows:
         for j in cols:
             code = padded[:, i:i + 3, j:j + 3].reshape(-1)
@@ -76,7 +78,8 @@ def test_single_query_by_hand():
             rel = (q - v) * 4
             x = torch.cat([code, rel, cell * 4])
             for n in range(3):
-                x = params[f"imnet.layers.{2 * n}.weight"] @ x + params[f"imnet.layers.{2 * n}.bias"]
+                x = (params[f"imnet.layers.{2 * n}.weight"] @ x
+                     + params[f"imnet.layers.{2 * n}.bias"])
                 x = torch.relu(x) if n < 2 else x
             # bilinear weight = area to the diagonally opposite code / 4 (interior)
             preds.append(x * ((1 - (rel / 2).abs()).prod()))
@@ -88,7 +91,8 @@ def test_single_query_by_hand():
 
 def test_gradcheck_torch_float64():
     feat = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in liif_params(2, hidden=4, dtype=torch.float64).items()}
+    params = {k: v.requires_grad_()
+              for k, v in liif_params(2, hidden=4, dtype=torch.float64).items()}
     keys = list(params)
 
     def fn(f, *ps):

@@ -1,14 +1,15 @@
-"""LTE and DLTE (reconstructed): the references against hand computations of SPEC.md
-§2/§4, and the "torch" backends against the references (values and gradients)."""
+"""LTE and DLTE (reconstructed): the references against hand computations of
+docs/liif-lte.md#lte and docs/dlte.md, and the "torch" backends against the references
+(values and gradients)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import assert_matches, conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
-from conftest import assert_matches, conv_params, linear, mlp_params
 
 SIZES = {  # feature map 6×7 → output
     "x1": (6, 7), "x2.7": (16, 19), "x3_by_x5": (18, 35), "x3_odd": (18, 21),
@@ -136,8 +137,8 @@ def test_lte_single_code_by_hand():
 # ----------------------------------------------------------------------------------------
 
 def dlte_loop_oracle(feat, inp, out_size, params):
-    """SPEC.md §4 with linear slicing for one image, pixel by pixel with Python integers
-    (the bilinear skip is taken from grid_sample; the LTE test pins it)."""
+    """docs/dlte.md#reconstruction with linear slicing for one image, pixel by pixel with
+    Python integers (the bilinear skip is taken from grid_sample; the LTE test pins it)."""
     _, _, h, w = feat.shape
     ho, wo = out_size
     maps = {name: nnf.conv2d(feat, params[f"{name}.weight"], params[f"{name}.bias"], padding=1)[0]

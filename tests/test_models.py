@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_matches
 
 import models
 from implicit_kernels import geometry
-from conftest import assert_matches
 
 # ----------------------------------------------------------------------------------------
 # Parameter counts at the papers' widths (trainable parameters, as the papers count)
@@ -51,10 +51,11 @@ def test_edsr_mean_shifts_are_frozen():
 
 
 def test_hiif_parameter_count_and_gap_to_paper():
-    """The derivative's layout (ALGORITHMS.md §4.4): 1,735,071 decoder parameters with the
-    3×3 conv ``freq``, 1,587,359 without.  The paper's Table 3 lists +1.33M over the
-    encoder (its LIIF/LTE rows equal our decoder counts, so the conv is included there);
-    ours is about 0.4M more, a gap no natural variant of the paper's text closes."""
+    """The derivative's layout (docs/hiif.md#parameters-per-layer; the gap:
+    docs/hiif.md#parameter-count): 1,735,071 decoder parameters with the 3×3 conv ``freq``,
+    1,587,359 without.  The paper's Table 3 lists +1.33M over the encoder (its LIIF/LTE rows
+    equal our decoder counts, so the conv is included there); ours is about 0.4M more, a gap
+    no natural variant of the paper's text closes."""
     model = models.make("edsr-baseline-hiif")
     decoder = sum(p.numel() for p in model.decoder_params().values())
     conv = sum(p.numel() for k, p in model.decoder_params().items() if k.startswith("freq."))
@@ -155,7 +156,7 @@ def test_diif_dlte_hiif_keys():
                            "phase.weight"}
     hiif = set(models.make("edsr-baseline-hiif", **small).decoder_params())
     expected = {"freq.weight", "freq.bias"}
-    expected |= {f"fc_layers.{l}.{m}.{w}" for l in range(6) for m in ("norm", "fc1", "fc2")
+    expected |= {f"fc_layers.{level}.{m}.{w}" for level in range(6) for m in ("norm", "fc1", "fc2")
                  for w in ("weight", "bias")}
     expected |= {f"conv{i}.{m}.{w}" for i in range(2)
                  for m in ("qkv_proj", "kln", "vln", "proj1", "proj2") for w in ("weight", "bias")}

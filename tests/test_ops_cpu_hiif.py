@@ -3,12 +3,12 @@ gradients, chunked == unchunked (the multi-pass global attention), float64 gradc
 the hierarchical codes bit for bit, opcheck, torch.compile, and input checks."""
 import pytest
 import torch
+from conftest import assert_compiles_fullgraph, assert_matches
+from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
 from implicit_kernels.reference.hiif import hierarchical_code, local_coord
-from conftest import assert_compiles_fullgraph, assert_matches
-from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 

@@ -3,10 +3,10 @@ values and gradients (feat, inp, every parameter) in grid and query mode, float6
 gradcheck, opcheck, torch.compile, and input checks."""
 import pytest
 import torch
+from conftest import assert_compiles_fullgraph, assert_matches, conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, backends, geometry
-from conftest import assert_compiles_fullgraph, assert_matches, conv_params, linear, mlp_params
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 

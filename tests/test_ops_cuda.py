@@ -5,10 +5,10 @@ Skipped without a GPU and a CUDA build of the extension (CI has neither; run on 
 machine, see bench/NOTES.md for which runs happened)."""
 import pytest
 import torch
+from conftest import assert_matches, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from conftest import assert_matches, mlp_params
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or bool(backends.unavailable_reasons("cuda", "diif")),
@@ -37,7 +37,8 @@ def test_diif_values_and_grads_equal_reference(name, slicing):
     for backend in ("reference", "cuda"):
         out = F.diif_decode(feat, SIZES[name], params, slicing=slicing, backend=backend,
                             chunk_size=5000)
-        results[backend] = (out.detach(), torch.autograd.grad(out, [feat, *params.values()], upstream))
+        results[backend] = (out.detach(),
+                            torch.autograd.grad(out, [feat, *params.values()], upstream))
     assert_matches(results["cuda"][0], results["reference"][0])
     for key, g, g_ref in zip(["feat", *params], results["cuda"][1], results["reference"][1]):
         assert_matches(g, g_ref, f"grad of {key}")

@@ -5,11 +5,11 @@ reference, gradcheck, opcheck.
 Skipped without a GPU and a CUDA build of the extension (CI has neither)."""
 import pytest
 import torch
+from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
 from implicit_kernels.reference.hiif import hierarchical_code, local_coord
-from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or bool(backends.unavailable_reasons("cuda", "hiif")),

@@ -4,11 +4,10 @@ fp32/fp64 values and gradients, bf16/fp16 against the fp32 reference, gradcheck,
 Skipped without a GPU and a CUDA build of the extension (CI has neither)."""
 import pytest
 import torch
-
-import implicit_kernels.functional as F
-from implicit_kernels import backends
 from conftest import assert_matches
 from test_ops_cpu_liif_lte import SIZES, decode, make_params, tie_queries
+
+from implicit_kernels import backends
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or bool(backends.unavailable_reasons("cuda", "liif")),

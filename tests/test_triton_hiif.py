@@ -9,12 +9,18 @@ does that for the main suite).  Interpreter runs use fp32 and small shapes."""
 
 import pytest
 import torch
+from conftest import (
+    assert_compiles_fullgraph,
+    assert_half_precision_close,
+    assert_matches,
+    opcheck_layouts,
+    triton_device,
+    triton_gpu_only,
+)
+from test_hiif import hiif_params, random_queries
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
-from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
-                      opcheck_layouts, triton_device, triton_gpu_only)
-from test_hiif import hiif_params, random_queries
 
 DEVICE = triton_device()
 
@@ -80,7 +86,8 @@ def test_chunked_equals_unchunked(chunk_size):
 
 
 def test_paper_widths():
-    """C = 256 in 16 heads of 16, hidden 256, 6 levels (SPEC.md §5) on a few queries."""
+    """C = 256 in 16 heads of 16, hidden 256, 6 levels (docs/hiif.md#what-the-paper-fixes)
+    on a few queries."""
     feat, inp = inputs(30, b=1, c=8, h=2, w=3)
     params = {k: v.to(DEVICE) for k, v in
               hiif_params(c_enc=8, c_z=256, head_dim=16, hidden=256, seed=30).items()}

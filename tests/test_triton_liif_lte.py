@@ -8,13 +8,21 @@ does that for the main suite).  Interpreter runs use fp32 and small shapes."""
 
 import pytest
 import torch
+from conftest import (
+    assert_compiles_fullgraph,
+    assert_half_precision_close,
+    assert_matches,
+    conv_params,
+    linear,
+    mlp_params,
+    opcheck_layouts,
+    triton_device,
+    triton_gpu_only,
+)
+from test_ops_cpu_liif_lte import liif_params, tie_queries
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
-                      conv_params, linear, mlp_params, opcheck_layouts, triton_device,
-                      triton_gpu_only)
-from test_ops_cpu_liif_lte import liif_params, tie_queries
 
 DEVICE = triton_device()
 

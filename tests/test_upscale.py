@@ -35,7 +35,8 @@ def _tiny(name="edsr-baseline-diif"):
 def _photo(h=20, w=30, seed=0) -> Image.Image:
     """A smooth random RGB photo (a 5×5 pattern enlarged)."""
     gen = torch.Generator().manual_seed(seed)
-    return D.to_pil(torch.randint(0, 256, (3, 5, 5), generator=gen, dtype=torch.uint8)).resize((w, h))
+    return D.to_pil(torch.randint(0, 256, (3, 5, 5), generator=gen,
+                                  dtype=torch.uint8)).resize((w, h))
 
 
 @pytest.fixture

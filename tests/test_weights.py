@@ -90,7 +90,8 @@ def test_looks_like_path():
 
 
 @pytest.mark.parametrize("obj, message", [
-    ({"format": W.WEIGHTS_FORMAT, "model": "edsr-baseline-liif"}, "without the key(s) 'state_dict'"),
+    ({"format": W.WEIGHTS_FORMAT, "model": "edsr-baseline-liif"},
+     "without the key(s) 'state_dict'"),
     ({"format": W.WEIGHTS_FORMAT, "state_dict": {}}, "without the key(s) 'model'"),
     ({"format": W.WEIGHTS_FORMAT, "model": "x", "state_dict": [1]}, "not a mapping of tensors"),
     ({"format": W.CHECKPOINT_FORMAT, "model": {}}, "without the key(s) 'config', 'step'"),

@@ -1,9 +1,10 @@
-"""DIIF (He & Jin) in the paper's form, one output pixel at a time: SPEC.md §3.
+"""DIIF (He & Jin) in the paper's form, one output pixel at a time: docs/diif.md.
 
-No official code exists; SPEC.md §3 is the project's reading.  The reference evaluates,
+No official code exists; docs/diif.md is the project's reading.  The reference evaluates,
 for every output pixel, the coarse stage of its own slice at the four vertices of its
 group (so a slice's coarse stage is recomputed for each of its pixels: exact, by the
-per-pixel equivalence of SPEC.md §3, and simple), the slice ensemble and the fine stage.
+per-pixel equivalence of docs/diif.md#per-pixel-equivalence, and simple), the slice
+ensemble and the fine stage.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def diif(feat, out_size, pixels, params, slicing):
 
 
 def diif_without_ensemble(feat, out_size, pixels, params, slicing):
-    """The paper's "w/o se" ablation (ALGORITHMS.md §3.5): no vertices; the coarse stage
-    reads LIIF's 3×3-unfolded code of the group's own LR pixel with the slice ends
+    """The paper's "w/o se" ablation (docs/diif.md#ablation-variants): no vertices; the coarse
+    stage reads LIIF's 3×3-unfolded code of the group's own LR pixel with the slice ends
     relative to its centre (input ``9C + 6``), and the fine stage takes its output."""
     b, c, h, w = feat.shape
     codes = nnf.unfold(feat, 3, padding=1).view(b, c * 9, h, w)

@@ -1,11 +1,12 @@
-"""DLTE (He & Jin), *reconstructed*: SPEC.md §4, ALGORITHMS.md §3.7.
+"""DLTE (He & Jin), *reconstructed*: docs/dlte.md#reconstruction.
 
 The paper gives no details and no code exists; this reconstruction fits all of its
 parameter and MAC figures.  DIIF's grouping, slicing, slice ensemble and fine stage
-(SPEC.md §3) with LTE-style Fourier vertex features in the coarse stage, plus LTE's
-bilinear skip.  Like the DIIF reference it works one output pixel at a time: each pixel
-evaluates its own slice's coarse stage at its group's four vertices (recomputed for
-every pixel of a slice: exact, by SPEC.md §3's per-pixel equivalence, and simple).
+(docs/diif.md#forward-pass) with LTE-style Fourier vertex features in the coarse stage,
+plus LTE's bilinear skip.  Like the DIIF reference it works one output pixel at a time:
+each pixel evaluates its own slice's coarse stage at its group's four vertices
+(recomputed for every pixel of a slice: exact, by the per-pixel equivalence of
+docs/diif.md#per-pixel-equivalence, and simple).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def dlte(feat, inp, out_size, pixels, params, slicing):
         params: ``{"coef": (W, b), "freq": (W, b)`` (3×3 convs to ``K`` channels),
             ``"phase": W`` (``2K×2``), ``"coarse": [(W, b), ...]`` (first takes ``4K``),
             ``"fine": [(W, b), ...]}`` (first takes the coarse width + 2).
-        slicing: ``"linear"``, ``"constant"`` or ``"fixed4"`` (SPEC.md §3 step 2).
+        slicing: ``"linear"``, ``"constant"`` or ``"fixed4"`` (docs/diif.md#slicing).
 
     Returns:
         ``B×Q×3``.  Per vertex ``t`` of the pixel's group, the ``4K`` vertex frequencies are

@@ -1,19 +1,20 @@
-"""HIIF (Jiang et al.) in the public derivative's layout: SPEC.md §5,
-ALGORITHMS.md §4.2-4.3, steps numbered as there.
+"""HIIF (Jiang et al.) in the public derivative's layout: docs/hiif.md#forward-pass
+and docs/hiif.md#multi-head-linear-attention, steps numbered as there.
 
 The reference decodes all ``Q`` queries of a call in one go: the attention sums cover
 every query it receives (``Q`` per image), which is the definition the chunked,
 multi-pass backends must reproduce.  It ignores ``chunk_size``.
 
-Attention, paper vs. code (ALGORITHMS.md §4.3).  The paper (Eq. 9-10) projects
-``Q, K, V = ẑ W``, layer-normalises K and Q per head and forms ``V (KᵀQ) / √(HW)``.  The
-derivative projects ``q, k, v``, layer-normalises k and v and forms ``q (k̂ᵀv̂) / n``.
-Renaming the code's first projection ``q`` to the paper's ``V`` and its third ``v`` to
-the paper's ``Q`` turns one into the other term for term (``q (k̂ᵀ v̂) = V (K̂ᵀ Q̂)``, the
-unnormalised factor outside, the two normalised ones in the d×d product), so both forms
-are one computation, and a checkpoint in the paper's naming is the derivative's with the
-first and third ``head_dim`` chunks of each head in ``qkv_proj`` exchanged.  Only the
-normaliser differs: ``normalizer="n"`` (the code, default) or ``"sqrt_n"`` (Eq. 10).
+Attention, paper vs. code (docs/hiif.md#multi-head-linear-attention).  The paper
+(Eq. 9-10) projects ``Q, K, V = ẑ W``, layer-normalises K and Q per head and forms
+``V (KᵀQ) / √(HW)``.  The derivative projects ``q, k, v``, layer-normalises k and v and
+forms ``q (k̂ᵀv̂) / n``.  Renaming the code's first projection ``q`` to the paper's ``V``
+and its third ``v`` to the paper's ``Q`` turns one into the other term for term
+(``q (k̂ᵀ v̂) = V (K̂ᵀ Q̂)``, the unnormalised factor outside, the two normalised ones in
+the d×d product), so both forms are one computation, and a checkpoint in the paper's
+naming is the derivative's with the first and third ``head_dim`` chunks of each head in
+``qkv_proj`` exchanged.  Only the normaliser differs: ``normalizer="n"`` (the code,
+default) or ``"sqrt_n"`` (Eq. 10).
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def level_block(x: torch.Tensor, block) -> torch.Tensor:
 
 
 def attention_block(x: torch.Tensor, block, normalizer: str) -> torch.Tensor:
-    """ALGORITHMS.md §4.3: multi-head linear attention over the ``n`` queries of each
-    image (``x``: ``B×n×C``) and its residual GELU MLP → ``B×n×C``."""
+    """docs/hiif.md#multi-head-linear-attention: multi-head linear attention over the ``n``
+    queries of each image (``x``: ``B×n×C``) and its residual GELU MLP → ``B×n×C``."""
     b, n, c = x.shape
     heads = block["heads"]
     d = c // heads

@@ -1,4 +1,5 @@
-"""LIIF (Chen et al., CVPR 2021) in the official code's form: SPEC.md §2, ALGORITHMS.md §1.5."""
+"""LIIF (Chen et al., CVPR 2021) in the official code's form: docs/liif-lte.md#liif,
+docs/conventions.md#local-ensemble."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""LTE (Lee & Jin, CVPR 2022) in the official code's form: SPEC.md §2, ALGORITHMS.md §2.
+"""LTE (Lee & Jin, CVPR 2022) in the official code's form: docs/liif-lte.md#lte.
 
 The coefficient and frequency maps are read with LIIF's nearest-code ``grid_sample``
 (its shifts, ``1e-6`` tie-break and clamp), as is each code's centre.  The helpers

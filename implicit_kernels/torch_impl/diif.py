@@ -1,4 +1,4 @@
-"""DIIF with SPEC.md §3's exact splits.
+"""DIIF with the exact splits of docs/diif.md#equal-cheaper-forms.
 
 * The first coarse layer ``W·[z_t, rel_first, rel_last, cell] + b`` splits into
   ``W_z·z_t`` — one 4×4 convolution of the feature map, once per LR-grid corner — plus a
@@ -82,5 +82,6 @@ def _decode(feat, out_size, pixels, params, slicing, vertices):
         pre = corner + per_slice - nnf.linear(d.new_tensor(offset), w_first + w_last)
         coarse = mlp(torch.relu(pre), coarse_rest, relu_last=True)
         contribution = nnf.linear(coarse, w_hidden)[pixel_slice]
-        blended = blended + (contribution if weights is None else weights[:, t:t + 1] * contribution)
+        blended = blended + (contribution if weights is None
+                             else weights[:, t:t + 1] * contribution)
     return mlp(torch.relu(blended), fine_rest).view(bsz, nq, -1)

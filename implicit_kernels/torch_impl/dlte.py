@@ -1,4 +1,5 @@
-"""DLTE (*reconstructed*, SPEC.md §4) with SPEC.md §3's exact splits.
+"""DLTE (*reconstructed*, docs/dlte.md) with the exact splits of
+docs/diif.md#equal-cheaper-forms.
 
 * The estimator maps are per LR pixel: computed once per call (:func:`prepare_dlte`),
   and each slice gathers its group's 3×3 LR block, which holds all four 2×2 vertex codes

@@ -1,5 +1,6 @@
-"""HIIF with exact splits and bounded-memory global attention (SPEC.md §5,
-ALGORITHMS.md §4.2-4.5); the maths is the reference's (``reference/hiif.py``).
+"""HIIF with exact splits and bounded-memory global attention (docs/hiif.md#forward-pass,
+docs/hiif.md#chunking-and-global-attention); the maths is the reference's
+(``reference/hiif.py``).
 
 Level 0's first Linear is split per LR pixel.  Its LayerNorm runs over
 ``x = [w_0 z_0, ..., w_3 z_3, e]`` (``e`` = scaled cell and level-0 bits, 4 values), so

@@ -1,5 +1,6 @@
-"""LIIF with its first layer split (SPEC.md §3, last paragraph): the ``9C`` feature part
-``W_f · unfold(feat)`` is one 3×3 convolution per LR pixel, computed once per call."""
+"""LIIF with its first layer split (docs/liif-lte.md#split-first-layer): the ``9C``
+feature part ``W_f · unfold(feat)`` is one 3×3 convolution per LR pixel, computed once per
+call."""
 from __future__ import annotations
 
 import torch

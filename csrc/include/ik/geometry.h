@@ -1,8 +1,9 @@
 // Coordinate and index geometry of the LIIF family, for CPU loops and CUDA kernels.
 //
-// A line-by-line port of implicit_kernels/geometry.py (SPEC.md §1 and §3).  Results must
-// be identical to the Python functions, bit for bit, so the float expressions keep
-// PyTorch's operation order and rounding (see ik/common.h for why the *_rn helpers).
+// A line-by-line port of implicit_kernels/geometry.py (docs/conventions.md and
+// docs/diif.md, "Forward pass").  Results must be identical to the Python functions, bit
+// for bit, so the float expressions keep PyTorch's operation order and rounding (see
+// ik/common.h for why the *_rn helpers).
 // Tested exactly against geometry.py by tests/test_geometry_cpp.py through the CPU ops
 // in csrc/cpu/geometry_cpu.cpp; tests/test_cuda_compile.py compiles it for sm_80/sm_90.
 //
@@ -95,7 +96,7 @@ IK_HD void ensemble_weights(const T ry[4], const T rx[4], T weight[4]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// DIIF: coordinate grouping and slicing (SPEC.md §3, steps 1-2)
+// DIIF: coordinate grouping and slicing (docs/diif.md, "Grouping" and "Slicing")
 // ---------------------------------------------------------------------------------------
 
 // Slicing modes, in geometry.SLICINGS order.
@@ -139,8 +140,8 @@ struct DiifSlice {
   index_t last_r, last_c;
 };
 
-IK_HD DiifSlice diif_slice(index_t r, index_t c, index_t h, index_t w, index_t h_out,
-                           index_t w_out, Slicing slicing) {
+IK_HD DiifSlice diif_slice(index_t r, index_t c, index_t h, index_t w, index_t h_out, index_t w_out,
+                           Slicing slicing) {
   const GroupBounds gr = group_bounds(r, h, h_out);
   const GroupBounds gc = group_bounds(c, w, w_out);
   DiifSlice s;

@@ -1,4 +1,4 @@
-// HIIF's query geometry and hierarchical codes (SPEC.md §5, ALGORITHMS.md §4.2 steps 3-6),
+// HIIF's query geometry and hierarchical codes (docs/hiif.md, "Forward pass", steps 3-6),
 // for CPU loops and CUDA kernels.
 //
 // Bit-exact with implicit_kernels/reference/hiif.py (local_coord, hierarchical_code) and

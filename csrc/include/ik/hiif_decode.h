@@ -1,4 +1,4 @@
-// Per-query pieces of the fused HIIF operators (SPEC.md §5), shared by the CPU loops
+// Per-query pieces of the fused HIIF operators (docs/hiif.md), shared by the CPU loops
 // (csrc/cpu/hiif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/hiif_kernels.cu).
 //
 // Two element-wise steps sit between the dense layers of csrc/hiif_decode.cpp:
@@ -32,9 +32,9 @@ constexpr int kAuxWeight = 0, kAuxDev = 4, kAuxExtraDev = 8, kAuxRstd = 12, kAux
 // code.  Writes the indices of the four members' map rows to `row`, the aux values to
 // `aux`.  `cell_y`, `cell_x` are the unscaled cell; `channels` the code width C.
 template <typename Acc, typename T>
-IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h,
-                        index_t w, const T* maps, index_t hidden, index_t channels,
-                        index_t row[4], Acc aux[kAuxWidth]) {
+IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h, index_t w,
+                        const T* maps, index_t hidden, index_t channels, index_t row[4],
+                        Acc aux[kAuxWidth]) {
   const Query<Acc> q = query(qy, qx, h, w);
   const index_t stride = hidden + 2;
   const Acc c = static_cast<Acc>(channels);

@@ -1,5 +1,5 @@
-// Per-element pieces of the fused LIIF decode (SPEC.md §2), shared by the CPU loops
-// (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
+// Per-element pieces of the fused LIIF decode (docs/liif-lte.md, "LIIF"), shared by the
+// CPU loops (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
 // LTE's decode (ik/lte_decode.h) uses the same local ensemble.
 //
 // The decode runs in two element-wise steps around dense layers (csrc/liif_decode.cpp):
@@ -33,9 +33,8 @@ struct Dims {
 // (geometry.ensemble_neighbours; the cell scaled in T, as `cell * (h, w)`); weight[t]
 // its area weight (geometry.ensemble_weights).
 template <typename T>
-IK_HD void query_members(index_t p, T qy, T qx, T cy, T cx, const Dims& d,
-                         index_t index[kMembers], T inputs[kMembers * kCoordInputs],
-                         T weight[kMembers]) {
+IK_HD void query_members(index_t p, T qy, T qx, T cy, T cx, const Dims& d, index_t index[kMembers],
+                         T inputs[kMembers * kCoordInputs], T weight[kMembers]) {
   const index_t row0 = (p / d.q) * d.h;
   const T sy = mul_rn(cy, static_cast<T>(d.h)), sx = mul_rn(cx, static_cast<T>(d.w));
   T ry[kMembers], rx[kMembers];
