@@ -106,13 +106,14 @@ def _coarse_kernel(slices_ptr, corner_ptr, wc_ptr, b0_ptr, w1_ptr, b1_ptr, wh_pt
     """Coarse stage of ``ROWS`` slices at vertex ``t = program_id(1)``:
     ``G[4s + t] = W_h·relu(W_1·relu(corner_t + W_c·x6_t + b0) + b1)``.
 
-    w1: ``DC×DC``; wh: ``DF×DC``; g: ``4S×DF`` fp32."""
+    w1: ``DC×DC``; wh: ``DF×DC``; g: ``4S×DF`` (the weights' dtype)."""
     pre, r, r_ok = _coarse_input(slices_ptr, corner_ptr, wc_ptr, b0_ptr, S, H, W, HO, WO, DC,
                                  ROWS, BLOCK_C)
     g = mlp.two_layers(tl.maximum(pre, 0.0), w1_ptr, b1_ptr, wh_ptr, DC, DC, DF,
                        ROWS, BLOCK_C, BLOCK_N, BLOCK_F, PRECISION, "relu")
     f = tl.arange(0, BLOCK_F)
-    tl.store(g_ptr + r[:, None] * DF + f[None, :], g, mask=r_ok[:, None] & (f[None, :] < DF))
+    tl.store(g_ptr + r[:, None] * DF + f[None, :], g.to(g_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & (f[None, :] < DF))
 
 
 @triton.jit
@@ -165,12 +166,15 @@ def _fine_input(pixels_ptr, slice_ptr, g_ptr, wd_ptr, bd_ptr, P, H, W, HO, WO, D
     z += tl.load(bd_ptr + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
     z = mlp.add_outer(z, dy, wd_ptr, 2, f, f_ok)
     z = mlp.add_outer(z, dx, wd_ptr + 1, 2, f, f_ok)
-    for t in tl.static_range(4):
-        # geometry.slice_ensemble_weights: bilinear weight of vertex (a, b) = (t // 2, t % 2).
-        wy = 1.0 + dy if t // 2 == 1 else 1.0 - dy
-        wx = 1.0 + dx if t % 2 == 1 else 1.0 - dx
+    # A loop, not unrolled: one vertex's [ROWS, D_f] rows in flight at a time (unrolled,
+    # the compiler gathers all four at once and spills at ROWS >= 32).
+    for t in range(4):
+        # geometry.slice_ensemble_weights: bilinear weight of vertex (a, b) = (t // 2, t % 2),
+        # 1 ± d as 1 + (±1)·d (the same value: the product is exact).
+        wy = 1.0 + (2.0 * (t // 2) - 1.0) * dy
+        wx = 1.0 + (2.0 * (t % 2) - 1.0) * dx
         g = tl.load(g_ptr + (4 * sl + t)[:, None] * DF + f[None, :],
-                    mask=p_ok[:, None] & f_ok[None, :], other=0.0)
+                    mask=p_ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
         z += (wy * wx / 4)[:, None] * g
     return z, p.to(tl.int64), p_ok
 
@@ -275,8 +279,9 @@ class _Chunk:
         return (self.pixels, self.pixel_slice.contiguous(), g, self.wd, self.bd)
 
     def coarse_forward(self):
-        """``G`` (``4S×D_f`` fp32)."""
-        g = mlp.empty(4 * self.n_slices, self.df, device=self.device, dtype=torch.float32)
+        """``G`` (``4S×D_f``) in the weights' dtype: bf16/fp16 runs gather half the bytes
+        per pixel and hold half the registers while the four vertices' rows are summed."""
+        g = mlp.empty(4 * self.n_slices, self.df, device=self.device, dtype=self.corner.dtype)
         mlp.launch(_coarse, self.n_slices, *self.coarse_args(), g, self.n_slices, *self.sizes(),
                    self.dc, self.df, grid_extra=(4,), **self.meta)
         return g
