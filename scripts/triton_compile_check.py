@@ -226,12 +226,13 @@ class Build:
                 f"{cfg.num_stages}")
 
 
-def builds(launches, quick=False):
+def builds(launches, quick=False, labels=None):
     """The compilations of ``launches``, by kernel (in launch order), table dtype (each
     from the launches with its input dtype) and configuration: every autotuning
-    configuration and dtype, or (``quick``) the first configuration in bf16 and tf32."""
+    configuration and dtype, or (``quick``) the first configuration in bf16 and tf32;
+    ``labels`` narrows the dtypes."""
     kernels = list(dict.fromkeys((launch.decoder, launch.name) for launch in launches))
-    labels = QUICK_DTYPES if quick else tuple(DTYPES)
+    labels = labels or (QUICK_DTYPES if quick else tuple(DTYPES))
     return [Build(launch, label, config)
             for kernel in kernels for label in labels for launch in launches
             if (launch.decoder, launch.name) == kernel and launch.dtype == DTYPES[label][0]
@@ -273,6 +274,8 @@ def main(argv=None):
                         help=f"any of {', '.join(DECODERS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="the first configuration only, bf16 and tf32 only")
+    parser.add_argument("--dtype", action="append", choices=tuple(DTYPES),
+                        help="only these table dtypes (repeatable; default: all)")
     args = parser.parse_args(argv)
     unknown = set(args.decoders) - set(DECODERS)
     if unknown:
@@ -280,7 +283,7 @@ def main(argv=None):
     print("sm_90, widths 256: kernel dtype ROWS BLOCK_N warps stages -> registers, spills, "
           "shared", flush=True)
     failed = False
-    for build in builds(record(args.decoders or DECODERS), args.quick):
+    for build in builds(record(args.decoders or DECODERS), args.quick, args.dtype):
         regs, line = check(build)
         failed |= regs is None
         print(line, flush=True)

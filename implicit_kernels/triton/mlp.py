@@ -127,10 +127,12 @@ def two_layers_backward(x, gy, w1_ptr, b1_ptr, w2_ptr, K, N, M, rows, rows_ok,
 
 #: The autotuning list, ``(ROWS, BLOCK_N, num_warps, num_stages)``.  Short on purpose:
 #: each entry compiles once per kernel, dtype and argument specialisation (1–17 s each for
-#: sm_90), and each (key, size bucket) benchmarks all of them.  A tile's activations and
-#: accumulator are ``[ROWS, 256]`` fp32; scripts/triton_compile_check.py prints registers
-#: and spills per entry (bench/NOTES.md has the table).
-CONFIGS = ((16, 32, 4, 2), (32, 32, 8, 2), (64, 32, 8, 2), (128, 16, 8, 2))
+#: sm_90), and each (key, size bucket) benchmarks all of them.  A tile's activations are
+#: ``[ROWS, 256]`` fp32 in registers, so the warps grow with the rows; the 64- and
+#: 128-row tiles feed Hopper's ``wgmma`` (ROWS % 64 == 0), whose warp groups of 4 take
+#: 64 rows each: 8 warps on 64 rows duplicate operands and spill, 4 or 16 do not
+#: (scripts/triton_compile_check.py prints registers and spills; bench/NOTES.md).
+CONFIGS = ((16, 32, 4, 2), (32, 32, 4, 2), (64, 32, 4, 2), (128, 32, 16, 2))
 #: The interpreter's tile when nothing is pinned (it runs each program in Python: few,
 #: large programs).
 INTERPRETER_CONFIG = (64, 32, 4, 2)
