@@ -340,7 +340,9 @@ def _stats_kernel(x_ptr, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr, 
         k_hat, _, _, v_hat, _, _ = _normed_keys_values(
             x, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr, vln_b_ptr, h, d, c, c_ok,
             i, i_ok, row_ok, C, PRECISION)
-        kv = tl.dot(tl.trans(k_hat), v_hat, input_precision=PRECISION)
+        # Operands in x's dtype (bf16 runs: tensor-core bf16), fp32 accumulation.
+        kv = tl.dot(tl.trans(k_hat).to(x_ptr.dtype.element_ty), v_hat.to(x_ptr.dtype.element_ty),
+                    input_precision=PRECISION)
         tl.store(out + h * d * d + i[:, None] * d + i[None, :], kv,
                  mask=i_ok[:, None] & i_ok[None, :])
 
@@ -415,7 +417,9 @@ def _attention_residual(x, mat_ptr, qkv_w_ptr, qkv_b_ptr, heads, d, c, c_ok, C,
     r = x
     for h in range(heads):
         q = _head_rows(x, qkv_w_ptr, qkv_b_ptr, 3 * h * d, c, c_ok, i, i_ok, C, PRECISION)
-        r += tl.dot(q, _placed_mat(mat_ptr, h, heads, d, i, i_ok, c), input_precision=PRECISION)
+        # Operands in M's dtype (x's; bf16 runs: tensor-core bf16), fp32 accumulation.
+        placed = _placed_mat(mat_ptr, h, heads, d, i, i_ok, c).to(mat_ptr.dtype.element_ty)
+        r += tl.dot(q.to(mat_ptr.dtype.element_ty), placed, input_precision=PRECISION)
     return r
 
 
