@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A first GPU session in two device-machine calls of under 8 minutes each, the most
+# A first GPU run in two device-machine calls of under 8 minutes each, the most
 # valuable evidence first; each call writes its logs under $OUT (default
 # bench/results/gpu) and prints their tails.
 #
