@@ -167,11 +167,13 @@ def pinned_config():
 
 def fixed_config():
     """The configuration of every launch when none is autotuned: the pinned one, else the
-    interpreter's under ``TRITON_INTERPRET=1``; ``None`` on GPU without a pin (autotune)."""
+    interpreter's under ``TRITON_INTERPRET=1``; ``None`` on GPU without a pin (autotune).
+    Within :func:`tuning` only :func:`pinned` counts (an environment pin would make the
+    autotuning tests test nothing)."""
+    if _do_bench is not None:
+        return _pin
     pin = pinned_config()
-    if pin is None and INTERPRET and _do_bench is None:
-        return INTERPRETER_CONFIG
-    return pin
+    return INTERPRETER_CONFIG if pin is None and INTERPRET else pin
 
 
 def smallest_rows():
