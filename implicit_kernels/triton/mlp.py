@@ -274,6 +274,20 @@ def launch(kernel, n_rows, *args, **meta):
             *args, ROWS=rows, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **meta)
 
 
+#: The least queries per chunk :func:`chunk_for_memory` picks: enough to fill a GPU for
+#: many waves and to make a 1440p decode a handful of chunks (the per-chunk host work is
+#: then negligible against the kernels).
+MIN_GPU_CHUNK = 1 << 20
+
+
+def chunk_for_memory(bytes_per_query, free_bytes, least=MIN_GPU_CHUNK):
+    """Queries per chunk for a device with ``free_bytes`` free: the largest power of two
+    whose chunk (``bytes_per_query`` each) takes at most half of it, but at least
+    ``least`` (smaller chunks would make the decode host-bound)."""
+    fits = max(1, free_bytes // 2 // max(1, bytes_per_query))
+    return max(least, 1 << (fits.bit_length() - 1))
+
+
 def empty(*shape, device, dtype):
     """``torch.empty`` for a kernel's output, poisoned when ``IK_POISON=1`` (as the C++
     operators' outputs; tests/conftest.py sets it): NaN, or -1 for integer indices, so an
