@@ -9,7 +9,8 @@ backward through :mod:`implicit_kernels.functional` (``backend="triton"``, the p
 widths from the ``models`` defaults, tiny inputs) with fp32 and with bf16 inputs, recording every
 :func:`implicit_kernels.triton.mlp.launch` (:func:`record`).  This process then
 compiles each recorded kernel with ``triton.compile`` on an ``ASTSource`` for
-``GPUTarget("cuda", 90, 32)`` over :func:`mlp.gpu_configs` and the dtypes fp32 (IEEE
+``GPUTarget("cuda", 90, 32)`` over each kernel's autotuning list (``mlp.CONFIGS``, or
+``mlp.BACKWARD_CONFIGS`` for a backward kernel) and the dtypes fp32 (IEEE
 ``tl.dot``), tf32 (fp32 inputs) and bf16, and runs the ptxas that ships with triton
 (``-v``) on the PTX for the resource counts: no CUDA toolkit or GPU is needed.
 ``--quick``: the first configuration (ROWS 16, BLOCK_N 32, 4 warps, 2 stages), tf32
@@ -228,15 +229,16 @@ class Build:
 
 def builds(launches, quick=False, labels=None):
     """The compilations of ``launches``, by kernel (in launch order), table dtype (each
-    from the launches with its input dtype) and configuration: every autotuning
-    configuration and dtype, or (``quick``) the first configuration in bf16 and tf32;
+    from the launches with its input dtype) and configuration: every configuration of the
+    kernel's autotuning list and every dtype, or (``quick``) the first configuration in bf16 and tf32;
     ``labels`` narrows the dtypes."""
     kernels = list(dict.fromkeys((launch.decoder, launch.name) for launch in launches))
     labels = labels or (QUICK_DTYPES if quick else tuple(DTYPES))
     return [Build(launch, label, config)
             for kernel in kernels for label in labels for launch in launches
             if (launch.decoder, launch.name) == kernel and launch.dtype == DTYPES[label][0]
-            for config in mlp.gpu_configs()[:1 if quick else None]]
+            for config in mlp.gpu_configs(mlp.tuned_for(launch.kernel).configs)[
+                :1 if quick else None]]
 
 
 def resources(compiled):

@@ -1,4 +1,4 @@
-"""Every configuration of the Triton autotuning list gives the reference's values and
+"""Every configuration of the Triton autotuning lists (forward and backward) gives the reference's values and
 gradients, pinned (``mlp.pinned``, as ``IK_TRITON_CONFIG`` does) and chosen by the
 autotuner after it has run every configuration in turn on the same buffers (as on a GPU's
 first call per key: partial-sum slots a configuration with larger tiles leaves unwritten
@@ -52,7 +52,7 @@ def check_decoder(decoder, seed):
         assert_triton_equals_reference(decoder, feat, inp, params, (5, 7), upstream)
 
 
-@pytest.mark.parametrize("config", mlp.CONFIGS, ids=str)
+@pytest.mark.parametrize("config", mlp.listed_configs(), ids=str)
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_each_pinned_configuration_equals_reference(decoder, config):
     with mlp.pinned(config):
@@ -61,7 +61,9 @@ def test_each_pinned_configuration_equals_reference(decoder, config):
 
 def _timer(winner):
     """A ``do_bench`` that runs each configuration once and times configuration
-    ``winner`` (its index in the list, benchmarked in order) fastest."""
+    ``winner`` (its index in the kernel's list, benchmarked in order; the forward and
+    backward lists are equally long) fastest."""
+    assert len(mlp.CONFIGS) == len(mlp.BACKWARD_CONFIGS)
     calls = itertools.count()
 
     def do_bench(kernel_call, quantiles):
@@ -72,7 +74,7 @@ def _timer(winner):
 
 
 @pytest.mark.parametrize("winner", range(len(mlp.CONFIGS)),
-                         ids=[str(c) for c in mlp.CONFIGS])
+                         ids=[f"{f}|{b}" for f, b in zip(mlp.CONFIGS, mlp.BACKWARD_CONFIGS)])
 @pytest.mark.parametrize("decoder", ["hiif", "diif"])
 def test_first_autotuned_call_equals_reference(decoder, winner):
     with mlp.tuning(_timer(winner)):
@@ -82,7 +84,7 @@ def test_first_autotuned_call_equals_reference(decoder, winner):
 def test_pin_from_the_environment(monkeypatch):
     monkeypatch.setenv(mlp.PIN_VARIABLE, "32,16,4,3")
     assert mlp.fixed_config() == (32, 16, 4, 3)
-    assert mlp.smallest_rows() == min(16, *[c[0] for c in mlp.CONFIGS])
+    assert mlp.smallest_rows() == min(16, *[c[0] for c in mlp.listed_configs()])
     monkeypatch.setenv(mlp.PIN_VARIABLE, "32,16")
     with pytest.raises(ValueError, match="ROWS,BLOCK_N,WARPS,STAGES"):
         mlp.fixed_config()
@@ -93,3 +95,15 @@ def test_size_buckets():
     assert mlp.size_bucket(1) == mlp.size_bucket(35) == mlp.size_bucket(1024)
     assert mlp.size_bucket(1 << 14) == 1 << 14 != mlp.size_bucket((1 << 14) + 1)
     assert mlp.size_bucket(1 << 20) == mlp.size_bucket(1 << 24) == 1 << 20
+
+
+def test_backward_kernels_tune_over_the_backward_list():
+    """Every backward kernel, and no other, autotunes over ``BACKWARD_CONFIGS`` (no
+    128-row tile: a backward tile's input and gradient alone fill the register file)."""
+    names = {t.fn.fn.__name__ if hasattr(t.fn, "fn") else t.fn.__name__: t.configs
+             for t in mlp._tuned}
+    assert any(name.endswith("backward_kernel") for name in names)
+    for name, configs in names.items():
+        expected = mlp.BACKWARD_CONFIGS if name.endswith("backward_kernel") else mlp.CONFIGS
+        assert configs == expected, name
+    assert max(rows for rows, *_ in mlp.BACKWARD_CONFIGS) == 64

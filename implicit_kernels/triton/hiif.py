@@ -692,16 +692,17 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
 # while being benchmarked.
 _level0 = mlp.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
 _level0_backward = mlp.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
-                                 reset_to_zero=["dmaps_ptr"])
+                                 reset_to_zero=["dmaps_ptr"], configs=mlp.BACKWARD_CONFIGS)
 _stats = mlp.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
 _stats_backward = mlp.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
-                                reset_to_zero=["dnorm_ptr"])
+                                reset_to_zero=["dnorm_ptr"], configs=mlp.BACKWARD_CONFIGS)
 _apply = mlp.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
 _apply_backward = mlp.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
-                                reset_to_zero=["dmat_ptr"])
+                                reset_to_zero=["dmat_ptr"], configs=mlp.BACKWARD_CONFIGS)
 _levels = mlp.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
 _levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
-                                 reset_to_zero=["dnorm_ptr"])
+                                 reset_to_zero=["dnorm_ptr"],
+                                 configs=mlp.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------

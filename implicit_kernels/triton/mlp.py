@@ -133,6 +133,13 @@ def two_layers_backward(x, gy, w1_ptr, b1_ptr, w2_ptr, K, N, M, rows, rows_ok,
 #: 64 rows each: 8 warps on 64 rows duplicate operands and spill, 4 or 16 do not
 #: (scripts/triton_compile_check.py prints registers and spills; bench/NOTES.md).
 CONFIGS = ((16, 32, 4, 2), (32, 32, 4, 2), (64, 32, 4, 2), (128, 32, 16, 2))
+#: The backward kernels' list: :data:`CONFIGS` with the 128-row tile replaced by 64 rows on
+#: 8 warps.  A backward tile holds at least its input and the input's gradient as
+#: ``[ROWS, 256]`` fp32: at 128 rows that is 256 KB, the whole register file of an SM, so
+#: it spills at any warp count; at 64 rows on 8 warps the two take 64 registers per thread
+#: each (DIIF coarse backward: no spill).  As long as :data:`CONFIGS`, so that the
+#: autotuning tests' timer (which picks the n-th benchmarked configuration) fits both.
+BACKWARD_CONFIGS = CONFIGS[:3] + ((64, 32, 8, 2),)
 #: The interpreter's tile when nothing is pinned (it runs each program in Python: few,
 #: large programs).
 INTERPRETER_CONFIG = (64, 32, 4, 2)
@@ -180,12 +187,17 @@ def smallest_rows():
     """The smallest ``ROWS`` a launch may use (listed, pinned or the interpreter's): per-tile
     partial buffers have ``cdiv(n, smallest_rows())`` slots."""
     fixed = fixed_config()
-    return min([c[0] for c in CONFIGS] + ([fixed[0]] if fixed else []))
+    return min([c[0] for c in CONFIGS + BACKWARD_CONFIGS] + ([fixed[0]] if fixed else []))
 
 
-def gpu_configs():
-    """:data:`CONFIGS` as ``triton.Config`` objects."""
-    return [_triton_config(c) for c in CONFIGS]
+def listed_configs():
+    """Every configuration of :data:`CONFIGS` and :data:`BACKWARD_CONFIGS`, once each."""
+    return tuple(dict.fromkeys(CONFIGS + BACKWARD_CONFIGS))
+
+
+def gpu_configs(configs=CONFIGS):
+    """``configs`` as ``triton.Config`` objects."""
+    return [_triton_config(c) for c in configs]
 
 
 def _triton_config(config):
@@ -208,8 +220,9 @@ class Tuned:
     benchmarked configuration (``reset_to_zero``: buffers it adds into, or whose slots a
     configuration with larger tiles leaves unwritten)."""
 
-    def __init__(self, fn, key, reset_to_zero=()):
+    def __init__(self, fn, key, reset_to_zero=(), configs=CONFIGS):
         self.fn, self.key, self.reset_to_zero = fn, list(key), list(reset_to_zero)
+        self.configs = configs
         self.tuners = {}
         _tuned.append(self)
 
@@ -218,14 +231,20 @@ class Tuned:
         bucket = size_bucket(n_rows)
         if bucket not in self.tuners:
             self.tuners[bucket] = triton.autotune(
-                gpu_configs(), key=self.key, reset_to_zero=self.reset_to_zero or None,
+                gpu_configs(self.configs), key=self.key, reset_to_zero=self.reset_to_zero or None,
                 do_bench=_do_bench)(self.fn)
         return self.tuners[bucket]
 
 
-def autotuned(kernel, key, reset_to_zero=()):
-    """``kernel`` autotuned over :data:`CONFIGS` with ``key`` (see :class:`Tuned`)."""
-    return Tuned(kernel, key, reset_to_zero)
+def autotuned(kernel, key, reset_to_zero=(), configs=CONFIGS):
+    """``kernel`` autotuned over ``configs`` (:data:`CONFIGS`, or :data:`BACKWARD_CONFIGS`
+    for a backward kernel) with ``key`` (see :class:`Tuned`)."""
+    return Tuned(kernel, key, reset_to_zero, configs)
+
+
+def tuned_for(fn):
+    """The :class:`Tuned` of ``triton.jit`` function ``fn`` (``None`` if it has none)."""
+    return next((t for t in _tuned if t.fn is fn), None)
 
 
 @contextlib.contextmanager
