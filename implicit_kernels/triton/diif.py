@@ -430,7 +430,7 @@ def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
 
     ``default_chunk``: the caller left ``chunk_size`` at its default; on CUDA the chunk is
     then sized from free memory (:func:`mlp.chunk_for_memory`, at least 2^20 queries over
-    the batch: a 1440p decode in four chunks instead of 225), on CPU (and while
+    the batch: a 1440p decode in at most four chunks instead of 225), on CPU (and while
     ``torch.compile`` traces) it is kept."""
     inputs = _op_inputs(params)
     # Not while torch.compile traces: the free-memory query is no graph operation.
