@@ -2,7 +2,8 @@
 
 A backend is a package with one module per decoder it implements (``liif``, ``lte``,
 ``diif``, ``dlte``, ``hiif``), each defining the function of the same name with the
-shared signature of ARCHITECTURE.md (and optionally ``prepare_<decoder>``).  ``"auto"``
+shared signature of ARCHITECTURE.md (and optionally ``prepare_<decoder>`` and
+``raster_<decoder>``, see :func:`resolve` and :func:`resolve_raster`).  ``"auto"``
 picks the first backend in :data:`AUTO_ORDER` that can run the given input and is not
 measured slower there (:data:`CPU_WITH_GRAD_FROM`); ``"reference"`` is the oracle and is
 never picked automatically.
@@ -45,7 +46,8 @@ class Backend:
     device_type: str | None = None
     dtypes: tuple | None = None
     float32_positions: bool = False
-    # Filled at registration: (requirement reasons, {decoder: (prepare, decode)}).
+    # Filled at registration: requirement reasons, {decoder: (prepare, decode)},
+    # {decoder: raster hook} for the decoders whose module has one.
     table: dict = field(default_factory=dict, compare=False, repr=False)
 
     def reasons(self, decoder: str, feat: torch.Tensor | None = None) -> list:
@@ -74,7 +76,7 @@ def register(backend: Backend) -> Backend:
     """Import the backend's decoder modules, check its requirements, and add it
     (replacing one of the same name)."""
     requirements = list(backend.requirements())
-    functions = {}
+    functions, rasters = {}, {}
     if not requirements:
         for decoder in DECODERS + tuple(VARIANTS):
             name = f"{backend.module}.{VARIANTS.get(decoder, decoder)}"
@@ -87,7 +89,9 @@ def register(backend: Backend) -> Backend:
             if hasattr(module, decoder):
                 prepare = getattr(module, f"prepare_{decoder}", _no_preparation)
                 functions[decoder] = (prepare, getattr(module, decoder))
-    backend.table.update(requirements=requirements, functions=functions)
+                if hasattr(module, f"raster_{decoder}"):
+                    rasters[decoder] = getattr(module, f"raster_{decoder}")
+    backend.table.update(requirements=requirements, functions=functions, rasters=rasters)
     BACKENDS[backend.name] = backend
     return backend
 
@@ -194,6 +198,18 @@ def resolve(name: str, decoder: str, feat: torch.Tensor, queries: int = 0, grad:
     when the backend cannot run this input.
     """
     return _chosen(name, decoder, feat, queries, grad).table["functions"][decoder]
+
+
+def resolve_raster(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
+                   grad: bool = False):
+    """The backend's optional grid-chunk hook for a pixel decoder (DIIF), or ``None``:
+    the module's ``raster_<decoder>(feat, size, params, slicing, chunk_size,
+    default_chunk) -> (decode, chunk_size)``, where ``decode(start, stop)`` decodes raster
+    positions ``[start, stop)`` of every image (``B×(stop-start)×3``) without the pixel
+    list's bookkeeping, and the chunk size may be the backend's own when
+    ``default_chunk`` (the caller left it at its default).  ``queries`` and ``grad``:
+    as :func:`resolve` (the same call must resolve to the same backend)."""
+    return _chosen(name, decoder, feat, queries, grad).table["rasters"].get(decoder)
 
 
 def resolve_queries(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,

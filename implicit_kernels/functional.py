@@ -171,7 +171,7 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="
 # ----------------------------------------------------------------------------------------
 
 def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pixels=None,
-                backend="auto", chunk_size=DEFAULT_CHUNK_SIZE):
+                backend="auto", chunk_size="auto"):
     """DIIF decoder (SPEC.md §3): coordinate grouping and slicing, coarse MLP per slice and
     vertex on 4×4 vertex codes, slice ensemble, fine MLP per pixel.
 
@@ -185,7 +185,9 @@ def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pi
             the 3×3-unfolded code of the group's own LR pixel (first layer ``9C + 6``).
         pixels: optional ``B×Q×2`` int64 output pixel indices (row, col) to decode only
             those (training on random pixels); the result equals the grid's at them.
-        backend, chunk_size: see the module docstring.
+        backend, chunk_size: see the module docstring; ``"auto"`` (the default) is
+            ``DEFAULT_CHUNK_SIZE``, or for a grid decode the backend's own choice where it
+            has one (``triton`` on CUDA: from free memory, at least 2^20 queries).
 
     Returns:
         ``B×3×H_out×W_out``, or ``B×Q×3`` when ``pixels`` is given.
@@ -193,11 +195,19 @@ def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pi
     check.feature_map(feat)
     size = check.output_size(size, feat)
     check.choice(slicing, "slicing", geometry.SLICINGS)
+    auto_chunk = isinstance(chunk_size, str) and chunk_size == "auto"
+    chunk_size = DEFAULT_CHUNK_SIZE if auto_chunk else chunk_size
     check.choice(slice_ensemble, "slice_ensemble", (True, False))
     p = _diif_params(params, feat, slice_ensemble)
     decoder = "diif" if slice_ensemble else "diif_without_ensemble"
-    prepare, fn = backends.resolve(backend, decoder, feat, *_work(feat, size, pixels, params))
+    work = _work(feat, size, pixels, params)
+    prepare, fn = backends.resolve(backend, decoder, feat, *work)
+    raster = backends.resolve_raster(backend, decoder, feat, *work)
     p = prepare(feat, p)
+    if raster is not None and pixels is None:
+        # The backend decodes raster chunks itself (and may size them on its device).
+        chunk, chunk_size = raster(feat, size, p, slicing, chunk_size, auto_chunk)
+        return _grid(chunk, size, feat.shape[0], chunk_size, feat)
     return _decode_pixels(lambda pix: fn(feat, size, pix, p, slicing), feat, size, pixels,
                           chunk_size)
 
@@ -257,9 +267,7 @@ def _work(feat, size, queries, params, *inputs):
 
 def _grid_chunk(size, start, stop, batch, device):
     """Pixel indices ``batch×(stop-start)×2`` of raster positions ``[start, stop)``."""
-    flat = torch.arange(start, stop, device=device)
-    pix = torch.stack([flat.div(size[1], rounding_mode="floor"), flat % size[1]], dim=-1)
-    return pix.unsqueeze(0).expand(batch, -1, 2)
+    return geometry.raster_pixels(start, stop, size, batch, device)
 
 
 def _chunked(fn, q, batch, chunk_size, feat, channels_first=False):

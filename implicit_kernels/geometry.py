@@ -205,6 +205,101 @@ def unique_slices(pixels: torch.Tensor, in_size, out_size, slicing: str):
     return group, pixel_slice, s_batch, s_group, s_first, s_last
 
 
+#: Slicings whose slices :func:`raster_slices` finds arithmetically: those whose slices,
+#: in the order of their first pixels, are numbered ``row_unit · W + column group`` (one
+#: output row, or one group row, by one group column).  A ``"fixed4"`` run's order
+#: interleaves the groups of a group row, so it keeps :func:`unique_slices`.
+RASTER_SLICINGS = ("linear", "constant")
+
+
+def _index(i: int, n_in: int, n_out: int) -> int:
+    """:func:`group_index` of one Python integer (a CPU tensor: no device sync)."""
+    return int(group_index(torch.tensor(i), n_in, n_out))
+
+
+def _slice_ranges(start: int, stop: int, in_size, out_size, slicing: str):
+    """Disjoint, sorted ``[lo, hi)`` ranges of the slice numbers
+    ``unit(r) · W + group_index(c)`` met by raster positions ``[start, stop)`` of one
+    image (``unit``: the row for ``"linear"``, its group row for ``"constant"``).
+
+    The chunk is at most a partial first row, whole rows, and a partial last row; each
+    meets one run of numbers (the whole rows one run over consecutive units, as every
+    group holds at least one output row at scale ≥ 1).  Runs are merged where they touch.
+    """
+    (h, w), (ho, wo) = in_size, out_size
+
+    def unit(r):
+        return r if slicing == "linear" else _index(r, h, ho)
+
+    (r0, c0), (r1, c1) = divmod(start, wo), divmod(stop - 1, wo)
+    runs = [(unit(r0) * w + _index(c0, w, wo), unit(r0) * w + _index(c1 if r1 == r0 else wo - 1, w, wo))]
+    if r1 - r0 >= 2:
+        runs.append((unit(r0 + 1) * w, unit(r1 - 1) * w + w - 1))
+    if r1 > r0:
+        runs.append((unit(r1) * w, unit(r1) * w + _index(c1, w, wo)))
+    merged = []
+    for lo, hi in sorted(runs):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi + 1)
+        else:
+            merged.append([lo, hi + 1])
+    return merged
+
+
+def raster_slices(start: int, stop: int, batch: int, in_size, out_size, slicing: str,
+                  device=None):
+    """:func:`unique_slices` of raster positions ``[start, stop)`` of every image
+    (the pixels :func:`raster_pixels` makes), found arithmetically: no sort, no
+    ``unique``, no device-to-host copy; the same tensors, in the same order, bit for bit.
+
+    Slices are numbered ``unit · W + group column`` (:func:`_slice_ranges`), an order
+    that is the order of their first pixels (the sort key of :func:`unique_slices`); the
+    chunk meets a few runs of numbers, known on the host from ``start`` and ``stop``, so
+    each pixel's slice is its number's rank among the runs.
+
+    Args:
+        start, stop: raster positions ``0 ≤ start < stop ≤ H_out·W_out``.
+        batch: images ``B``; every image decodes the same positions.
+        slicing: one of :data:`RASTER_SLICINGS`.
+
+    Returns:
+        As :func:`unique_slices`: ``(group B×Q×2, pixel_slice B·Q, s_batch S,
+        s_group S×2, s_first S×2, s_last S×2)`` with ``Q = stop - start``.
+    """
+    if slicing not in RASTER_SLICINGS:
+        raise ValueError(f"raster_slices takes slicing in {RASTER_SLICINGS}, got {slicing!r}")
+    (h, w), (ho, wo) = in_size, out_size
+    ranges = _slice_ranges(start, stop, in_size, out_size, slicing)
+    pixels = raster_pixels(start, stop, out_size, batch, device)[0]
+    group = torch.stack([group_index(pixels[:, 0], h, ho), group_index(pixels[:, 1], w, wo)], -1)
+    unit = pixels[:, 0] if slicing == "linear" else group[:, 0]
+    number = unit * w + group[:, 1]
+    # Rank of each pixel's number among the runs (runs are sorted and disjoint).
+    rank, offset = number - ranges[0][0], 0
+    for (lo, hi), (next_lo, _) in zip(ranges, ranges[1:]):
+        offset += hi - lo
+        rank = torch.where(number >= next_lo, number - next_lo + offset, rank)
+    per_image = sum(hi - lo for lo, hi in ranges)
+    images = torch.arange(batch, device=device)
+    pixel_slice = (images[:, None] * per_image + rank).reshape(-1)
+
+    numbers = torch.cat([torch.arange(lo, hi, device=device) for lo, hi in ranges])
+    s_unit, s_col = numbers.div(w, rounding_mode="floor"), numbers % w
+    first_row = s_unit if slicing == "linear" else group_start(s_unit, h, ho)
+    s_first = torch.stack([first_row, group_start(s_col, w, wo)], -1).repeat(batch, 1)
+    s_group, _, s_last = diif_slices(s_first, in_size, out_size, slicing)
+    s_batch = images.repeat_interleave(per_image)
+    return group.expand(batch, -1, 2), pixel_slice, s_batch, s_group, s_first, s_last
+
+
+def raster_pixels(start: int, stop: int, size, batch: int, device=None) -> torch.Tensor:
+    """Pixel indices ``batch×(stop-start)×2`` (row, col) of raster positions
+    ``[start, stop)`` of a ``size = (H, W)`` grid (an expanded view over the batch)."""
+    flat = torch.arange(start, stop, device=device)
+    pix = torch.stack([flat.div(size[1], rounding_mode="floor"), flat % size[1]], dim=-1)
+    return pix.unsqueeze(0).expand(batch, -1, 2)
+
+
 def diif_rel(pixels: torch.Tensor, group: torch.Tensor, in_size, out_size, dtype) -> torch.Tensor:
     """Offset ``(x - v*) * (H, W)`` of output pixels from their group's LR centre (LIIF units)."""
     q = pixel_coord(pixels, out_size, dtype)

@@ -58,7 +58,7 @@ class DIIF(SlicedDecoderModel):
         self.slice_ensemble = slice_ensemble
 
     def decode(self, feat, inp, size, *, pixels=None, slicing=None, backend="auto",
-               chunk_size=F.DEFAULT_CHUNK_SIZE):
+               chunk_size="auto"):
         """Decode features ``feat`` (``B×C×H×W``) to ``size``; ``inp`` is unused (DIIF has
         no image skip).  ``slicing=None`` uses the model's.  Other arguments and the
         result as :func:`implicit_kernels.functional.diif_decode`."""

@@ -9,15 +9,18 @@ backward through :mod:`implicit_kernels.functional` (``backend="triton"``, the p
 widths from the ``models`` defaults, tiny inputs) with fp32 and with bf16 inputs, recording every
 :func:`implicit_kernels.triton.mlp.launch` (:func:`record`).  This process then
 compiles each recorded kernel with ``triton.compile`` on an ``ASTSource`` for
-``GPUTarget("cuda", 90, 32)`` over :func:`mlp.gpu_configs` and the dtypes fp32 (IEEE
+``GPUTarget("cuda", 90, 32)`` over each kernel's autotuning list (``mlp.CONFIGS``, or
+``mlp.BACKWARD_CONFIGS`` for a backward kernel) and the dtypes fp32 (IEEE
 ``tl.dot``), tf32 (fp32 inputs) and bf16, and runs the ptxas that ships with triton
 (``-v``) on the PTX for the resource counts: no CUDA toolkit or GPU is needed.
 ``--quick``: the first configuration (ROWS 16, BLOCK_N 32, 4 warps, 2 stages), tf32
 and bf16 only (tests/test_triton_compile.py).
 
-Integer arguments are compiled as plain ``i32``/``i64`` and pointers without alignment
-hints: a real launch also specialises integers equal to 1 and multiples of 16, so its
-counts may differ slightly.
+Each argument is compiled with the specialisation the recorded launch would get from
+``triton.jit`` (:func:`specialization`): pointers whose address is a multiple of 16 and
+integers that are multiples of 16 carry ``tt.divisibility = 16`` (what lets the
+compiler use vector loads of weights and rows), integers equal to 1 become constants.
+The recording decodes 64 queries per image, a multiple of 16 like a full chunk.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.backends.nvidia  # noqa: E402
+import triton.backends.nvidia.compiler  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -52,6 +55,8 @@ DTYPES = {"fp32": ("fp32", "ieee"), "tf32": ("fp32", "tf32"), "bf16": ("bf16", "
 QUICK_DTYPES = ("bf16", "tf32")
 #: The decoders' input dtypes for the recording.
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: The backend whose ``parse_attr`` turns a specialisation into compile attributes.
+BACKEND = triton.backends.nvidia.compiler.CUDABackend
 PTXAS = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "ptxas")
 
 
@@ -64,7 +69,9 @@ class Launch:
     """One kernel as a decoder launched it with ``dtype`` (``"fp32"``/``"bf16"``) inputs.
 
     ``types``: the launcher's type of each runtime argument (``*bf16``, ``*i64``,
-    ``i32``, ``fp32``...); ``constexprs``: the values of the others, but ``rows`` and
+    ``i32``, ``fp32``...; ``constexpr`` for an integer equal to 1); ``attrs``: its
+    specialisation (``"D"``: divisible by 16, ``""``: none; ``None`` for floats; the value
+    for a ``constexpr`` one); ``constexprs``: the values of the others, but ``ROWS`` and
     ``BLOCK_N``, which :func:`mlp.launch` sets from the configuration; ``options``:
     compile options such as ``enable_fp_fusion``."""
     decoder: str
@@ -72,8 +79,8 @@ class Launch:
     module: str
     name: str
     types: dict
+    attrs: dict
     constexprs: dict
-    rows: str
     options: dict
 
     @property
@@ -95,6 +102,16 @@ def _python_function(kernel):
     return kernel
 
 
+def specialization(arg):
+    """``(type, specialisation)`` of a launch argument as ``triton.jit`` computes it for
+    its cache key and compile attributes (the C++ ``native_specialize_impl`` of triton
+    3.7, with alignment specialisation on, as for an unannotated argument)."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    return tuple(native_specialize_impl(BaseBackend, arg, False, True, True))
+
+
 @contextlib.contextmanager
 def _recording(decoder, dtype, launches):
     """Within: each :func:`mlp.launch` is appended to ``launches`` (as a :class:`Launch`
@@ -102,23 +119,23 @@ def _recording(decoder, dtype, launches):
     argument (the GPU's ``grid.NO_FMA``) left out, as the interpreter takes none."""
     # The launcher's own type names, and triton's own reading of the annotations (an
     # InterpretedFunction has no parameter list).
-    from triton.runtime.jit import JITFunction, mangle_type
+    from triton.runtime.jit import JITFunction
 
     real_launch = mlp.launch
 
-    def launch(kernel, n_rows, *args, rows="ROWS", **meta):
+    def launch(kernel, n_rows, *args, **meta):
         fn = _python_function(kernel)
         params = JITFunction(fn).params
         names = [p.name for p in params]
         options = {k: meta.pop(k) for k in list(meta) if k not in names and k != "grid_extra"}
         given = {**dict(zip(names, args)), **{k: v for k, v in meta.items() if k in names}}
-        types = {p.name: mangle_type(given[p.name]) for p in params
-                 if not p.is_constexpr}
+        specs = {p.name: specialization(given[p.name]) for p in params if not p.is_constexpr}
         constexprs = {p.name: given[p.name] for p in params
                       if p.is_constexpr and p.name in given}
-        launches.append(Launch(decoder, dtype, fn.__module__, fn.__name__, types, constexprs,
-                               rows, options))
-        real_launch(kernel, n_rows, *args, rows=rows, **meta)
+        launches.append(Launch(decoder, dtype, fn.__module__, fn.__name__,
+                               {k: v[0] for k, v in specs.items()},
+                               {k: v[1] for k, v in specs.items()}, constexprs, options))
+        real_launch(kernel, n_rows, *args, **meta)
 
     mlp.launch = launch  # the decoders call it as mlp.launch, looked up at each call
     try:
@@ -130,14 +147,15 @@ def _recording(decoder, dtype, launches):
 def _decode(decoder, dtype):
     """Forward and backward of ``decoder`` through its ``models`` decode (which calls
     :mod:`implicit_kernels.functional`; the models' defaults are the papers' widths) on a
-    3×4 feature map of 4 channels decoded to 5×7 (35 queries), all inputs ``dtype``."""
+    3×4 feature map of 4 channels decoded to 8×8 (64 queries: row counts divisible by
+    16, as a full chunk's), all inputs ``dtype``."""
     import models
 
     model = models.make(f"edsr-baseline-{decoder}",
                         encoder_kwargs={"n_resblocks": 1, "n_feats": 4}).to(dtype)
     feat = torch.randn(1, 4, 3, 4, dtype=dtype, requires_grad=True)
     inp = torch.randn(1, 3, 3, 4, dtype=dtype, requires_grad=True)
-    out = model.decode(feat, inp, (5, 7), backend="triton")
+    out = model.decode(feat, inp, (8, 8), backend="triton")
     out.backward(torch.randn_like(out))
 
 
@@ -182,36 +200,45 @@ class Build:
     config: triton.Config
 
     def compile(self):
-        """The kernel compiled for sm_90: the recorded argument types and constexprs, the
-        configuration's tile, warps and stages, the label's precision, the launch's
-        options."""
+        """The kernel compiled for sm_90 as a launch would compile it: the recorded
+        argument types, specialisations and constexprs, the configuration's tile, warps
+        and stages, the label's precision, the launch's options."""
         kernel = self.launch.kernel
         constexprs = {**self.launch.constexprs, **self.config.kwargs,
                       "PRECISION": DTYPES[self.label][1]}
-        signature = {p.name: "constexpr" if p.is_constexpr else self.launch.types[p.name]
-                     for p in kernel.params}
+        signature, attrs = {}, {}
+        for i, p in enumerate(kernel.params):
+            kind = "constexpr" if p.is_constexpr else self.launch.types[p.name]
+            signature[p.name] = kind
+            spec = self.launch.attrs.get(p.name)
+            if kind == "constexpr" and not p.is_constexpr:  # an integer equal to 1
+                constexprs[p.name] = spec
+            elif isinstance(spec, str):
+                attrs[(i,)] = BACKEND.parse_attr(spec)
         options = {"num_warps": self.config.num_warps, "num_stages": self.config.num_stages,
                    **self.launch.options}
-        return triton.compile(ASTSource(kernel, signature, constexprs=constexprs),
+        return triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
                               target=TARGET, options=options)
 
     def title(self):
         cfg = self.config
         return (f"{self.launch.decoder + '.' + self.launch.name:32} {self.label} "
-                f"{cfg.kwargs[self.launch.rows]:4} {cfg.kwargs['BLOCK_N']:3} {cfg.num_warps} "
+                f"{cfg.kwargs['ROWS']:4} {cfg.kwargs['BLOCK_N']:3} {cfg.num_warps} "
                 f"{cfg.num_stages}")
 
 
-def builds(launches, quick=False):
+def builds(launches, quick=False, labels=None):
     """The compilations of ``launches``, by kernel (in launch order), table dtype (each
-    from the launches with its input dtype) and configuration: every autotuning
-    configuration and dtype, or (``quick``) the first configuration in bf16 and tf32."""
+    from the launches with its input dtype) and configuration: every configuration of the
+    kernel's autotuning list and every dtype, or (``quick``) the first configuration in bf16 and tf32;
+    ``labels`` narrows the dtypes."""
     kernels = list(dict.fromkeys((launch.decoder, launch.name) for launch in launches))
-    labels = QUICK_DTYPES if quick else tuple(DTYPES)
+    labels = labels or (QUICK_DTYPES if quick else tuple(DTYPES))
     return [Build(launch, label, config)
             for kernel in kernels for label in labels for launch in launches
             if (launch.decoder, launch.name) == kernel and launch.dtype == DTYPES[label][0]
-            for config in mlp.gpu_configs(launch.rows)[:1 if quick else None]]
+            for config in mlp.gpu_configs(mlp.tuned_for(launch.kernel).configs)[
+                :1 if quick else None]]
 
 
 def resources(compiled):
@@ -249,6 +276,8 @@ def main(argv=None):
                         help=f"any of {', '.join(DECODERS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="the first configuration only, bf16 and tf32 only")
+    parser.add_argument("--dtype", action="append", choices=tuple(DTYPES),
+                        help="only these table dtypes (repeatable; default: all)")
     args = parser.parse_args(argv)
     unknown = set(args.decoders) - set(DECODERS)
     if unknown:
@@ -256,7 +285,7 @@ def main(argv=None):
     print("sm_90, widths 256: kernel dtype ROWS BLOCK_N warps stages -> registers, spills, "
           "shared", flush=True)
     failed = False
-    for build in builds(record(args.decoders or DECODERS), args.quick):
+    for build in builds(record(args.decoders or DECODERS), args.quick, args.dtype):
         regs, line = check(build)
         failed |= regs is None
         print(line, flush=True)

@@ -200,3 +200,28 @@ def test_attention_is_the_papers_form():
     block = {"qkv": (per_head[0].reshape(3 * c, c), per_head[1].reshape(3 * c)),
              "heads": heads, "kln": ln_k, "vln": ln_q, "proj1": proj1, "proj2": proj2}
     assert_matches(attention_block(x, block, "sqrt_n"), expected)
+
+
+def test_attention_sums_over_chunks_add_in_fp32(monkeypatch):
+    """The per-chunk ``Σ k̂ᵀv̂`` of a half-precision decode add in fp32: in bf16, a running
+    sum of 1 and 255 chunks of 1/256 would stay 1 (each 1/256 is under half an ulp)."""
+    from implicit_kernels.compiled import hiif as orchestration
+
+    chunks = iter([torch.ones(1, 1, 1, 1, dtype=torch.bfloat16)]
+                  + [torch.full((1, 1, 1, 1), 1 / 256, dtype=torch.bfloat16)] * 255)
+    seen = {}
+
+    def decode_chunk(coord, cell, params, mats, norm, size, suffix):
+        seen["mat"] = mats[0]
+        return coord.new_zeros(*coord.shape[:2], 3)
+
+    monkeypatch.setattr(orchestration, "check_coordinates_constant", lambda *args: None)
+    monkeypatch.setattr(orchestration, "_features", lambda *args: None)
+    monkeypatch.setattr(orchestration, "_stats", lambda x, block, suffix="": next(chunks))
+    monkeypatch.setattr(orchestration, "_decode", decode_chunk)
+    monkeypatch.setattr(orchestration, "bilinear_skip", lambda inp, coord: 0)
+    coord = torch.zeros(1, 256, 2)
+    orchestration.decode(torch.zeros(1, 1, 2, 2), None, coord, coord, {"attention": [{}]},
+                         chunk_size=1)
+    expected = torch.tensor((1 + 255 / 256) / 256).to(torch.bfloat16)
+    assert seen["mat"].dtype == torch.bfloat16 and seen["mat"].item() == expected.item()

@@ -79,9 +79,11 @@ def test_opcheck():
     feat = torch.randn(2, 3, 3, 4, device=DEVICE)
     params = {k: v.to(DEVICE) for k, v in diif_params(3, 16).items()}
     pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
-    args = (*_op_inputs(prepare_diif(feat, F._diif_params(params, feat))), pixels, 7, 9,
-            "linear")
-    opcheck_layouts(torch.ops.implicit_kernels.diif_decode_triton, args)
+    inputs = _op_inputs(prepare_diif(feat, F._diif_params(params, feat)))
+    # Any pixels (-1), and raster positions 0..62 (slices found arithmetically).
+    for raster_start in (-1, 0):
+        args = (*inputs, pixels, 7, 9, "linear", raster_start)
+        opcheck_layouts(torch.ops.implicit_kernels.diif_decode_triton, args)
 
 
 def test_compiles_as_one_op():
@@ -120,3 +122,46 @@ def test_real_size_equals_reference(exact_fp32_matmul):
     assert_matches(out, ref)
     for key, g, g_ref in zip(["feat", *params], grads, ref_grads):
         assert_matches(g, g_ref, f"grad of {key}")
+
+
+@pytest.mark.parametrize("slicing", ["linear", "constant"])
+def test_grid_chunks_find_slices_without_unique(slicing, monkeypatch):
+    """A grid decode goes through the backend's raster hook: each chunk's slices come
+    from its start and stop (no torch.unique, no host sync), the result the reference's."""
+    assert backends.resolve_raster("triton", "diif", torch.zeros(1, device=DEVICE)) is not None
+    assert backends.resolve_raster("torch", "diif", torch.zeros(1)) is None
+    torch.manual_seed(3)
+    feat = torch.randn(2, 4, 5, 7, device=DEVICE)
+    params = {k: v.to(DEVICE) for k, v in diif_params().items()}
+    ref = F.diif_decode(feat, (14, 19), params, slicing=slicing, backend="reference")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a grid chunk called torch.unique")
+
+    monkeypatch.setattr(torch, "unique", refuse)
+    # 101 queries over a batch of 2: chunks of 50 raster positions, cut mid-row and mid-group.
+    out = F.diif_decode(feat, (14, 19), params, slicing=slicing, backend="triton",
+                        chunk_size=101)
+    assert_matches(out, ref)
+
+
+@triton_gpu_only
+def test_grid_chunk_does_not_sync():
+    """A raster chunk's decode enqueues its work without waiting for the GPU (the sort it
+    replaces copied the slice count to the host)."""
+    from implicit_kernels.triton import diif, mlp
+    feat = torch.randn(2, 4, 5, 7, device=DEVICE)
+    params = {k: v.to(DEVICE) for k, v in diif_params().items()}
+    prepared = diif.prepare_diif(feat, F._diif_params(params, feat))
+    decode, chunk = diif.raster_diif(feat, (14, 19), prepared, "linear", 101, False)
+    assert chunk == 101
+    ref = F.diif_decode(feat, (14, 19), params, backend="reference").flatten(2)[:, :, 30:80]
+    with mlp.pinned(mlp.CONFIGS[0]):  # autotuning would time, and so wait for, each run
+        decode(30, 80)  # compiles outside the check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = decode(30, 80)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert_matches(out.transpose(1, 2), ref)

@@ -5,8 +5,10 @@ The decoder after SPEC.md §3's splits, with the C++ operator's arguments
 
 * per public call, the 4×4 corner projection ``W_z·z_t`` (a convolution,
   :func:`prepare_diif`, differentiated by PyTorch);
-* per chunk, the distinct slices (``geometry.unique_slices``: index bookkeeping in
-  PyTorch), then two kernels:
+* per chunk, the distinct slices: for a chunk of raster positions (a grid decode, through
+  :func:`raster_diif`) ``geometry.raster_slices``, arithmetic on the chunk's start and
+  stop with no device sync and a fixed number of launches; for arbitrary pixels
+  ``geometry.unique_slices`` (a sort); then two kernels:
 
   1. ``_coarse_kernel``, per tile of slices × one vertex ``t``: the 6 coordinate inputs
      from the slice's integers, ``relu(corner + W_c·x6 + b0)``, the 256×256 layer and
@@ -106,13 +108,14 @@ def _coarse_kernel(slices_ptr, corner_ptr, wc_ptr, b0_ptr, w1_ptr, b1_ptr, wh_pt
     """Coarse stage of ``ROWS`` slices at vertex ``t = program_id(1)``:
     ``G[4s + t] = W_h·relu(W_1·relu(corner_t + W_c·x6_t + b0) + b1)``.
 
-    w1: ``DC×DC``; wh: ``DF×DC``; g: ``4S×DF`` fp32."""
+    w1: ``DC×DC``; wh: ``DF×DC``; g: ``4S×DF`` (the weights' dtype)."""
     pre, r, r_ok = _coarse_input(slices_ptr, corner_ptr, wc_ptr, b0_ptr, S, H, W, HO, WO, DC,
                                  ROWS, BLOCK_C)
     g = mlp.two_layers(tl.maximum(pre, 0.0), w1_ptr, b1_ptr, wh_ptr, DC, DC, DF,
                        ROWS, BLOCK_C, BLOCK_N, BLOCK_F, PRECISION, "relu")
     f = tl.arange(0, BLOCK_F)
-    tl.store(g_ptr + r[:, None] * DF + f[None, :], g, mask=r_ok[:, None] & (f[None, :] < DF))
+    tl.store(g_ptr + r[:, None] * DF + f[None, :], g.to(g_ptr.dtype.element_ty),
+             mask=r_ok[:, None] & (f[None, :] < DF))
 
 
 @triton.jit
@@ -139,7 +142,7 @@ def _coarse_backward_kernel(slices_ptr, corner_ptr, wc_ptr, b0_ptr, w1_ptr, b1_p
     out = r[:, None] * DC + c[None, :]
     ok = r_ok[:, None] & (c[None, :] < DC)
     tl.store(act_ptr + out, a, mask=ok)
-    tl.store(dpre_ptr + out, tl.where(pre > 0, da, 0.0), mask=ok)
+    tl.store(dpre_ptr + out, tl.where(a > 0, da, 0.0), mask=ok)  # a > 0 is pre > 0 (as above)
 
 
 @triton.jit
@@ -165,12 +168,15 @@ def _fine_input(pixels_ptr, slice_ptr, g_ptr, wd_ptr, bd_ptr, P, H, W, HO, WO, D
     z += tl.load(bd_ptr + f, mask=f_ok, other=0.0).to(tl.float32)[None, :]
     z = mlp.add_outer(z, dy, wd_ptr, 2, f, f_ok)
     z = mlp.add_outer(z, dx, wd_ptr + 1, 2, f, f_ok)
-    for t in tl.static_range(4):
-        # geometry.slice_ensemble_weights: bilinear weight of vertex (a, b) = (t // 2, t % 2).
-        wy = 1.0 + dy if t // 2 == 1 else 1.0 - dy
-        wx = 1.0 + dx if t % 2 == 1 else 1.0 - dx
+    # A loop, not unrolled: one vertex's [ROWS, D_f] rows in flight at a time (unrolled,
+    # the compiler gathers all four at once and spills at ROWS >= 32).
+    for t in range(4):
+        # geometry.slice_ensemble_weights: bilinear weight of vertex (a, b) = (t // 2, t % 2),
+        # 1 ± d as 1 + (±1)·d (the same value: the product is exact).
+        wy = 1.0 + (2.0 * (t // 2) - 1.0) * dy
+        wx = 1.0 + (2.0 * (t % 2) - 1.0) * dx
         g = tl.load(g_ptr + (4 * sl + t)[:, None] * DF + f[None, :],
-                    mask=p_ok[:, None] & f_ok[None, :], other=0.0)
+                    mask=p_ok[:, None] & f_ok[None, :], other=0.0).to(tl.float32)
         z += (wy * wx / 4)[:, None] * g
     return z, p.to(tl.int64), p_ok
 
@@ -219,13 +225,17 @@ def _fine_backward_kernel(pixels_ptr, slice_ptr, g_ptr, wd_ptr, bd_ptr, w1_ptr, 
     out = p[:, None] * DF + f[None, :]
     ok = p_ok[:, None] & (f[None, :] < DF)
     tl.store(act_ptr + out, u, mask=ok)
-    tl.store(dz_ptr + out, tl.where(z > 0, du, 0.0), mask=ok)
+    # u > 0 is z > 0; z then dies when u is formed instead of living through the MLP
+    # backward (at 32 rows on 4 warps: 184 B of spills before, none after).
+    tl.store(dz_ptr + out, tl.where(u > 0, du, 0.0), mask=ok)
 
 
 _coarse = mlp.autotuned(_coarse_kernel, ["DC", "DF", "PRECISION"])
-_coarse_backward = mlp.autotuned(_coarse_backward_kernel, ["DC", "DF", "PRECISION"])
+_coarse_backward = mlp.autotuned(_coarse_backward_kernel, ["DC", "DF", "PRECISION"],
+                                 configs=mlp.BACKWARD_CONFIGS)
 _fine = mlp.autotuned(_fine_kernel, ["DF", "DH", "PRECISION"])
-_fine_backward = mlp.autotuned(_fine_backward_kernel, ["DF", "DH", "PRECISION"])
+_fine_backward = mlp.autotuned(_fine_backward_kernel, ["DF", "DH", "PRECISION"],
+                               configs=mlp.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -242,12 +252,18 @@ class _Chunk:
     """A chunk's slice table and the kernels' shared arguments."""
 
     def __init__(self, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0,
-                 fine_w, fine_b, pixels, out_h, out_w, slicing):
+                 fine_w, fine_b, pixels, out_h, out_w, slicing, raster_start):
         _check_depths(coarse_w, fine_w)
         self.in_size = (corner_proj.shape[1] - 1, corner_proj.shape[2] - 1)
         self.out_size = (out_h, out_w)
+        if raster_start >= 0 and slicing in geometry.RASTER_SLICINGS:
+            slices = geometry.raster_slices(raster_start, raster_start + pixels.shape[1],
+                                            pixels.shape[0], self.in_size, self.out_size,
+                                            slicing, pixels.device)
+        else:
+            slices = geometry.unique_slices(pixels, self.in_size, self.out_size, slicing)
         (self.group, self.pixel_slice, self.s_batch, self.s_group, self.s_first,
-         self.s_last) = geometry.unique_slices(pixels, self.in_size, self.out_size, slicing)
+         self.s_last) = slices
         self.table = torch.cat([self.s_batch[:, None], self.s_group, self.s_first, self.s_last],
                                1).to(torch.int32).contiguous()
         self.pixels = pixels.reshape(-1, 2).contiguous()
@@ -275,8 +291,9 @@ class _Chunk:
         return (self.pixels, self.pixel_slice.contiguous(), g, self.wd, self.bd)
 
     def coarse_forward(self):
-        """``G`` (``4S×D_f`` fp32)."""
-        g = mlp.empty(4 * self.n_slices, self.df, device=self.device, dtype=torch.float32)
+        """``G`` (``4S×D_f``) in the weights' dtype: bf16/fp16 runs gather half the bytes
+        per pixel and hold half the registers while the four vertices' rows are summed."""
+        g = mlp.empty(4 * self.n_slices, self.df, device=self.device, dtype=self.corner.dtype)
         mlp.launch(_coarse, self.n_slices, *self.coarse_args(), g, self.n_slices, *self.sizes(),
                    self.dc, self.df, grid_extra=(4,), **self.meta)
         return g
@@ -287,8 +304,13 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
                        coarse_w: list[torch.Tensor], coarse_b: list[torch.Tensor],
                        fine_wh: torch.Tensor, fine_wd: torch.Tensor, fine_b0: torch.Tensor,
                        fine_w: list[torch.Tensor], fine_b: list[torch.Tensor],
-                       pixels: torch.Tensor, out_h: int, out_w: int, slicing: str) -> torch.Tensor:
+                       pixels: torch.Tensor, out_h: int, out_w: int, slicing: str,
+                       raster_start: int) -> torch.Tensor:
     """DIIF decode of ``pixels`` (``B×Q×2`` int64) → ``B×Q×3`` in ``corner_proj``'s dtype.
+
+    ``raster_start ≥ 0`` says that ``pixels`` are raster positions ``raster_start …
+    raster_start + Q - 1`` of every image (``geometry.raster_pixels``), so the slices are
+    found arithmetically; ``-1``: any pixels.
 
     corner_proj ``B×(H+1)×(W+1)×D_c``, w_coord ``D_c×6`` (the first coarse layer's
     coordinate columns), coarse ``[(D_c×D_c, D_c)]``, fine_wh ``D_f×D_c``, fine_wd
@@ -299,7 +321,7 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
     if out.numel() == 0:
         return out
     c = _Chunk(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
-               fine_b, pixels, out_h, out_w, slicing)
+               fine_b, pixels, out_h, out_w, slicing, raster_start)
     with c.device_guard():
         g = c.coarse_forward()
         mlp.launch(_fine, c.n_pixels, *c.fine_input_args(g), c.wf1, c.bf1, c.wf2, c.bf2, out,
@@ -310,7 +332,7 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
 
 @diif_decode_triton.register_fake
 def _fake(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
-          fine_b, pixels, out_h, out_w, slicing):
+          fine_b, pixels, out_h, out_w, slicing, raster_start):
     return corner_proj.new_empty(pixels.shape[0], pixels.shape[1], fine_w[-1].shape[0])
 
 
@@ -320,7 +342,7 @@ def diif_decode_triton_backward(
         b0: torch.Tensor, coarse_w: list[torch.Tensor], coarse_b: list[torch.Tensor],
         fine_wh: torch.Tensor, fine_wd: torch.Tensor, fine_b0: torch.Tensor,
         fine_w: list[torch.Tensor], fine_b: list[torch.Tensor], pixels: torch.Tensor,
-        out_h: int, out_w: int, slicing: str) -> list[torch.Tensor]:
+        out_h: int, out_w: int, slicing: str, raster_start: int) -> list[torch.Tensor]:
     """Gradients of :func:`diif_decode_triton` for ``grad_out`` (``B×Q×3``), flat in the
     order of its tensor inputs (``corner_proj, w_coord, b0, W_1, b_1, fine_wh, fine_wd,
     fine_b0, W_f1, W_f2, b_f1, b_f2``).
@@ -330,7 +352,7 @@ def diif_decode_triton_backward(
     and pre-activation gradient per row (fp32); the weight gradients are then plain
     GEMMs (``dW = δᵀ·x``) and the scatters to slices and corners ``index_add``."""
     c = _Chunk(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
-               fine_b, pixels, out_h, out_w, slicing)
+               fine_b, pixels, out_h, out_w, slicing, raster_start)
     f32 = {"device": c.device, "dtype": torch.float32}
     dout = grad_out.reshape(-1, c.nout).contiguous()
     rows = 4 * c.n_slices
@@ -372,24 +394,72 @@ def diif_decode_triton_backward(
 
 @diif_decode_triton_backward.register_fake
 def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
-                   fine_b0, fine_w, fine_b, pixels, out_h, out_w, slicing):
+                   fine_b0, fine_w, fine_b, pixels, out_h, out_w, slicing, raster_start):
     return [torch.empty_like(t, memory_format=torch.contiguous_format)
             for t in (corner_proj, w_coord, b0, *coarse_w, *coarse_b, fine_wh, fine_wd,
                       fine_b0, *fine_w, *fine_b)]
 
 
+def _setup_context(ctx, inputs, output):
+    setup_context(ctx, inputs[:-1], output)  # the C++ operator's schema, then raster_start
+    ctx.raster_start = inputs[-1]
+
+
 def _backward(ctx, grad_out):
-    grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out))
+    grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out), ctx.raster_start)
     nc, nf = ctx.layers
     (d_corner, d_wc, d_b0), rest = grads[:3], grads[3:]
     d_cw, d_cb, rest = rest[:nc], rest[nc:2 * nc], rest[2 * nc:]
     (d_wh, d_wd, d_bd), d_fw, d_fb = rest[:3], rest[3:3 + nf], rest[3 + nf:]
-    return (d_corner, d_wc, d_b0, d_cw, d_cb, d_wh, d_wd, d_bd, d_fw, d_fb, None, None, None, None)
+    return (d_corner, d_wc, d_b0, d_cw, d_cb, d_wh, d_wd, d_bd, d_fw, d_fb,
+            None, None, None, None, None)
 
 
-diif_decode_triton.register_autograd(_backward, setup_context=setup_context)
+diif_decode_triton.register_autograd(_backward, setup_context=_setup_context)
 
 
 def diif(feat, out_size, pixels, params, slicing):
     """Decode ``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` (see the reference)."""
-    return diif_decode_triton(*_op_inputs(params), pixels, out_size[0], out_size[1], slicing)
+    return diif_decode_triton(*_op_inputs(params), pixels, out_size[0], out_size[1], slicing, -1)
+
+
+def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
+    """A grid decode's chunks (the backend hook :func:`implicit_kernels.backends.resolve_raster`):
+    ``(decode, chunk_size)`` where ``decode(start, stop)`` → ``B×(stop-start)×3`` decodes
+    raster positions ``[start, stop)`` of every image with the slices found arithmetically.
+
+    ``default_chunk``: the caller left ``chunk_size`` at its default; on CUDA the chunk is
+    then sized from free memory (:func:`mlp.chunk_for_memory`, at least 2^20 queries over
+    the batch: a 1440p decode in at most four chunks instead of 225), on CPU (and while
+    ``torch.compile`` traces) it is kept."""
+    inputs = _op_inputs(params)
+    # Not while torch.compile traces: the free-memory query is no graph operation.
+    if default_chunk and feat.is_cuda and not torch.compiler.is_compiling():
+        tensors = [t for x in inputs for t in (x if isinstance(x, list) else [x])]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        free, _ = torch.cuda.mem_get_info(feat.device)
+        chunk_size = mlp.chunk_for_memory(
+            _bytes_per_query(params, out_size, feat.shape[-2:], feat.element_size(), grad), free)
+
+    def decode(start, stop):
+        pixels = geometry.raster_pixels(start, stop, out_size, feat.shape[0], feat.device)
+        return diif_decode_triton(*inputs, pixels, out_size[0], out_size[1], slicing, start)
+
+    return decode, chunk_size
+
+
+def _bytes_per_query(params, out_size, in_size, element, grad):
+    """An upper bound of the device bytes one query of a chunk holds at once: its own
+    index bookkeeping, output and (``grad``) the backward's per-pixel rows, plus its
+    share of the slices (``W/W_out`` per query: one per output row and group column, the
+    most of any slicing but ``fixed4``, bounded by 1) with ``G`` and (``grad``) the
+    coarse backward's four rows of ``D_c`` per vertex."""
+    d_c = params["corner_proj"].shape[-1]
+    d_f, d_h = params["fine"][0][0].shape[0], params["fine"][1][0].shape[0]
+    share = min(1.0, in_size[1] / out_size[1] + 0.25)
+    per_pixel = 160 + 12
+    per_slice = 200 + 4 * d_f * element
+    if grad:
+        per_pixel += 4 * (2 * d_f + 2 * d_h) + 64
+        per_slice += 4 * 4 * (d_f + 4 * d_c + 6)
+    return int(per_pixel + share * per_slice)

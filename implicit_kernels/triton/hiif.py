@@ -326,34 +326,37 @@ def _image_tile(x_ptr, m, C, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _stats_kernel(x_ptr, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr, vln_b_ptr,
-                  part_ptr, m, C, heads, d,
+                  part_ptr, m, tiles, C, heads, d,
                   ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Per head, ``Σ k̂ᵀv̂`` over this program's queries → ``part[image, tile, head]``
-    (``B×tiles×heads×d×d`` fp32).  x: ``B×m×C``; qkv_w: ``3C×C``.  (``BLOCK_N``, of the
+    (``B×tiles×heads×d×d`` fp32; ``tiles`` ≥ this launch's programs per image).  x: ``B×m×C``; qkv_w: ``3C×C``.  (``BLOCK_N``, of the
     shared launch configuration, is unused: no hidden layer.)"""
     p, row_ok, c, c_ok, x = _image_tile(x_ptr, m, C, ROWS, BLOCK_C)
     i = tl.arange(0, BLOCK_D)
     i_ok = i < d
-    out = part_ptr + ((tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * heads) * d * d
+    out = part_ptr + ((tl.program_id(1) * tiles + tl.program_id(0)) * heads) * d * d
     for h in range(heads):
         k_hat, _, _, v_hat, _, _ = _normed_keys_values(
             x, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr, vln_b_ptr, h, d, c, c_ok,
             i, i_ok, row_ok, C, PRECISION)
-        kv = tl.dot(tl.trans(k_hat), v_hat, input_precision=PRECISION)
+        # Operands in x's dtype (bf16 runs: tensor-core bf16), fp32 accumulation.
+        kv = tl.dot(tl.trans(k_hat).to(x_ptr.dtype.element_ty), v_hat.to(x_ptr.dtype.element_ty),
+                    input_precision=PRECISION)
         tl.store(out + h * d * d + i[:, None] * d + i[None, :], kv,
                  mask=i_ok[:, None] & i_ok[None, :])
 
 
 @triton.jit
 def _stats_backward_kernel(x_ptr, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr,
-                           vln_b_ptr, dkv_sum_ptr, dx_ptr, dkv_ptr, dnorm_ptr, m, C, heads, d,
+                           vln_b_ptr, dkv_sum_ptr, dx_ptr, dkv_ptr, dnorm_ptr, m, tiles, C,
+                           heads, d,
                            ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Backward of :func:`_stats_kernel` for ``dkv_sum`` (``B×heads×d×d``): writes ``dx``
     (``B×m×C`` fp32), the pre-LayerNorm gradients of k and v (``dkv``, ``B·m×heads×2×d``:
     the ``qkv`` weight gradient's rows) and this tile's LayerNorm affine gradients
-    (``dnorm[image, tile]``: ``4×d``, ``γ_k, β_k, γ_v, β_v``)."""
+    (``dnorm[image, tile]``: ``B×tiles×4×d``, ``γ_k, β_k, γ_v, β_v``)."""
     p, row_ok, c, c_ok, x = _image_tile(x_ptr, m, C, ROWS, BLOCK_C)
     i = tl.arange(0, BLOCK_D)
     i_ok = i < d
@@ -387,7 +390,7 @@ def _stats_backward_kernel(x_ptr, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vl
         dx += tl.dot(dk.to(wk.dtype), wk, input_precision=PRECISION)
         dx += tl.dot(dv.to(wv.dtype), wv, input_precision=PRECISION)
     tl.store(dx_ptr + p[:, None] * C + c[None, :], dx, mask=row_ok[:, None] & c_ok[None, :])
-    norm = dnorm_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * 4 * d + i
+    norm = dnorm_ptr + (tl.program_id(1) * tiles + tl.program_id(0)) * 4 * d + i
     tl.store(norm, d_gk, mask=i_ok)
     tl.store(norm + d, d_bk, mask=i_ok)
     tl.store(norm + 2 * d, d_gv, mask=i_ok)
@@ -414,7 +417,9 @@ def _attention_residual(x, mat_ptr, qkv_w_ptr, qkv_b_ptr, heads, d, c, c_ok, C,
     r = x
     for h in range(heads):
         q = _head_rows(x, qkv_w_ptr, qkv_b_ptr, 3 * h * d, c, c_ok, i, i_ok, C, PRECISION)
-        r += tl.dot(q, _placed_mat(mat_ptr, h, heads, d, i, i_ok, c), input_precision=PRECISION)
+        # Operands in M's dtype (x's; bf16 runs: tensor-core bf16), fp32 accumulation.
+        placed = _placed_mat(mat_ptr, h, heads, d, i, i_ok, c).to(mat_ptr.dtype.element_ty)
+        r += tl.dot(q.to(mat_ptr.dtype.element_ty), placed, input_precision=PRECISION)
     return r
 
 
@@ -438,13 +443,13 @@ def _apply_kernel(x_ptr, mat_ptr, qkv_w_ptr, qkv_b_ptr, p1_w_ptr, p1_b_ptr, p2_w
 @triton.jit
 def _apply_backward_kernel(x_ptr, mat_ptr, qkv_w_ptr, qkv_b_ptr, p1_w_ptr, p1_b_ptr, p2_w_ptr,
                            dout_ptr, dx_ptr, r_ptr, hidden_ptr, delta_ptr, dq_ptr, dmat_ptr,
-                           m, C, heads, d,
+                           m, tiles, C, heads, d,
                            ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Backward of :func:`_apply_kernel` for ``dout``: writes ``dx``, proj1's input ``r``,
     its GELU output and ``δ`` (``hidden``, ``delta``), q's gradient ``dq`` (all
     ``B·m×C`` fp32, ``dq`` head-major) and this tile's ``dM`` (``dmat[image, tile]``:
-    ``heads×d×d``)."""
+    ``B×tiles×heads×d×d``)."""
     p, row_ok, c, c_ok, x = _image_tile(x_ptr, m, C, ROWS, BLOCK_C)
     ok = row_ok[:, None] & c_ok[None, :]
     r = _attention_residual(x, mat_ptr, qkv_w_ptr, qkv_b_ptr, heads, d, c, c_ok, C, BLOCK_D,
@@ -458,7 +463,7 @@ def _apply_backward_kernel(x_ptr, mat_ptr, qkv_w_ptr, qkv_b_ptr, p1_w_ptr, p1_b_
     dx = gy + dr
     i = tl.arange(0, BLOCK_D)
     i_ok = i < d
-    dmat = dmat_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * heads * d * d
+    dmat = dmat_ptr + (tl.program_id(1) * tiles + tl.program_id(0)) * heads * d * d
     for h in range(heads):
         q = _head_rows(x, qkv_w_ptr, qkv_b_ptr, 3 * h * d, c, c_ok, i, i_ok, C, PRECISION)
         placed = _placed_mat(mat_ptr, h, heads, d, i, i_ok, c)
@@ -681,23 +686,23 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     tl.store(dx_ptr + out, dx, mask=ok)
 
 
-def _autotuned_accumulating(kernel, key, reset):
-    """:func:`mlp.autotuned` for a kernel that adds into ``reset`` (zeroed before each
-    benchmark run)."""
-    if mlp.INTERPRET:
-        return kernel
-    return triton.autotune(mlp.gpu_configs(), key=key, reset_to_zero=reset)(kernel)
-
-
+# Keys: the widths and precision (mlp.Tuned adds the size bucket).  Reset: buffers the
+# kernels add into (level 0's map gradient) and per-tile partial sums, whose slots past a
+# configuration's last tile hold what a configuration with smaller tiles wrote there
+# while being benchmarked.
 _level0 = mlp.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
-_level0_backward = _autotuned_accumulating(_level0_backward_kernel, ["C", "HID", "PRECISION"],
-                                           ["dmaps_ptr"])
-_stats = mlp.autotuned(_stats_kernel, ["C", "d", "PRECISION"])
-_stats_backward = mlp.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"])
+_level0_backward = mlp.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
+                                 reset_to_zero=["dmaps_ptr"], configs=mlp.BACKWARD_CONFIGS)
+_stats = mlp.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
+_stats_backward = mlp.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
+                                reset_to_zero=["dnorm_ptr"], configs=mlp.BACKWARD_CONFIGS)
 _apply = mlp.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
-_apply_backward = mlp.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"])
+_apply_backward = mlp.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
+                                reset_to_zero=["dmat_ptr"], configs=mlp.BACKWARD_CONFIGS)
 _levels = mlp.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
-_levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"])
+_levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
+                                 reset_to_zero=["dnorm_ptr"],
+                                 configs=mlp.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -716,12 +721,11 @@ def _geometry(h, w):
 
 
 def _tiles(n):
-    """An upper bound on the programs along a launch's first grid axis over ``n`` rows
-    (the smallest tile any configuration uses): the size of per-tile partial buffers,
-    zero-filled so tiles a configuration does not launch add nothing."""
-    rows = (mlp.INTERPRETER_CONFIG["ROWS"] if mlp.INTERPRET
-            else min(c.kwargs["ROWS"] for c in mlp.gpu_configs()))
-    return triton.cdiv(n, rows)
+    """Slots per image of a per-tile partial buffer over ``n`` rows: an upper bound on the
+    programs along a launch's first grid axis (tiles of the smallest ``ROWS`` a launch may
+    use), passed to the kernels as the stride between images.  Zero-filled, so slots a
+    configuration with larger tiles leaves unwritten add nothing."""
+    return triton.cdiv(n, mlp.smallest_rows())
 
 
 def _device(t):
@@ -814,11 +818,12 @@ def hiif_attention_stats_triton(x: torch.Tensor, qkv_w: torch.Tensor, qkv_b: tor
     ``B×heads×d×d`` (unnormalised)."""
     b, m, c = x.shape
     d = c // heads
-    part = torch.zeros(b, _tiles(m), heads, d, d, device=x.device, dtype=_F32)
+    tiles = _tiles(m)
+    part = torch.zeros(b, tiles, heads, d, d, device=x.device, dtype=_F32)
     if m:
         with _device(x):
             mlp.launch(_stats, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b),
-                       part, m, c, heads, d, grid_extra=(b,), **_attention_meta(x, heads))
+                       part, m, tiles, c, heads, d, grid_extra=(b,), **_attention_meta(x, heads))
     return part.sum(1).to(x.dtype)
 
 
@@ -834,12 +839,13 @@ def hiif_attention_stats_triton_backward(
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(b, m, c, **f32)
     dkv = mlp.empty(n, heads, 2, d, **f32)
-    dnorm = torch.zeros(b, _tiles(m), 4, d, **f32)
+    tiles = _tiles(m)
+    dnorm = torch.zeros(b, tiles, 4, d, **f32)
     if m:
         with _device(x):
             mlp.launch(_stats_backward, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w,
                                                         vln_b, grad_out),
-                       dx, dkv, dnorm, m, c, heads, d, grid_extra=(b,),
+                       dx, dkv, dnorm, m, tiles, c, heads, d, grid_extra=(b,),
                        **_attention_meta(x, heads))
     # Only k's and v's rows of qkv (head h: rows [3dh + d, 3dh + 3d)) get gradients.
     d_qkv_w = torch.zeros(heads, 3, d, c, **f32)
@@ -883,12 +889,13 @@ def hiif_attention_apply_triton_backward(
     d, n = c // heads, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx, r, hidden, delta, dq = (torch.zeros(n, c, **f32) for _ in range(5))
-    dmat = torch.zeros(b, _tiles(m), heads, d, d, **f32)
+    tiles = _tiles(m)
+    dmat = torch.zeros(b, tiles, heads, d, d, **f32)
     if m:
         with _device(x):
             mlp.launch(_apply_backward, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b,
                                                         proj2_w, grad_out),
-                       dx, r, hidden, delta, dq, dmat, m, c, heads, d, grid_extra=(b,),
+                       dx, r, hidden, delta, dq, dmat, m, tiles, c, heads, d, grid_extra=(b,),
                        **_attention_meta(x, heads))
     gy = grad_out.reshape(n, c).to(_F32)
     # Only q's rows of qkv (head h: rows [3dh, 3dh + d)) get gradients.

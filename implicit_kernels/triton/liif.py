@@ -94,7 +94,8 @@ def _backward_kernel(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift
 
 
 _decode = mlp.autotuned(_decode_kernel, ["D", "N1", "N2", "N3", "PRECISION"])
-_backward = mlp.autotuned(_backward_kernel, ["D", "N1", "N2", "N3", "PRECISION"])
+_backward = mlp.autotuned(_backward_kernel, ["D", "N1", "N2", "N3", "PRECISION"],
+                          configs=mlp.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
