@@ -200,6 +200,14 @@ def resolve(name: str, decoder: str, feat: torch.Tensor, queries: int = 0, grad:
     return _chosen(name, decoder, feat, queries, grad).table["functions"][decoder]
 
 
+def choose(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
+           grad: bool = False) -> str:
+    """The concrete backend name ``name`` stands for (``"auto"`` resolved as in
+    :func:`resolve`), checked to run ``decoder`` on ``feat``: resolve once, then look up
+    several of the backend's functions by that name."""
+    return _chosen(name, decoder, feat, queries, grad).name
+
+
 def resolve_raster(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
                    grad: bool = False):
     """The backend's optional grid-chunk hook for a pixel decoder (DIIF), or ``None``:

@@ -200,9 +200,9 @@ def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pi
     check.choice(slice_ensemble, "slice_ensemble", (True, False))
     p = _diif_params(params, feat, slice_ensemble)
     decoder = "diif" if slice_ensemble else "diif_without_ensemble"
-    work = _work(feat, size, pixels, params)
-    prepare, fn = backends.resolve(backend, decoder, feat, *work)
-    raster = backends.resolve_raster(backend, decoder, feat, *work)
+    name = backends.choose(backend, decoder, feat, *_work(feat, size, pixels, params))
+    prepare, fn = backends.resolve(name, decoder, feat)
+    raster = backends.resolve_raster(name, decoder, feat)
     p = prepare(feat, p)
     if raster is not None and pixels is None:
         # The backend decodes raster chunks itself (and may size them on its device).

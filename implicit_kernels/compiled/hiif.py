@@ -70,8 +70,10 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
         for k, block in enumerate(params["attention"]):
             parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
                                       suffix), block, suffix) for s, e in chunks]
-            # Summed in fp32: a half-precision running sum loses the later chunks' bits.
-            mats.append((sum(p.float() for p in parts) / norm).to(parts[0].dtype))
+            # Summed in fp32 at least: a half-precision running sum loses the later
+            # chunks' bits (float64 stays float64).
+            acc = torch.promote_types(parts[0].dtype, torch.float32)
+            mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
     out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix)
                      for s, e in chunks], dim=1)
     return out + bilinear_skip(inp, coord)
