@@ -16,17 +16,34 @@ TORCH_LIBRARY(implicit_kernels, m) {
   m.def("slice_ensemble_weights(Tensor d) -> Tensor");
 
   // Fused DIIF decode (csrc/diif_decode.cpp): the decoder after SPEC.md §3's splits,
-  // from the corner projection to the output of the requested pixels.
+  // from the corner projection (without the slice ensemble: the per-pixel projection) to
+  // the output of the requested pixels.
   m.def(
       "diif_decode(Tensor corner_proj, Tensor w_coord, Tensor b0, Tensor[] coarse_w,"
       " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
-      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing) -> Tensor");
+      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> Tensor");
   m.def(
       "diif_decode_backward(Tensor grad_out, Tensor corner_proj, Tensor w_coord, Tensor b0,"
       " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
+      " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor,"
+      " Tensor, Tensor[], Tensor[])");
+
+  // Fused DLTE decode (csrc/dlte_decode.cpp): DIIF's stages with LTE-style Fourier vertex
+  // features, from the vertex codes of the estimator maps (channels last) to the output
+  // of the requested pixels, without the bilinear skip.
+  m.def(
+      "dlte_decode(Tensor coef, Tensor freq, Tensor phase, Tensor w0, Tensor b0,"
+      " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
       " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
-      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[],"
-      " Tensor[])");
+      " -> Tensor");
+  m.def(
+      "dlte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase, Tensor w0,"
+      " Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd,"
+      " Tensor fine_b0, Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w,"
+      " str slicing) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor,"
+      " Tensor, Tensor, Tensor[], Tensor[])");
 
   // Fused HIIF (csrc/hiif_decode.cpp): level 0 from the per-LR-pixel maps, the linear
   // attention's reduction and application, the later levels with their bits; and the

@@ -380,7 +380,7 @@ def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_
 
 def _backward(ctx, grad_out):
     grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out))
-    nc, nf = ctx.layers
+    nc, nf = ctx.lengths[3], ctx.lengths[8]  # coarse_w's and fine_w's
     (d_corner, d_wc, d_b0), rest = grads[:3], grads[3:]
     d_cw, d_cb, rest = rest[:nc], rest[nc:2 * nc], rest[2 * nc:]
     (d_wh, d_wd, d_bd), d_fw, d_fb = rest[:3], rest[3:3 + nf], rest[3 + nf:]
