@@ -123,7 +123,7 @@ def test_hiif_codes_and_ensemble_neighbours_refuse_nan():
 
 @pytest.mark.parametrize("channels", [0, -3, 2 ** 28, 2 ** 40])
 def test_hiif_level0_bounds_channels(calls, channels):
-    args = (*calls["hiif_level0"][:-1], channels)
+    args = (*calls["hiif_level0"][:8], channels, *calls["hiif_level0"][9:])
     with pytest.raises(RuntimeError, match=r"channels must be in \[1, 2\^28\)"):
         torch.ops.implicit_kernels.hiif_level0(*args)
 
