@@ -106,7 +106,8 @@ at::Tensor channel_sum(const at::Tensor& t) { return t.reshape({-1, t.size(-1)})
 // hiif_codes
 // ---------------------------------------------------------------------------------------
 
-at::Tensor hiif_codes(const at::Tensor& coord, int64_t h, int64_t w, int64_t levels) {
+at::Tensor hiif_codes(const at::Tensor& coord, int64_t h, int64_t w, int64_t levels,
+                      bool public_centres) {
   constexpr const char* op = "implicit_kernels::hiif_codes";
   const Kernels k = kernels_for(coord, op);
   check_size(h, w, op);
@@ -117,7 +118,7 @@ at::Tensor hiif_codes(const at::Tensor& coord, int64_t h, int64_t w, int64_t lev
   std::vector<int64_t> shape(coord.sizes().begin(), coord.sizes().end() - 1);
   shape.push_back(levels);
   shape.push_back(2);
-  return k.codes(coord.reshape({-1, 2}).contiguous(), h, w, levels).view(shape);
+  return k.codes(coord.reshape({-1, 2}).contiguous(), h, w, levels, public_centres).view(shape);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,11 +130,13 @@ constexpr const char* kLevel0 = "implicit_kernels::hiif_level0";
 struct Level0 {
   at::Tensor maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell;
   int64_t batch, queries, channels;
+  bool public_centres;
 };
 
 Level0 make_level0(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
                    const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-                   const at::Tensor& coord, const at::Tensor& cell, int64_t channels) {
+                   const at::Tensor& coord, const at::Tensor& cell, int64_t channels,
+                   bool public_centres) {
   const char* op = kLevel0;
   kernels_for(maps, op);
   TORCH_CHECK(maps.dim() == 5 && maps.size(3) == 4 && maps.size(4) >= 3, op,
@@ -146,6 +149,7 @@ Level0 make_level0(const at::Tensor& maps, const at::Tensor& row_sums, const at:
   Level0 l;
   l.batch = maps.size(0);
   l.channels = channels;
+  l.public_centres = public_centres;
   l.maps = maps.contiguous();
   check_same(row_sums, maps, op, "row_sums");
   check_shape(row_sums, {4, hidden}, op, "row_sums");
@@ -173,9 +177,8 @@ struct Level0Trace {
 
 Level0Trace level0_forward(const Level0& l) {
   Level0Trace tr;
-  std::tie(tr.u, tr.rows, tr.aux) =
-      kernels_for(l.maps, kLevel0)
-          .level0_sum(l.maps, l.row_sums, l.w_extra, l.coord, l.cell, l.queries, l.channels);
+  std::tie(tr.u, tr.rows, tr.aux) = kernels_for(l.maps, kLevel0).level0_sum(
+      l.maps, l.row_sums, l.w_extra, l.coord, l.cell, l.queries, l.channels, l.public_centres);
   const at::Tensor rstd = tr.aux.narrow(1, kAuxRstd, 1);
   tr.pre = at::addcmul(l.bias.to(rstd.scalar_type()), tr.u.to(rstd.scalar_type()), rstd)
                .to(l.maps.scalar_type());
@@ -183,10 +186,11 @@ Level0Trace level0_forward(const Level0& l) {
 }
 
 at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
-                       const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
-                       const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
-                       int64_t channels) {
-  const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels);
+                       const at::Tensor& w_extra, const at::Tensor& bias,
+                       const at::Tensor& fc2_w, const at::Tensor& fc2_b, const at::Tensor& coord,
+                       const at::Tensor& cell, int64_t channels, bool public_centres) {
+  const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                               public_centres);
   const int64_t out_dim = l.fc2_w.size(0);
   if (l.coord.size(0) == 0) return at::empty({l.batch, l.queries, out_dim}, maps.options());
   const Level0Trace tr = level0_forward(l);
@@ -194,11 +198,13 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps, const at::Tensor& row_sums,
-                     const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
-                     const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
-                     int64_t channels) {
-  const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels);
+hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps,
+                     const at::Tensor& row_sums, const at::Tensor& w_extra,
+                     const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                     const at::Tensor& coord, const at::Tensor& cell, int64_t channels,
+                     bool public_centres) {
+  const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                               public_centres);
   const int64_t n = l.coord.size(0), hidden = l.row_sums.size(1), out_dim = l.fc2_w.size(0);
   check_grad_out(grad_out, maps, {l.batch, l.queries, out_dim}, kLevel0);
   if (n == 0) {
@@ -470,11 +476,13 @@ struct Levels {
   at::Tensor x2, coord;
   Tensors norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b;
   int64_t h, w;
+  bool public_centres;
 };
 
 Levels make_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
                    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b,
-                   at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w) {
+                   at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w,
+                   bool public_centres) {
   Levels l;
   l.x2 = check_features(x, kLevels);
   l.coord = check_queries(coord, x, x.size(0), kLevels, "coord");
@@ -483,6 +491,7 @@ Levels make_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorList 
   check_size(h, w, kLevels);
   l.h = h;
   l.w = w;
+  l.public_centres = public_centres;
   const size_t n = norm_w.size();
   TORCH_CHECK(n >= 1 && norm_b.size() == n && fc1_w.size() == n && fc1_b.size() == n &&
                   fc2_w.size() == n && fc2_b.size() == n,
@@ -521,7 +530,8 @@ at::Tensor levels_forward(const Levels& l, std::vector<LevelTrace>* trace) {
   for (size_t i = 0; i < l.norm_w.size(); ++i) {
     LevelTrace tr;
     tr.x = x;
-    std::tie(tr.y, tr.rstd) = k.level_input(x, l.coord, l.h, l.w, static_cast<int64_t>(i + 1));
+    std::tie(tr.y, tr.rstd) = k.level_input(x, l.coord, l.h, l.w, static_cast<int64_t>(i + 1),
+                                           l.public_centres);
     tr.h1 = at::addmm(l.fc1_b[i], at::addcmul(l.norm_b[i], tr.y, l.norm_w[i]), l.fc1_w[i].t());
     x = at::addmm(l.fc2_b[i], at::gelu(tr.h1), l.fc2_w[i].t());
     if (trace != nullptr) trace->push_back(tr);
@@ -531,18 +541,22 @@ at::Tensor levels_forward(const Levels& l, std::vector<LevelTrace>* trace) {
 
 at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
                        at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b,
-                       at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w) {
-  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w);
+                       at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w,
+                       bool public_centres) {
+  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w,
+                               public_centres);
   const int64_t out_dim = l.fc2_w.back().size(0);
   if (l.x2.size(0) == 0) return at::empty({x.size(0), x.size(1), out_dim}, x.options());
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
-std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hiif_levels_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
-    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b, at::TensorList fc2_w,
-    at::TensorList fc2_b, int64_t h, int64_t w) {
-  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w);
+std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>
+hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord,
+                     at::TensorList norm_w, at::TensorList norm_b, at::TensorList fc1_w,
+                     at::TensorList fc1_b, at::TensorList fc2_w, at::TensorList fc2_b,
+                     int64_t h, int64_t w, bool public_centres) {
+  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w,
+                               public_centres);
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);
   check_grad_out(grad_out, x, {x.size(0), x.size(1), out_dim}, kLevels);

@@ -20,23 +20,30 @@ namespace ik {
 namespace liif {
 
 #define IK_LIIF_KERNELS(SUFFIX)                                                                \
-  /* Queries coord, cell (n, 2) of the maps' type -> member indices (4n,) int64 into the      \
+  /* Queries coord, cell (n, 2) of the maps' type -> member indices (4n,) int64 into the       \
      flat (B*h*w) map, coordinate inputs (4n, 4) and area weights (n, 4) of type `type`. */    \
   std::tuple<at::Tensor, at::Tensor, at::Tensor> members_##SUFFIX(                             \
       const at::Tensor& coord, const at::Tensor& cell, const Dims& dims, at::ScalarType type); \
-  /* LIIF: the MLP's input (4n, D) from proj (B*h*w, D), w_rc (D, 4), b0 (D) of one type. */  \
+  /* LIIF: the MLP's input (4n, D) from proj (B*h*w, D), w_rc (D, 4), b0 (D) of one type. */   \
   at::Tensor liif_first_layer_##SUFFIX(const at::Tensor& proj, const at::Tensor& index,        \
                                        const at::Tensor& inputs, const at::Tensor& w_rc,       \
                                        const at::Tensor& b0, bool relu);                       \
-  /* LTE: the MLP's input (4n, 2m) from coef, freq (B*h*w, 2m) and phase_w (m, 2). */          \
+  /* LTE: the MLP's input (rows, 2m) from coef, freq (B*h*w, 2m), phase_w (m, 2) and inputs    \
+     (rows, 2 ends + 2): `ends` offsets then the scaled cell (features_ends; DLTE: 2). */      \
   at::Tensor lte_features_##SUFFIX(const at::Tensor& coef, const at::Tensor& freq,             \
                                    const at::Tensor& phase_w, const at::Tensor& index,         \
                                    const at::Tensor& inputs);                                  \
-  /* LTE backward from grad_x (4n, 2m): gradients of the gathered coef and freq rows          \
-     (4n, 2m) and of phi summed over each query's members (n, m), of inputs' type. */         \
+  /* LTE backward from grad_x (rows, 2m): gradients of the gathered coef and freq rows         \
+     (rows, 2m) and of phi summed over each 4 rows (a query's members, DLTE: a slice's         \
+     vertices) (rows / 4, m), of inputs' type. */                                              \
   std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_##SUFFIX(               \
       const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,                \
       const at::Tensor& phase_w, const at::Tensor& index, const at::Tensor& inputs);
+
+// Offsets per row of the Fourier features' `inputs` (rows, 2 ends + 2): LTE 1, DLTE 2.
+inline int features_ends(const at::Tensor& inputs) {
+  return static_cast<int>(inputs.size(1) / 2 - 1);
+}
 
 IK_LIIF_KERNELS(cpu)
 #if defined(IK_WITH_CUDA)

@@ -16,29 +16,50 @@ TORCH_LIBRARY(implicit_kernels, m) {
   m.def("slice_ensemble_weights(Tensor d) -> Tensor");
 
   // Fused DIIF decode (csrc/diif_decode.cpp): the decoder after SPEC.md §3's splits,
-  // from the corner projection to the output of the requested pixels.
+  // from the corner projection (without the slice ensemble: the per-pixel projection) to
+  // the output of the requested pixels.
   m.def(
       "diif_decode(Tensor corner_proj, Tensor w_coord, Tensor b0, Tensor[] coarse_w,"
       " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
-      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing) -> Tensor");
+      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> Tensor");
   m.def(
       "diif_decode_backward(Tensor grad_out, Tensor corner_proj, Tensor w_coord, Tensor b0,"
       " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
+      " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor,"
+      " Tensor, Tensor[], Tensor[])");
+
+  // Fused DLTE decode (csrc/dlte_decode.cpp): DIIF's stages with LTE-style Fourier vertex
+  // features, from the vertex codes of the estimator maps (channels last) to the output
+  // of the requested pixels, without the bilinear skip.
+  m.def(
+      "dlte_decode(Tensor coef, Tensor freq, Tensor phase, Tensor w0, Tensor b0,"
+      " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
       " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
-      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[],"
-      " Tensor[])");
+      " -> Tensor");
+  m.def(
+      "dlte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase, Tensor w0,"
+      " Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd,"
+      " Tensor fine_b0, Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w,"
+      " str slicing) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor,"
+      " Tensor, Tensor, Tensor[], Tensor[])");
 
   // Fused HIIF (csrc/hiif_decode.cpp): level 0 from the per-LR-pixel maps, the linear
   // attention's reduction and application, the later levels with their bits; and the
   // bits alone, for tests.
-  m.def("hiif_codes(Tensor coord, int h, int w, int levels) -> Tensor");
+  // `public_centres`: LR pixel centres rounded as the public HIIF code does
+  // (F.hiif_decode(level_codes="public")), which decides the level codes at exact ties.
+  m.def(
+      "hiif_codes(Tensor coord, int h, int w, int levels, bool public_centres=False)"
+      " -> Tensor");
   m.def(
       "hiif_level0(Tensor maps, Tensor row_sums, Tensor w_extra, Tensor bias, Tensor fc2_w,"
-      " Tensor fc2_b, Tensor coord, Tensor cell, int channels) -> Tensor");
+      " Tensor fc2_b, Tensor coord, Tensor cell, int channels, bool public_centres) -> Tensor");
   m.def(
       "hiif_level0_backward(Tensor grad_out, Tensor maps, Tensor row_sums, Tensor w_extra,"
-      " Tensor bias, Tensor fc2_w, Tensor fc2_b, Tensor coord, Tensor cell, int channels)"
-      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      " Tensor bias, Tensor fc2_w, Tensor fc2_b, Tensor coord, Tensor cell, int channels,"
+      " bool public_centres) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "hiif_attention_stats(Tensor x, Tensor qkv_w, Tensor qkv_b, Tensor kln_w, Tensor kln_b,"
       " Tensor vln_w, Tensor vln_b, int heads) -> Tensor");
@@ -55,11 +76,13 @@ TORCH_LIBRARY(implicit_kernels, m) {
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "hiif_levels(Tensor x, Tensor coord, Tensor[] norm_w, Tensor[] norm_b, Tensor[] fc1_w,"
-      " Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h, int w) -> Tensor");
+      " Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h, int w, bool public_centres)"
+      " -> Tensor");
   m.def(
       "hiif_levels_backward(Tensor grad_out, Tensor x, Tensor coord, Tensor[] norm_w,"
       " Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h,"
-      " int w) -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+      " int w, bool public_centres)"
+      " -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
   // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
   // pixel (channels last) to the output of the queries; coord and cell not differentiated.
   m.def(

@@ -106,8 +106,8 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
             every backend) or ``"public"``: LR centres, and grid-mode query positions, as
             the public HIIF code rounds them (LIIF's ``make_coord``), so its level codes,
             which break exact ties (integer scales) by that rounding, are reproduced bit
-            for bit (docs/hiif.md).  ``reference`` and ``torch`` only; ``auto`` picks
-            ``torch``, and the fused backends refuse it.
+            for bit (docs/hiif.md).  ``reference``, ``torch``, ``cpu`` and ``cuda``;
+            ``triton`` refuses it.
         chunk_size: queries per backend pass; the attention sums still cover the image.
 
     Returns:

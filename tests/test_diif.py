@@ -175,16 +175,3 @@ def test_slices_partition_groups():
     assert (geometry.diif_slices(last, in_size, out_size, "linear")[0] == group).all()
     _, cf, cl = geometry.diif_slices(pix, in_size, out_size, "constant")
     assert (cf <= pix).all() and (pix <= cl).all()
-
-
-def test_without_ensemble_is_not_fused_yet():
-    """The "w/o se" ablation runs on the PyTorch backends; "auto" never picks a backend
-    that lacks it."""
-    from implicit_kernels import backends
-    feat = torch.randn(1, 4, 5, 7)
-    params = diif_params(4, slice_ensemble=False)
-    assert backends.auto_choice("diif_without_ensemble", feat) == "torch"
-    F.diif_decode(feat, (10, 14), params, slice_ensemble=False)  # auto works
-    if not backends.unavailable_reasons("cpu", "diif", feat):
-        with pytest.raises(RuntimeError, match="does not implement diif_without_ensemble"):
-            F.diif_decode(feat, (10, 14), params, slice_ensemble=False, backend="cpu")

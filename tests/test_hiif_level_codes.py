@@ -1,7 +1,7 @@
 """HIIF level codes at exact ties (docs/hiif.md): ``level_codes="public"`` reproduces the
 public HIIF code's float32 level codes bit for bit on tie-heavy integer scales (×2, ×3,
-×4) and a non-tie one; ``"project"`` (default) keeps the project's rule; backends without
-the mode refuse it."""
+×4) and a non-tie one, in the torch backend and the C++ operators (``cpu``);
+``"project"`` (default) keeps the project's rule; backends without the mode refuse it."""
 from __future__ import annotations
 
 import pytest
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as nnf
 
 import models
-from implicit_kernels import backends, geometry
+from implicit_kernels import _extension, backends, geometry
 from implicit_kernels import functional as F
 from implicit_kernels.torch_impl.hiif import _Decoder, prepare_hiif
+from conftest import assert_matches
 
 #: (LR size, output size): ×2, ×3, ×4 (ties), ×2 by ×3, and 6×6 → 13×13 (no ties).
 CASES = {"x2": ((5, 5), (10, 10)), "x3": ((5, 5), (15, 15)), "x4": ((4, 6), (16, 24)),
@@ -65,10 +66,31 @@ def _torch_bits(lr, out, centres):
     return decoder.level0(coord, cell)[1][0]
 
 
+def _cpu_bits(lr, out, centres):
+    """The level codes of the C++ operators (``hiif_codes``, the bits their level kernels
+    compute), for a whole grid."""
+    coord = geometry.pixel_coord(geometry.grid_pixels(out, 1)[0], out, torch.float32, centres)
+    return torch.ops.implicit_kernels.hiif_codes(coord, *lr, LEVELS, centres == "public")
+
+
+needs_extension = pytest.mark.skipif(not _extension.available(),
+                                     reason="; ".join(_extension.reasons()))
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_public_codes_bit_for_bit(case):
     lr, out = CASES[case]
     assert torch.equal(_torch_bits(lr, out, "public"), _public_bits(lr, out))
+
+
+@needs_extension
+@pytest.mark.parametrize("centres", geometry.CENTRES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cpu_codes_equal_torch_bit_for_bit(case, centres):
+    lr, out = CASES[case]
+    assert torch.equal(_cpu_bits(lr, out, centres), _torch_bits(lr, out, centres))
+    if centres == "public":
+        assert torch.equal(_cpu_bits(lr, out, centres), _public_bits(lr, out))
 
 
 def test_grid_positions_follow_the_mode():
@@ -103,14 +125,20 @@ def _decode(model, lr, out, backend, level_codes, seed=1):
         return model(inp, out, backend=backend, level_codes=level_codes)
 
 
+def _fused(name):
+    """The fused backends implementing level_codes="public" that can run here."""
+    return [] if backends.unavailable_reasons(name, "hiif_public_codes") else [name]
+
+
 @pytest.mark.parametrize("case", ["x2", "x3", "x4", "no-tie"])
 def test_reference_and_torch_agree_in_both_modes(case):
     model, _ = _params(2)
     lr, out = CASES[case]
     for mode in ("project", "public"):
         ref = _decode(model, lr, out, "reference", mode)
-        got = _decode(model, lr, out, "torch", mode)
-        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        for backend in ["torch", *_fused("cpu")]:
+            got = _decode(model, lr, out, backend, mode)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     project = _decode(model, lr, out, "reference", "project")
     public = _decode(model, lr, out, "reference", "public")
     if case == "no-tie":
@@ -136,13 +164,33 @@ def test_model_option_and_default():
                       level_codes="exact")
 
 
-def test_fused_backends_refuse_the_public_mode():
-    """cpu/cuda operators and triton kernels compute centres with the project's rule
-    only: they refuse level_codes="public", and auto picks torch."""
+@needs_extension
+def test_cpu_public_mode_values_and_grads_equal_reference():
+    """Every gradient, batch 2, chunked, at a tie-heavy scale (×3 by ×2)."""
+    model, _ = _params(5)
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.decoder_params().items()}
+    feat = torch.randn(2, 4, 5, 6, requires_grad=True)
+    inp = torch.randn(2, 3, 5, 6, requires_grad=True)
+    upstream = torch.randn(2, 3, 15, 12)
+    results = {}
+    for backend, chunk in (("reference", None), ("cpu", 37)):
+        out = F.hiif_decode(feat, inp, (15, 12), params, level_codes="public", backend=backend,
+                            chunk_size=chunk or F.DEFAULT_CHUNK_SIZE)
+        results[backend] = (out.detach(),
+                            torch.autograd.grad(out, [feat, inp, *params.values()], upstream))
+    assert_matches(results["cpu"][0], results["reference"][0])
+    for key, g, g_ref in zip(["feat", "inp", *params], results["cpu"][1], results["reference"][1]):
+        assert_matches(g, g_ref, f"grad of {key}")
+
+
+def test_fused_backends_without_the_public_mode_refuse_it():
+    """The triton kernels compute centres with the project's rule only, and the cuda
+    operators need a CUDA build: both refuse level_codes="public" here; auto picks cpu
+    where the extension is built, else torch."""
     feat = torch.randn(1, 4, 5, 5)
-    assert backends.auto_choice("hiif_public_codes", feat) == "torch"
+    assert backends.auto_choice("hiif_public_codes", feat) == ("cpu" if _fused("cpu") else "torch")
     model, _ = _params(4)
-    for name in ("cpu", "cuda", "triton"):
+    for name in ("cuda", "triton"):
         with pytest.raises(RuntimeError, match=f"backend '{name}' cannot run hiif_public_codes"):
             F.hiif_decode(feat, torch.randn(1, 3, 5, 5), (10, 10), model.decoder_params(),
                           level_codes="public", backend=name)

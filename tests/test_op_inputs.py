@@ -39,6 +39,9 @@ def _decode_all():
     lte = {**conv_params("coef", 8, c), **conv_params("freq", 8, c), "phase.weight": linear(4, 2)[0],
            **mlp_params("imnet.layers.", [8, 16, 3])}
     F.lte_decode(feat, inp, (7, 9), lte, backend="cpu")
+    dlte = {**conv_params("coef", 4, c), **conv_params("freq", 4, c), "phase.weight": linear(8, 2)[0],
+            **mlp_params("coarse.layers.", [16, 16, 16]), **mlp_params("fine.layers.", [18, 16, 3])}
+    F.dlte_decode(feat, inp, (7, 9), dlte, backend="cpu")
     F.hiif_decode(feat, inp, (7, 9), hiif_params(c_enc=c, c_z=16, head_dim=8, hidden=16),
                   backend="cpu")
 
@@ -60,8 +63,8 @@ def _op(name):
     return getattr(torch.ops.implicit_kernels, name)
 
 
-FORWARDS = ["diif_decode", "liif_decode", "lte_decode", "hiif_level0", "hiif_attention_stats",
-            "hiif_attention_apply", "hiif_levels"]
+FORWARDS = ["diif_decode", "dlte_decode", "liif_decode", "lte_decode", "hiif_level0",
+            "hiif_attention_stats", "hiif_attention_apply", "hiif_levels"]
 
 
 def test_every_forward_was_recorded(calls):
@@ -120,7 +123,7 @@ def test_hiif_codes_and_ensemble_neighbours_refuse_nan():
 
 @pytest.mark.parametrize("channels", [0, -3, 2 ** 28, 2 ** 40])
 def test_hiif_level0_bounds_channels(calls, channels):
-    args = (*calls["hiif_level0"][:-1], channels)
+    args = (*calls["hiif_level0"][:8], channels, *calls["hiif_level0"][9:])
     with pytest.raises(RuntimeError, match=r"channels must be in \[1, 2\^28\)"):
         torch.ops.implicit_kernels.hiif_level0(*args)
 

@@ -22,7 +22,7 @@ def op_args(feat, params, pixels, size, slicing="linear"):
     """The operator's arguments for a decode, as the backend builds them."""
     from implicit_kernels.compiled.diif import _op_inputs, prepare_diif
     structured = F._diif_params(params, feat)
-    return (*_op_inputs(prepare_diif(feat, structured)), pixels, size[0], size[1], slicing)
+    return (*_op_inputs(prepare_diif(feat, structured)), pixels, size[0], size[1], slicing, True)
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)

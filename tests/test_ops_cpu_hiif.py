@@ -97,16 +97,16 @@ def _op_samples():
     coord, cell = random_queries(2, 10)
     level0 = p["level0"]
     block = p["attention"][0]
-    x = _features(coord, cell, p, [], 0, 10).detach()
+    x = _features(coord, cell, p, [], 0, 10, centres=(False,)).detach()
     mat = ops.hiif_attention_stats(x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
     levels = p["levels"][1:]
     lists = [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
     return {
         "hiif_level0": (level0["maps"], level0["row_sums"], level0["w_extra"], level0["bias"],
-                        *p["levels"][0]["fc2"], coord, cell, level0["channels"]),
+                        *p["levels"][0]["fc2"], coord, cell, level0["channels"], False),
         "hiif_attention_stats": (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"]),
         "hiif_attention_apply": (x, mat / 10, *block["qkv"], *block["proj1"], *block["proj2"]),
-        "hiif_levels": (x, coord, *lists, 3, 4),
+        "hiif_levels": (x, coord, *lists, 3, 4, False),
     }
 
 

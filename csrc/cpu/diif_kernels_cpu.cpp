@@ -32,17 +32,16 @@ at::Tensor slice_keys_cpu(const at::Tensor& pixels, int64_t q, const Dims& dims,
 
 std::tuple<at::Tensor, at::Tensor> slice_inputs_cpu(const at::Tensor& keys, const Dims& dims,
                                                     Slicing slicing, at::ScalarType type) {
-  const int64_t s = keys.size(0);
-  at::Tensor coords = empty_poisoned({s * kVertices, kCoordInputs}, keys.options().dtype(type));
-  at::Tensor corners = empty_poisoned({s * kVertices}, keys.options());
+  const int64_t s = keys.size(0), v = vertex_count(dims);
+  at::Tensor coords = empty_poisoned({s * v, kCoordInputs}, keys.options().dtype(type));
+  at::Tensor corners = empty_poisoned({s * v}, keys.options());
   const int64_t* k = keys.data_ptr<int64_t>();
   int64_t* c = corners.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(type, "diif_slice_inputs_cpu", [&] {
     scalar_t* x = coords.data_ptr<scalar_t>();
     at::parallel_for(0, s, kGrain, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        slice_inputs<scalar_t>(k[i], dims, slicing, x + i * kVertices * kCoordInputs,
-                               c + i * kVertices);
+        slice_inputs<scalar_t>(k[i], dims, slicing, x + i * v * kCoordInputs, c + i * v);
       }
     });
   });
@@ -52,6 +51,7 @@ std::tuple<at::Tensor, at::Tensor> slice_inputs_cpu(const at::Tensor& keys, cons
 at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const Dims& dims,
                      const at::Tensor& g, const at::Tensor& wd, const at::Tensor& bias) {
   const int64_t n = pixels.size(0), df = g.size(1);
+  const int v = vertex_count(dims);
   at::Tensor z = empty_poisoned({n, df}, g.options());
   const int64_t* pix = pixels.data_ptr<int64_t>();
   const int64_t* slice = slice_of.data_ptr<int64_t>();
@@ -66,10 +66,10 @@ at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const
       for (int64_t p = lo; p < hi; ++p) {
         scalar_t offset[2], weight[4];
         pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
-        const scalar_t* block = gp + slice[p] * kVertices * df;
+        const scalar_t* block = gp + slice[p] * v * df;
         scalar_t* row = zp + p * df;
         for (int64_t j = 0; j < df; ++j) {
-          row[j] = blend_channel<scalar_t>(j, df, block, wdp, bp, offset, weight);
+          row[j] = blend_channel<scalar_t>(j, df, v, block, wdp, bp, offset, weight);
         }
       }
     });
@@ -79,9 +79,9 @@ at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const
 
 std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels,
                                                       const Dims& dims, at::ScalarType type) {
-  const int64_t n = pixels.size(0);
+  const int64_t n = pixels.size(0), v = vertex_count(dims);
   at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));
-  at::Tensor weights = empty_poisoned({n, kVertices}, pixels.options().dtype(type));
+  at::Tensor weights = empty_poisoned({n, v}, pixels.options().dtype(type));
   const int64_t* pix = pixels.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(type, "diif_offset_weights_cpu", [&] {
     scalar_t* o = offsets.data_ptr<scalar_t>();
@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels,
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, o + 2 * p,
-                                       w + kVertices * p);
+                                       w + v * p);
       }
     });
   });

@@ -12,7 +12,8 @@ namespace hiif {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cpu(
     const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
-    const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels) {
+    const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels,
+    bool public_centres) {
   const int64_t n = coord.size(0), h = maps.size(1), w = maps.size(2), hidden = row_sums.size(1);
   at::Tensor u = empty_poisoned({n, hidden}, maps.options());
   at::Tensor rows = empty_poisoned({n, 4}, maps.options().dtype(at::kLong));
@@ -31,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cpu(
       for (int64_t p = lo; p < hi; ++p) {
         scalar_t* a = ap + p * kAuxWidth;
         level0_stats<scalar_t>(cp[2 * p], cp[2 * p + 1], ep[2 * p], ep[2 * p + 1], p / q, h, w,
-                               mp, hidden, channels, rp + 4 * p, a);
+                               public_centres, mp, hidden, channels, rp + 4 * p, a);
         scalar_t* row = out + p * hidden;
         for (int64_t j = 0; j < hidden; ++j) {
           row[j] = level0_channel<scalar_t>(j, hidden, mp, rp + 4 * p, a, rs, we);
@@ -43,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor> level_input_cpu(const at::Tensor& x, const at::Tensor& coord,
-                                                   int64_t h, int64_t w, int64_t level) {
+                                                   int64_t h, int64_t w, int64_t level,
+                                                   bool public_centres) {
   const int64_t n = x.size(0), c = x.size(1), width = c + 2;
   at::Tensor y = empty_poisoned({n, width}, x.options());
   at::Tensor rstd = empty_poisoned({n}, x.options());
@@ -55,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor> level_input_cpu(const at::Tensor& x, const at
     at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         scalar_t ly, lx;
-        local_of<scalar_t>(cp[2 * p], cp[2 * p + 1], h, w, &ly, &lx);
+        local_of<scalar_t>(cp[2 * p], cp[2 * p + 1], h, w, public_centres, &ly, &lx);
         const scalar_t* in = xp + p * c;
         scalar_t* out = yp + p * width;
         out[c] = level_bit(ly, static_cast<int>(level));
@@ -78,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor> level_input_cpu(const at::Tensor& x, const at
   return {y, rstd};
 }
 
-at::Tensor codes_cpu(const at::Tensor& coord, int64_t h, int64_t w, int64_t levels) {
+at::Tensor codes_cpu(const at::Tensor& coord, int64_t h, int64_t w, int64_t levels,
+                     bool public_centres) {
   const int64_t n = coord.size(0);
   at::Tensor bits = empty_poisoned({n, levels, 2}, coord.options());
   AT_DISPATCH_FLOATING_TYPES(coord.scalar_type(), "hiif_codes_cpu", [&] {
@@ -87,7 +90,7 @@ at::Tensor codes_cpu(const at::Tensor& coord, int64_t h, int64_t w, int64_t leve
     at::parallel_for(0, n, 1024, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         scalar_t ly, lx;
-        local_of<scalar_t>(cp[2 * p], cp[2 * p + 1], h, w, &ly, &lx);
+        local_of<scalar_t>(cp[2 * p], cp[2 * p + 1], h, w, public_centres, &ly, &lx);
         for (int64_t l = 0; l < levels; ++l) {
           out[(p * levels + l) * 2] = level_bit(ly, static_cast<int>(l));
           out[(p * levels + l) * 2 + 1] = level_bit(lx, static_cast<int>(l));

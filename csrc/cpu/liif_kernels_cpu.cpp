@@ -78,6 +78,8 @@ at::Tensor lte_features_cpu(const at::Tensor& coef, const at::Tensor& freq,
                             const at::Tensor& phase_w, const at::Tensor& index,
                             const at::Tensor& inputs) {
   const int64_t rows = index.size(0), width = coef.size(1), m = width / 2;
+  const int64_t stride = inputs.size(1);
+  const int ends = features_ends(inputs);
   at::Tensor x = empty_poisoned({rows, width}, coef.options());
   const int64_t* idx = index.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "lte_features_cpu", [&] {
@@ -90,8 +92,8 @@ at::Tensor lte_features_cpu(const at::Tensor& coef, const at::Tensor& freq,
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t pixel = idx[r] * width;
         for (int64_t i = 0; i < m; ++i) {
-          lte::fourier_feature<scalar_t>(i, m, cp + pixel, fp + pixel, pw,
-                                         in + r * kCoordInputs, xp + r * width);
+          lte::fourier_feature<scalar_t>(i, m, cp + pixel, fp + pixel, pw, in + r * stride,
+                                         xp + r * width, ends);
         }
       }
     });
@@ -103,6 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cpu(
     const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
     const at::Tensor& phase_w, const at::Tensor& index, const at::Tensor& inputs) {
   const int64_t rows = index.size(0), n = rows / kMembers, width = coef.size(1), m = width / 2;
+  const int64_t stride = inputs.size(1);
+  const int ends = features_ends(inputs);
   const auto options = coef.options().dtype(inputs.scalar_type());
   at::Tensor grad_coef = empty_poisoned({rows, width}, options);
   at::Tensor grad_freq = empty_poisoned({rows, width}, options);
@@ -126,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cpu(
           const int64_t r = kMembers * p + t, pixel = idx[r] * width;
           for (int64_t i = 0; i < m; ++i) {
             g[i] += lte::fourier_feature_backward<scalar_t>(
-                i, m, cp + pixel, fp + pixel, pw, in + r * kCoordInputs, gx + r * width,
-                gc + r * width, gf + r * width);
+                i, m, cp + pixel, fp + pixel, pw, in + r * stride, gx + r * width,
+                gc + r * width, gf + r * width, ends);
           }
         }
       }

@@ -27,8 +27,8 @@ __global__ void slice_inputs_kernel(const int64_t* __restrict__ keys, int64_t s,
                                     Slicing slicing, T* __restrict__ coords,
                                     int64_t* __restrict__ corners) {
   for (int64_t i = grid_index(); i < s; i += grid_stride()) {
-    slice_inputs<T>(keys[i], dims, slicing, coords + i * kVertices * kCoordInputs,
-                    corners + i * kVertices);
+    const int64_t v = vertex_count(dims);
+    slice_inputs<T>(keys[i], dims, slicing, coords + i * v * kCoordInputs, corners + i * v);
   }
 }
 
@@ -43,8 +43,9 @@ __global__ void blend_kernel(const int64_t* __restrict__ pixels,
     const int64_t p = e / df, j = e - p * df;
     Acc offset[2], weight[4];
     pixel_offset_weights<Acc>(pixels[2 * p], pixels[2 * p + 1], dims, offset, weight);
-    const T* block = g + slice_of[p] * kVertices * df;
-    z[e] = static_cast<T>(blend_channel<Acc, T>(j, df, block, wd, bias, offset, weight));
+    const int v = vertex_count(dims);
+    const T* block = g + slice_of[p] * v * df;
+    z[e] = static_cast<T>(blend_channel<Acc, T>(j, df, v, block, wd, bias, offset, weight));
   }
 }
 
@@ -53,7 +54,7 @@ __global__ void offset_weights_kernel(const int64_t* __restrict__ pixels, int64_
                                       T* __restrict__ offsets, T* __restrict__ weights) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     pixel_offset_weights<T>(pixels[2 * p], pixels[2 * p + 1], dims, offsets + 2 * p,
-                            weights + kVertices * p);
+                            weights + vertex_count(dims) * p);
   }
 }
 

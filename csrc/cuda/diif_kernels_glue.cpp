@@ -36,9 +36,9 @@ at::Tensor slice_keys_cuda(const at::Tensor& pixels, int64_t q, const Dims& dims
 std::tuple<at::Tensor, at::Tensor> slice_inputs_cuda(const at::Tensor& keys, const Dims& dims,
                                                      Slicing slicing, at::ScalarType type) {
   const c10::cuda::CUDAGuard guard(keys.device());
-  const int64_t s = keys.size(0);
-  at::Tensor coords = empty_poisoned({s * kVertices, kCoordInputs}, keys.options().dtype(type));
-  at::Tensor corners = empty_poisoned({s * kVertices}, keys.options());
+  const int64_t s = keys.size(0), v = vertex_count(dims);
+  at::Tensor coords = empty_poisoned({s * v, kCoordInputs}, keys.options().dtype(type));
+  at::Tensor corners = empty_poisoned({s * v}, keys.options());
   check_launch(launch_slice_inputs(keys.data_ptr<int64_t>(), s, dims, slicing, dtype_of(type),
                                    coords.data_ptr(), corners.data_ptr<int64_t>(),
                                    stream_of(keys)),
@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> offset_weights_cuda(const at::Tensor& pixels,
   const c10::cuda::CUDAGuard guard(pixels.device());
   const int64_t n = pixels.size(0);
   at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));
-  at::Tensor weights = empty_poisoned({n, kVertices}, pixels.options().dtype(type));
+  at::Tensor weights = empty_poisoned({n, vertex_count(dims)}, pixels.options().dtype(type));
   check_launch(launch_offset_weights(pixels.data_ptr<int64_t>(), n, dims, dtype_of(type),
                                      offsets.data_ptr(), weights.data_ptr(), stream_of(pixels)),
                "offset_weights");

@@ -29,7 +29,8 @@ template <typename T, typename Acc>
 __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restrict__ row_sums,
                                   const T* __restrict__ w_extra, const T* __restrict__ coord,
                                   const T* __restrict__ cell, int64_t n, int64_t q, int64_t h,
-                                  int64_t w, int64_t hidden, int64_t channels, T* __restrict__ u,
+                                  int64_t w, bool public_centres, int64_t hidden,
+                                  int64_t channels, T* __restrict__ u,
                                   int64_t* __restrict__ rows, Acc* __restrict__ aux) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
@@ -39,7 +40,7 @@ __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restric
     Acc a[kAuxWidth];
     level0_stats<Acc>(static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]),
                       static_cast<Acc>(cell[2 * p]), static_cast<Acc>(cell[2 * p + 1]), p / q, h,
-                      w, maps, hidden, channels, row, a);
+                      w, public_centres, maps, hidden, channels, row, a);
     if (lane == 0) {
       // Constant indices keep row and a in registers.
       for (int t = 0; t < 4; ++t) rows[4 * p + t] = row[t];
@@ -54,15 +55,16 @@ __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restric
 
 template <typename T, typename Acc>
 __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict__ coord,
-                                   int64_t n, int64_t c, int64_t h, int64_t w, int level,
-                                   T* __restrict__ y, Acc* __restrict__ rstd) {
+                                   int64_t n, int64_t c, int64_t h, int64_t w,
+                                   bool public_centres, int level, T* __restrict__ y,
+                                   Acc* __restrict__ rstd) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
   const int64_t width = c + 2;
   for (int64_t p = grid_index() / kWarp; p < n; p += warps) {
     Acc ly, lx;
-    local_of<Acc>(static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]), h, w, &ly,
-                  &lx);
+    local_of<Acc>(static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]), h, w,
+                  public_centres, &ly, &lx);
     const Acc by = level_bit(ly, level), bx = level_bit(lx, level);
     const T* in = x + p * c;
     Acc sum = 0;
@@ -88,10 +90,10 @@ __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict_
 
 template <typename T>
 __global__ void codes_kernel(const T* __restrict__ coord, int64_t n, int64_t h, int64_t w,
-                             int levels, T* __restrict__ bits) {
+                             bool public_centres, int levels, T* __restrict__ bits) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     T ly, lx;
-    local_of<T>(coord[2 * p], coord[2 * p + 1], h, w, &ly, &lx);
+    local_of<T>(coord[2 * p], coord[2 * p + 1], h, w, public_centres, &ly, &lx);
     for (int l = 0; l < levels; ++l) {
       bits[(p * levels + l) * 2] = level_bit(ly, l);
       bits[(p * levels + l) * 2 + 1] = level_bit(lx, l);
@@ -105,20 +107,22 @@ int64_t warp_threads(int64_t n) { return n * kWarp; }
 template <typename T, typename Acc>
 cudaError_t level0_sum_as(const void* maps, const void* row_sums, const void* w_extra,
                           const void* coord, const void* cell, int64_t n, int64_t q, int64_t h,
-                          int64_t w, int64_t hidden, int64_t channels, void* u, int64_t* rows,
-                          void* aux, cudaStream_t stream) {
+                          int64_t w, bool public_centres, int64_t hidden, int64_t channels,
+                          void* u, int64_t* rows, void* aux, cudaStream_t stream) {
   level0_sum_kernel<T, Acc><<<blocks_for(warp_threads(n)), kThreads, 0, stream>>>(
       static_cast<const T*>(maps), static_cast<const T*>(row_sums),
       static_cast<const T*>(w_extra), static_cast<const T*>(coord), static_cast<const T*>(cell),
-      n, q, h, w, hidden, channels, static_cast<T*>(u), rows, static_cast<Acc*>(aux));
+      n, q, h, w, public_centres, hidden, channels, static_cast<T*>(u), rows,
+      static_cast<Acc*>(aux));
   return cudaGetLastError();
 }
 
 template <typename T, typename Acc>
 cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t c, int64_t h,
-                           int64_t w, int level, void* y, void* rstd, cudaStream_t stream) {
+                           int64_t w, bool public_centres, int level, void* y, void* rstd,
+                           cudaStream_t stream) {
   level_input_kernel<T, Acc><<<blocks_for(warp_threads(n)), kThreads, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(coord), n, c, h, w, level,
+      static_cast<const T*>(x), static_cast<const T*>(coord), n, c, h, w, public_centres, level,
       static_cast<T*>(y), static_cast<Acc*>(rstd));
   return cudaGetLastError();
 }
@@ -127,52 +131,50 @@ cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t 
 
 cudaError_t launch_level0_sum(const void* maps, const void* row_sums, const void* w_extra,
                               const void* coord, const void* cell, int64_t n, int64_t q,
-                              int64_t h, int64_t w, int64_t hidden, int64_t channels, DType type,
-                              void* u, int64_t* rows, void* aux, cudaStream_t stream) {
+                              int64_t h, int64_t w, bool public_centres, int64_t hidden,
+                              int64_t channels, DType type, void* u, int64_t* rows, void* aux,
+                              cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
+#define IK_LEVEL0_SUM(T, Acc)                                                                 \
+  level0_sum_as<T, Acc>(maps, row_sums, w_extra, coord, cell, n, q, h, w, public_centres, hidden, \
+                        channels, u, rows, aux, stream)
   switch (type) {
-    case DType::kFloat32:
-      return level0_sum_as<float, float>(maps, row_sums, w_extra, coord, cell, n, q, h, w, hidden,
-                                         channels, u, rows, aux, stream);
-    case DType::kFloat64:
-      return level0_sum_as<double, double>(maps, row_sums, w_extra, coord, cell, n, q, h, w,
-                                           hidden, channels, u, rows, aux, stream);
-    case DType::kFloat16:
-      return level0_sum_as<__half, float>(maps, row_sums, w_extra, coord, cell, n, q, h, w,
-                                          hidden, channels, u, rows, aux, stream);
-    case DType::kBFloat16:
-      return level0_sum_as<__nv_bfloat16, float>(maps, row_sums, w_extra, coord, cell, n, q, h,
-                                                 w, hidden, channels, u, rows, aux, stream);
+    case DType::kFloat32: return IK_LEVEL0_SUM(float, float);
+    case DType::kFloat64: return IK_LEVEL0_SUM(double, double);
+    case DType::kFloat16: return IK_LEVEL0_SUM(__half, float);
+    case DType::kBFloat16: return IK_LEVEL0_SUM(__nv_bfloat16, float);
   }
+#undef IK_LEVEL0_SUM
   return cudaErrorInvalidValue;
 }
 
 cudaError_t launch_level_input(const void* x, const void* coord, int64_t n, int64_t c, int64_t h,
-                               int64_t w, int level, DType type, void* y, void* rstd,
-                               cudaStream_t stream) {
+                               int64_t w, bool public_centres, int level, DType type, void* y,
+                               void* rstd, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
+#define IK_LEVEL_INPUT(T, Acc) \
+  level_input_as<T, Acc>(x, coord, n, c, h, w, public_centres, level, y, rstd, stream)
   switch (type) {
-    case DType::kFloat32:
-      return level_input_as<float, float>(x, coord, n, c, h, w, level, y, rstd, stream);
-    case DType::kFloat64:
-      return level_input_as<double, double>(x, coord, n, c, h, w, level, y, rstd, stream);
-    case DType::kFloat16:
-      return level_input_as<__half, float>(x, coord, n, c, h, w, level, y, rstd, stream);
-    case DType::kBFloat16:
-      return level_input_as<__nv_bfloat16, float>(x, coord, n, c, h, w, level, y, rstd, stream);
+    case DType::kFloat32: return IK_LEVEL_INPUT(float, float);
+    case DType::kFloat64: return IK_LEVEL_INPUT(double, double);
+    case DType::kFloat16: return IK_LEVEL_INPUT(__half, float);
+    case DType::kBFloat16: return IK_LEVEL_INPUT(__nv_bfloat16, float);
   }
+#undef IK_LEVEL_INPUT
   return cudaErrorInvalidValue;
 }
 
-cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, int levels,
-                         DType type, void* bits, cudaStream_t stream) {
+cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, bool public_centres,
+                         int levels, DType type, void* bits, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (type == DType::kFloat64) {
     codes_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(
-        static_cast<const double*>(coord), n, h, w, levels, static_cast<double*>(bits));
+        static_cast<const double*>(coord), n, h, w, public_centres, levels,
+        static_cast<double*>(bits));
   } else if (type == DType::kFloat32) {
     codes_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(
-        static_cast<const float*>(coord), n, h, w, levels, static_cast<float*>(bits));
+        static_cast<const float*>(coord), n, h, w, public_centres, levels,
+        static_cast<float*>(bits));
   } else {
     return cudaErrorInvalidValue;
   }

@@ -49,12 +49,13 @@ template <typename T, typename Acc>
 __global__ void lte_features_kernel(const T* __restrict__ coef, const T* __restrict__ freq,
                                     const T* __restrict__ phase_w,
                                     const int64_t* __restrict__ index,
-                                    const Acc* __restrict__ inputs, int64_t rows, int64_t m,
-                                    T* __restrict__ x) {
+                                    const Acc* __restrict__ inputs, int ends, int64_t rows,
+                                    int64_t m, T* __restrict__ x) {
+  const int64_t stride = 2 * ends + 2;
   for (int64_t e = grid_index(); e < rows * m; e += grid_stride()) {
     const int64_t r = e / m, i = e - r * m, pixel = index[r] * 2 * m;
-    lte::fourier_feature<Acc, T>(i, m, coef + pixel, freq + pixel, phase_w,
-                                 inputs + r * kCoordInputs, x + r * 2 * m);
+    lte::fourier_feature<Acc, T>(i, m, coef + pixel, freq + pixel, phase_w, inputs + r * stride,
+                                 x + r * 2 * m, ends);
   }
 }
 
@@ -66,18 +67,19 @@ __global__ void lte_features_backward_kernel(const T* __restrict__ grad_x,
                                              const T* __restrict__ freq,
                                              const T* __restrict__ phase_w,
                                              const int64_t* __restrict__ index,
-                                             const Acc* __restrict__ inputs, int64_t n, int64_t m,
-                                             Acc* __restrict__ grad_coef,
+                                             const Acc* __restrict__ inputs, int ends,
+                                             int64_t n, int64_t m, Acc* __restrict__ grad_coef,
                                              Acc* __restrict__ grad_freq,
                                              Acc* __restrict__ grad_phi) {
+  const int64_t stride = 2 * ends + 2;
   for (int64_t e = grid_index(); e < n * m; e += grid_stride()) {
     const int64_t p = e / m, i = e - p * m;
     Acc sum = 0;
     for (int t = 0; t < kMembers; ++t) {
       const int64_t r = kMembers * p + t, row = r * 2 * m, pixel = index[r] * 2 * m;
       sum += lte::fourier_feature_backward<Acc, T>(i, m, coef + pixel, freq + pixel, phase_w,
-                                                   inputs + r * kCoordInputs, grad_x + row,
-                                                   grad_coef + row, grad_freq + row);
+                                                   inputs + r * stride, grad_x + row,
+                                                   grad_coef + row, grad_freq + row, ends);
     }
     grad_phi[e] = sum;
   }
@@ -105,22 +107,22 @@ cudaError_t first_layer_as(const void* proj, const int64_t* index, const void* i
 
 template <typename T, typename Acc>
 cudaError_t features_as(const void* coef, const void* freq, const void* phase_w,
-                        const int64_t* index, const void* inputs, int64_t rows, int64_t m,
-                        void* x, cudaStream_t stream) {
+                        const int64_t* index, const void* inputs, int ends, int64_t rows,
+                        int64_t m, void* x, cudaStream_t stream) {
   lte_features_kernel<T, Acc><<<blocks_for(rows * m), kThreads, 0, stream>>>(
       static_cast<const T*>(coef), static_cast<const T*>(freq), static_cast<const T*>(phase_w),
-      index, static_cast<const Acc*>(inputs), rows, m, static_cast<T*>(x));
+      index, static_cast<const Acc*>(inputs), ends, rows, m, static_cast<T*>(x));
   return cudaGetLastError();
 }
 
 template <typename T, typename Acc>
 cudaError_t features_backward_as(const void* grad_x, const void* coef, const void* freq,
                                  const void* phase_w, const int64_t* index, const void* inputs,
-                                 int64_t n, int64_t m, void* grad_coef, void* grad_freq,
-                                 void* grad_phi, cudaStream_t stream) {
+                                 int ends, int64_t n, int64_t m, void* grad_coef,
+                                 void* grad_freq, void* grad_phi, cudaStream_t stream) {
   lte_features_backward_kernel<T, Acc><<<blocks_for(n * m), kThreads, 0, stream>>>(
       static_cast<const T*>(grad_x), static_cast<const T*>(coef), static_cast<const T*>(freq),
-      static_cast<const T*>(phase_w), index, static_cast<const Acc*>(inputs), n, m,
+      static_cast<const T*>(phase_w), index, static_cast<const Acc*>(inputs), ends, n, m,
       static_cast<Acc*>(grad_coef), static_cast<Acc*>(grad_freq), static_cast<Acc*>(grad_phi));
   return cudaGetLastError();
 }
@@ -153,20 +155,24 @@ cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, cons
 }
 
 cudaError_t launch_lte_features(const void* coef, const void* freq, const void* phase_w,
-                                const int64_t* index, const void* inputs, int64_t rows,
-                                int64_t m, DType type, void* x, cudaStream_t stream) {
+                                const int64_t* index, const void* inputs, int ends,
+                                int64_t rows, int64_t m, DType type, void* x,
+                                cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
-  IK_LIIF_DISPATCH(type, features_as, coef, freq, phase_w, index, inputs, rows, m, x, stream);
+  if (ends < 1) return cudaErrorInvalidValue;
+  IK_LIIF_DISPATCH(type, features_as, coef, freq, phase_w, index, inputs, ends, rows, m, x,
+                   stream);
 }
 
 cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, const void* freq,
                                          const void* phase_w, const int64_t* index,
-                                         const void* inputs, int64_t rows, int64_t m, DType type,
-                                         void* grad_coef, void* grad_freq, void* grad_phi,
-                                         cudaStream_t stream) {
+                                         const void* inputs, int ends, int64_t rows, int64_t m,
+                                         DType type, void* grad_coef, void* grad_freq,
+                                         void* grad_phi, cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
+  if (ends < 1) return cudaErrorInvalidValue;
   IK_LIIF_DISPATCH(type, features_backward_as, grad_x, coef, freq, phase_w, index, inputs,
-                   rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
+                   ends, rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
 }
 
 #undef IK_LIIF_DISPATCH

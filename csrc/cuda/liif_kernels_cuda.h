@@ -26,18 +26,20 @@ cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, cons
                                     const void* w_rc, const void* b0, int64_t rows, int64_t d,
                                     bool relu, DType type, void* x, cudaStream_t stream);
 
-// x (rows x 2m) = Fourier features from coef, freq (pixels x 2m) and phase_w (m x 2).
+// x (rows x 2m) = Fourier features from coef, freq (pixels x 2m) and phase_w (m x 2), with
+// inputs (rows x (2 ends + 2)): `ends` offsets then the scaled cell (LTE 1, DLTE 2).
 cudaError_t launch_lte_features(const void* coef, const void* freq, const void* phase_w,
-                                const int64_t* index, const void* inputs, int64_t rows,
-                                int64_t m, DType type, void* x, cudaStream_t stream);
+                                const int64_t* index, const void* inputs, int ends,
+                                int64_t rows, int64_t m, DType type, void* x,
+                                cudaStream_t stream);
 
 // Backward of launch_lte_features from grad_x (rows x 2m): grad_coef, grad_freq (rows x 2m)
-// and grad_phi (rows / 4 x m), summed over each query's members.
+// and grad_phi (rows / 4 x m), summed over each query's members (DLTE: a slice's vertices).
 cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, const void* freq,
                                          const void* phase_w, const int64_t* index,
-                                         const void* inputs, int64_t rows, int64_t m, DType type,
-                                         void* grad_coef, void* grad_freq, void* grad_phi,
-                                         cudaStream_t stream);
+                                         const void* inputs, int ends, int64_t rows, int64_t m,
+                                         DType type, void* grad_coef, void* grad_freq,
+                                         void* grad_phi, cudaStream_t stream);
 
 }  // namespace liif
 }  // namespace ik

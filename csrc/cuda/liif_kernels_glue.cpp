@@ -58,7 +58,8 @@ at::Tensor lte_features_cuda(const at::Tensor& coef, const at::Tensor& freq,
   const int64_t rows = index.size(0), width = coef.size(1);
   at::Tensor x = empty_poisoned({rows, width}, coef.options());
   check_launch(launch_lte_features(coef.data_ptr(), freq.data_ptr(), phase_w.data_ptr(),
-                                   index.data_ptr<int64_t>(), inputs.data_ptr(), rows, width / 2,
+                                   index.data_ptr<int64_t>(), inputs.data_ptr(),
+                                   features_ends(inputs), rows, width / 2,
                                    dtype_of(coef.scalar_type(), kOp), x.data_ptr(),
                                    stream_of(coef)),
                kOp, "lte_features");
@@ -76,8 +77,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cuda(
   at::Tensor grad_phi = empty_poisoned({rows / kMembers, width / 2}, options);
   check_launch(launch_lte_features_backward(
                    grad_x.data_ptr(), coef.data_ptr(), freq.data_ptr(), phase_w.data_ptr(),
-                   index.data_ptr<int64_t>(), inputs.data_ptr(), rows, width / 2,
-                   dtype_of(coef.scalar_type(), kOp), grad_coef.data_ptr(), grad_freq.data_ptr(),
+                   index.data_ptr<int64_t>(), inputs.data_ptr(), features_ends(inputs), rows,
+                   width / 2, dtype_of(coef.scalar_type(), kOp), grad_coef.data_ptr(), grad_freq.data_ptr(),
                    grad_phi.data_ptr(), stream_of(coef)),
                kOp, "lte_features_backward");
   return {grad_coef, grad_freq, grad_phi};

@@ -5,7 +5,13 @@ function.
 The operator takes the decoder after SPEC.md §3's splits; the 4×4 corner projection is
 formed once per public call by :func:`prepare_diif` (a convolution, differentiated by
 PyTorch), the rest — grouping, slicing, the coarse stage per slice and vertex, the slice
-ensemble and the fine stage — in the operator.
+ensemble and the fine stage — in the operator.  The "w/o se" ablation is the same
+operator with ``slice_ensemble=False``: its projection is the 3×3 code's at every LR pixel
+(:func:`prepare_diif_without_ensemble`), one vertex per slice, the group's own pixel.
+
+The autograd here (:func:`setup_context`, :func:`backward_arguments`) serves every
+operator of this family, whatever its tensor and list inputs before ``pixels``: DIIF's and
+DLTE's, C++ and Triton.
 """
 from __future__ import annotations
 
@@ -13,7 +19,8 @@ import torch
 
 from .. import _extension
 from .. import _validate as check
-from ..torch_impl.diif import prepare_diif  # noqa: F401  (the same corner projection)
+from ..torch_impl.diif import (prepare_diif,  # noqa: F401  (the same projections)
+                               prepare_diif_without_ensemble)
 
 OP = "implicit_kernels::diif_decode"
 
@@ -29,52 +36,76 @@ def _op_inputs(params):
 def diif(feat, out_size, pixels, params, slicing):
     """Decode ``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` (see the reference)."""
     return torch.ops.implicit_kernels.diif_decode(*_op_inputs(params), pixels, out_size[0],
-                                                  out_size[1], slicing)
+                                                  out_size[1], slicing, True)
 
 
-def _fake(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
-          fine_b, pixels, out_h, out_w, slicing):
-    return corner_proj.new_empty(pixels.shape[0], pixels.shape[1], fine_w[-1].shape[0])
+def diif_without_ensemble(feat, out_size, pixels, params, slicing):
+    """The "w/o se" ablation: ``pixels`` (``B×Q×2``) → ``B×Q×3`` (see the reference)."""
+    return torch.ops.implicit_kernels.diif_decode(*_op_inputs(params), pixels, out_size[0],
+                                                  out_size[1], slicing, False)
 
 
-def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
-                   fine_b0, fine_w, fine_b, pixels, out_h, out_w, slicing):
-    check.grad_out(grad_out, corner_proj, (*pixels.shape[:2], fine_w[-1].shape[0]),
-                   OP + "_backward")
+def fake_decode(*inputs):
+    """Fake implementation of a DIIF-family decode operator: ``B×Q×out`` in the first
+    input's dtype, ``out`` the last fine layer's."""
+    tensors, pixels = _split(inputs)[:2]
+    return tensors[0].new_empty(pixels.shape[0], pixels.shape[1], tensors[-1][-1].shape[0])
 
-    def like(ts):
-        return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
-    return (*like([corner_proj, w_coord, b0]), like(coarse_w), like(coarse_b),
-            *like([fine_wh, fine_wd, fine_b0]), like(fine_w), like(fine_b))
+
+def fake_backward(grad_out, *inputs):
+    """Fake backward: a contiguous gradient like each tensor (and list) input before
+    ``pixels``."""
+    tensors = _split(inputs)[0]
+    check.grad_out(grad_out, tensors[0], fake_decode(*inputs).shape,
+                   "implicit_kernels: the DIIF-family decode backward")
+
+    def like(t):
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+    return tuple([like(x) for x in t] if isinstance(t, (list, tuple)) else like(t)
+                 for t in tensors)
+
+
+def _split(inputs):
+    """``(tensors and lists before pixels, pixels, options)`` of an operator's inputs:
+    ``pixels`` is the first tensor input after the last list."""
+    last_list = max(i for i, x in enumerate(inputs) if isinstance(x, (list, tuple)))
+    return inputs[:last_list + 1], inputs[last_list + 1], inputs[last_list + 2:]
 
 
 def setup_context(ctx, inputs, output):
-    """Autograd context of a DIIF decode operator with this schema (shared with the
-    Triton operator): saves the tensors, the list lengths and the options."""
-    (corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w, fine_b,
-     pixels, out_h, out_w, slicing) = inputs
-    ctx.save_for_backward(corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels,
-                          *coarse_w, *coarse_b, *fine_w, *fine_b)
-    ctx.layers = (len(coarse_w), len(fine_w))
-    ctx.options = (out_h, out_w, slicing)
+    """Autograd context of a DIIF-family decode operator (C++ or Triton): saves the
+    tensors and the lists' lengths, keeps the options after ``pixels``."""
+    tensors, pixels, ctx.options = _split(inputs)
+    ctx.lengths = [len(t) if isinstance(t, (list, tuple)) else None for t in tensors]
+    flat = [x for t in tensors for x in (t if isinstance(t, (list, tuple)) else [t])]
+    ctx.save_for_backward(*flat, pixels)
 
 
 def backward_arguments(ctx, grad_out):
     """The backward operator's arguments, from what :func:`setup_context` saved."""
-    corner_proj, w_coord, b0, fine_wh, fine_wd, fine_b0, pixels, *lists = ctx.saved_tensors
-    nc, nf = ctx.layers
-    coarse_w, coarse_b = lists[:nc], lists[nc:2 * nc]
-    fine_w, fine_b = lists[2 * nc:2 * nc + nf], lists[2 * nc + nf:]
-    return (grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0,
-            fine_w, fine_b, pixels, *ctx.options)
+    *flat, pixels = ctx.saved_tensors
+    inputs, at = [], 0
+    for n in ctx.lengths:
+        inputs.append(flat[at] if n is None else list(flat[at:at + n]))
+        at += 1 if n is None else n
+    return (grad_out, *inputs, pixels, *ctx.options)
 
 
-def _backward(ctx, grad_out):
-    grads = torch.ops.implicit_kernels.diif_decode_backward(*backward_arguments(ctx, grad_out))
-    return (*grads, None, None, None, None)
+def make_backward(backward_op):
+    """Autograd backward of a DIIF-family decode operator through ``backward_op``."""
+    def backward(ctx, grad_out):
+        grads = backward_op(*backward_arguments(ctx, grad_out))
+        return (*grads, None, *[None] * len(ctx.options))
+    return backward
+
+
+def register_decode(op, backward_op):
+    """Fake implementations of a DIIF-family decode operator ``op`` and ``op + "_backward"``,
+    and ``op``'s autograd through ``backward_op``."""
+    torch.library.register_fake(op)(fake_decode)
+    torch.library.register_fake(op + "_backward")(fake_backward)
+    torch.library.register_autograd(op, make_backward(backward_op), setup_context=setup_context)
 
 
 if _extension.available():
-    torch.library.register_fake(OP)(_fake)
-    torch.library.register_fake(OP + "_backward")(_fake_backward)
-    torch.library.register_autograd(OP, _backward, setup_context=setup_context)
+    register_decode(OP, torch.ops.implicit_kernels.diif_decode_backward)

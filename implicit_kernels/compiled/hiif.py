@@ -51,11 +51,24 @@ def prepare_hiif(feat, params):
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """Decode queries with attention over all ``Q`` queries of each image (arguments as
     ``torch_impl.hiif.hiif``) → ``B×Q×3``."""
-    return decode(feat, inp, coord, cell, params, chunk_size, normalizer)
+    return decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(False,))
 
 
-def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suffix=""):
-    """:func:`hiif` through the operators ``implicit_kernels::hiif_<part><suffix>``."""
+def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+    """:func:`hiif` with the public code's LR pixel centres (``level_codes="public"``): the
+    operators' ``public_centres`` flag."""
+    return decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(True,))
+
+
+#: The public-centres mode needs only the feature-map preparation.
+prepare_hiif_public_codes = prepare_hiif
+
+
+def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suffix="",
+           centres=()):
+    """:func:`hiif` through the operators ``implicit_kernels::hiif_<part><suffix>``;
+    ``centres`` is their trailing centre-rounding argument (``(public_centres,)``; empty
+    for operators without one)."""
     check_coordinates_constant(coord, cell,
                                f"implicit_kernels::hiif_level0{suffix}/hiif_levels{suffix}")
     b, n = coord.shape[:2]
@@ -69,13 +82,13 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
             parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
-                                      suffix), block, suffix) for s, e in chunks]
+                                      suffix, centres), block, suffix) for s, e in chunks]
             # Summed in fp32 at least: a half-precision running sum loses the later
             # chunks' bits (float64 stays float64).
             acc = torch.promote_types(parts[0].dtype, torch.float32)
             mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
-    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix)
-                     for s, e in chunks], dim=1)
+    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
+                             centres) for s, e in chunks], dim=1)
     return out + bilinear_skip(inp, coord)
 
 
@@ -88,13 +101,13 @@ def _stats(x, block, suffix=""):
                                           block["heads"])
 
 
-def _features(coord, cell, params, mats, stop, norm, suffix=""):
+def _features(coord, cell, params, mats, stop, norm, suffix="", centres=()):
     """Level 0 then attention blocks ``0..stop-1`` for a chunk (``B×m×C``).  Blocks
     without a complete sum in ``mats`` use this chunk's (valid for a single chunk)."""
     level0 = params["level0"]
     x = _op("level0", suffix)(level0["maps"], level0["row_sums"], level0["w_extra"],
                               level0["bias"], *params["levels"][0]["fc2"], coord, cell,
-                              level0["channels"])
+                              level0["channels"], *centres)
     for i, block in enumerate(params["attention"][:stop]):
         mat = mats[i] if i < len(mats) else _stats(x, block, suffix) / norm
         x = _op("attention_apply", suffix)(x, mat, *block["qkv"], *block["proj1"],
@@ -109,10 +122,10 @@ def level_lists(params):
     return [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
 
 
-def _decode(coord, cell, params, mats, norm, size, suffix=""):
+def _decode(coord, cell, params, mats, norm, size, suffix="", centres=()):
     """The whole decoder but the skip, for a chunk: ``B×m×3``."""
-    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix)
-    return _op("levels", suffix)(x, coord, *level_lists(params), size[0], size[1])
+    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres)
+    return _op("levels", suffix)(x, coord, *level_lists(params), size[0], size[1], *centres)
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,29 +136,32 @@ def _like(*ts):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts)
 
 
-def _fake_codes(coord, h, w, levels):
+def _fake_codes(coord, h, w, levels, public_centres=False):
     return coord.new_empty(*coord.shape[:-1], levels, 2)
 
 
-def _fake_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels):
+# Operators of this layout may end with options after ``channels`` (``h, w``): the C++
+# ones take ``public_centres``.
+
+def _fake_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels, *options):
     return maps.new_empty(coord.shape[0], coord.shape[1], fc2_w.shape[0])
 
 
 def _fake_level0_backward(grad_out, maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell,
-                          channels):
+                          channels, *options):
     check.grad_out(grad_out, maps, (*coord.shape[:2], fc2_w.shape[0]), NS + "hiif_level0_backward")
     return _like(maps, row_sums, w_extra, bias, fc2_w, fc2_b)
 
 
 def _setup_level0(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:8])
-    ctx.channels = inputs[8]
+    ctx.options = inputs[8:]  # channels, ...
 
 
 def _backward_level0(backward_op):
     def backward(ctx, grad_out):
-        grads = backward_op(grad_out, *ctx.saved_tensors, ctx.channels)
-        return (*grads, None, None, None)
+        grads = backward_op(grad_out, *ctx.saved_tensors, *ctx.options)
+        return (*grads, None, None, *[None] * len(ctx.options))
     return backward
 
 
@@ -191,7 +207,7 @@ def _backward_apply(backward_op):
     return backward
 
 
-def _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w):
+def _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, *options):
     return x.new_empty(x.shape[0], x.shape[1], fc2_w[-1].shape[0])
 
 
@@ -202,10 +218,10 @@ def _fake_levels_backward(grad_out, x, coord, *lists_and_size):
 
 
 def _setup_levels(ctx, inputs, output):
-    x, coord, *lists, h, w = inputs
+    x, coord, *rest = inputs
+    lists, ctx.options = rest[:6], rest[6:]  # (h, w, ...)
     ctx.count = len(lists[0])
     ctx.save_for_backward(x, coord, *[t for ts in lists for t in ts])
-    ctx.size = (h, w)
 
 
 def _backward_levels(backward_op):
@@ -213,8 +229,8 @@ def _backward_levels(backward_op):
         x, coord, *flat = ctx.saved_tensors
         n = ctx.count
         lists = [flat[i * n:(i + 1) * n] for i in range(6)]
-        grads = backward_op(grad_out, x, coord, *lists, *ctx.size)
-        return (grads[0], None, *grads[1:], None, None)
+        grads = backward_op(grad_out, x, coord, *lists, *ctx.options)
+        return (grads[0], None, *grads[1:], *[None] * len(ctx.options))
     return backward
 
 

@@ -407,7 +407,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out), ctx.raster_start)
-    nc, nf = ctx.layers
+    nc, nf = ctx.lengths[3], ctx.lengths[8]  # coarse_w's and fine_w's
     (d_corner, d_wc, d_b0), rest = grads[:3], grads[3:]
     d_cw, d_cb, rest = rest[:nc], rest[nc:2 * nc], rest[2 * nc:]
     (d_wh, d_wd, d_bd), d_fw, d_fb = rest[:3], rest[3:3 + nf], rest[3 + nf:]

@@ -16,14 +16,20 @@
 namespace ik {
 namespace diif {
 
-// Sizes of one decode: LR feature map h x w, output h_out x w_out.
+// Sizes of one decode: LR feature map h x w, output h_out x w_out; and whether the slice
+// ensemble runs (4 vertices at the group's LR-grid corners) or not (the "w/o se"
+// ablation: one vertex, the group's own LR pixel, at offset 0 with weight 1).
 struct Dims {
   index_t h, w, h_out, w_out;
+  bool slice_ensemble;
 };
 
 // Inputs of the coarse stage's first layer besides the corner code, per vertex.
 constexpr int kCoordInputs = 6;
 constexpr int kVertices = 4;
+
+// Vertices per slice: kVertices with the slice ensemble, else 1.
+IK_HD int vertex_count(const Dims& d) { return d.slice_ensemble ? kVertices : 1; }
 
 // Key of the slice holding pixel (r, c) of image b: its image and first pixel, which
 // identify a slice in every slicing mode.
@@ -36,7 +42,8 @@ IK_HD index_t slice_key(index_t b, index_t r, index_t c, const Dims& d, Slicing 
 // cell] of vertex t (geometry.VERTICES order) in LIIF units, and corner[t] = flat index
 // (b, i + a, j + b) of vertex t in the (B, h + 1, w + 1) corner map.
 // rel(x, v_t) = rel(x, v*) - (2a - 1, 2b - 1): the vertex sits half an LR pixel (one
-// LIIF unit) from the centre on each axis.
+// LIIF unit) from the centre on each axis.  Without the slice ensemble, the one vertex is
+// the group's own pixel: offset 0, corner[0] = flat (b, i, j) of the (B, h, w) map.
 template <typename T>
 IK_HD void slice_inputs(index_t key, const Dims& d, Slicing slicing, T* coords, index_t* corner) {
   const index_t first_c = floor_mod(key, d.w_out);
@@ -51,6 +58,16 @@ IK_HD void slice_inputs(index_t key, const Dims& d, Slicing slicing, T* coords, 
   const T lx = diif_rel<T>(s.last_c, s.group_c, d.w, d.w_out);
   const T cy = div_rn(mul_rn(T(2), static_cast<T>(d.h)), static_cast<T>(d.h_out));
   const T cx = div_rn(mul_rn(T(2), static_cast<T>(d.w)), static_cast<T>(d.w_out));
+  if (!d.slice_ensemble) {
+    coords[0] = fy;
+    coords[1] = fx;
+    coords[2] = ly;
+    coords[3] = lx;
+    coords[4] = cy;
+    coords[5] = cx;
+    corner[0] = (b * d.h + s.group_r) * d.w + s.group_c;
+    return;
+  }
   for (int t = 0; t < kVertices; ++t) {
     const int a = t >> 1, bb = t & 1;
     const T oy = static_cast<T>(2 * a - 1), ox = static_cast<T>(2 * bb - 1);
@@ -65,24 +82,30 @@ IK_HD void slice_inputs(index_t key, const Dims& d, Slicing slicing, T* coords, 
   }
 }
 
-// Offset d = rel(x, v*) of pixel (r, c) from its group's centre and its slice-ensemble
-// weights (geometry.diif_rel and slice_ensemble_weights).
+// Offset d = rel(x, v*) of pixel (r, c) from its group's centre and its vertex weights
+// (geometry.diif_rel and slice_ensemble_weights; without the slice ensemble, weight[0] = 1
+// and only it is written).
 template <typename T>
 IK_HD void pixel_offset_weights(index_t r, index_t c, const Dims& d, T offset[2], T weight[4]) {
   offset[0] = diif_rel<T>(r, group_index(r, d.h, d.h_out), d.h, d.h_out);
   offset[1] = diif_rel<T>(c, group_index(c, d.w, d.w_out), d.w, d.w_out);
-  slice_ensemble_weights(offset[0], offset[1], weight);
+  if (d.slice_ensemble) {
+    slice_ensemble_weights(offset[0], offset[1], weight);
+  } else {
+    weight[0] = T(1);
+  }
 }
 
-// Fine stage's first pre-activation of one pixel, channels [j0, j1):
+// Fine stage's first pre-activation of one pixel, channel j:
 // z[j] = bias[j] + wd[j, 0] * dy + wd[j, 1] * dx + Σ_t weight[t] * g[t * df + j]
-// (g: the pixel's slice's 4 x df block of W_h·H_t). Acc accumulates (float for half T).
+// (g: the pixel's slice's `vertices` x df block of W_h·H_t). Acc accumulates (float for
+// half T).
 template <typename Acc, typename T>
-IK_HD Acc blend_channel(index_t j, index_t df, const T* g, const T* wd, const T* bias,
-                        const Acc offset[2], const Acc weight[4]) {
+IK_HD Acc blend_channel(index_t j, index_t df, int vertices, const T* g, const T* wd,
+                        const T* bias, const Acc offset[2], const Acc weight[4]) {
   Acc z = static_cast<Acc>(bias[j]) + static_cast<Acc>(wd[2 * j]) * offset[0] +
           static_cast<Acc>(wd[2 * j + 1]) * offset[1];
-  for (int t = 0; t < kVertices; ++t) z += weight[t] * static_cast<Acc>(g[t * df + j]);
+  for (int t = 0; t < vertices; ++t) z += weight[t] * static_cast<Acc>(g[t * df + j]);
   return z;
 }
 

@@ -32,10 +32,22 @@ IK_HD T pixel_centre(index_t k, index_t n) {
   return add_rn(div_rn(t, static_cast<T>(n)), T(-1));
 }
 
-// Offset (q - centre(k)) * n of coordinate q from the centre of pixel k, in LIIF units.
+// Centre of pixel k of an n-pixel axis as the public LIIF/HIIF code rounds it (LIIF's
+// make_coord, geometry.CENTRES "public"): (-1 + r) + (2r)·k with r = 1/n, the two
+// constants formed in double and rounded to T once each (Python floats applied to a
+// tensor), the product and sum rounded in T.
 template <typename T>
-IK_HD T offset_from_centre(T q, index_t k, index_t n) {
-  return mul_rn(sub_rn(q, pixel_centre<T>(k, n)), static_cast<T>(n));
+IK_HD T public_pixel_centre(index_t k, index_t n) {
+  const double r = 1.0 / static_cast<double>(n);
+  return add_rn(static_cast<T>(-1.0 + r), mul_rn(static_cast<T>(2.0 * r), static_cast<T>(k)));
+}
+
+// Offset (q - centre(k)) * n of coordinate q from the centre of pixel k, in LIIF units,
+// the centre rounded as the project does or (`public_centres`) as the public code does.
+template <typename T>
+IK_HD T offset_from_centre(T q, index_t k, index_t n, bool public_centres = false) {
+  const T centre = public_centres ? public_pixel_centre<T>(k, n) : pixel_centre<T>(k, n);
+  return mul_rn(sub_rn(q, centre), static_cast<T>(n));
 }
 
 // Index of the pixel grid_sample(mode='nearest', align_corners=False) picks at q on an
@@ -65,7 +77,8 @@ IK_HD T shifted_query(T q, int shift, index_t n) {
 
 // One member of LIIF's local ensemble for a query (qy, qx) on an h x w feature map:
 // the LR pixel (iy, ix) it reads and the offset (ry, rx) of the *unshifted* query from
-// that pixel's centre, in LIIF units (geometry.ensemble_neighbours).
+// that pixel's centre, in LIIF units (geometry.ensemble_neighbours; `public_centres`:
+// centres rounded as geometry.CENTRES "public").
 template <typename T>
 struct EnsembleMember {
   index_t iy, ix;
@@ -73,12 +86,13 @@ struct EnsembleMember {
 };
 
 template <typename T>
-IK_HD EnsembleMember<T> ensemble_member(T qy, T qx, index_t h, index_t w, int t) {
+IK_HD EnsembleMember<T> ensemble_member(T qy, T qx, index_t h, index_t w, int t,
+                                        bool public_centres = false) {
   EnsembleMember<T> m;
   m.iy = nearest_index(shifted_query(qy, ensemble_shift_y(t), h), h);
   m.ix = nearest_index(shifted_query(qx, ensemble_shift_x(t), w), w);
-  m.ry = offset_from_centre(qy, m.iy, h);
-  m.rx = offset_from_centre(qx, m.ix, w);
+  m.ry = offset_from_centre(qy, m.iy, h, public_centres);
+  m.rx = offset_from_centre(qx, m.ix, w, public_centres);
   return m;
 }
 

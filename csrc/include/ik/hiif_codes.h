@@ -41,13 +41,14 @@ IK_HD T level_bit(T local, int level) {
 }
 
 // Members, weights and local coordinate of query (qy, qx) on an h x w feature map.
-// HIIF's offsets are LIIF's halved (exact: a power of two).
+// HIIF's offsets are LIIF's halved (exact: a power of two).  `public_centres`: LR centres
+// rounded as the public code does (level_codes="public"), which decides its ties.
 template <typename T>
-IK_HD Query<T> query(T qy, T qx, index_t h, index_t w) {
+IK_HD Query<T> query(T qy, T qx, index_t h, index_t w, bool public_centres) {
   Query<T> q;
   T ry[4], rx[4];
   for (int t = 0; t < 4; ++t) {
-    const EnsembleMember<T> m = ensemble_member(qy, qx, h, w, t);
+    const EnsembleMember<T> m = ensemble_member(qy, qx, h, w, t, public_centres);
     q.pixel[t] = m.iy * w + m.ix;
     ry[t] = mul_rn(m.ry, T(0.5));
     rx[t] = mul_rn(m.rx, T(0.5));
@@ -60,8 +61,8 @@ IK_HD Query<T> query(T qy, T qx, index_t h, index_t w) {
 
 // The local coordinate alone (member 0 of the ensemble), for the levels after level 0.
 template <typename T>
-IK_HD void local_of(T qy, T qx, index_t h, index_t w, T* ly, T* lx) {
-  const EnsembleMember<T> m = ensemble_member(qy, qx, h, w, 0);
+IK_HD void local_of(T qy, T qx, index_t h, index_t w, bool public_centres, T* ly, T* lx) {
+  const EnsembleMember<T> m = ensemble_member(qy, qx, h, w, 0, public_centres);
   *ly = local_coord(mul_rn(m.ry, T(0.5)), h);
   *lx = local_coord(mul_rn(m.rx, T(0.5)), w);
 }

@@ -30,12 +30,13 @@ constexpr int kAuxWeight = 0, kAuxDev = 4, kAuxExtraDev = 8, kAuxRstd = 12, kAux
 // Level 0's statistics of one query of image b.  `maps` is (B, h, w, 4, hidden + 2): for
 // every LR pixel and member t, a row W'_t (z - m) (hidden) then m and s of the pixel's
 // code.  Writes the indices of the four members' map rows to `row`, the aux values to
-// `aux`.  `cell_y`, `cell_x` are the unscaled cell; `channels` the code width C.
+// `aux`.  `cell_y`, `cell_x` are the unscaled cell; `channels` the code width C;
+// `public_centres` as in query().
 template <typename Acc, typename T>
-IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h, index_t w,
-                        const T* maps, index_t hidden, index_t channels, index_t row[4],
-                        Acc aux[kAuxWidth]) {
-  const Query<Acc> q = query(qy, qx, h, w);
+IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h,
+                        index_t w, bool public_centres, const T* maps, index_t hidden,
+                        index_t channels, index_t row[4], Acc aux[kAuxWidth]) {
+  const Query<Acc> q = query(qy, qx, h, w, public_centres);
   const index_t stride = hidden + 2;
   const Acc c = static_cast<Acc>(channels);
   const Acc width = static_cast<Acc>(4 * channels + 4);

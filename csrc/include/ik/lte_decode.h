@@ -7,7 +7,10 @@
 //   phi_i = f[2i]·ry + f[2i+1]·rx + (P[i,0]·sy + P[i,1]·sx)       (P: phase weight, m x 2)
 //   x[i]  = c[i]·cos(π phi_i),   x[m + i] = c[m + i]·sin(π phi_i)
 // x is the MLP's input: the gather and the Fourier feature are one pass that writes
-// nothing else.  The backward recomputes phi and returns exact gradients for c, f and
+// nothing else.  DLTE's vertex features (csrc/dlte_decode.cpp) are the same with two
+// offsets per row, `ends` = 2: `in` = [first_y, first_x, last_y, last_x, sy, sx], and
+// pair i is dotted with offset i % ends (even pairs the slice's first pixel, odd its last).
+// The backward recomputes phi and returns exact gradients for c, f and
 // (summed over the query's members) phi, from which the phase weight's follows.
 #pragma once
 
@@ -22,22 +25,23 @@ IK_HD Acc pi() {
   return static_cast<Acc>(3.14159265358979323846);
 }
 
-// phi_i of one member (see above); `in` = [ry, rx, sy, sx] of the member.
+// phi_i of one member (see above); `in` = [ry, rx, sy, sx] of the member (`ends` = 1),
+// or `ends` offsets (y, x) then the scaled cell.
 template <typename Acc, typename T>
-IK_HD Acc phase_angle(index_t i, const T* freq_row, const T* phase_w,
-                      const Acc in[liif::kCoordInputs]) {
-  const Acc cell = static_cast<Acc>(phase_w[2 * i]) * in[2] +
-                   static_cast<Acc>(phase_w[2 * i + 1]) * in[3];
-  return static_cast<Acc>(freq_row[2 * i]) * in[0] +
-         static_cast<Acc>(freq_row[2 * i + 1]) * in[1] + cell;
+IK_HD Acc phase_angle(index_t i, const T* freq_row, const T* phase_w, const Acc* in, int ends) {
+  const Acc* rel = in + 2 * (i % ends);
+  const Acc cell = static_cast<Acc>(phase_w[2 * i]) * in[2 * ends] +
+                   static_cast<Acc>(phase_w[2 * i + 1]) * in[2 * ends + 1];
+  return static_cast<Acc>(freq_row[2 * i]) * rel[0] +
+         static_cast<Acc>(freq_row[2 * i + 1]) * rel[1] + cell;
 }
 
 // Fourier feature pair i of one member: writes x_row[i] and x_row[m + i].
 template <typename Acc, typename T>
 IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* freq_row,
-                           const T* phase_w, const Acc in[liif::kCoordInputs], T* x_row) {
+                           const T* phase_w, const Acc* in, T* x_row, int ends = 1) {
   Acc s, c;
-  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in), &s, &c);
+  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
   x_row[i] = static_cast<T>(static_cast<Acc>(coef_row[i]) * c);
   x_row[m + i] = static_cast<T>(static_cast<Acc>(coef_row[m + i]) * s);
 }
@@ -49,17 +53,18 @@ IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* fre
 // cell, is the phase weight's gradient.
 template <typename Acc, typename T>
 IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, const T* freq_row,
-                                   const T* phase_w, const Acc in[liif::kCoordInputs],
-                                   const T* gx_row, Acc* g_coef, Acc* g_freq) {
+                                   const T* phase_w, const Acc* in, const T* gx_row,
+                                   Acc* g_coef, Acc* g_freq, int ends = 1) {
   Acc s, c;
-  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in), &s, &c);
+  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
   const Acc g_cos = static_cast<Acc>(gx_row[i]), g_sin = static_cast<Acc>(gx_row[m + i]);
   g_coef[i] = g_cos * c;
   g_coef[m + i] = g_sin * s;
   const Acc g_phi = pi<Acc>() * (g_sin * static_cast<Acc>(coef_row[m + i]) * c -
                                  g_cos * static_cast<Acc>(coef_row[i]) * s);
-  g_freq[2 * i] = g_phi * in[0];
-  g_freq[2 * i + 1] = g_phi * in[1];
+  const Acc* rel = in + 2 * (i % ends);
+  g_freq[2 * i] = g_phi * rel[0];
+  g_freq[2 * i + 1] = g_phi * rel[1];
   return g_phi;
 }
 

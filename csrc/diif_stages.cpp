@@ -1,0 +1,176 @@
+// The host side shared by the fused DIIF and DLTE decode operators (see diif_stages.h).
+#include "diif_stages.h"
+
+#include <limits>
+#include <string>
+#include <tuple>
+
+namespace ik {
+namespace diif {
+namespace {
+
+// The element-wise steps for the tensors' device.
+struct Kernels {
+  decltype(&slice_keys_cpu) slice_keys;
+  decltype(&slice_inputs_cpu) slice_inputs;
+  decltype(&blend_cpu) blend;
+  decltype(&offset_weights_cpu) offset_weights;
+};
+
+Kernels kernels_for(const at::Tensor& t) {
+  if (t.is_cpu()) {
+    return {slice_keys_cpu, slice_inputs_cpu, blend_cpu, offset_weights_cpu};
+  }
+#if defined(IK_WITH_CUDA)
+  if (t.is_cuda()) return {slice_keys_cuda, slice_inputs_cuda, blend_cuda, offset_weights_cuda};
+#endif
+  TORCH_CHECK(false, "implicit_kernels: no DIIF kernel for device ", t.device(), " in this build");
+}
+
+}  // namespace
+
+Slicing parse_slicing(c10::string_view slicing, const char* op) {
+  const std::string s(slicing.data(), slicing.size());
+  if (s == "linear") return Slicing::kLinear;
+  if (s == "constant") return Slicing::kConstant;
+  if (s == "fixed4") return Slicing::kFixed4;
+  TORCH_CHECK(false, op, ": slicing must be one of ('linear', 'constant', 'fixed4'), got '", s,
+              "'");
+}
+
+void check_like(const at::Tensor& like, const std::vector<at::Tensor>& ts, const char* op) {
+  const auto type = like.scalar_type();
+  TORCH_CHECK(at::isFloatingType(type), op, ": the decoder's tensors must be floating, got ", type);
+  if (like.is_cpu()) {
+    TORCH_CHECK(type == at::kFloat || type == at::kDouble, op,
+                ": CPU tensors must be float32 or float64, got ", type);
+  }
+  for (const auto& t : ts) {
+    TORCH_CHECK(t.scalar_type() == type, op, ": every parameter must have dtype ", type,
+                ", got ", t.scalar_type());
+    TORCH_CHECK(t.device() == like.device(), op, ": every parameter must be on ", like.device(),
+                ", got ", t.device());
+  }
+}
+
+Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_w,
+                   at::TensorList coarse_b, const at::Tensor& fine_wh,
+                   const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
+                   at::TensorList fine_b, const char* op) {
+  std::vector<at::Tensor> all = {fine_wh, fine_wd, fine_b0};
+  for (auto list : {coarse_w, coarse_b, fine_w, fine_b}) all.insert(all.end(), list.begin(), list.end());
+  check_like(like, all, op);
+  TORCH_CHECK(!fine_w.empty(), op, ": the fine stage needs at least one layer after the first");
+  const std::string name(op);
+  Stages st;
+  st.coarse = make_mlp(coarse_w, coarse_b, width, /*relu_last=*/true, name + ": coarse");
+  const int64_t hidden = st.coarse.weights.empty() ? width : st.coarse.weights.back().size(0);
+  TORCH_CHECK(fine_wh.dim() == 2 && fine_wh.size(1) == hidden && fine_b0.dim() == 1 &&
+                  fine_b0.size(0) == fine_wh.size(0),
+              op, ": fine layer 0 (hidden part) weight must be (out, ", hidden,
+              ") with a matching bias, got ", fine_wh.sizes(), " and ", fine_b0.sizes());
+  TORCH_CHECK(fine_wd.dim() == 2 && fine_wd.size(0) == fine_wh.size(0) && fine_wd.size(1) == 2,
+              op, ": fine_wd must be (", fine_wh.size(0), ", 2), got ", fine_wd.sizes());
+  st.fine_wh = fine_wh.contiguous();
+  st.fine_wd = fine_wd.contiguous();
+  st.fine_b0 = fine_b0.contiguous();
+  st.fine = make_mlp(fine_w, fine_b, fine_wh.size(0), /*relu_last=*/false, name + ": fine");
+  return st;
+}
+
+Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
+               bool slice_ensemble, const char* op) {
+  TORCH_CHECK(out_h >= h && out_w >= w, op, ": output size (", out_h, ", ", out_w,
+              ") must be at least the feature map's (", h, ", ", w, ")");
+  TORCH_CHECK(out_h < (int64_t(1) << 31) && out_w < (int64_t(1) << 31), op,
+              ": output size too large");
+  // A slice's key is its image and first pixel, (b * out_h + r) * out_w + c: every key
+  // of the batch must fit in int64.
+  const int64_t per_image = out_h * out_w;
+  TORCH_CHECK(batch <= std::numeric_limits<int64_t>::max() / per_image, op, ": batch ", batch,
+              " x output (", out_h, ", ", out_w, ") is too large: batch * H_out * W_out must be "
+              "below 2^63");
+  return Dims{h, w, out_h, out_w, slice_ensemble};
+}
+
+at::Tensor check_pixels(const at::Tensor& pixels, const at::Tensor& like, int64_t batch,
+                        const Dims& dims, const char* op) {
+  TORCH_CHECK(pixels.scalar_type() == at::kLong, op, ": pixels must be int64, got ",
+              pixels.scalar_type());
+  TORCH_CHECK(pixels.dim() == 3 && pixels.size(0) == batch && pixels.size(2) == 2, op,
+              ": pixels must be (B, Q, 2) with B = ", batch, ", got ", pixels.sizes());
+  TORCH_CHECK(pixels.device() == like.device(), op, ": pixels must be on ", like.device());
+  at::Tensor flat = pixels.reshape({-1, 2}).contiguous();
+  if (flat.numel() > 0) {
+    const auto lo = flat.amin(0).cpu(), hi = flat.amax(0).cpu();
+    TORCH_CHECK(lo[0].item<int64_t>() >= 0 && lo[1].item<int64_t>() >= 0 &&
+                    hi[0].item<int64_t>() < dims.h_out && hi[1].item<int64_t>() < dims.w_out,
+                op, ": pixels must index inside the output (", dims.h_out, ", ", dims.w_out, ")");
+  }
+  return flat;
+}
+
+Slices make_slices(const at::Tensor& like, const Dims& dims, const at::Tensor& pixels, int64_t q,
+                   Slicing slicing) {
+  const Kernels k = kernels_for(like);
+  Slices sl;
+  sl.pixels = pixels;
+  const at::Tensor keys = k.slice_keys(pixels, q, dims, slicing);
+  at::Tensor slices;
+  std::tie(slices, sl.slice_of, std::ignore) = at::_unique2(keys, true, true, false);
+  std::tie(sl.coords, sl.corners) =
+      k.slice_inputs(slices, dims, slicing, accumulate_type(like.scalar_type()));
+  return sl;
+}
+
+Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, const at::Tensor& pre) {
+  Trace tr;
+  const at::Tensor hidden = mlp_forward(st.coarse, at::relu(pre), &tr.coarse);  // H_t
+  const at::Tensor g = at::mm(hidden, st.fine_wh.t());
+  const at::Tensor z =
+      kernels_for(pre).blend(sl.pixels, sl.slice_of, dims, g, st.fine_wd, st.fine_b0);
+  tr.out = mlp_forward(st.fine, at::relu(z), &tr.fine);
+  return tr;
+}
+
+at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
+                           const Trace& tr, const at::Tensor& grad_out, StageGrads* grads) {
+  const auto type = st.fine_wh.scalar_type();
+  const auto acc = accumulate_type(type);
+  const int64_t out_dim = st.fine.weights.back().size(0);
+  // Fine stage, back to the blend's output z.
+  at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
+  grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b) *
+         (tr.fine.front() > 0);
+  // Blend: z = b + wd·d + Σ_t w_t G[slice, t].
+  at::Tensor offsets, weights;
+  std::tie(offsets, weights) = kernels_for(grad).offset_weights(sl.pixels, dims, acc);
+  grads->fine_b0 = grad.sum(0);
+  grads->fine_wd = at::mm(grad.t().to(acc), offsets).to(type);
+  const int64_t v = vertex_count(dims), n_slices = sl.coords.size(0) / v;
+  const int64_t df = st.fine_wh.size(0);
+  const at::Tensor per_vertex = (weights.unsqueeze(2) * grad.to(acc).unsqueeze(1)).to(type);
+  const at::Tensor grad_g = at::zeros({n_slices, v, df}, grad.options())
+                                .index_add_(0, sl.slice_of, per_vertex)
+                                .view({n_slices * v, df});
+  grads->fine_wh = at::mm(grad_g.t(), tr.coarse.back());
+  // Coarse stage, back to its first pre-activation.
+  grad = mlp_backward(st.coarse, at::mm(grad_g, st.fine_wh), tr.coarse, grads->coarse_w,
+                      grads->coarse_b);
+  return grad * (tr.coarse.front() > 0);
+}
+
+StageGrads zero_stage_grads(const Stages& st) {
+  StageGrads g;
+  g.coarse_w = zeros_like_all(st.coarse.weights);
+  g.coarse_b = zeros_like_all(st.coarse.biases);
+  g.fine_w = zeros_like_all(st.fine.weights);
+  g.fine_b = zeros_like_all(st.fine.biases);
+  g.fine_wh = at::zeros_like(st.fine_wh);
+  g.fine_wd = at::zeros_like(st.fine_wd);
+  g.fine_b0 = at::zeros_like(st.fine_b0);
+  return g;
+}
+
+}  // namespace diif
+}  // namespace ik

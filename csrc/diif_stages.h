@@ -1,0 +1,89 @@
+// The host side shared by the fused DIIF and DLTE decode operators (csrc/diif_decode.cpp,
+// csrc/dlte_decode.cpp): both group and slice the requested pixels the same way and run
+// the same stages after the coarse stage's first pre-activation; they differ only in how
+// that pre-activation is formed per slice and vertex (DIIF: a projected corner code plus
+// a linear map of the 6 coordinate inputs; DLTE: a Linear of LTE-style Fourier features).
+//   slices  = distinct slices of the requested pixels           (slice_keys + unique)
+//   coords, corners = per slice and vertex, the coordinate inputs and the vertex's flat
+//             index in the corner map                           (slice_inputs)
+//   pre_t   -> H_t = coarse MLP(relu(pre_t));  G_t = fine_wh·H_t  (per slice, vertex)
+//   z       = b + fine_wd·d + Σ_t w_t(d) G_t                        (per pixel, blend)
+//   out     = fine MLP(relu(z))
+// Without the slice ensemble (Dims::slice_ensemble false) a slice has one vertex, the
+// group's own LR pixel, with weight 1.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+
+#include <vector>
+
+#include "diif_kernels.h"
+#include "mlp.h"
+
+namespace ik {
+namespace diif {
+
+Slicing parse_slicing(c10::string_view slicing, const char* op);
+
+// Checks every tensor of `ts` has `like`'s dtype and device.
+void check_like(const at::Tensor& like, const std::vector<at::Tensor>& ts, const char* op);
+
+// The layers after the coarse stage's first pre-activation (width `width`), contiguous:
+// the coarse stage's later layers, the fine stage's first layer split into its hidden
+// part `fine_wh` and offset part `fine_wd`, and the fine stage's later layers.
+struct Stages {
+  Mlp coarse, fine;
+  at::Tensor fine_wh, fine_wd, fine_b0;
+};
+
+Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_w,
+                   at::TensorList coarse_b, const at::Tensor& fine_wh,
+                   const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
+                   at::TensorList fine_b, const char* op);
+
+// Checked sizes of a decode of a (batch, h, w) feature map to (out_h, out_w).
+Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
+               bool slice_ensemble, const char* op);
+
+// `pixels` (batch, Q, 2) int64 on `like`'s device inside the output, as (B*Q, 2) contiguous.
+at::Tensor check_pixels(const at::Tensor& pixels, const at::Tensor& like, int64_t batch,
+                        const Dims& dims, const char* op);
+
+// The slices of one call's pixels (n, 2) (q per image).
+struct Slices {
+  at::Tensor pixels;    // (n, 2) int64
+  at::Tensor slice_of;  // (n,) the slice of each pixel
+  at::Tensor coords;    // (S * V, 6) coordinate inputs per slice and vertex, accumulation type
+  at::Tensor corners;   // (S * V,) flat index of each vertex in the corner map
+};
+
+Slices make_slices(const at::Tensor& like, const Dims& dims, const at::Tensor& pixels, int64_t q,
+                   Slicing slicing);
+
+// What stages_forward computes that stages_backward needs.
+struct Trace {
+  std::vector<at::Tensor> coarse;  // mlp_forward's record of the coarse stage: relu(pre) .. H
+  std::vector<at::Tensor> fine;    // and of the fine stage: relu(z) .. out
+  at::Tensor out;                  // (n, out)
+};
+
+// From the coarse stage's first pre-activation `pre` (S * V, width), in the stages' dtype.
+Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, const at::Tensor& pre);
+
+// Gradients of the stages' parameters.
+struct StageGrads {
+  std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;
+  at::Tensor fine_wh, fine_wd, fine_b0;
+};
+
+// Backward of stages_forward from grad_out (n, out): fills `grads` and returns the gradient
+// of `pre` (S * V, width).
+at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
+                           const Trace& tr, const at::Tensor& grad_out, StageGrads* grads);
+
+// Zero gradients of the stages' parameters (a call without pixels).
+StageGrads zero_stage_grads(const Stages& st);
+
+}  // namespace diif
+}  // namespace ik
