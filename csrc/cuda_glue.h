@@ -12,17 +12,21 @@ namespace cuda {
 
 inline DType dtype_of(at::ScalarType t, const char* op) {
   switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, op, ": unsupported CUDA dtype ", t);
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kHalf:
+      return DType::kFloat16;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, op, ": unsupported CUDA dtype ", t);
   }
 }
 
 inline void check_launch(cudaError_t err, const char* op, const char* step) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel ", step, " failed: ",
-              cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel ", step, " failed: ", cudaGetErrorString(err));
 }
 
 inline cudaStream_t stream_of(const at::Tensor& t) {

@@ -1,13 +1,13 @@
-// The fused DIIF decode operators (SPEC.md §3): implicit_kernels::diif_decode and its
+// The fused DIIF decode operators (docs/diif.md): implicit_kernels::diif_decode and its
 // backward, for CPU and (in CUDA builds) CUDA tensors.
 //
-// Inputs are the decoder after SPEC.md §3's splits: `corner_proj` holds W_z·z_t at every
-// vertex position (a convolution computed by the caller, so the wide codes never exist):
-// with the slice ensemble (B, H+1, W+1, D), the 4×4 code at every LR-grid corner; without
-// it (the "w/o se" ablation, `slice_ensemble` false) (B, H, W, D), the 3×3 code at every
-// LR pixel.  `w_coord` (D, 6) and `b0` are the rest of the first coarse layer; the fine
-// stage's first layer is split into `fine_wh` (hidden part) and `fine_wd` (offset part).
-// Per call, for each distinct slice and vertex t (csrc/diif_stages.h does the rest):
+// Inputs are the decoder after the splits of docs/diif.md ("Equal, cheaper forms"): `corner_proj`
+// holds W_z·z_t at every vertex position (a convolution computed by the caller, so the wide codes
+// never exist): with the slice ensemble (B, H+1, W+1, D), the 4×4 code at every LR-grid corner;
+// without it (the "w/o se" ablation, `slice_ensemble` false) (B, H, W, D), the 3×3 code at every LR
+// pixel.  `w_coord` (D, 6) and `b0` are the rest of the first coarse layer; the fine stage's first
+// layer is split into `fine_wh` (hidden part) and `fine_wd` (offset part). Per call, for each
+// distinct slice and vertex t (csrc/diif_stages.h does the rest):
 //   pre_t   = corner_proj[v_t] + w_coord·[rel_first, rel_last, cell]_t + b0
 // No per-pixel wide input is formed; the slice stage runs once per slice, not per pixel.
 // The backward recomputes the forward of the call's pixels (nothing is saved between
@@ -32,31 +32,29 @@ struct Decoder {
   Stages stages;
 };
 
-Decoder make_decoder(const at::Tensor& corner_proj, const at::Tensor& w_coord,
-                     const at::Tensor& b0, at::TensorList coarse_w, at::TensorList coarse_b,
-                     const at::Tensor& fine_wh, const at::Tensor& fine_wd,
-                     const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
-                     bool slice_ensemble) {
+Decoder make_decoder(const at::Tensor& corner_proj, const at::Tensor& w_coord, const at::Tensor& b0,
+                     at::TensorList coarse_w, at::TensorList coarse_b, const at::Tensor& fine_wh,
+                     const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
+                     at::TensorList fine_b, bool slice_ensemble) {
   const int64_t border = slice_ensemble ? 1 : 0;
-  TORCH_CHECK(corner_proj.dim() == 4 && corner_proj.size(1) > border &&
-                  corner_proj.size(2) > border,
-              kOp, ": corner_proj must be ",
-              slice_ensemble ? "(B, H+1, W+1, D) with the slice ensemble"
-                             : "(B, H, W, D) without the slice ensemble",
-              ", got ", corner_proj.sizes());
+  TORCH_CHECK(
+      corner_proj.dim() == 4 && corner_proj.size(1) > border && corner_proj.size(2) > border, kOp,
+      ": corner_proj must be ",
+      slice_ensemble ? "(B, H+1, W+1, D) with the slice ensemble"
+                     : "(B, H, W, D) without the slice ensemble",
+      ", got ", corner_proj.sizes());
   check_like(corner_proj, {w_coord, b0}, kOp);
   Decoder d;
   d.corner_proj = corner_proj.contiguous();
   const int64_t width = corner_proj.size(3);
   TORCH_CHECK(w_coord.dim() == 2 && w_coord.size(0) == width && w_coord.size(1) == kCoordInputs &&
                   b0.dim() == 1 && b0.size(0) == width,
-              kOp, ": coarse layer 0 (coordinate part) weight must be (", width, ", ",
-              kCoordInputs, ") and its bias (", width, ",), got ", w_coord.sizes(), " and ",
-              b0.sizes());
+              kOp, ": coarse layer 0 (coordinate part) weight must be (", width, ", ", kCoordInputs,
+              ") and its bias (", width, ",), got ", w_coord.sizes(), " and ", b0.sizes());
   d.w_coord = w_coord.contiguous();
   d.b0 = b0.contiguous();
-  d.stages = make_stages(corner_proj, width, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0,
-                         fine_w, fine_b, kOp);
+  d.stages = make_stages(corner_proj, width, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
+                         fine_b, kOp);
   return d;
 }
 
@@ -98,11 +96,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vec
            at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
                      const at::Tensor& w_coord, const at::Tensor& b0, at::TensorList coarse_w,
-                     at::TensorList coarse_b, const at::Tensor& fine_wh,
-                     const at::Tensor& fine_wd, const at::Tensor& fine_b0,
-                     at::TensorList fine_w, at::TensorList fine_b, const at::Tensor& pixels,
-                     int64_t out_h, int64_t out_w, c10::string_view slicing,
-                     bool slice_ensemble) {
+                     at::TensorList coarse_b, const at::Tensor& fine_wh, const at::Tensor& fine_wd,
+                     const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
+                     const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+                     c10::string_view slicing, bool slice_ensemble) {
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
@@ -113,8 +110,16 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
 
   if (flat.size(0) == 0) {
     StageGrads g = zero_stage_grads(d.stages);
-    return {at::zeros_like(corner_proj), at::zeros_like(w_coord), at::zeros_like(b0),
-            g.coarse_w, g.coarse_b, g.fine_wh, g.fine_wd, g.fine_b0, g.fine_w, g.fine_b};
+    return {at::zeros_like(corner_proj),
+            at::zeros_like(w_coord),
+            at::zeros_like(b0),
+            g.coarse_w,
+            g.coarse_b,
+            g.fine_wh,
+            g.fine_wd,
+            g.fine_b0,
+            g.fine_w,
+            g.fine_b};
   }
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
   const Trace tr = stages_forward(d.stages, sl, dims, first_layer(d, sl));
@@ -123,12 +128,13 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
   const auto acc = accumulate_type(corner_proj.scalar_type());
   const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
   const at::Tensor grad_corner =
-      at::zeros({corner_proj.size(0) * corner_proj.size(1) * corner_proj.size(2),
-                 corner_proj.size(3)}, grad.options())
+      at::zeros(
+          {corner_proj.size(0) * corner_proj.size(1) * corner_proj.size(2), corner_proj.size(3)},
+          grad.options())
           .index_add_(0, sl.corners, grad)
           .view(corner_proj.sizes());
-  return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b, g.fine_wh,
-          g.fine_wd, g.fine_b0, g.fine_w, g.fine_b};
+  return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
+          g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
 }
 
 }  // namespace

@@ -24,7 +24,7 @@ namespace diif {
   /* For (S,) slice keys: coordinate inputs (S * 4, 6) of type `type`, corner indices (S*4,). */ \
   std::tuple<at::Tensor, at::Tensor> slice_inputs_##SUFFIX(                                      \
       const at::Tensor& keys, const Dims& dims, Slicing slicing, at::ScalarType type);           \
-  /* Fine stage's first pre-activation (n, Df) of pixels (n, 2) whose slices are slice_of      \
+  /* Fine stage's first pre-activation (n, Df) of pixels (n, 2) whose slices are slice_of        \
      (n,), from g (S * 4, Df), wd (Df, 2), bias (Df). */                                         \
   at::Tensor blend_##SUFFIX(const at::Tensor& pixels, const at::Tensor& slice_of,                \
                             const Dims& dims, const at::Tensor& g, const at::Tensor& wd,         \

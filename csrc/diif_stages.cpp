@@ -46,19 +46,20 @@ void check_like(const at::Tensor& like, const std::vector<at::Tensor>& ts, const
                 ": CPU tensors must be float32 or float64, got ", type);
   }
   for (const auto& t : ts) {
-    TORCH_CHECK(t.scalar_type() == type, op, ": every parameter must have dtype ", type,
-                ", got ", t.scalar_type());
+    TORCH_CHECK(t.scalar_type() == type, op, ": every parameter must have dtype ", type, ", got ",
+                t.scalar_type());
     TORCH_CHECK(t.device() == like.device(), op, ": every parameter must be on ", like.device(),
                 ", got ", t.device());
   }
 }
 
 Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_w,
-                   at::TensorList coarse_b, const at::Tensor& fine_wh,
-                   const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
-                   at::TensorList fine_b, const char* op) {
+                   at::TensorList coarse_b, const at::Tensor& fine_wh, const at::Tensor& fine_wd,
+                   const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
+                   const char* op) {
   std::vector<at::Tensor> all = {fine_wh, fine_wd, fine_b0};
-  for (auto list : {coarse_w, coarse_b, fine_w, fine_b}) all.insert(all.end(), list.begin(), list.end());
+  for (auto list : {coarse_w, coarse_b, fine_w, fine_b})
+    all.insert(all.end(), list.begin(), list.end());
   check_like(like, all, op);
   TORCH_CHECK(!fine_w.empty(), op, ": the fine stage needs at least one layer after the first");
   const std::string name(op);
@@ -69,8 +70,8 @@ Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_
                   fine_b0.size(0) == fine_wh.size(0),
               op, ": fine layer 0 (hidden part) weight must be (out, ", hidden,
               ") with a matching bias, got ", fine_wh.sizes(), " and ", fine_b0.sizes());
-  TORCH_CHECK(fine_wd.dim() == 2 && fine_wd.size(0) == fine_wh.size(0) && fine_wd.size(1) == 2,
-              op, ": fine_wd must be (", fine_wh.size(0), ", 2), got ", fine_wd.sizes());
+  TORCH_CHECK(fine_wd.dim() == 2 && fine_wd.size(0) == fine_wh.size(0) && fine_wd.size(1) == 2, op,
+              ": fine_wd must be (", fine_wh.size(0), ", 2), got ", fine_wd.sizes());
   st.fine_wh = fine_wh.contiguous();
   st.fine_wd = fine_wd.contiguous();
   st.fine_b0 = fine_b0.contiguous();
@@ -88,7 +89,8 @@ Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w
   // of the batch must fit in int64.
   const int64_t per_image = out_h * out_w;
   TORCH_CHECK(batch <= std::numeric_limits<int64_t>::max() / per_image, op, ": batch ", batch,
-              " x output (", out_h, ", ", out_w, ") is too large: batch * H_out * W_out must be "
+              " x output (", out_h, ", ", out_w,
+              ") is too large: batch * H_out * W_out must be "
               "below 2^63");
   return Dims{h, w, out_h, out_w, slice_ensemble};
 }
@@ -133,15 +135,14 @@ Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, const
   return tr;
 }
 
-at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
-                           const Trace& tr, const at::Tensor& grad_out, StageGrads* grads) {
+at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
+                           const at::Tensor& grad_out, StageGrads* grads) {
   const auto type = st.fine_wh.scalar_type();
   const auto acc = accumulate_type(type);
   const int64_t out_dim = st.fine.weights.back().size(0);
   // Fine stage, back to the blend's output z.
   at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
-  grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b) *
-         (tr.fine.front() > 0);
+  grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b) * (tr.fine.front() > 0);
   // Blend: z = b + wd·d + Σ_t w_t G[slice, t].
   at::Tensor offsets, weights;
   std::tie(offsets, weights) = kernels_for(grad).offset_weights(sl.pixels, dims, acc);

@@ -38,9 +38,9 @@ struct Stages {
 };
 
 Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_w,
-                   at::TensorList coarse_b, const at::Tensor& fine_wh,
-                   const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
-                   at::TensorList fine_b, const char* op);
+                   at::TensorList coarse_b, const at::Tensor& fine_wh, const at::Tensor& fine_wd,
+                   const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
+                   const char* op);
 
 // Checked sizes of a decode of a (batch, h, w) feature map to (out_h, out_w).
 Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
@@ -79,8 +79,8 @@ struct StageGrads {
 
 // Backward of stages_forward from grad_out (n, out): fills `grads` and returns the gradient
 // of `pre` (S * V, width).
-at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
-                           const Trace& tr, const at::Tensor& grad_out, StageGrads* grads);
+at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
+                           const at::Tensor& grad_out, StageGrads* grads);
 
 // Zero gradients of the stages' parameters (a call without pixels).
 StageGrads zero_stage_grads(const Stages& st);

@@ -1,4 +1,4 @@
-// The fused DLTE decode operators (SPEC.md §4, reconstructed): implicit_kernels::dlte_decode
+// The fused DLTE decode operators (docs/dlte.md, reconstructed): implicit_kernels::dlte_decode
 // and its backward, for CPU and (in CUDA builds) CUDA tensors.
 //
 // DLTE is DIIF's grouping, slicing, slice ensemble and fine stage (csrc/diif_stages.h)
@@ -43,9 +43,8 @@ struct Decoder {
 
 Decoder make_decoder(const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase,
                      const at::Tensor& w0, const at::Tensor& b0, at::TensorList coarse_w,
-                     at::TensorList coarse_b, const at::Tensor& fine_wh,
-                     const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
-                     at::TensorList fine_b) {
+                     at::TensorList coarse_b, const at::Tensor& fine_wh, const at::Tensor& fine_wd,
+                     const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b) {
   TORCH_CHECK(coef.dim() == 4 && coef.size(1) >= 2 && coef.size(2) >= 2 && coef.size(3) % 2 == 0,
               kOp, ": coef must be (B, H+1, W+1, 4K), channels last, got ", coef.sizes());
   TORCH_CHECK(freq.sizes() == coef.sizes(), kOp, ": freq must have coef's shape ", coef.sizes(),
@@ -84,9 +83,9 @@ at::Tensor features(const Decoder& d, const Slices& sl) {
 at::Tensor dlte_decode(const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase,
                        const at::Tensor& w0, const at::Tensor& b0, at::TensorList coarse_w,
                        at::TensorList coarse_b, const at::Tensor& fine_wh,
-                       const at::Tensor& fine_wd, const at::Tensor& fine_b0,
-                       at::TensorList fine_w, at::TensorList fine_b, const at::Tensor& pixels,
-                       int64_t out_h, int64_t out_w, c10::string_view slicing) {
+                       const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
+                       at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h,
+                       int64_t out_w, c10::string_view slicing) {
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
@@ -107,8 +106,8 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
                      const at::Tensor& phase, const at::Tensor& w0, const at::Tensor& b0,
                      at::TensorList coarse_w, at::TensorList coarse_b, const at::Tensor& fine_wh,
                      const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
-                     at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h,
-                     int64_t out_w, c10::string_view slicing) {
+                     at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+                     c10::string_view slicing) {
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
@@ -119,9 +118,18 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
 
   if (flat.size(0) == 0) {
     StageGrads g = diif::zero_stage_grads(d.stages);
-    return {at::zeros_like(coef), at::zeros_like(freq), at::zeros_like(phase),
-            at::zeros_like(w0), at::zeros_like(b0), g.coarse_w, g.coarse_b, g.fine_wh,
-            g.fine_wd, g.fine_b0, g.fine_w, g.fine_b};
+    return {at::zeros_like(coef),
+            at::zeros_like(freq),
+            at::zeros_like(phase),
+            at::zeros_like(w0),
+            at::zeros_like(b0),
+            g.coarse_w,
+            g.coarse_b,
+            g.fine_wh,
+            g.fine_wd,
+            g.fine_b0,
+            g.fine_w,
+            g.fine_b};
   }
   const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
   const at::Tensor x = features(d, sl);
@@ -138,20 +146,27 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
   // call): its weight's gradient is Σ_slice (Σ_t dL/dφ_t) ⊗ scaled cell.
   const auto type = coef.scalar_type();
   const int64_t n_slices = grad_phi.size(0);
-  const at::Tensor cells = sl.coords.view({n_slices, diif::kVertices, diif::kCoordInputs})
-                               .select(1, 0)
-                               .narrow(1, 4, 2);
+  const at::Tensor cells =
+      sl.coords.view({n_slices, diif::kVertices, diif::kCoordInputs}).select(1, 0).narrow(1, 4, 2);
   const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
   auto scatter = [&](const at::Tensor& grad_rows, const at::Tensor& map) {
-    return at::zeros({map.size(0) * map.size(1) * map.size(2), map.size(3)},
-                     grad_rows.options())
+    return at::zeros({map.size(0) * map.size(1) * map.size(2), map.size(3)}, grad_rows.options())
         .index_add_(0, sl.corners, grad_rows)
         .view(map.sizes())
         .to(type);
   };
-  return {scatter(grad_coef_rows, coef), scatter(grad_freq_rows, freq), grad_phase,
-          at::mm(grad_pre.t(), x), grad_pre.sum(0), g.coarse_w, g.coarse_b, g.fine_wh,
-          g.fine_wd, g.fine_b0, g.fine_w, g.fine_b};
+  return {scatter(grad_coef_rows, coef),
+          scatter(grad_freq_rows, freq),
+          grad_phase,
+          at::mm(grad_pre.t(), x),
+          grad_pre.sum(0),
+          g.coarse_w,
+          g.coarse_b,
+          g.fine_wh,
+          g.fine_wd,
+          g.fine_b0,
+          g.fine_w,
+          g.fine_b};
 }
 
 }  // namespace

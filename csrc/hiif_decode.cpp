@@ -177,8 +177,9 @@ struct Level0Trace {
 
 Level0Trace level0_forward(const Level0& l) {
   Level0Trace tr;
-  std::tie(tr.u, tr.rows, tr.aux) = kernels_for(l.maps, kLevel0).level0_sum(
-      l.maps, l.row_sums, l.w_extra, l.coord, l.cell, l.queries, l.channels, l.public_centres);
+  std::tie(tr.u, tr.rows, tr.aux) = kernels_for(l.maps, kLevel0)
+                                        .level0_sum(l.maps, l.row_sums, l.w_extra, l.coord, l.cell,
+                                                    l.queries, l.channels, l.public_centres);
   const at::Tensor rstd = tr.aux.narrow(1, kAuxRstd, 1);
   tr.pre = at::addcmul(l.bias.to(rstd.scalar_type()), tr.u.to(rstd.scalar_type()), rstd)
                .to(l.maps.scalar_type());
@@ -186,9 +187,9 @@ Level0Trace level0_forward(const Level0& l) {
 }
 
 at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
-                       const at::Tensor& w_extra, const at::Tensor& bias,
-                       const at::Tensor& fc2_w, const at::Tensor& fc2_b, const at::Tensor& coord,
-                       const at::Tensor& cell, int64_t channels, bool public_centres) {
+                       const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
+                       const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
+                       int64_t channels, bool public_centres) {
   const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
                                public_centres);
   const int64_t out_dim = l.fc2_w.size(0);
@@ -198,11 +199,10 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps,
-                     const at::Tensor& row_sums, const at::Tensor& w_extra,
-                     const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-                     const at::Tensor& coord, const at::Tensor& cell, int64_t channels,
-                     bool public_centres) {
+hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps, const at::Tensor& row_sums,
+                     const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
+                     const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
+                     int64_t channels, bool public_centres) {
   const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
                                public_centres);
   const int64_t n = l.coord.size(0), hidden = l.row_sums.size(1), out_dim = l.fc2_w.size(0);
@@ -530,8 +530,8 @@ at::Tensor levels_forward(const Levels& l, std::vector<LevelTrace>* trace) {
   for (size_t i = 0; i < l.norm_w.size(); ++i) {
     LevelTrace tr;
     tr.x = x;
-    std::tie(tr.y, tr.rstd) = k.level_input(x, l.coord, l.h, l.w, static_cast<int64_t>(i + 1),
-                                           l.public_centres);
+    std::tie(tr.y, tr.rstd) =
+        k.level_input(x, l.coord, l.h, l.w, static_cast<int64_t>(i + 1), l.public_centres);
     tr.h1 = at::addmm(l.fc1_b[i], at::addcmul(l.norm_b[i], tr.y, l.norm_w[i]), l.fc1_w[i].t());
     x = at::addmm(l.fc2_b[i], at::gelu(tr.h1), l.fc2_w[i].t());
     if (trace != nullptr) trace->push_back(tr);
@@ -543,20 +543,19 @@ at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorL
                        at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b,
                        at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w,
                        bool public_centres) {
-  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w,
-                               public_centres);
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
   const int64_t out_dim = l.fc2_w.back().size(0);
   if (l.x2.size(0) == 0) return at::empty({x.size(0), x.size(1), out_dim}, x.options());
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
-std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>
-hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord,
-                     at::TensorList norm_w, at::TensorList norm_b, at::TensorList fc1_w,
-                     at::TensorList fc1_b, at::TensorList fc2_w, at::TensorList fc2_b,
-                     int64_t h, int64_t w, bool public_centres) {
-  const Levels l = make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w,
-                               public_centres);
+std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hiif_levels_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
+    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b, at::TensorList fc2_w,
+    at::TensorList fc2_b, int64_t h, int64_t w, bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);
   check_grad_out(grad_out, x, {x.size(0), x.size(1), out_dim}, kLevels);

@@ -27,14 +27,14 @@ void check_queries(const at::Tensor& map, const at::Tensor& coord, const at::Ten
                    const char* op) {
   TORCH_CHECK(coord.dim() == 3 && coord.size(0) == map.size(0) && coord.size(2) == 2, op,
               ": coord must be (B, Q, 2) with B = ", map.size(0), ", got ", coord.sizes());
-  TORCH_CHECK(cell.sizes() == coord.sizes(), op, ": cell must have coord's shape ",
-              coord.sizes(), ", got ", cell.sizes());
+  TORCH_CHECK(cell.sizes() == coord.sizes(), op, ": cell must have coord's shape ", coord.sizes(),
+              ", got ", cell.sizes());
   for (const at::Tensor* t : {&coord, &cell}) {
     const char* name = t == &coord ? "coord" : "cell";
     TORCH_CHECK(t->scalar_type() == map.scalar_type(), op, ": ", name, " must have dtype ",
                 map.scalar_type(), ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == map.device(), op, ": ", name, " must be on ", map.device(),
-                ", got ", t->device());
+    TORCH_CHECK(t->device() == map.device(), op, ": ", name, " must be on ", map.device(), ", got ",
+                t->device());
   }
   TORCH_CHECK(map.size(1) < (int64_t(1) << 31) && map.size(2) < (int64_t(1) << 31), op,
               ": feature map too large");

@@ -12,8 +12,8 @@ Mlp make_mlp(at::TensorList weights, at::TensorList biases, int64_t in, bool rel
   mlp.relu_last = relu_last;
   for (size_t i = 0; i < weights.size(); ++i) {
     const at::Tensor &w = weights[i], &b = biases[i];
-    TORCH_CHECK(w.dim() == 2 && w.size(1) == in, what, " layer ", i, ": weight must be (out, ",
-                in, "), got ", w.sizes());
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == in, what, " layer ", i, ": weight must be (out, ", in,
+                "), got ", w.sizes());
     TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0), what, " layer ", i, ": bias must be (",
                 w.size(0), ",), got ", b.sizes());
     mlp.weights.push_back(w.contiguous());

@@ -15,7 +15,7 @@ TORCH_LIBRARY(implicit_kernels, m) {
   m.def("ensemble_weights(Tensor rel) -> Tensor");
   m.def("slice_ensemble_weights(Tensor d) -> Tensor");
 
-  // Fused DIIF decode (csrc/diif_decode.cpp): the decoder after SPEC.md §3's splits,
+  // Fused DIIF decode (csrc/diif_decode.cpp): the decoder after docs/diif.md's splits,
   // from the corner projection (without the slice ensemble: the per-pixel projection) to
   // the output of the requested pixels.
   m.def(

@@ -111,7 +111,8 @@ register(Backend("reference", "implicit_kernels.reference",
                  "paper-faithful PyTorch: the specification in code (the oracle)",
                  float32_positions=True))
 register(Backend("torch", "implicit_kernels.torch_impl",
-                 "pure PyTorch with SPEC.md §3's exact algebraic splits", float32_positions=True))
+                 "pure PyTorch with the exact algebraic splits of docs/diif.md",
+                 float32_positions=True))
 register(Backend("cpu", "implicit_kernels.compiled",
                  "fused C++ operators on CPU (implicit_kernels._C)",
                  _extension_requirements(cuda=False), "cpu", (torch.float32, torch.float64)))

@@ -3,7 +3,7 @@ feature map and the decoder's parameters.
 
 Every op decodes either a whole output grid (``size=(H_out, W_out)``, returning
 ``B×3×H_out×W_out``) or a list of queries (returning ``B×Q×3``), in the normalised
-colour space of SPEC.md §1 (map back with ``*0.5 + 0.5`` and clamp).  Decoding runs in
+colour space of docs/conventions.md (map back with ``*0.5 + 0.5`` and clamp).  Decoding runs in
 chunks of at most ``chunk_size`` queries (over the whole batch) per backend call, so
 memory stays bounded at any output size; chunked and unchunked results agree to rounding
 (per-query decoders differ only in how matrix multiplies are blocked; HIIF adds its
@@ -13,7 +13,8 @@ attention's per-chunk sums in another order: float32 within 1e-5 relative).
 ``model.decoder_params()`` returns it (key tables in ARCHITECTURE.md).
 
 ``backend``: ``"auto"`` (the fastest available), ``"reference"`` (the paper's form, the
-oracle) or ``"torch"`` (exact algebraic splits); see :func:`implicit_kernels.backends.available_backends`.
+oracle) or ``"torch"`` (exact algebraic splits); see
+:func:`implicit_kernels.backends.available_backends`.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ __all__ = ["liif_decode", "lte_decode", "diif_decode", "dlte_decode", "hiif_deco
 
 def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
                 chunk_size=DEFAULT_CHUNK_SIZE):
-    """LIIF decoder (SPEC.md §2): 3×3 feature unfolding, MLP, 4-code local ensemble.
+    """LIIF decoder (docs/liif-lte.md): 3×3 feature unfolding, MLP, 4-code local ensemble.
 
     Args:
         feat: ``B×C×H×W`` encoder features.
@@ -64,7 +65,7 @@ def liif_decode(feat, size, params, *, coord=None, cell=None, backend="auto",
 
 def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto",
                chunk_size=DEFAULT_CHUNK_SIZE):
-    """LTE decoder (SPEC.md §2): Fourier features from coefficient/frequency/phase
+    """LTE decoder (docs/liif-lte.md): Fourier features from coefficient/frequency/phase
     estimators, MLP, local ensemble, plus the bilinearly up-sampled input.
 
     Args:
@@ -89,7 +90,7 @@ def lte_decode(feat, inp, size, params, *, coord=None, cell=None, backend="auto"
 def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n",
                 attention="global", strip_rows=None, level_codes="project", backend="auto",
                 chunk_size=DEFAULT_CHUNK_SIZE):
-    """HIIF decoder (SPEC.md §5): hierarchical position codes, level MLPs and multi-head
+    """HIIF decoder (docs/hiif.md): hierarchical position codes, level MLPs and multi-head
     linear attention over all queries of an image, plus the bilinear skip.
 
     Args:
@@ -149,7 +150,8 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="
     b = feat.shape[0]
     if size is not None:
         if coord is not None or cell is not None:
-            raise ValueError("pass either size (grid mode) or coord and cell (query mode), not both")
+            raise ValueError("pass either size (grid mode) or coord and cell (query mode), "
+                             "not both")
         size = check.output_size(size, feat)
         cell_value = torch.tensor([2 / size[0], 2 / size[1]], device=feat.device, dtype=positions)
 
@@ -172,7 +174,7 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="
 
 def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pixels=None,
                 backend="auto", chunk_size="auto"):
-    """DIIF decoder (SPEC.md §3): coordinate grouping and slicing, coarse MLP per slice and
+    """DIIF decoder (docs/diif.md): coordinate grouping and slicing, coarse MLP per slice and
     vertex on 4×4 vertex codes, slice ensemble, fine MLP per pixel.
 
     Args:
@@ -214,7 +216,7 @@ def diif_decode(feat, size, params, *, slicing="linear", slice_ensemble=True, pi
 
 def dlte_decode(feat, inp, size, params, *, slicing="linear", pixels=None, backend="auto",
                 chunk_size=DEFAULT_CHUNK_SIZE):
-    """DLTE decoder (SPEC.md §4, *reconstructed*: the paper gives no details): DIIF's
+    """DLTE decoder (docs/dlte.md, *reconstructed*: the paper gives no details): DIIF's
     slicing with LTE-style Fourier vertex features, plus LTE's bilinear skip.
 
     Args:

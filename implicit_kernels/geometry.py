@@ -1,4 +1,4 @@
-"""Coordinate and index geometry shared by every decoder (SPEC.md §1 and §3).
+"""Coordinate and index geometry shared by every decoder (docs/conventions.md, docs/diif.md).
 
 Conventions: an image of ``n`` samples along an axis has pixel-centre coordinates
 ``-1 + (2k + 1) / n``; coordinate pairs are ``(y, x)``, row first.  "LIIF units" measure
@@ -31,7 +31,8 @@ def make_coord(shape, device=None, dtype=torch.float32, centres: str = "project"
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 
-def axis_centres(n: int, device=None, dtype=torch.float32, centres: str = "project") -> torch.Tensor:
+def axis_centres(n: int, device=None, dtype=torch.float32,
+                 centres: str = "project") -> torch.Tensor:
     """Centres of the ``n`` pixels of one axis: ``-1 + (2k + 1) / n`` (``centres="project"``)
     or LIIF's ``(-1 + r) + 2r·k`` (``"public"``)."""
     return _centres_of(torch.arange(n, device=device, dtype=dtype), n, centres)
@@ -78,7 +79,8 @@ def nearest_index(q: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def ensemble_neighbours(coord: torch.Tensor, size, centres: str = "project"):
-    """The four local-ensemble codes of each query (SPEC.md §1, LIIF's procedure).
+    """The four local-ensemble codes of each query (docs/conventions.md#local-ensemble,
+    LIIF's procedure).
 
     Args:
         coord: ``(..., 2)`` query coordinates, row first.
@@ -117,7 +119,7 @@ def ensemble_weights(rels) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------
-# DIIF: coordinate grouping and slicing (SPEC.md §3, steps 1-2)
+# DIIF: coordinate grouping and slicing (docs/diif.md#forward-pass, grouping and slicing)
 # ----------------------------------------------------------------------------------------
 
 #: Slicing modes: linear order (one output row of a group), constant order (the whole
@@ -129,7 +131,8 @@ VERTICES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 def group_index(idx: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
-    """LR index of the group that output index ``idx`` belongs to: ``floor((2idx+1) n_in / (2 n_out))``."""
+    """LR index of the group that output index ``idx`` belongs to:
+    ``floor((2idx+1) n_in / (2 n_out))``."""
     return ((2 * idx + 1) * n_in).div(2 * n_out, rounding_mode="floor").clamp_(0, n_in - 1)
 
 
@@ -149,7 +152,7 @@ def group_bounds(idx: torch.Tensor, n_in: int, n_out: int):
 
 
 def diif_slices(pixels: torch.Tensor, in_size, out_size, slicing: str):
-    """Group and slice of each output pixel (SPEC.md §3, steps 1-2).
+    """Group and slice of each output pixel (docs/diif.md#forward-pass, grouping and slicing).
 
     Args:
         pixels: ``(..., 2)`` int64 output pixel indices (row, col).
@@ -232,7 +235,8 @@ def _slice_ranges(start: int, stop: int, in_size, out_size, slicing: str):
         return r if slicing == "linear" else _index(r, h, ho)
 
     (r0, c0), (r1, c1) = divmod(start, wo), divmod(stop - 1, wo)
-    runs = [(unit(r0) * w + _index(c0, w, wo), unit(r0) * w + _index(c1 if r1 == r0 else wo - 1, w, wo))]
+    runs = [(unit(r0) * w + _index(c0, w, wo),
+             unit(r0) * w + _index(c1 if r1 == r0 else wo - 1, w, wo))]
     if r1 - r0 >= 2:
         runs.append((unit(r0 + 1) * w, unit(r1 - 1) * w + w - 1))
     if r1 > r0:

@@ -1,7 +1,7 @@
 """DIIF (He & Jin, arXiv 2306.12321): encoder + coarse and fine MLPs over coordinate
 slices, decoded by ``F.diif_decode``.
 
-No official code exists; this follows the project's reading (SPEC.md §3).  State-dict
+No official code exists; this follows the project's reading (docs/diif.md).  State-dict
 keys: ``encoder.*``, ``coarse.layers.{0,2}.*``, ``fine.layers.{0,2,4}.*``.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ class SlicedDecoderModel(DecoderModel):
 
 
 class DIIF(SlicedDecoderModel):
-    """Dynamic implicit image function (SPEC.md §3): coarse MLP per slice and vertex on
+    """Dynamic implicit image function (docs/diif.md#forward-pass): coarse MLP per slice and
+    vertex on
     4×4 vertex codes (input ``16C + 6``), slice ensemble, fine MLP per pixel.
 
     Args:

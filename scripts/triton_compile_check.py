@@ -230,7 +230,8 @@ class Build:
 def builds(launches, quick=False, labels=None):
     """The compilations of ``launches``, by kernel (in launch order), table dtype (each
     from the launches with its input dtype) and configuration: every configuration of the
-    kernel's autotuning list and every dtype, or (``quick``) the first configuration in bf16 and tf32;
+    kernel's autotuning list and every dtype, or (``quick``) the first configuration in bf16
+    and tf32;
     ``labels`` narrows the dtypes."""
     kernels = list(dict.fromkeys((launch.decoder, launch.name) for launch in launches))
     labels = labels or (QUICK_DTYPES if quick else tuple(DTYPES))

@@ -1,13 +1,13 @@
-"""DIIF: the reference against a loop-by-loop reading of SPEC.md §3, and the "torch"
+"""DIIF: the reference against a loop-by-loop reading of docs/diif.md, and the "torch"
 backend against the reference (values and gradients)."""
 import math
 
 import pytest
 import torch
+from conftest import assert_matches, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
-from conftest import assert_matches, mlp_params
 
 SIZES = {  # feature map 5×7 → output
     "x1": (5, 7), "x2": (10, 14), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35),
@@ -21,8 +21,8 @@ def diif_params(c, hidden=24, dtype=torch.float32, slice_ensemble=True):
 
 
 def loop_oracle(feat, out_size, params, slicing, slice_ensemble=True):
-    """SPEC.md §3 steps 1-6 for one image, pixel by pixel with Python integers; without
-    the slice ensemble, ALGORITHMS.md §3.5 (the group pixel's 3×3 code, weight 1)."""
+    """docs/diif.md's forward pass for one image, pixel by pixel with Python integers; without
+    the slice ensemble, docs/diif.md#ablation-variants (the group pixel's 3×3 code, weight 1)."""
     _, c, h, w = feat.shape
     ho, wo = out_size
 
@@ -64,7 +64,8 @@ def loop_oracle(feat, out_size, params, slicing, slice_ensemble=True):
                 last = (rows[0] + (k0 + 3) // len(cols), cols[0] + (k0 + 3) % len(cols))
 
             def coord(p):
-                return torch.tensor([-1 + (2 * p[0] + 1) / ho, -1 + (2 * p[1] + 1) / wo], dtype=feat.dtype)
+                return torch.tensor([-1 + (2 * p[0] + 1) / ho, -1 + (2 * p[1] + 1) / wo],
+                                    dtype=feat.dtype)
 
             scale = torch.tensor([h, w], dtype=feat.dtype)
             cell = torch.tensor([2 / ho, 2 / wo], dtype=feat.dtype) * scale
@@ -105,7 +106,8 @@ def test_reference_equals_loop_oracle(slicing, size, slice_ensemble):
 @pytest.mark.parametrize("name", list(SIZES))
 def test_torch_equals_reference_values_and_grads(name, slicing, slice_ensemble):
     feat = torch.randn(2, 4, 5, 7, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in diif_params(4, slice_ensemble=slice_ensemble).items()}
+    params = {k: v.requires_grad_()
+              for k, v in diif_params(4, slice_ensemble=slice_ensemble).items()}
     outs, grads = {}, {}
     upstream = torch.randn(2, 3, *SIZES[name])
     for backend in ("reference", "torch"):
@@ -125,7 +127,8 @@ def test_pixel_queries_equal_grid(backend):
     params = diif_params(4)
     size = (14, 19)
     grid = F.diif_decode(feat, size, params, backend=backend)
-    pixels = torch.stack([torch.randint(0, size[0], (2, 50)), torch.randint(0, size[1], (2, 50))], -1)
+    pixels = torch.stack([torch.randint(0, size[0], (2, 50)),
+                          torch.randint(0, size[1], (2, 50))], -1)
     got = F.diif_decode(feat, size, params, pixels=pixels, backend=backend)
     batch = torch.arange(2).unsqueeze(1)
     expected = grid.permute(0, 2, 3, 1)[batch, pixels[..., 0], pixels[..., 1]]
@@ -151,7 +154,8 @@ def test_large_scale_x30():
 
 def test_gradcheck_torch_float64():
     feat = torch.randn(1, 2, 2, 3, dtype=torch.float64, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in diif_params(2, hidden=4, dtype=torch.float64).items()}
+    params = {k: v.requires_grad_()
+              for k, v in diif_params(2, hidden=4, dtype=torch.float64).items()}
     keys = list(params)
 
     def fn(f, *ps):

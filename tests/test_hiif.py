@@ -1,11 +1,11 @@
-"""HIIF backends (SPEC.md §5): torch == reference in values and gradients, chunked ==
+"""HIIF backends (docs/hiif.md): torch == reference in values and gradients, chunked ==
 unchunked (the multi-pass global attention), both normalisers, strip attention."""
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_matches, conv_params, linear
+
 from implicit_kernels import functional as F
 from implicit_kernels import geometry
 from implicit_kernels.reference.hiif import attention_block, hierarchical_code, local_coord
@@ -145,7 +145,7 @@ def test_strip_attention(backend):
 
 
 def test_hierarchical_code_and_reflection():
-    """ALGORITHMS.md §4.2 steps 4 and 6 on hand-picked values."""
+    """docs/hiif.md#forward-pass, steps 4 and 6, on hand-picked values."""
     local = torch.tensor([[0.0, 0.3], [0.75, 0.999]])
     bits = torch.stack([hierarchical_code(local, level) for level in range(3)])
     # 0.3 = 0.0100..., 0.75 = 0.11, 0.999 = 0.1111...; 0 (minus 1e-9, clipped) = 0.
@@ -174,7 +174,8 @@ def test_torch_gradcheck_float64():
 
 
 def test_attention_is_the_papers_form():
-    """ALGORITHMS.md §4.3: the paper's ``V (K̂ᵀ Q̂) / √n`` (LayerNorm on K and Q) is the
+    """docs/hiif.md#multi-head-linear-attention: the paper's ``V (K̂ᵀ Q̂) / √n`` (LayerNorm on K
+    and Q) is the
     derivative's block with each head's q and v projections exchanged."""
     b, n, c, heads = 2, 20, 32, 4
     d = c // heads

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as nnf
+from conftest import assert_matches
 
 import models
 from implicit_kernels import _extension, backends, geometry
 from implicit_kernels import functional as F
 from implicit_kernels.torch_impl.hiif import _Decoder, prepare_hiif
-from conftest import assert_matches
 
 #: (LR size, output size): ×2, ×3, ×4 (ties), ×2 by ×3, and 6×6 → 13×13 (no ties).
 CASES = {"x2": ((5, 5), (10, 10)), "x3": ((5, 5), (15, 15)), "x4": ((4, 6), (16, 24)),

@@ -6,12 +6,12 @@ The operators' arguments are recorded from real decodes through the ``cpu`` back
 each test starts from a call that is valid and changes one thing."""
 import pytest
 import torch
+from conftest import conv_params, linear, mlp_params
+from test_hiif import hiif_params
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension
-from conftest import conv_params, linear, mlp_params
-from test_hiif import hiif_params
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 
@@ -36,10 +36,11 @@ def _decode_all():
     F.diif_decode(feat, (7, 9), {**mlp_params("coarse.layers.", [16 * c + 6, 16, 16]),
                                  **mlp_params("fine.layers.", [18, 16, 3])}, backend="cpu")
     F.liif_decode(feat, (7, 9), mlp_params("imnet.layers.", [9 * c + 4, 16, 3]), backend="cpu")
-    lte = {**conv_params("coef", 8, c), **conv_params("freq", 8, c), "phase.weight": linear(4, 2)[0],
-           **mlp_params("imnet.layers.", [8, 16, 3])}
+    lte = {**conv_params("coef", 8, c), **conv_params("freq", 8, c),
+           "phase.weight": linear(4, 2)[0], **mlp_params("imnet.layers.", [8, 16, 3])}
     F.lte_decode(feat, inp, (7, 9), lte, backend="cpu")
-    dlte = {**conv_params("coef", 4, c), **conv_params("freq", 4, c), "phase.weight": linear(8, 2)[0],
+    dlte = {**conv_params("coef", 4, c), **conv_params("freq", 4, c),
+            "phase.weight": linear(8, 2)[0],
             **mlp_params("coarse.layers.", [16, 16, 16]), **mlp_params("fine.layers.", [18, 16, 3])}
     F.dlte_decode(feat, inp, (7, 9), dlte, backend="cpu")
     F.hiif_decode(feat, inp, (7, 9), hiif_params(c_enc=c, c_z=16, head_dim=8, hidden=16),

@@ -2,10 +2,10 @@
 gradients, float64 gradcheck, opcheck, torch.compile, and input checks."""
 import pytest
 import torch
+from conftest import assert_compiles_fullgraph, assert_matches, mlp_params, opcheck_layouts
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
-from conftest import assert_compiles_fullgraph, assert_matches, mlp_params, opcheck_layouts
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 
@@ -35,7 +35,8 @@ def test_diif_values_and_grads_equal_reference(name, slicing):
     for backend in ("reference", "cpu"):
         out = F.diif_decode(feat, SIZES[name], params, slicing=slicing, backend=backend,
                             chunk_size=500)
-        results[backend] = (out.detach(), torch.autograd.grad(out, [feat, *params.values()], upstream))
+        results[backend] = (out.detach(),
+                            torch.autograd.grad(out, [feat, *params.values()], upstream))
     assert_matches(results["cpu"][0], results["reference"][0])
     for key, g, g_ref in zip(["feat", *params], results["cpu"][1], results["reference"][1]):
         assert_matches(g, g_ref, f"grad of {key}")

@@ -4,11 +4,17 @@ asymmetric scales in every slicing mode, chunked = unchunked, pixel queries, flo
 gradcheck, opcheck, torch.compile, and input checks."""
 import pytest
 import torch
+from conftest import (
+    assert_compiles_fullgraph,
+    assert_matches,
+    conv_params,
+    linear,
+    mlp_params,
+    opcheck_layouts,
+)
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, backends, geometry
-from conftest import (assert_compiles_fullgraph, assert_matches, conv_params, linear,
-                      mlp_params, opcheck_layouts)
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 

@@ -1,4 +1,5 @@
-"""Every configuration of the Triton autotuning lists (forward and backward) gives the reference's values and
+"""Every configuration of the Triton autotuning lists (forward and backward) gives the
+reference's values and
 gradients, pinned (``mlp.pinned``, as ``IK_TRITON_CONFIG`` does) and chosen by the
 autotuner after it has run every configuration in turn on the same buffers (as on a GPU's
 first call per key: partial-sum slots a configuration with larger tiles leaves unwritten
@@ -13,12 +14,11 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import assert_matches, triton_device
+from test_hiif import hiif_params, random_queries
 from test_triton_diif import decode_with_grads as diif_with_grads
 from test_triton_diif import diif_params
 from test_triton_hiif import SMALL, assert_same_as_reference, inputs
-from test_hiif import hiif_params, random_queries
 from test_triton_liif_lte import assert_triton_equals_reference, leaves
 
 DEVICE = triton_device()

@@ -8,11 +8,18 @@ not the GPU's) and small shapes."""
 
 import pytest
 import torch
+from conftest import (
+    assert_compiles_fullgraph,
+    assert_half_precision_close,
+    assert_matches,
+    mlp_params,
+    opcheck_layouts,
+    triton_device,
+    triton_gpu_only,
+)
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from conftest import (assert_compiles_fullgraph, assert_half_precision_close, assert_matches,
-                      mlp_params, opcheck_layouts, triton_device, triton_gpu_only)
 
 DEVICE = triton_device()
 

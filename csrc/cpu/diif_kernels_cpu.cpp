@@ -16,8 +16,7 @@ constexpr int64_t kGrain = 1024;
 
 }  // namespace
 
-at::Tensor slice_keys_cpu(const at::Tensor& pixels, int64_t q, const Dims& dims,
-                          Slicing slicing) {
+at::Tensor slice_keys_cpu(const at::Tensor& pixels, int64_t q, const Dims& dims, Slicing slicing) {
   const int64_t n = pixels.size(0);
   at::Tensor keys = empty_poisoned({n}, pixels.options());
   const int64_t* pix = pixels.data_ptr<int64_t>();
@@ -77,8 +76,8 @@ at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const
   return z;
 }
 
-std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels,
-                                                      const Dims& dims, at::ScalarType type) {
+std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels, const Dims& dims,
+                                                      at::ScalarType type) {
   const int64_t n = pixels.size(0), v = vertex_count(dims);
   at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));
   at::Tensor weights = empty_poisoned({n, v}, pixels.options().dtype(type));
@@ -88,8 +87,7 @@ std::tuple<at::Tensor, at::Tensor> offset_weights_cpu(const at::Tensor& pixels,
     scalar_t* w = weights.data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
-        pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, o + 2 * p,
-                                       w + v * p);
+        pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, o + 2 * p, w + v * p);
       }
     });
   });

@@ -26,8 +26,7 @@ constexpr int64_t kGrain = 4096;
 constexpr int64_t kMaxSize = int64_t(1) << 31;
 
 void check_size(c10::IntArrayRef size, const char* op, const char* name) {
-  TORCH_CHECK(size.size() == 2, op, ": ", name, " must have 2 entries (H, W), got ",
-              size.size());
+  TORCH_CHECK(size.size() == 2, op, ": ", name, " must have 2 entries (H, W), got ", size.size());
   for (const int64_t n : size) {
     TORCH_CHECK(n >= 1 && n < kMaxSize, op, ": ", name, " entries must be in [1, 2^31), got ",
                 size);
@@ -58,9 +57,9 @@ Slicing parse_slicing(c10::string_view slicing) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diif_slices_cpu(const at::Tensor& pixels,
-                                                                c10::IntArrayRef in_size,
-                                                                c10::IntArrayRef out_size,
-                                                                c10::string_view slicing) {
+                                                               c10::IntArrayRef in_size,
+                                                               c10::IntArrayRef out_size,
+                                                               c10::string_view slicing) {
   check_pairs(pixels, "diif_slices", "pixels");
   TORCH_CHECK(pixels.scalar_type() == at::kLong,
               "diif_slices: pixels must be int64 output indices, got ", pixels.scalar_type());
@@ -110,8 +109,7 @@ std::tuple<at::Tensor, at::Tensor> ensemble_neighbours_cpu(const at::Tensor& coo
                                                            c10::IntArrayRef size) {
   check_pairs(coord, "ensemble_neighbours", "coord");
   TORCH_CHECK(coord.scalar_type() == at::kFloat || coord.scalar_type() == at::kDouble,
-              "ensemble_neighbours: coord must be float32 or float64, got ",
-              coord.scalar_type());
+              "ensemble_neighbours: coord must be float32 or float64, got ", coord.scalar_type());
   check_size(size, "ensemble_neighbours", "size");
   check_finite(coord, "ensemble_neighbours", "coord");
 

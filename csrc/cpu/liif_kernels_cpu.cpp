@@ -25,8 +25,8 @@ int64_t row_grain(int64_t width) {
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> members_cpu(const at::Tensor& coord,
-                                                           const at::Tensor& cell,
-                                                           const Dims& dims, at::ScalarType type) {
+                                                           const at::Tensor& cell, const Dims& dims,
+                                                           at::ScalarType type) {
   const int64_t n = coord.size(0);
   at::Tensor index = empty_poisoned({n * kMembers}, coord.options().dtype(at::kLong));
   at::Tensor inputs = empty_poisoned({n * kMembers, kCoordInputs}, coord.options().dtype(type));
@@ -129,9 +129,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cpu(
         for (int t = 0; t < kMembers; ++t) {
           const int64_t r = kMembers * p + t, pixel = idx[r] * width;
           for (int64_t i = 0; i < m; ++i) {
-            g[i] += lte::fourier_feature_backward<scalar_t>(
-                i, m, cp + pixel, fp + pixel, pw, in + r * stride, gx + r * width,
-                gc + r * width, gf + r * width, ends);
+            g[i] += lte::fourier_feature_backward<scalar_t>(i, m, cp + pixel, fp + pixel, pw,
+                                                            in + r * stride, gx + r * width,
+                                                            gc + r * width, gf + r * width, ends);
           }
         }
       }

@@ -11,9 +11,9 @@ namespace diif {
 namespace {
 
 using cuda::blocks_for;
-using cuda::kThreads;
 using cuda::grid_index;
 using cuda::grid_stride;
+using cuda::kThreads;
 
 __global__ void slice_keys_kernel(const int64_t* __restrict__ pixels, int64_t n, int64_t q,
                                   Dims dims, Slicing slicing, int64_t* __restrict__ keys) {
@@ -94,8 +94,8 @@ cudaError_t launch_slice_inputs(const int64_t* keys, int64_t s, Dims dims, Slici
 }
 
 cudaError_t launch_blend(const int64_t* pixels, const int64_t* slice_of, int64_t n, Dims dims,
-                         DType type, const void* g, int64_t df, const void* wd,
-                         const void* bias, void* z, cudaStream_t stream) {
+                         DType type, const void* g, int64_t df, const void* wd, const void* bias,
+                         void* z, cudaStream_t stream) {
   if (n == 0 || df == 0) return cudaSuccess;
   switch (type) {
     case DType::kFloat32:
@@ -105,8 +105,7 @@ cudaError_t launch_blend(const int64_t* pixels, const int64_t* slice_of, int64_t
     case DType::kFloat16:
       return blend_as<__half, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
     case DType::kBFloat16:
-      return blend_as<__nv_bfloat16, float>(pixels, slice_of, n, dims, g, df, wd, bias, z,
-                                            stream);
+      return blend_as<__nv_bfloat16, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -26,8 +26,8 @@ cudaError_t launch_slice_inputs(const int64_t* keys, int64_t s, Dims dims, Slici
 // z (n x df, of type) = blend of g (s * 4 x df) for pixels (n x 2) of slices slice_of (n),
 // with wd (df x 2) and bias (df), all of `type`.
 cudaError_t launch_blend(const int64_t* pixels, const int64_t* slice_of, int64_t n, Dims dims,
-                         DType type, const void* g, int64_t df, const void* wd,
-                         const void* bias, void* z, cudaStream_t stream);
+                         DType type, const void* g, int64_t df, const void* wd, const void* bias,
+                         void* z, cudaStream_t stream);
 
 // offsets (n x 2) and weights (n x 4), of type kFloat32 or kFloat64, of pixels (n x 2).
 cudaError_t launch_offset_weights(const int64_t* pixels, int64_t n, Dims dims, DType type,

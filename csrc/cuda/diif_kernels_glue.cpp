@@ -23,8 +23,7 @@ using cuda::stream_of;
 
 }  // namespace
 
-at::Tensor slice_keys_cuda(const at::Tensor& pixels, int64_t q, const Dims& dims,
-                           Slicing slicing) {
+at::Tensor slice_keys_cuda(const at::Tensor& pixels, int64_t q, const Dims& dims, Slicing slicing) {
   const c10::cuda::CUDAGuard guard(pixels.device());
   at::Tensor keys = empty_poisoned({pixels.size(0)}, pixels.options());
   check_launch(launch_slice_keys(pixels.data_ptr<int64_t>(), pixels.size(0), q, dims, slicing,
@@ -40,8 +39,7 @@ std::tuple<at::Tensor, at::Tensor> slice_inputs_cuda(const at::Tensor& keys, con
   at::Tensor coords = empty_poisoned({s * v, kCoordInputs}, keys.options().dtype(type));
   at::Tensor corners = empty_poisoned({s * v}, keys.options());
   check_launch(launch_slice_inputs(keys.data_ptr<int64_t>(), s, dims, slicing, dtype_of(type),
-                                   coords.data_ptr(), corners.data_ptr<int64_t>(),
-                                   stream_of(keys)),
+                                   coords.data_ptr(), corners.data_ptr<int64_t>(), stream_of(keys)),
                "slice_inputs");
   return {coords, corners};
 }
@@ -58,8 +56,8 @@ at::Tensor blend_cuda(const at::Tensor& pixels, const at::Tensor& slice_of, cons
   return z;
 }
 
-std::tuple<at::Tensor, at::Tensor> offset_weights_cuda(const at::Tensor& pixels,
-                                                       const Dims& dims, at::ScalarType type) {
+std::tuple<at::Tensor, at::Tensor> offset_weights_cuda(const at::Tensor& pixels, const Dims& dims,
+                                                       at::ScalarType type) {
   const c10::cuda::CUDAGuard guard(pixels.device());
   const int64_t n = pixels.size(0);
   at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));

@@ -21,7 +21,8 @@ using cuda::kWarp;
 // Warp-wide sum, every lane gets the total.
 template <typename Acc>
 __device__ inline Acc warp_sum(Acc v) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
 
@@ -29,9 +30,9 @@ template <typename T, typename Acc>
 __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restrict__ row_sums,
                                   const T* __restrict__ w_extra, const T* __restrict__ coord,
                                   const T* __restrict__ cell, int64_t n, int64_t q, int64_t h,
-                                  int64_t w, bool public_centres, int64_t hidden,
-                                  int64_t channels, T* __restrict__ u,
-                                  int64_t* __restrict__ rows, Acc* __restrict__ aux) {
+                                  int64_t w, bool public_centres, int64_t hidden, int64_t channels,
+                                  T* __restrict__ u, int64_t* __restrict__ rows,
+                                  Acc* __restrict__ aux) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
   // Whole warps share a query, so the loop bound is uniform across a warp.
@@ -39,25 +40,24 @@ __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restric
     index_t row[4];
     Acc a[kAuxWidth];
     level0_stats<Acc>(static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]),
-                      static_cast<Acc>(cell[2 * p]), static_cast<Acc>(cell[2 * p + 1]), p / q, h,
-                      w, public_centres, maps, hidden, channels, row, a);
+                      static_cast<Acc>(cell[2 * p]), static_cast<Acc>(cell[2 * p + 1]), p / q, h, w,
+                      public_centres, maps, hidden, channels, row, a);
     if (lane == 0) {
       // Constant indices keep row and a in registers.
       for (int t = 0; t < 4; ++t) rows[4 * p + t] = row[t];
       for (int k = 0; k < kAuxWidth; ++k) aux[p * kAuxWidth + k] = a[k];
     }
     for (int64_t j = lane; j < hidden; j += kWarp) {
-      u[p * hidden + j] = static_cast<T>(level0_channel<Acc>(j, hidden, maps, row, a, row_sums,
-                                                              w_extra));
+      u[p * hidden + j] =
+          static_cast<T>(level0_channel<Acc>(j, hidden, maps, row, a, row_sums, w_extra));
     }
   }
 }
 
 template <typename T, typename Acc>
-__global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict__ coord,
-                                   int64_t n, int64_t c, int64_t h, int64_t w,
-                                   bool public_centres, int level, T* __restrict__ y,
-                                   Acc* __restrict__ rstd) {
+__global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict__ coord, int64_t n,
+                                   int64_t c, int64_t h, int64_t w, bool public_centres, int level,
+                                   T* __restrict__ y, Acc* __restrict__ rstd) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
   const int64_t width = c + 2;
@@ -79,7 +79,8 @@ __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict_
                     static_cast<Acc>(width);
     const Acc r = Acc(1) / sqrt_val(var + static_cast<Acc>(kLnEps));
     T* out = y + p * width;
-    for (int64_t j = lane; j < c; j += kWarp) out[j] = static_cast<T>((static_cast<Acc>(in[j]) - mean) * r);
+    for (int64_t j = lane; j < c; j += kWarp)
+      out[j] = static_cast<T>((static_cast<Acc>(in[j]) - mean) * r);
     if (lane == 0) {
       out[c] = static_cast<T>((by - mean) * r);
       out[c + 1] = static_cast<T>((bx - mean) * r);
@@ -107,13 +108,12 @@ int64_t warp_threads(int64_t n) { return n * kWarp; }
 template <typename T, typename Acc>
 cudaError_t level0_sum_as(const void* maps, const void* row_sums, const void* w_extra,
                           const void* coord, const void* cell, int64_t n, int64_t q, int64_t h,
-                          int64_t w, bool public_centres, int64_t hidden, int64_t channels,
-                          void* u, int64_t* rows, void* aux, cudaStream_t stream) {
+                          int64_t w, bool public_centres, int64_t hidden, int64_t channels, void* u,
+                          int64_t* rows, void* aux, cudaStream_t stream) {
   level0_sum_kernel<T, Acc><<<blocks_for(warp_threads(n)), kThreads, 0, stream>>>(
-      static_cast<const T*>(maps), static_cast<const T*>(row_sums),
-      static_cast<const T*>(w_extra), static_cast<const T*>(coord), static_cast<const T*>(cell),
-      n, q, h, w, public_centres, hidden, channels, static_cast<T*>(u), rows,
-      static_cast<Acc*>(aux));
+      static_cast<const T*>(maps), static_cast<const T*>(row_sums), static_cast<const T*>(w_extra),
+      static_cast<const T*>(coord), static_cast<const T*>(cell), n, q, h, w, public_centres, hidden,
+      channels, static_cast<T*>(u), rows, static_cast<Acc*>(aux));
   return cudaGetLastError();
 }
 
@@ -130,19 +130,22 @@ cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t 
 }  // namespace
 
 cudaError_t launch_level0_sum(const void* maps, const void* row_sums, const void* w_extra,
-                              const void* coord, const void* cell, int64_t n, int64_t q,
-                              int64_t h, int64_t w, bool public_centres, int64_t hidden,
-                              int64_t channels, DType type, void* u, int64_t* rows, void* aux,
-                              cudaStream_t stream) {
+                              const void* coord, const void* cell, int64_t n, int64_t q, int64_t h,
+                              int64_t w, bool public_centres, int64_t hidden, int64_t channels,
+                              DType type, void* u, int64_t* rows, void* aux, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-#define IK_LEVEL0_SUM(T, Acc)                                                                 \
+#define IK_LEVEL0_SUM(T, Acc)                                                                     \
   level0_sum_as<T, Acc>(maps, row_sums, w_extra, coord, cell, n, q, h, w, public_centres, hidden, \
                         channels, u, rows, aux, stream)
   switch (type) {
-    case DType::kFloat32: return IK_LEVEL0_SUM(float, float);
-    case DType::kFloat64: return IK_LEVEL0_SUM(double, double);
-    case DType::kFloat16: return IK_LEVEL0_SUM(__half, float);
-    case DType::kBFloat16: return IK_LEVEL0_SUM(__nv_bfloat16, float);
+    case DType::kFloat32:
+      return IK_LEVEL0_SUM(float, float);
+    case DType::kFloat64:
+      return IK_LEVEL0_SUM(double, double);
+    case DType::kFloat16:
+      return IK_LEVEL0_SUM(__half, float);
+    case DType::kBFloat16:
+      return IK_LEVEL0_SUM(__nv_bfloat16, float);
   }
 #undef IK_LEVEL0_SUM
   return cudaErrorInvalidValue;
@@ -155,10 +158,14 @@ cudaError_t launch_level_input(const void* x, const void* coord, int64_t n, int6
 #define IK_LEVEL_INPUT(T, Acc) \
   level_input_as<T, Acc>(x, coord, n, c, h, w, public_centres, level, y, rstd, stream)
   switch (type) {
-    case DType::kFloat32: return IK_LEVEL_INPUT(float, float);
-    case DType::kFloat64: return IK_LEVEL_INPUT(double, double);
-    case DType::kFloat16: return IK_LEVEL_INPUT(__half, float);
-    case DType::kBFloat16: return IK_LEVEL_INPUT(__nv_bfloat16, float);
+    case DType::kFloat32:
+      return IK_LEVEL_INPUT(float, float);
+    case DType::kFloat64:
+      return IK_LEVEL_INPUT(double, double);
+    case DType::kFloat16:
+      return IK_LEVEL_INPUT(__half, float);
+    case DType::kBFloat16:
+      return IK_LEVEL_INPUT(__nv_bfloat16, float);
   }
 #undef IK_LEVEL_INPUT
   return cudaErrorInvalidValue;
@@ -168,13 +175,13 @@ cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, boo
                          int levels, DType type, void* bits, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (type == DType::kFloat64) {
-    codes_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(
-        static_cast<const double*>(coord), n, h, w, public_centres, levels,
-        static_cast<double*>(bits));
+    codes_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const double*>(coord),
+                                                                 n, h, w, public_centres, levels,
+                                                                 static_cast<double*>(bits));
   } else if (type == DType::kFloat32) {
-    codes_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(
-        static_cast<const float*>(coord), n, h, w, public_centres, levels,
-        static_cast<float*>(bits));
+    codes_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const float*>(coord), n,
+                                                                h, w, public_centres, levels,
+                                                                static_cast<float*>(bits));
   } else {
     return cudaErrorInvalidValue;
   }

@@ -18,10 +18,9 @@ namespace hiif {
 // kFloat64, float otherwise).  public_centres: LR centres rounded as the public HIIF code
 // does (level_codes="public"), in this and the launchers below.
 cudaError_t launch_level0_sum(const void* maps, const void* row_sums, const void* w_extra,
-                              const void* coord, const void* cell, int64_t n, int64_t q,
-                              int64_t h, int64_t w, bool public_centres, int64_t hidden,
-                              int64_t channels, DType type, void* u, int64_t* rows, void* aux,
-                              cudaStream_t stream);
+                              const void* coord, const void* cell, int64_t n, int64_t q, int64_t h,
+                              int64_t w, bool public_centres, int64_t hidden, int64_t channels,
+                              DType type, void* u, int64_t* rows, void* aux, cudaStream_t stream);
 
 // Normalised input y (n x (c + 2), of `type`) of a later level from x (n x c) and coord
 // (n x 2), both of `type`; rstd (n, double for kFloat64, float otherwise).

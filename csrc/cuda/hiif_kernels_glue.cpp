@@ -25,13 +25,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cuda(
   const int64_t n = coord.size(0), hidden = row_sums.size(1);
   at::Tensor u = empty_poisoned({n, hidden}, maps.options());
   at::Tensor rows = empty_poisoned({n, 4}, maps.options().dtype(at::kLong));
-  at::Tensor aux = empty_poisoned(
-      {n, kAuxWidth}, maps.options().dtype(accumulate_type(maps.scalar_type())));
+  at::Tensor aux =
+      empty_poisoned({n, kAuxWidth}, maps.options().dtype(accumulate_type(maps.scalar_type())));
   cuda::check_launch(
-      launch_level0_sum(maps.data_ptr(), row_sums.data_ptr(), w_extra.data_ptr(),
-                        coord.data_ptr(), cell.data_ptr(), n, q, maps.size(1), maps.size(2),
-                        public_centres, hidden, channels, cuda::dtype_of(maps.scalar_type(), kOp),
-                        u.data_ptr(),
+      launch_level0_sum(maps.data_ptr(), row_sums.data_ptr(), w_extra.data_ptr(), coord.data_ptr(),
+                        cell.data_ptr(), n, q, maps.size(1), maps.size(2), public_centres, hidden,
+                        channels, cuda::dtype_of(maps.scalar_type(), kOp), u.data_ptr(),
                         rows.data_ptr<int64_t>(), aux.data_ptr(), cuda::stream_of(maps)),
       kOp, "level0_sum");
   return {u, rows, aux};
@@ -44,11 +43,11 @@ std::tuple<at::Tensor, at::Tensor> level_input_cuda(const at::Tensor& x, const a
   const int64_t n = x.size(0), c = x.size(1);
   at::Tensor y = empty_poisoned({n, c + 2}, x.options());
   at::Tensor rstd = empty_poisoned({n}, x.options().dtype(accumulate_type(x.scalar_type())));
-  cuda::check_launch(launch_level_input(x.data_ptr(), coord.data_ptr(), n, c, h, w,
-                                        public_centres, static_cast<int>(level),
-                                        cuda::dtype_of(x.scalar_type(), kOp), y.data_ptr(),
-                                        rstd.data_ptr(), cuda::stream_of(x)),
-                     kOp, "level_input");
+  cuda::check_launch(
+      launch_level_input(x.data_ptr(), coord.data_ptr(), n, c, h, w, public_centres,
+                         static_cast<int>(level), cuda::dtype_of(x.scalar_type(), kOp),
+                         y.data_ptr(), rstd.data_ptr(), cuda::stream_of(x)),
+      kOp, "level_input");
   return {y, rstd};
 }
 
@@ -59,11 +58,11 @@ at::Tensor codes_cuda(const at::Tensor& coord, int64_t h, int64_t w, int64_t lev
               "implicit_kernels::hiif_codes: coord must be float32 or float64 on CUDA, got ",
               coord.scalar_type());
   at::Tensor bits = empty_poisoned({coord.size(0), levels, 2}, coord.options());
-  cuda::check_launch(launch_codes(coord.data_ptr(), coord.size(0), h, w, public_centres,
-                                  static_cast<int>(levels),
-                                  cuda::dtype_of(coord.scalar_type(), kOp), bits.data_ptr(),
-                                  cuda::stream_of(coord)),
-                     kOp, "codes");
+  cuda::check_launch(
+      launch_codes(coord.data_ptr(), coord.size(0), h, w, public_centres, static_cast<int>(levels),
+                   cuda::dtype_of(coord.scalar_type(), kOp), bits.data_ptr(),
+                   cuda::stream_of(coord)),
+      kOp, "codes");
   return bits;
 }
 

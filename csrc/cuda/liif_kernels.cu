@@ -13,14 +13,14 @@ namespace {
 
 using cuda::blocks_for;
 using cuda::grid_index;
-using cuda::kThreads;
 using cuda::grid_stride;
+using cuda::kThreads;
 
 // One thread per query: its 4 members' geometry.
 template <typename T, typename Acc>
-__global__ void members_kernel(const T* __restrict__ coord, const T* __restrict__ cell,
-                               int64_t n, Dims dims, int64_t* __restrict__ index,
-                               Acc* __restrict__ inputs, Acc* __restrict__ weights) {
+__global__ void members_kernel(const T* __restrict__ coord, const T* __restrict__ cell, int64_t n,
+                               Dims dims, int64_t* __restrict__ index, Acc* __restrict__ inputs,
+                               Acc* __restrict__ weights) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     query_members<Acc>(p, static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]),
                        static_cast<Acc>(cell[2 * p]), static_cast<Acc>(cell[2 * p + 1]), dims,
@@ -62,15 +62,11 @@ __global__ void lte_features_kernel(const T* __restrict__ coef, const T* __restr
 // One thread per (query p, pair i): the 4 members' gradients of pair i, and their sum
 // for d/dphi_i (no atomics: the thread owns grad_phi[p, i]).
 template <typename T, typename Acc>
-__global__ void lte_features_backward_kernel(const T* __restrict__ grad_x,
-                                             const T* __restrict__ coef,
-                                             const T* __restrict__ freq,
-                                             const T* __restrict__ phase_w,
-                                             const int64_t* __restrict__ index,
-                                             const Acc* __restrict__ inputs, int ends,
-                                             int64_t n, int64_t m, Acc* __restrict__ grad_coef,
-                                             Acc* __restrict__ grad_freq,
-                                             Acc* __restrict__ grad_phi) {
+__global__ void lte_features_backward_kernel(
+    const T* __restrict__ grad_x, const T* __restrict__ coef, const T* __restrict__ freq,
+    const T* __restrict__ phase_w, const int64_t* __restrict__ index,
+    const Acc* __restrict__ inputs, int ends, int64_t n, int64_t m, Acc* __restrict__ grad_coef,
+    Acc* __restrict__ grad_freq, Acc* __restrict__ grad_phi) {
   const int64_t stride = 2 * ends + 2;
   for (int64_t e = grid_index(); e < n * m; e += grid_stride()) {
     const int64_t p = e / m, i = e - p * m;
@@ -86,8 +82,8 @@ __global__ void lte_features_backward_kernel(const T* __restrict__ grad_x,
 }
 
 template <typename T, typename Acc>
-cudaError_t members_as(const void* coord, const void* cell, int64_t n, Dims dims,
-                       int64_t* index, void* inputs, void* weights, cudaStream_t stream) {
+cudaError_t members_as(const void* coord, const void* cell, int64_t n, Dims dims, int64_t* index,
+                       void* inputs, void* weights, cudaStream_t stream) {
   members_kernel<T, Acc><<<blocks_for(n), kThreads, 0, stream>>>(
       static_cast<const T*>(coord), static_cast<const T*>(cell), n, dims, index,
       static_cast<Acc*>(inputs), static_cast<Acc*>(weights));
@@ -100,15 +96,14 @@ cudaError_t first_layer_as(const void* proj, const int64_t* index, const void* i
                            void* x, cudaStream_t stream) {
   liif_first_layer_kernel<T, Acc><<<blocks_for(rows * d), kThreads, 0, stream>>>(
       static_cast<const T*>(proj), index, static_cast<const Acc*>(inputs),
-      static_cast<const T*>(w_rc), static_cast<const T*>(b0), rows, d, relu,
-      static_cast<T*>(x));
+      static_cast<const T*>(w_rc), static_cast<const T*>(b0), rows, d, relu, static_cast<T*>(x));
   return cudaGetLastError();
 }
 
 template <typename T, typename Acc>
 cudaError_t features_as(const void* coef, const void* freq, const void* phase_w,
-                        const int64_t* index, const void* inputs, int ends, int64_t rows,
-                        int64_t m, void* x, cudaStream_t stream) {
+                        const int64_t* index, const void* inputs, int ends, int64_t rows, int64_t m,
+                        void* x, cudaStream_t stream) {
   lte_features_kernel<T, Acc><<<blocks_for(rows * m), kThreads, 0, stream>>>(
       static_cast<const T*>(coef), static_cast<const T*>(freq), static_cast<const T*>(phase_w),
       index, static_cast<const Acc*>(inputs), ends, rows, m, static_cast<T*>(x));
@@ -118,8 +113,8 @@ cudaError_t features_as(const void* coef, const void* freq, const void* phase_w,
 template <typename T, typename Acc>
 cudaError_t features_backward_as(const void* grad_x, const void* coef, const void* freq,
                                  const void* phase_w, const int64_t* index, const void* inputs,
-                                 int ends, int64_t n, int64_t m, void* grad_coef,
-                                 void* grad_freq, void* grad_phi, cudaStream_t stream) {
+                                 int ends, int64_t n, int64_t m, void* grad_coef, void* grad_freq,
+                                 void* grad_phi, cudaStream_t stream) {
   lte_features_backward_kernel<T, Acc><<<blocks_for(n * m), kThreads, 0, stream>>>(
       static_cast<const T*>(grad_x), static_cast<const T*>(coef), static_cast<const T*>(freq),
       static_cast<const T*>(phase_w), index, static_cast<const Acc*>(inputs), ends, n, m,
@@ -128,20 +123,23 @@ cudaError_t features_backward_as(const void* grad_x, const void* coef, const voi
 }
 
 // Returns fn<T, Acc>(args...) for the storage type `type`.
-#define IK_LIIF_DISPATCH(type, fn, ...)                                        \
-  switch (type) {                                                              \
-    case DType::kFloat32: return fn<float, float>(__VA_ARGS__);                \
-    case DType::kFloat64: return fn<double, double>(__VA_ARGS__);              \
-    case DType::kFloat16: return fn<__half, float>(__VA_ARGS__);               \
-    case DType::kBFloat16: return fn<__nv_bfloat16, float>(__VA_ARGS__);       \
-  }                                                                            \
+#define IK_LIIF_DISPATCH(type, fn, ...)             \
+  switch (type) {                                   \
+    case DType::kFloat32:                           \
+      return fn<float, float>(__VA_ARGS__);         \
+    case DType::kFloat64:                           \
+      return fn<double, double>(__VA_ARGS__);       \
+    case DType::kFloat16:                           \
+      return fn<__half, float>(__VA_ARGS__);        \
+    case DType::kBFloat16:                          \
+      return fn<__nv_bfloat16, float>(__VA_ARGS__); \
+  }                                                 \
   return cudaErrorInvalidValue
 
 }  // namespace
 
-cudaError_t launch_members(const void* coord, const void* cell, int64_t n, Dims dims,
-                           DType type, int64_t* index, void* inputs, void* weights,
-                           cudaStream_t stream) {
+cudaError_t launch_members(const void* coord, const void* cell, int64_t n, Dims dims, DType type,
+                           int64_t* index, void* inputs, void* weights, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   IK_LIIF_DISPATCH(type, members_as, coord, cell, n, dims, index, inputs, weights, stream);
 }
@@ -150,18 +148,15 @@ cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, cons
                                     const void* w_rc, const void* b0, int64_t rows, int64_t d,
                                     bool relu, DType type, void* x, cudaStream_t stream) {
   if (rows == 0 || d == 0) return cudaSuccess;
-  IK_LIIF_DISPATCH(type, first_layer_as, proj, index, inputs, w_rc, b0, rows, d, relu, x,
-                   stream);
+  IK_LIIF_DISPATCH(type, first_layer_as, proj, index, inputs, w_rc, b0, rows, d, relu, x, stream);
 }
 
 cudaError_t launch_lte_features(const void* coef, const void* freq, const void* phase_w,
-                                const int64_t* index, const void* inputs, int ends,
-                                int64_t rows, int64_t m, DType type, void* x,
-                                cudaStream_t stream) {
+                                const int64_t* index, const void* inputs, int ends, int64_t rows,
+                                int64_t m, DType type, void* x, cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
   if (ends < 1) return cudaErrorInvalidValue;
-  IK_LIIF_DISPATCH(type, features_as, coef, freq, phase_w, index, inputs, ends, rows, m, x,
-                   stream);
+  IK_LIIF_DISPATCH(type, features_as, coef, freq, phase_w, index, inputs, ends, rows, m, x, stream);
 }
 
 cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, const void* freq,
@@ -171,8 +166,8 @@ cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, c
                                          void* grad_phi, cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
   if (ends < 1) return cudaErrorInvalidValue;
-  IK_LIIF_DISPATCH(type, features_backward_as, grad_x, coef, freq, phase_w, index, inputs,
-                   ends, rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
+  IK_LIIF_DISPATCH(type, features_backward_as, grad_x, coef, freq, phase_w, index, inputs, ends,
+                   rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
 }
 
 #undef IK_LIIF_DISPATCH

@@ -10,16 +10,15 @@
 
 #include <cstdint>
 
-#include "launch.h"
 #include "ik/lte_decode.h"
+#include "launch.h"
 
 namespace ik {
 namespace liif {
 
 // index (4n), inputs (4n x 4) and weights (n x 4) of the n queries coord, cell (n x 2).
-cudaError_t launch_members(const void* coord, const void* cell, int64_t n, Dims dims,
-                           DType type, int64_t* index, void* inputs, void* weights,
-                           cudaStream_t stream);
+cudaError_t launch_members(const void* coord, const void* cell, int64_t n, Dims dims, DType type,
+                           int64_t* index, void* inputs, void* weights, cudaStream_t stream);
 
 // x (rows x d) = first layer of the member rows, from proj (pixels x d), w_rc (d x 4), b0 (d).
 cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, const void* inputs,
@@ -29,9 +28,8 @@ cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, cons
 // x (rows x 2m) = Fourier features from coef, freq (pixels x 2m) and phase_w (m x 2), with
 // inputs (rows x (2 ends + 2)): `ends` offsets then the scaled cell (LTE 1, DLTE 2).
 cudaError_t launch_lte_features(const void* coef, const void* freq, const void* phase_w,
-                                const int64_t* index, const void* inputs, int ends,
-                                int64_t rows, int64_t m, DType type, void* x,
-                                cudaStream_t stream);
+                                const int64_t* index, const void* inputs, int ends, int64_t rows,
+                                int64_t m, DType type, void* x, cudaStream_t stream);
 
 // Backward of launch_lte_features from grad_x (rows x 2m): grad_coef, grad_freq (rows x 2m)
 // and grad_phi (rows / 4 x m), summed over each query's members (DLTE: a slice's vertices).

@@ -43,11 +43,11 @@ at::Tensor liif_first_layer_cuda(const at::Tensor& proj, const at::Tensor& index
   const c10::cuda::CUDAGuard guard(proj.device());
   const int64_t rows = index.size(0), d = proj.size(1);
   at::Tensor x = empty_poisoned({rows, d}, proj.options());
-  check_launch(launch_liif_first_layer(proj.data_ptr(), index.data_ptr<int64_t>(),
-                                       inputs.data_ptr(), w_rc.data_ptr(), b0.data_ptr(), rows,
-                                       d, relu, dtype_of(proj.scalar_type(), kOp), x.data_ptr(),
-                                       stream_of(proj)),
-               kOp, "liif_first_layer");
+  check_launch(
+      launch_liif_first_layer(proj.data_ptr(), index.data_ptr<int64_t>(), inputs.data_ptr(),
+                              w_rc.data_ptr(), b0.data_ptr(), rows, d, relu,
+                              dtype_of(proj.scalar_type(), kOp), x.data_ptr(), stream_of(proj)),
+      kOp, "liif_first_layer");
   return x;
 }
 
@@ -57,11 +57,10 @@ at::Tensor lte_features_cuda(const at::Tensor& coef, const at::Tensor& freq,
   const c10::cuda::CUDAGuard guard(coef.device());
   const int64_t rows = index.size(0), width = coef.size(1);
   at::Tensor x = empty_poisoned({rows, width}, coef.options());
-  check_launch(launch_lte_features(coef.data_ptr(), freq.data_ptr(), phase_w.data_ptr(),
-                                   index.data_ptr<int64_t>(), inputs.data_ptr(),
-                                   features_ends(inputs), rows, width / 2,
-                                   dtype_of(coef.scalar_type(), kOp), x.data_ptr(),
-                                   stream_of(coef)),
+  check_launch(launch_lte_features(
+                   coef.data_ptr(), freq.data_ptr(), phase_w.data_ptr(), index.data_ptr<int64_t>(),
+                   inputs.data_ptr(), features_ends(inputs), rows, width / 2,
+                   dtype_of(coef.scalar_type(), kOp), x.data_ptr(), stream_of(coef)),
                kOp, "lte_features");
   return x;
 }
@@ -78,8 +77,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cuda(
   check_launch(launch_lte_features_backward(
                    grad_x.data_ptr(), coef.data_ptr(), freq.data_ptr(), phase_w.data_ptr(),
                    index.data_ptr<int64_t>(), inputs.data_ptr(), features_ends(inputs), rows,
-                   width / 2, dtype_of(coef.scalar_type(), kOp), grad_coef.data_ptr(), grad_freq.data_ptr(),
-                   grad_phi.data_ptr(), stream_of(coef)),
+                   width / 2, dtype_of(coef.scalar_type(), kOp), grad_coef.data_ptr(),
+                   grad_freq.data_ptr(), grad_phi.data_ptr(), stream_of(coef)),
                kOp, "lte_features_backward");
   return {grad_coef, grad_freq, grad_phi};
 }

@@ -2,7 +2,7 @@
 (csrc/diif_decode.cpp): its fake (meta) implementation, its autograd, and the backend
 function.
 
-The operator takes the decoder after SPEC.md §3's splits; the 4×4 corner projection is
+The operator takes the decoder after the splits of docs/diif.md; the 4×4 corner projection is
 formed once per public call by :func:`prepare_diif` (a convolution, differentiated by
 PyTorch), the rest — grouping, slicing, the coarse stage per slice and vertex, the slice
 ensemble and the fine stage — in the operator.  The "w/o se" ablation is the same
@@ -19,8 +19,7 @@ import torch
 
 from .. import _extension
 from .. import _validate as check
-from ..torch_impl.diif import (prepare_diif,  # noqa: F401  (the same projections)
-                               prepare_diif_without_ensemble)
+from ..torch_impl.diif import prepare_diif, prepare_diif_without_ensemble  # noqa: F401  (the same projections)
 
 OP = "implicit_kernels::diif_decode"
 

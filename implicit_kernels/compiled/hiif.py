@@ -32,8 +32,8 @@ import torch
 from .. import _extension
 from .. import _validate as check
 from ..reference.lte import bilinear_skip
-from .liif import check_coordinates_constant
 from ..torch_impl import hiif as torch_hiif
+from .liif import check_coordinates_constant
 
 NS = "implicit_kernels::"
 _ops = torch.ops.implicit_kernels

@@ -1,6 +1,6 @@
 """DIIF decode in Triton: the operator ``implicit_kernels::diif_decode_triton``.
 
-The decoder after SPEC.md §3's splits, with the C++ operator's arguments
+The decoder after the splits of docs/diif.md, with the C++ operator's arguments
 (:func:`implicit_kernels.compiled.diif._op_inputs`):
 
 * per public call, the 4×4 corner projection ``W_z·z_t`` (a convolution,
@@ -42,9 +42,9 @@ import triton
 import triton.language as tl
 
 from .. import geometry
-from . import grid, mlp
 from ..compiled.diif import _op_inputs, backward_arguments, setup_context
 from ..torch_impl.diif import ENSEMBLE_VERTICES, prepare_diif  # noqa: F401  (same projection)
+from . import grid, mlp
 
 OP = "implicit_kernels::diif_decode_triton"
 #: Columns of the per-slice table: image, group (row, col), first and last pixel (row, col).
@@ -279,7 +279,8 @@ class _Chunk:
                      "PRECISION": mlp.precision(corner_proj)}
 
     def device_guard(self):
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        return (torch.cuda.device(self.device) if self.device.type == "cuda"
+                else contextlib.nullcontext())
 
     def coarse_args(self):
         return (self.table, self.corner, self.wc, self.b0, self.w1, self.b1, self.wh)
@@ -375,7 +376,8 @@ def diif_decode_triton_backward(
                    c.n_slices, *c.sizes(), c.dc, c.df, grid_extra=(4,), **c.meta)
     g_out = dout.to(torch.float32)
     # The coarse first layer's coordinate inputs, per row 4s + t (as _coarse_input).
-    cell = (2 * torch.tensor(c.in_size, **f32) / torch.tensor(c.out_size, **f32)).expand(c.n_slices, 2)
+    cell = (2 * torch.tensor(c.in_size, **f32)
+            / torch.tensor(c.out_size, **f32)).expand(c.n_slices, 2)
     rel_first = geometry.diif_rel(c.s_first, c.s_group, c.in_size, c.out_size, torch.float32)
     rel_last = geometry.diif_rel(c.s_last, c.s_group, c.in_size, c.out_size, torch.float32)
     x6 = torch.stack([torch.cat([rel_first - d.new_tensor(o), rel_last - d.new_tensor(o), cell], 1)

@@ -1,5 +1,6 @@
 """Triton building blocks of the LIIF-family local ensemble, shared by LIIF and LTE
-(SPEC.md §1–2): the four members of each query, the MLP that decodes every member, the
+(docs/conventions.md#local-ensemble, docs/liif-lte.md): the four members of each query,
+the MLP that decodes every member, the
 area-weighted blend, and the host-side bookkeeping of their backward.
 
 A kernel tile holds ``ROWS`` *member rows*: row ``r = 4q + t`` is member ``t`` (LIIF's

@@ -271,8 +271,8 @@ def _head_rows(x, w_ptr, b_ptr, first, c, c_ok, i, i_ok, C, PRECISION: tl.conste
 @triton.jit
 def _head_weight(w_ptr, first, c, c_ok, i, i_ok, C):
     """``W[first + i]`` as ``[BLOCK_D, BLOCK_C]`` (zero outside ``d × C``)."""
-    return tl.load(w_ptr + (first + i)[:, None] * C + c[None, :], mask=i_ok[:, None] & c_ok[None, :],
-                   other=0.0)
+    return tl.load(w_ptr + (first + i)[:, None] * C + c[None, :],
+                   mask=i_ok[:, None] & c_ok[None, :], other=0.0)
 
 
 @triton.jit
@@ -330,7 +330,8 @@ def _stats_kernel(x_ptr, qkv_w_ptr, qkv_b_ptr, kln_w_ptr, kln_b_ptr, vln_w_ptr, 
                   ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Per head, ``Σ k̂ᵀv̂`` over this program's queries → ``part[image, tile, head]``
-    (``B×tiles×heads×d×d`` fp32; ``tiles`` ≥ this launch's programs per image).  x: ``B×m×C``; qkv_w: ``3C×C``.  (``BLOCK_N``, of the
+    (``B×tiles×heads×d×d`` fp32; ``tiles`` ≥ this launch's programs per image).
+    x: ``B×m×C``; qkv_w: ``3C×C``.  (``BLOCK_N``, of the
     shared launch configuration, is unused: no hidden layer.)"""
     p, row_ok, c, c_ok, x = _image_tile(x_ptr, m, C, ROWS, BLOCK_C)
     i = tl.arange(0, BLOCK_D)
@@ -670,8 +671,8 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     # The stores above are read back below by other threads of this program.
     tl.debug_barrier()
     o = tl.arange(0, BLOCK_O)
-    gy = tl.load(dout_ptr + p[:, None] * NOUT + o[None, :], mask=p_ok[:, None] & (o[None, :] < NOUT),
-                 other=0.0).to(tl.float32)
+    gy = tl.load(dout_ptr + p[:, None] * NOUT + o[None, :],
+                 mask=p_ok[:, None] & (o[None, :] < NOUT), other=0.0).to(tl.float32)
     dx = _level_backward(gy, LEVELS - 1, ly, lx, p, p_ok, inputs_ptr, norm_w_ptr, norm_b_ptr,
                          w1_ptr, b1_ptr, last_w_ptr, ln_out_ptr, hidden_ptr, delta_ptr,
                          dnorm_ptr, P, C, HID, NOUT, LEVELS, ROWS, BLOCK_C, BLOCK_N, BLOCK_O,
@@ -853,7 +854,8 @@ def hiif_attention_stats_triton_backward(
     d_qkv_b = torch.zeros(heads, 3, d, **f32)
     d_qkv_b[:, 1:] = dkv.sum(0)
     d_norm = dnorm.sum((0, 1))
-    return _cast((dx, d_qkv_w.view(3 * c, c), d_qkv_b.view(3 * c), *[g.clone() for g in d_norm.unbind(0)]),
+    return _cast((dx, d_qkv_w.view(3 * c, c), d_qkv_b.view(3 * c),
+                  *[g.clone() for g in d_norm.unbind(0)]),
                  (x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b))
 
 
@@ -977,7 +979,8 @@ def hiif_levels_triton_backward(
     out_grads = [*dlevel_out[:count - 1], gy]
     d_norm = dnorm.sum(0)
     # Clones: an operator's outputs may not alias one another.
-    grads = ([d_norm[j, 0].clone() for j in range(count)], [d_norm[j, 1].clone() for j in range(count)],
+    grads = ([d_norm[j, 0].clone() for j in range(count)],
+             [d_norm[j, 1].clone() for j in range(count)],
              [delta[j].t() @ ln_out[j] for j in range(count)],
              [delta[j].sum(0) for j in range(count)],
              [g.t() @ hidden[j] for j, g in enumerate(out_grads)],

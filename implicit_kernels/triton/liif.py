@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import ensemble, mlp
 from ..compiled.liif import _op_inputs, check_coordinates_constant, prepare_liif, register_decode
+from . import ensemble, mlp
 
 __all__ = ["liif", "prepare_liif"]
 

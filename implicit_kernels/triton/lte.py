@@ -27,10 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import ensemble, mlp
 from ..compiled.liif import check_coordinates_constant, register_decode
 from ..compiled.lte import _op_inputs, prepare_lte
 from ..reference.lte import bilinear_skip
+from . import ensemble, mlp
 
 __all__ = ["lte", "prepare_lte"]
 

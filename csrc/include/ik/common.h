@@ -126,9 +126,13 @@ IK_HD T clamp_val(T x, T lo, T hi) {
 }
 
 template <typename T>
-IK_HD T min_val(T a, T b) { return b < a ? b : a; }
+IK_HD T min_val(T a, T b) {
+  return b < a ? b : a;
+}
 template <typename T>
-IK_HD T max_val(T a, T b) { return a < b ? b : a; }
+IK_HD T max_val(T a, T b) {
+  return a < b ? b : a;
+}
 
 // Python/torch floor division and modulo for a positive divisor (C++ `/` truncates).
 IK_HD index_t floor_div(index_t a, index_t b) {

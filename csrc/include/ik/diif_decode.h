@@ -1,4 +1,4 @@
-// Per-element pieces of the fused DIIF decode (SPEC.md §3), shared by the CPU loops
+// Per-element pieces of the fused DIIF decode (docs/diif.md), shared by the CPU loops
 // (csrc/cpu/diif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/diif_kernels.cu).
 //
 // The decode runs in three element-wise steps around dense layers (csrc/diif_decode.cpp):
@@ -101,8 +101,8 @@ IK_HD void pixel_offset_weights(index_t r, index_t c, const Dims& d, T offset[2]
 // (g: the pixel's slice's `vertices` x df block of W_h·H_t). Acc accumulates (float for
 // half T).
 template <typename Acc, typename T>
-IK_HD Acc blend_channel(index_t j, index_t df, int vertices, const T* g, const T* wd,
-                        const T* bias, const Acc offset[2], const Acc weight[4]) {
+IK_HD Acc blend_channel(index_t j, index_t df, int vertices, const T* g, const T* wd, const T* bias,
+                        const Acc offset[2], const Acc weight[4]) {
   Acc z = static_cast<Acc>(bias[j]) + static_cast<Acc>(wd[2 * j]) * offset[0] +
           static_cast<Acc>(wd[2 * j + 1]) * offset[1];
   for (int t = 0; t < vertices; ++t) z += weight[t] * static_cast<Acc>(g[t * df + j]);

@@ -33,9 +33,9 @@ constexpr int kAuxWeight = 0, kAuxDev = 4, kAuxExtraDev = 8, kAuxRstd = 12, kAux
 // `aux`.  `cell_y`, `cell_x` are the unscaled cell; `channels` the code width C;
 // `public_centres` as in query().
 template <typename Acc, typename T>
-IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h,
-                        index_t w, bool public_centres, const T* maps, index_t hidden,
-                        index_t channels, index_t row[4], Acc aux[kAuxWidth]) {
+IK_HD void level0_stats(Acc qy, Acc qx, Acc cell_y, Acc cell_x, index_t b, index_t h, index_t w,
+                        bool public_centres, const T* maps, index_t hidden, index_t channels,
+                        index_t row[4], Acc aux[kAuxWidth]) {
   const Query<Acc> q = query(qy, qx, h, w, public_centres);
   const index_t stride = hidden + 2;
   const Acc c = static_cast<Acc>(channels);

@@ -1,4 +1,4 @@
-// Per-element pieces of the fused LTE decode (SPEC.md §2), shared by the CPU loops
+// Per-element pieces of the fused LTE decode (docs/liif-lte.md), shared by the CPU loops
 // (csrc/cpu/liif_kernels_cpu.cpp) and the CUDA kernels (csrc/cuda/liif_kernels.cu).
 //
 // LTE decodes each query from LIIF's 4 local-ensemble members (liif::query_members).  Per
@@ -53,8 +53,8 @@ IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* fre
 // cell, is the phase weight's gradient.
 template <typename Acc, typename T>
 IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, const T* freq_row,
-                                   const T* phase_w, const Acc* in, const T* gx_row,
-                                   Acc* g_coef, Acc* g_freq, int ends = 1) {
+                                   const T* phase_w, const Acc* in, const T* gx_row, Acc* g_coef,
+                                   Acc* g_freq, int ends = 1) {
   Acc s, c;
   sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
   const Acc g_cos = static_cast<Acc>(gx_row[i]), g_sin = static_cast<Acc>(gx_row[m + i]);
