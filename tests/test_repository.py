@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: What a tracked file must not say: paths outside the checkout, section citations of
 #: documents that are not in it, issue numbers.
-OUTSIDE = re.compile(r"\.\./shared|\b(SPEC|ALGORITHMS|PERFORMANCE|EXEMPLARS)\.md|\bSPEC §"
-                     r"|\bissue #?\d+|#\d+ \(issue\)", re.IGNORECASE)
+#: (Bracketed letters keep a plain grep of the repository for these words from matching
+#: this file.)
+OUTSIDE = re.compile(r"\.\./[s]hared|\b([S]PEC|[A]LGORITHMS|[P]ERFORMANCE|[E]XEMPLARS)\.md"
+                     r"|\b[S]PEC §|\b[i]ssue #?\d+|#\d+ \([i]ssue\)", re.IGNORECASE)
 
 
 def tracked(*patterns: str) -> list[Path]:
@@ -35,8 +37,6 @@ def files():
 def test_no_file_points_outside_the_repository(files):
     hits = []
     for path in files:
-        if path == Path(__file__).resolve():  # this file spells the patterns out
-            continue
         try:
             text = path.read_text()
         except UnicodeDecodeError:
@@ -48,8 +48,9 @@ def test_no_file_points_outside_the_repository(files):
 
 
 def test_the_pattern_catches_what_it_should():
-    for bad in ("see ../shared/SPEC.md", "SPEC.md §3", "ALGORITHMS.md §4.2", "issue #12",
-                "fixed in issue 7"):
+    spec, algorithms = "SP" + "EC", "ALGOR" + "ITHMS"
+    for bad in (f"see ../sha{'red'}/{spec}.md", f"{spec}.md §3", f"{algorithms}.md §4.2",
+                "iss" + "ue #12", "fixed in iss" + "ue 7"):
         assert OUTSIDE.search(bad), bad
     for good in ("docs/diif.md", "see docs/hiif.md#parameter-count", "the spec in code"):
         assert not OUTSIDE.search(good), good
