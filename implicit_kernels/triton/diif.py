@@ -28,6 +28,13 @@ coarse MLP per slice and vertex.  The kernels write each Linear's input and
 pre-activation gradient per row (fp32, bounded by the chunk), so the weight gradients
 are GEMMs (``dW = δᵀ·x``) and the corner gradient one ``index_put``.
 
+The "w/o se" ablation (``slice_ensemble=False``, :func:`diif_without_ensemble`) runs the same
+kernels with one vertex per slice (constexpr ``V = 1``): the projection is the 3×3 code's at
+every LR pixel (:func:`prepare_diif_without_ensemble`), the vertex the group's own pixel at
+offset 0, ``G`` one row per slice and the fine stage's input ``G[slice]`` unweighted.  DLTE
+(:mod:`.dlte`) runs them with the first coarse layer's pre-activations given per row
+(constexpr ``PRE_GIVEN``).
+
 Supported: the papers' depths (coarse 2 layers, fine 3 layers), any hidden widths
 (blocks are the next power of two ≥ the width, ≥ 16 for ``tl.dot``, masked), fp32
 (tf32 when ``torch.backends.cuda.matmul.allow_tf32``), and fp16/bf16 storage with fp32
