@@ -135,7 +135,8 @@ def _triton_requirements():
 # Under Triton's interpreter the kernels run on CPU tensors; compiled, on CUDA only.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 register(Backend("triton", "implicit_kernels.triton",
-                 "Triton kernels (DIIF, LIIF, LTE, HIIF; CUDA, or CPU under TRITON_INTERPRET=1)",
+                 "Triton kernels (DIIF, DLTE, LIIF, LTE, HIIF; CUDA, or CPU under "
+                 "TRITON_INTERPRET=1)",
                  _triton_requirements, None if _TRITON_INTERPRET else "cuda",
                  (torch.float32, torch.float16, torch.bfloat16), float32_positions=True))
 

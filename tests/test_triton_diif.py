@@ -89,7 +89,7 @@ def test_opcheck():
     inputs = _op_inputs(prepare_diif(feat, F._diif_params(params, feat)))
     # Any pixels (-1), and raster positions 0..62 (slices found arithmetically).
     for raster_start in (-1, 0):
-        args = (*inputs, pixels, 7, 9, "linear", raster_start)
+        args = (*inputs, pixels, 7, 9, "linear", raster_start, True)
         opcheck_layouts(torch.ops.implicit_kernels.diif_decode_triton, args)
 
 
