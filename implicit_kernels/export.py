@@ -213,10 +213,12 @@ def _pair(text: str, what: str, kind=int):
 
 
 def main(argv=None) -> int:
-    """``python -m implicit_kernels export MODEL --size HxW (--scale S | --out-size HxW)
-    --out FILE``."""
+    """``python -m implicit_kernels export MODEL --size HxW (--scale S | --out-size HxW |
+    --dynamic) --out FILE``."""
     p = argparse.ArgumentParser(prog="python -m implicit_kernels export",
-                                description="Export encoder + decoder to ONNX (torch backend).")
+                                description="Export encoder + decoder to ONNX (torch backend) "
+                                            "with a fixed output size, or any (--dynamic: "
+                                            "LIIF, LTE, HIIF).")
     p.add_argument("model", help="a shipped model (edsr-baseline-diif, edsr-baseline-liif), a "
                                  "weights file / checkpoint path, or any models.make name "
                                  "(random weights)")

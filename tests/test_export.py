@@ -65,6 +65,23 @@ def test_dynamic_export_any_output_size(decoder, tmp_path):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("option", [{"level_codes": "public"}, {"normalizer": "sqrt_n"}])
+def test_dynamic_export_hiif_options(option, tmp_path):
+    """HIIF's public-code centres (query_grid with grid_centres) and its sqrt(Q) divisor
+    (a symbolic root in the graph)."""
+    torch.manual_seed(0)
+    model = models.make("edsr-baseline-hiif", encoder_kwargs=ENCODER, **NARROW["hiif"],
+                        **option).eval()
+    path = E.export_onnx(model, str(tmp_path / "m.onnx"), IN_SIZE, dynamic=True)
+    image = torch.rand(1, 3, *IN_SIZE)
+    for out_size in OUT_SIZES.values():
+        coord, cell = E.query_grid(out_size, 1, centres=E.grid_centres(model))
+        got = E.to_image(_run(path, image, coord=coord, cell=cell), out_size)
+        with torch.no_grad():
+            want = models.upscale(model, image, out_size, backend="reference")
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
 def test_query_grid_is_the_grid_decode_geometry():
     coord, cell = E.query_grid((3, 5), 2)
     assert coord.shape == cell.shape == (2, 15, 2)

@@ -83,7 +83,8 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centre
     # One chunk is decided from n's range alone, so a symbolic n (an ONNX export with a
     # dynamic query count) is not specialised by a Python range over it.
     chunks = [(0, n)] if n <= step else [(s, min(n, s + step)) for s in range(0, n, step)]
-    root = math.sqrt(n) if isinstance(n, int) else torch.sym_sqrt(n)
+    # A symbolic n (dynamic export): the root as a 0-d tensor, which ONNX converts.
+    root = math.sqrt(n) if isinstance(n, int) else coord.new_full((), n).sqrt()
     decoder = _Decoder(feat.shape[-2:], params, n if normalizer == "n" else root, centres)
     mats = []
     if len(chunks) > 1:
