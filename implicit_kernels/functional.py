@@ -282,6 +282,11 @@ def _chunked(fn, q, batch, chunk_size, feat, channels_first=False):
         step = max(1, check.positive_int(chunk_size, "chunk_size") // batch)
     shape = (batch, 3, q) if channels_first else (batch, q, 3)
     check.output_memory(shape, feat.dtype, feat.device)
+    if q <= step:
+        # One chunk: no loop over a Python range and no copy, so a symbolic query count
+        # (an ONNX export with a dynamic Q) stays symbolic (decided from its range alone).
+        res = fn(0, q).to(feat.dtype)   # as the copy into ``out`` below casts
+        return res.transpose(1, 2).contiguous() if channels_first else res
     out = feat.new_empty(shape)
     for start in range(0, q, step):
         stop = min(q, start + step)

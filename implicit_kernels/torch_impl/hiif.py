@@ -80,9 +80,12 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centre
     if n == 0:
         return coord.new_zeros(b, 0, 3)
     step = n if chunk_size is None else max(1, chunk_size // b)
-    chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
-    decoder = _Decoder(feat.shape[-2:], params, n if normalizer == "n" else math.sqrt(n),
-                       centres)
+    # One chunk is decided from n's range alone, so a symbolic n (an ONNX export with a
+    # dynamic query count) is not specialised by a Python range over it.
+    chunks = [(0, n)] if n <= step else [(s, min(n, s + step)) for s in range(0, n, step)]
+    # A symbolic n (dynamic export): the root as a 0-d tensor, which ONNX converts.
+    root = math.sqrt(n) if isinstance(n, int) else coord.new_full((), n).sqrt()
+    decoder = _Decoder(feat.shape[-2:], params, n if normalizer == "n" else root, centres)
     mats = []
     if len(chunks) > 1:
         for k in range(len(params["attention"])):
