@@ -1,7 +1,8 @@
 """HIIF level codes at exact ties (docs/hiif.md): ``level_codes="public"`` reproduces the
 public HIIF code's float32 level codes bit for bit on tie-heavy integer scales (×2, ×3,
-×4) and a non-tie one, in the torch backend and the C++ operators (``cpu``);
-``"project"`` (default) keeps the project's rule; backends without the mode refuse it."""
+×4) and a non-tie one, in the torch backend and the C++ operators (``cpu``; the Triton
+kernels' codes: tests/test_triton_hiif.py); ``"project"`` (default) keeps the project's
+rule; backends that cannot run the mode here refuse it."""
 from __future__ import annotations
 
 import pytest
@@ -136,7 +137,7 @@ def test_reference_and_torch_agree_in_both_modes(case):
     lr, out = CASES[case]
     for mode in ("project", "public"):
         ref = _decode(model, lr, out, "reference", mode)
-        for backend in ["torch", *_fused("cpu")]:
+        for backend in ["torch", *_fused("cpu"), *_fused("triton")]:
             got = _decode(model, lr, out, backend, mode)
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     project = _decode(model, lr, out, "reference", "project")
@@ -184,13 +185,15 @@ def test_cpu_public_mode_values_and_grads_equal_reference():
 
 
 def test_fused_backends_without_the_public_mode_refuse_it():
-    """The triton kernels compute centres with the project's rule only, and the cuda
-    operators need a CUDA build: both refuse level_codes="public" here; auto picks cpu
-    where the extension is built, else torch."""
+    """Every backend implements level_codes="public" (triton's kernels take the
+    operators' public_centres flag too); the cuda operators need a CUDA build, so they
+    refuse it here; auto picks cpu where the extension is built, else torch."""
     feat = torch.randn(1, 4, 5, 5)
     assert backends.auto_choice("hiif_public_codes", feat) == ("cpu" if _fused("cpu") else "torch")
+    assert not any("does not implement" in reason for name in backends.BACKENDS
+                   for reason in backends.unavailable_reasons(name, "hiif_public_codes", feat))
     model, _ = _params(4)
-    for name in ("cuda", "triton"):
+    for name in ("cuda",):
         with pytest.raises(RuntimeError, match=f"backend '{name}' cannot run hiif_public_codes"):
             F.hiif_decode(feat, torch.randn(1, 3, 5, 5), (10, 10), model.decoder_params(),
                           level_codes="public", backend=name)

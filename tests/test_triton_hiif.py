@@ -1,6 +1,7 @@
 """The "triton" backend for HIIF against the reference: values, gradients (feat, inp and
-every parameter), chunked multi-pass decoding, both normalisers, the paper's widths,
-opcheck of each operator, fullgraph compilation.
+every parameter), chunked multi-pass decoding, both normalisers, both level-code modes
+(the public code's level codes bit for bit), the paper's widths, opcheck of each operator,
+fullgraph compilation.
 
 Runs on a GPU, or on CPU tensors under Triton's interpreter:
 ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_hiif.py`` (the variable must be set
@@ -9,6 +10,8 @@ does that for the main suite).  Interpreter runs use fp32 and small shapes."""
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import (
     assert_compiles_fullgraph,
     assert_half_precision_close,
@@ -18,9 +21,11 @@ from conftest import (
     triton_gpu_only,
 )
 from test_hiif import hiif_params, random_queries
+from test_hiif_level_codes import CASES, LEVELS, _public_bits, _torch_bits
 
 import implicit_kernels.functional as F
-from implicit_kernels import backends
+from implicit_kernels import backends, geometry
+from implicit_kernels.triton import hiif as triton_hiif
 
 DEVICE = triton_device()
 
@@ -61,6 +66,85 @@ def test_values_and_grads_equal_reference(name):
     seed = list(SIZES).index(name)
     feat, inp = inputs(seed)
     assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=seed + 1), size=SIZES[name])
+
+
+#: Feature map 3×5 (centres rounded differently by the two modes on both axes) → ×2, ×3
+#: (ties) and ×3 by ×2.
+PUBLIC_SIZES = {"x2": (6, 10), "x3": (9, 15), "x3_by_x2": (9, 10)}
+
+
+@pytest.mark.parametrize("name", list(PUBLIC_SIZES))
+def test_public_level_codes_equal_reference(name):
+    """``level_codes="public"``: values and every gradient equal the reference's public
+    mode (batch 2, grid mode: query positions rounded as the public code too), which at
+    these tie-heavy scales differs from the default mode by far more than the tolerance;
+    the default mode still equals the reference's default."""
+    seed = 90 + list(PUBLIC_SIZES).index(name)
+    feat, inp = inputs(seed, h=3, w=5)
+    params = hiif_params(**SMALL, seed=seed)
+    size = PUBLIC_SIZES[name]
+    assert_same_as_reference(feat, inp, params, size=size, level_codes="public")
+    assert_same_as_reference(feat, inp, params, size=size)
+    with torch.no_grad():
+        public, project = (F.hiif_decode(feat, inp, size, params, backend="triton",
+                                         level_codes=mode) for mode in ("public", "project"))
+    assert (public - project).abs().amax() > 1e-3
+
+
+def test_public_level_codes_chunked():
+    """Query mode in chunks (three attention passes) with the public codes."""
+    feat, inp = inputs(95, h=3, w=5)
+    torch.manual_seed(95)
+    coord = geometry.pixel_coord(geometry.grid_pixels((9, 10), 2), (9, 10),
+                                 centres="public").to(DEVICE)
+    cell = torch.tensor([2 / 9, 2 / 10]).expand_as(coord).to(DEVICE)
+    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=95), size=None, coord=coord,
+                             cell=cell, chunk_size=70, level_codes="public")
+
+
+def test_public_mode_is_implemented():
+    feat, _ = inputs(96)
+    assert not backends.unavailable_reasons("triton", "hiif_public_codes", feat)
+
+
+@triton.jit
+def _codes_kernel(coord_ptr, out_ptr, P, H, W, shift_y_lo, shift_y_hi, shift_x_lo,
+                  shift_x_hi, inv_h, inv_w, public, base_y, step_y, base_x, step_x,
+                  LEVELS: tl.constexpr, ROWS: tl.constexpr):
+    """The level codes (``P×LEVELS×2``) the HIIF kernels compute for queries ``coord``:
+    their local coordinate (``_query_local``) and each level's bits (``_level_bits``)."""
+    p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    p_ok = p < P
+    _, _, ly, lx = triton_hiif._query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
+                                            (shift_x_lo, shift_x_hi), inv_h, inv_w,
+                                            (public, base_y, step_y, base_x, step_x))
+    for level in tl.static_range(LEVELS):
+        by, bx = triton_hiif._level_bits(ly, lx, level)
+        tl.store(out_ptr + (p * LEVELS + level) * 2, by, mask=p_ok)
+        tl.store(out_ptr + (p * LEVELS + level) * 2 + 1, bx, mask=p_ok)
+
+
+def _triton_bits(lr, out, centres):
+    """The level codes of the Triton kernels' geometry for a whole output grid."""
+    coord = geometry.pixel_coord(geometry.grid_pixels(out, 1)[0], out, torch.float32,
+                                 centres).to(DEVICE).contiguous()
+    n = coord.shape[0]
+    bits = torch.full((n, LEVELS, 2), float("nan"), device=DEVICE)
+    _codes_kernel[(triton.cdiv(n, 16),)](
+        coord, bits, n, *lr, *triton_hiif._geometry(*lr, centres == "public"), LEVELS=LEVELS,
+        ROWS=16, **triton_hiif.grid.NO_FMA)
+    return bits.cpu()
+
+
+@pytest.mark.parametrize("centres", geometry.CENTRES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_level_codes_bit_for_bit(case, centres):
+    """The kernels' level codes equal the torch backend's in both modes, and the public
+    code's (LIIF's make_coord, grid_sample) in the public one, ties included."""
+    lr, out = CASES[case]
+    assert torch.equal(_triton_bits(lr, out, centres), _torch_bits(lr, out, centres))
+    if centres == "public":
+        assert torch.equal(_triton_bits(lr, out, centres), _public_bits(lr, out))
 
 
 @pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
@@ -131,24 +215,30 @@ def _op_samples():
     torch.manual_seed(50)
     coord, cell = (t.to(DEVICE) for t in random_queries(2, 10))
     level0, block = p["level0"], p["attention"][0]
-    x = _features(coord, cell, p, [], 0, 10, SUFFIX).detach()
+    x = _features(coord, cell, p, [], 0, 10, SUFFIX, (False,)).detach()
     stats = (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
     mat = torch.ops.implicit_kernels.hiif_attention_stats_triton(*stats) / 10
     return {
         "hiif_level0_triton": (level0["maps"], level0["row_sums"], level0["w_extra"],
                                level0["bias"], *p["levels"][0]["fc2"], coord, cell,
-                               level0["channels"]),
+                               level0["channels"], False),
         "hiif_attention_stats_triton": stats,
         "hiif_attention_apply_triton": (x, mat, *block["qkv"], *block["proj1"],
                                         *block["proj2"]),
-        "hiif_levels_triton": (x, coord, *level_lists(p), 3, 4),
+        "hiif_levels_triton": (x, coord, *level_lists(p), 3, 4, False),
     }
 
 
 @pytest.mark.parametrize("name", ["hiif_level0_triton", "hiif_attention_stats_triton",
-                                  "hiif_attention_apply_triton", "hiif_levels_triton"])
+                                  "hiif_attention_apply_triton", "hiif_levels_triton",
+                                  "hiif_level0_triton/public", "hiif_levels_triton/public"])
 def test_opcheck(name):
-    opcheck_layouts(getattr(torch.ops.implicit_kernels, name), _op_samples()[name])
+    """Each operator; the geometric ones also with their ``public_centres`` flag set."""
+    op, _, public = name.partition("/")
+    args = _op_samples()[op]
+    if public:
+        args = (*args[:-1], True)
+    opcheck_layouts(getattr(torch.ops.implicit_kernels, op), args)
 
 
 def test_compiles_as_ops():

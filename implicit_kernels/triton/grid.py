@@ -24,6 +24,23 @@ def centre(idx, n):
     return -1.0 + tl.math.div_rn(2.0 * idx.to(tl.float32) + 1.0, n)
 
 
+def public_constants(n):
+    """The two constants of LIIF's ``make_coord`` centres on an axis of ``n`` pixels
+    (``geometry.CENTRES`` "public"): ``-1 + r`` and ``2r`` with ``r = 1/n``, formed in
+    double (Python floats, as there and in ik/geometry.h's ``public_pixel_centre``) and
+    rounded to fp32 by the launch."""
+    r = 1 / n
+    return -1 + r, 2 * r
+
+
+@triton.jit
+def public_centre(idx, base, step):
+    """Pixel centre ``base + step·idx`` of an integer index as the public LIIF/HIIF code
+    rounds it (:func:`public_constants`; the product and the sum each rounded in fp32: the
+    kernels using it run without FMA contraction)."""
+    return base + step * idx.to(tl.float32)
+
+
 @triton.jit
 def group_index(idx, n_in, n_out):
     """``geometry.group_index``: ``min(floor((2 idx + 1) n_in / (2 n_out)), n_in - 1)``
@@ -55,14 +72,19 @@ def ensemble_constants(size):
 
 
 @triton.jit
-def ensemble_member(y, x, t, H, W, shift_y0, shift_y1, shift_x0, shift_x1, lo, hi):
-    """Member ``t`` (a tensor of 0..3, LIIF's shift order: row shift ``t // 2``, column
-    shift ``t % 2``) of queries ``(y, x)``: its LR pixel ``(iy, ix)`` (int32) and the
-    query's offset ``rel = (q - v)·(H, W)`` (LIIF's units); the floats are
-    :func:`ensemble_constants`."""
+def ensemble_pixel(y, x, t, H, W, shift_y0, shift_y1, shift_x0, shift_x1, lo, hi):
+    """The LR pixel ``(iy, ix)`` (int32) of member ``t`` (a tensor of 0..3, LIIF's shift
+    order: row shift ``t // 2``, column shift ``t % 2``) of queries ``(y, x)``; the floats
+    are :func:`ensemble_constants`."""
     sy = tl.minimum(tl.maximum(y + tl.where(t >= 2, shift_y1, shift_y0), lo), hi)
     sx = tl.minimum(tl.maximum(x + tl.where(t % 2 == 1, shift_x1, shift_x0), lo), hi)
-    iy = nearest_index(sy, H)
-    ix = nearest_index(sx, W)
+    return nearest_index(sy, H), nearest_index(sx, W)
+
+
+@triton.jit
+def ensemble_member(y, x, t, H, W, shift_y0, shift_y1, shift_x0, shift_x1, lo, hi):
+    """Member ``t`` of queries ``(y, x)`` (:func:`ensemble_pixel`): its LR pixel
+    ``(iy, ix)`` (int32) and the query's offset ``rel = (q - v)·(H, W)`` (LIIF's units)."""
+    iy, ix = ensemble_pixel(y, x, t, H, W, shift_y0, shift_y1, shift_x0, shift_x1, lo, hi)
     hf, wf = H * 1.0, W * 1.0
     return iy, ix, (y - centre(iy, hf)) * hf, (x - centre(ix, wf)) * wf

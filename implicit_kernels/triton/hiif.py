@@ -61,13 +61,25 @@ _EPS = tl.constexpr(LN_EPS)
 # ----------------------------------------------------------------------------------------
 
 @triton.jit
-def _member(qy, qx, t, H, W, shift_y, shift_x):
+def _centre(idx, n, public, base, step):
+    """Centre of LR pixel ``idx`` on an axis of ``n`` (fp32) pixels, rounded as the project
+    does (``public == 0``) or as the public code does (``base``, ``step``:
+    :func:`grid.public_constants`)."""
+    return tl.where(public != 0, grid.public_centre(idx, base, step), grid.centre(idx, n))
+
+
+@triton.jit
+def _member(qy, qx, t, H, W, shift_y, shift_x, centres):
     """Ensemble member ``t`` (LIIF's order) of queries ``(qy, qx)``: its LR pixel
     ``(iy, ix)`` and the query's offset ``(ry, rx)`` from it in LR pixels (HIIF's unit:
     LIIF's halved, exactly).  ``shift_y`` ``(lo, hi)``: the fp32 scalars ``∓1/H + 1e-6``
-    (formed in double on the host)."""
-    iy, ix, ry, rx = grid.ensemble_member(qy, qx, t, H, W, shift_y[0], shift_y[1], shift_x[0],
-                                          shift_x[1], _CLAMP_LO, _CLAMP_HI)
+    (formed in double on the host); ``centres`` ``(public, base_y, step_y, base_x,
+    step_x)``: the centre rounding (:func:`_centre`; ``geometry.CENTRES``)."""
+    iy, ix = grid.ensemble_pixel(qy, qx, t, H, W, shift_y[0], shift_y[1], shift_x[0],
+                                 shift_x[1], _CLAMP_LO, _CLAMP_HI)
+    hf, wf = H * 1.0, W * 1.0
+    ry = (qy - _centre(iy, hf, centres[0], centres[1], centres[2])) * hf
+    rx = (qx - _centre(ix, wf, centres[0], centres[3], centres[4])) * wf
     return iy, ix, ry * 0.5, rx * 0.5
 
 
@@ -85,12 +97,12 @@ def _bit(local, scale):
 
 
 @triton.jit
-def _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w):
+def _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w, centres):
     """Coordinates ``[ROWS]`` of queries ``p`` (flat over the batch) and their local
     coordinate (member 0's offset, reflected)."""
     qy = tl.load(coord_ptr + 2 * p, mask=p_ok, other=0.0).to(tl.float32)
     qx = tl.load(coord_ptr + 2 * p + 1, mask=p_ok, other=0.0).to(tl.float32)
-    _, _, ry, rx = _member(qy, qx, tl.zeros_like(p), H, W, shift_y, shift_x)
+    _, _, ry, rx = _member(qy, qx, tl.zeros_like(p), H, W, shift_y, shift_x, centres)
     return qy, qx, _local(ry, inv_h), _local(rx, inv_w)
 
 
@@ -100,7 +112,7 @@ def _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w):
 
 @triton.jit
 def _level0_rows(coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID,
-                 shift_y, shift_x, inv_h, inv_w, ROWS: tl.constexpr):
+                 shift_y, shift_x, inv_h, inv_w, centres, ROWS: tl.constexpr):
     """The tile's queries ``p`` (``[ROWS]`` of ``P`` flat) and their mask, then per query
     and member (``[ROWS, 4]``): the maps' rows ``pix`` of the four codes, their area
     weights, ``dev_t = w_t m_t - μ``, ``ed = e - μ`` for the extras ``e = [cell·(H, W),
@@ -109,10 +121,12 @@ def _level0_rows(coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID,
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
     hf, wf = H * 1.0, W * 1.0
-    qy, qx, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w)
+    qy, qx, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, shift_y, shift_x, inv_h, inv_w,
+                                  centres)
     t = tl.arange(0, 4)[None, :]
-    iy, ix, ry, rx = _member(qy[:, None], qx[:, None], t, H, W, shift_y, shift_x)
-    _, _, ry_opp, rx_opp = _member(qy[:, None], qx[:, None], 3 - t, H, W, shift_y, shift_x)
+    iy, ix, ry, rx = _member(qy[:, None], qx[:, None], t, H, W, shift_y, shift_x, centres)
+    _, _, ry_opp, rx_opp = _member(qy[:, None], qx[:, None], 3 - t, H, W, shift_y, shift_x,
+                                   centres)
     # Member t is weighted by the area of the diagonally opposite member 3 - t.
     area = tl.abs(ry * rx) + 1e-9
     weight = (tl.abs(ry_opp * rx_opp) + 1e-9) / tl.sum(area, 1)[:, None]
@@ -179,7 +193,7 @@ def _hidden_chunk_backward(z, gy, w2_ptr, n, n_ok, m, M, N, rows, rows_ok, hidde
 @triton.jit
 def _level0_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, b2_ptr, coord_ptr, cell_ptr,
                    out_ptr, P, m, H, W, C, HID, shift_y_lo, shift_y_hi, shift_x_lo,
-                   shift_x_hi, inv_h, inv_w,
+                   shift_x_hi, inv_h, inv_w, public, base_y, step_y, base_x, step_x,
                    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
                    PRECISION: tl.constexpr):
     """Level 0 of ``ROWS`` queries (``P = B·m`` flat): ``fc2(GELU(fc1(LN(x))))`` → ``P×C``.
@@ -187,7 +201,8 @@ def _level0_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, b2_ptr, coord_ptr
     maps: ``B×H×W×4×(HID+2)``; rs: ``4×HID``; we: ``HID×4``; w2: ``C×HID``."""
     p, p_ok, pix, weight, dev, ed, rstd = _level0_rows(
         coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
-        (shift_x_lo, shift_x_hi), inv_h, inv_w, ROWS)
+        (shift_x_lo, shift_x_hi), inv_h, inv_w, (public, base_y, step_y, base_x, step_x),
+        ROWS)
     c = tl.arange(0, BLOCK_C)
     acc = tl.zeros([ROWS, BLOCK_C], dtype=tl.float32)
     for n0 in range(0, HID, BLOCK_N):
@@ -204,9 +219,9 @@ def _level0_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, b2_ptr, coord_ptr
 def _level0_backward_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, coord_ptr, cell_ptr,
                             dout_ptr, dmaps_ptr, hidden_ptr, delta_ptr, dev_ptr, ed_ptr,
                             P, m, H, W, C, HID, shift_y_lo, shift_y_hi, shift_x_lo,
-                            shift_x_hi, inv_h, inv_w,
-                            ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-                            PRECISION: tl.constexpr):
+                            shift_x_hi, inv_h, inv_w, public, base_y, step_y, base_x,
+                            step_x, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+                            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """Backward of :func:`_level0_kernel` for ``dout`` (``P×C``).
 
     Adds the maps' gradient into ``dmaps`` (fp32, maps' shape; ``tl.atomic_add``: LR
@@ -215,7 +230,8 @@ def _level0_backward_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, coord_pt
     of the gradients of fc2, bias, ``W'_t 1`` and ``W'_e``."""
     p, p_ok, pix, weight, dev, ed, rstd = _level0_rows(
         coord_ptr, cell_ptr, maps_ptr, P, m, H, W, C, HID, (shift_y_lo, shift_y_hi),
-        (shift_x_lo, shift_x_hi), inv_h, inv_w, ROWS)
+        (shift_x_lo, shift_x_hi), inv_h, inv_w, (public, base_y, step_y, base_x, step_x),
+        ROWS)
     c = tl.arange(0, BLOCK_C)
     gy = tl.load(dout_ptr + p[:, None] * C + c[None, :], mask=p_ok[:, None] & (c[None, :] < C),
                  other=0.0).to(tl.float32)
@@ -565,6 +581,7 @@ def _level(x, ly, lx, level, norm_w_ptr, norm_b_ptr, w1_ptr, b1_ptr, w2_ptr, b2_
 def _levels_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
                    last_w_ptr, last_b_ptr, out_ptr, P, H, W, C, HID, NOUT, LEVELS,
                    shift_y_lo, shift_y_hi, shift_x_lo, shift_x_hi, inv_h, inv_w,
+                   public, base_y, step_y, base_x, step_x,
                    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
     """Levels 1..``LEVELS`` of ``ROWS`` queries (``P`` flat), chained in registers → ``P×NOUT``.
@@ -574,7 +591,8 @@ def _levels_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1_ptr, w2_
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
     _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
-                                (shift_x_lo, shift_x_hi), inv_h, inv_w)
+                                (shift_x_lo, shift_x_hi), inv_h, inv_w,
+                                (public, base_y, step_y, base_x, step_x))
     c = tl.arange(0, BLOCK_C)
     x = tl.load(x_ptr + p[:, None] * C + c[None, :], mask=p_ok[:, None] & (c[None, :] < C),
                 other=0.0).to(tl.float32)
@@ -646,6 +664,7 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
                             hidden_ptr, delta_ptr, dlevel_out_ptr, dnorm_ptr,
                             P, H, W, C, HID, NOUT, LEVELS,
                             shift_y_lo, shift_y_hi, shift_x_lo, shift_x_hi, inv_h, inv_w,
+                            public, base_y, step_y, base_x, step_x,
                             ROWS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
     """Backward of :func:`_levels_kernel` for ``dout`` (``P×NOUT``).
@@ -657,7 +676,8 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
     _, _, ly, lx = _query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
-                                (shift_x_lo, shift_x_hi), inv_h, inv_w)
+                                (shift_x_lo, shift_x_hi), inv_h, inv_w,
+                                (public, base_y, step_y, base_x, step_x))
     c = tl.arange(0, BLOCK_C)
     ok = p_ok[:, None] & (c[None, :] < C)
     out = p.to(tl.int64)[:, None] * C + c[None, :]
@@ -713,12 +733,14 @@ _levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS",
 _F32 = torch.float32
 
 
-def _geometry(h, w):
+def _geometry(h, w, public_centres=False):
     """The geometry kernels' scalar arguments: the member shifts of
-    :func:`grid.ensemble_constants` (its clamp bounds are this module's constexprs), then
+    :func:`grid.ensemble_constants` (its clamp bounds are this module's constexprs),
     ``1/H``, ``1/W`` (``local_coord``), rounded to fp32 at launch as PyTorch rounds a
-    Python float."""
-    return (*grid.ensemble_constants((h, w))[:4], 1 / h, 1 / w)
+    Python float, then the centre rounding: the flag ``public`` (0 or 1) and the rows' and
+    columns' :func:`grid.public_constants` (read only when it is set)."""
+    return (*grid.ensemble_constants((h, w))[:4], 1 / h, 1 / w, int(public_centres),
+            *grid.public_constants(h), *grid.public_constants(w))
 
 
 def _tiles(n):
@@ -760,11 +782,13 @@ def _cast(grads, like):
 @torch.library.custom_op(NS + "hiif_level0" + SUFFIX, mutates_args=())
 def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torch.Tensor,
                        bias: torch.Tensor, fc2_w: torch.Tensor, fc2_b: torch.Tensor,
-                       coord: torch.Tensor, cell: torch.Tensor, channels: int) -> torch.Tensor:
+                       coord: torch.Tensor, cell: torch.Tensor, channels: int,
+                       public_centres: bool) -> torch.Tensor:
     """Level 0 of queries ``coord``, ``cell`` (``B×m×2``) → ``B×m×C``.
 
     maps ``B×H×W×4×(hidden+2)`` (``prepare_hiif``), row_sums ``4×hidden``, w_extra
-    ``hidden×4``, bias ``hidden``, fc2 ``(C×hidden, C)``, ``channels`` = C."""
+    ``hidden×4``, bias ``hidden``, fc2 ``(C×hidden, C)``, ``channels`` = C;
+    ``public_centres``: LR centres rounded as the public code does (``geometry.CENTRES``)."""
     b, m = coord.shape[:2]
     h, w, hid = maps.shape[1], maps.shape[2], maps.shape[-1] - 2
     out = mlp.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
@@ -774,7 +798,7 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
     with _device(maps):
         mlp.launch(_level0, b * m, *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b,
                                                 coord, cell),
-                   out, b * m, m, h, w, channels, hid, *_geometry(h, w),
+                   out, b * m, m, h, w, channels, hid, *_geometry(h, w, public_centres),
                    BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **grid.NO_FMA)
     return out
 
@@ -783,7 +807,7 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
 def hiif_level0_triton_backward(
         grad_out: torch.Tensor, maps: torch.Tensor, row_sums: torch.Tensor,
         w_extra: torch.Tensor, bias: torch.Tensor, fc2_w: torch.Tensor, fc2_b: torch.Tensor,
-        coord: torch.Tensor, cell: torch.Tensor, channels: int
+        coord: torch.Tensor, cell: torch.Tensor, channels: int, public_centres: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`hiif_level0_triton` w.r.t. maps, row_sums, w_extra, bias, fc2."""
     like = (maps, row_sums, w_extra, bias, fc2_w, fc2_b)
@@ -797,7 +821,7 @@ def hiif_level0_triton_backward(
             mlp.launch(_level0_backward, n,
                        *_contiguous(maps, row_sums, w_extra, bias, fc2_w, coord, cell, grad_out),
                        dmaps, hidden, delta, dev, ed, n, m, h, w, channels, hid,
-                       *_geometry(h, w), BLOCK_C=mlp.block(channels),
+                       *_geometry(h, w, public_centres), BLOCK_C=mlp.block(channels),
                        PRECISION=mlp.precision(maps), **grid.NO_FMA)
     gy = grad_out.reshape(n, -1).to(_F32)
     return _cast((dmaps, dev.t() @ delta, delta.t() @ ed, delta.sum(0), gy.t() @ hidden,
@@ -936,9 +960,11 @@ class _Levels:
 def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.Tensor],
                        norm_b: list[torch.Tensor], fc1_w: list[torch.Tensor],
                        fc1_b: list[torch.Tensor], fc2_w: list[torch.Tensor],
-                       fc2_b: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
+                       fc2_b: list[torch.Tensor], h: int, w: int,
+                       public_centres: bool) -> torch.Tensor:
     """Levels 1..L-1 of ``x`` (``B×m×C``) at ``coord`` on an ``h×w`` feature map →
-    ``B×m×NOUT`` (lists: one entry per level)."""
+    ``B×m×NOUT`` (lists: one entry per level; ``public_centres``: as
+    :func:`hiif_level0_triton`'s)."""
     b, m, c = x.shape
     out = mlp.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
     levels = _Levels(norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
@@ -946,7 +972,8 @@ def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.
     if n:
         with _device(x):
             mlp.launch(_levels, n, *_contiguous(x, coord), *levels.tensors, out, n, h, w, c,
-                       levels.hidden, levels.nout, levels.count, *_geometry(h, w),
+                       levels.hidden, levels.nout, levels.count,
+                       *_geometry(h, w, public_centres),
                        **levels.meta(x))
     return out
 
@@ -955,7 +982,8 @@ def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.
 def hiif_levels_triton_backward(
         grad_out: torch.Tensor, x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.Tensor],
         norm_b: list[torch.Tensor], fc1_w: list[torch.Tensor], fc1_b: list[torch.Tensor],
-        fc2_w: list[torch.Tensor], fc2_b: list[torch.Tensor], h: int, w: int
+        fc2_w: list[torch.Tensor], fc2_b: list[torch.Tensor], h: int, w: int,
+        public_centres: bool
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
            list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Gradients of :func:`hiif_levels_triton`: ``x``'s, then one list per parameter list."""
@@ -973,7 +1001,8 @@ def hiif_levels_triton_backward(
         with _device(x):
             mlp.launch(_levels_backward, n, *_contiguous(x, coord), *levels.tensors[:-1],
                        grad_out.contiguous(), dx, inputs, ln_out, hidden, delta, dlevel_out,
-                       dnorm, n, h, w, c, hid, levels.nout, count, *_geometry(h, w),
+                       dnorm, n, h, w, c, hid, levels.nout, count,
+                       *_geometry(h, w, public_centres),
                        **levels.meta(x))
     gy = grad_out.reshape(n, -1).to(_F32)
     out_grads = [*dlevel_out[:count - 1], gy]
@@ -995,11 +1024,26 @@ compiled_hiif.register(SUFFIX)
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """Decode queries with attention over all ``Q`` queries of each image (arguments as
     ``torch_impl.hiif.hiif``; ``params`` prepared by :func:`prepare_hiif`) → ``B×Q×3``."""
+    return _decode(feat, inp, coord, cell, params, chunk_size, normalizer, False)
+
+
+def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
+    """:func:`hiif` with the public code's LR pixel centres (``level_codes="public"``;
+    ``reference.hiif.hiif_public_codes``): the operators' ``public_centres`` flag."""
+    return _decode(feat, inp, coord, cell, params, chunk_size, normalizer, True)
+
+
+#: The public-centres mode needs only the feature-map preparation.
+prepare_hiif_public_codes = prepare_hiif
+
+
+def _decode(feat, inp, coord, cell, params, chunk_size, normalizer, public_centres):
     _check_widths(channels=params["level0"]["channels"],
                   hidden=params["levels"][0]["fc1"][0].shape[0])
     _check_level_widths([level["fc1"][0] for level in params["levels"][1:]])
     _check_offsets(coord, chunk_size, params)
-    return compiled_hiif.decode(feat, inp, coord, cell, params, chunk_size, normalizer, SUFFIX)
+    return compiled_hiif.decode(feat, inp, coord, cell, params, chunk_size, normalizer, SUFFIX,
+                                centres=(public_centres,))
 
 
 def _check_offsets(coord, chunk_size, params):
