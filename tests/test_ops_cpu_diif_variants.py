@@ -7,11 +7,9 @@ import torch
 from conftest import (
     assert_compiles_fullgraph,
     assert_matches,
-    conv_params,
-    linear,
-    mlp_params,
     opcheck_layouts,
 )
+from diif_variants import VARIANTS, decode, leaves, params_for, values_and_grads
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, backends, geometry
@@ -21,36 +19,6 @@ pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_ex
 # Output sizes for a 5×7 feature map.
 SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35),
          "x12": (60, 84)}
-VARIANTS = ("dlte", "diif_without_ensemble")
-
-
-def params_for(variant, c=4, hidden=16, dtype=torch.float32, channels=6):
-    fine = mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)
-    if variant == "diif_without_ensemble":
-        return {**mlp_params("coarse.layers.", [9 * c + 6, hidden, hidden], dtype=dtype), **fine}
-    return {**conv_params("coef", channels, c, dtype=dtype),
-            **conv_params("freq", channels, c, dtype=dtype),
-            "phase.weight": linear(2 * channels, 2, dtype)[0],
-            **mlp_params("coarse.layers.", [4 * channels, hidden, hidden], dtype=dtype), **fine}
-
-
-def decode(variant, feat, inp, size, params, **kw):
-    if variant == "dlte":
-        return F.dlte_decode(feat, inp, size, params, **kw)
-    return F.diif_decode(feat, size, params, slice_ensemble=False, **kw)
-
-
-def leaves(variant, b=2, c=4, h=5, w=7, dtype=torch.float32, **kw):
-    feat = torch.randn(b, c, h, w, dtype=dtype, requires_grad=True)
-    inp = torch.randn(b, 3, h, w, dtype=dtype, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in params_for(variant, c, dtype=dtype, **kw).items()}
-    return feat, inp, params
-
-
-def values_and_grads(variant, backend, feat, inp, params, size, upstream, **kw):
-    out = decode(variant, feat, inp, size, params, backend=backend, **kw)
-    wrt = [feat, *([inp] if variant == "dlte" else []), *params.values()]
-    return out.detach(), torch.autograd.grad(out, wrt, upstream)
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
@@ -117,8 +85,6 @@ def test_opcheck(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiles_without_graph_breaks(variant):
     feat, inp, params = leaves(variant, b=1, c=3, h=3, w=4)
-    if variant != "dlte":
-        inp.requires_grad_(False)  # the ablation has no skip connection
 
     def fn(f, i, p):
         return decode(variant, f, i, (7, 9), p, backend="cpu")

@@ -10,12 +10,10 @@ import torch
 from conftest import (
     assert_compiles_fullgraph,
     assert_matches,
-    conv_params,
-    linear,
-    mlp_params,
     opcheck_layouts,
     triton_device,
 )
+from diif_variants import VARIANTS, decode, leaves, params_for, values_and_grads
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
@@ -24,37 +22,6 @@ DEVICE = triton_device()
 
 #: Feature map 5×7 → integer ×3, non-integer ×2.7 (14×19) and asymmetric ×3 by ×5.
 SIZES = {"x3": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35)}
-VARIANTS = ("dlte", "diif_without_ensemble")
-
-
-def params_for(variant, c=4, hidden=16, channels=6):
-    fine = mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3])
-    if variant == "diif_without_ensemble":
-        params = {**mlp_params("coarse.layers.", [9 * c + 6, hidden, hidden]), **fine}
-    else:
-        params = {**conv_params("coef", channels, c), **conv_params("freq", channels, c),
-                  "phase.weight": linear(2 * channels, 2)[0],
-                  **mlp_params("coarse.layers.", [4 * channels, hidden, hidden]), **fine}
-    return {k: v.to(DEVICE) for k, v in params.items()}
-
-
-def decode(variant, feat, inp, size, params, **kw):
-    if variant == "dlte":
-        return F.dlte_decode(feat, inp, size, params, **kw)
-    return F.diif_decode(feat, size, params, slice_ensemble=False, **kw)
-
-
-def leaves(variant, b=2, c=4, h=5, w=7, **kw):
-    feat = torch.randn(b, c, h, w, device=DEVICE, requires_grad=True)
-    inp = torch.randn(b, 3, h, w, device=DEVICE, requires_grad=variant == "dlte")
-    params = {k: v.requires_grad_() for k, v in params_for(variant, c, **kw).items()}
-    return feat, inp, params
-
-
-def values_and_grads(variant, backend, feat, inp, params, size, upstream, **kw):
-    out = decode(variant, feat, inp, size, params, backend=backend, **kw)
-    wrt = [feat, *([inp] if variant == "dlte" else []), *params.values()]
-    return out.detach(), torch.autograd.grad(out, wrt, upstream)
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
@@ -62,7 +29,7 @@ def values_and_grads(variant, backend, feat, inp, params, size, upstream, **kw):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_values_and_grads_equal_reference(variant, name, slicing):
     torch.manual_seed(10 * list(SIZES).index(name) + geometry.SLICINGS.index(slicing))
-    feat, inp, params = leaves(variant)
+    feat, inp, params = leaves(variant, device=DEVICE)
     upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
     # chunk_size 500 over a batch of 2 cuts the grid mid-slice: chunks must agree.
     got = values_and_grads(variant, "triton", feat, inp, params, SIZES[name], upstream,
@@ -77,7 +44,7 @@ def test_values_and_grads_equal_reference(variant, name, slicing):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_chunked_equals_unchunked_and_pixels_equal_grid(variant):
-    feat, inp, params = leaves(variant)
+    feat, inp, params = leaves(variant, device=DEVICE)
     size = (14, 19)
     full = decode(variant, feat, inp, size, params, backend="triton", chunk_size=10 ** 9)
     chunked = decode(variant, feat, inp, size, params, backend="triton", chunk_size=77)
@@ -111,14 +78,14 @@ def op_and_args(variant, feat, params, pixels, size, slicing="linear"):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_opcheck(variant):
     feat = torch.randn(2, 3, 3, 4, device=DEVICE)
-    params = params_for(variant, 3, 16, channels=4)
+    params = params_for(variant, 3, 16, channels=4, device=DEVICE)
     pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
     opcheck_layouts(*op_and_args(variant, feat, params, pixels, (7, 9)))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiles_without_graph_breaks(variant):
-    feat, inp, params = leaves(variant, b=1, c=3, h=3, w=4, hidden=16)
+    feat, inp, params = leaves(variant, device=DEVICE, b=1, c=3, h=3, w=4, hidden=16)
 
     def fn(f, i, p):
         return decode(variant, f, i, (7, 9), p, backend="triton")
@@ -128,7 +95,7 @@ def test_compiles_without_graph_breaks(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_empty_pixels(variant):
-    feat, inp, params = leaves(variant, c=3, h=3, w=4)
+    feat, inp, params = leaves(variant, device=DEVICE, c=3, h=3, w=4)
     empty = decode(variant, feat, inp, (7, 9), params, backend="triton",
                    pixels=torch.zeros(2, 0, 2, dtype=torch.long, device=DEVICE))
     assert empty.shape == (2, 0, 3)
