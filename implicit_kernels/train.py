@@ -27,7 +27,13 @@ overrides one)::
     data: {root: DIR, max_side: null, lr_patch: null, hr_patch: 192,
            scale: {choices: [2, 2.5, 3, 3.5, 4]}, sample_q: 2304, augment: true}
     train: {batch_size: 16, steps: 1000000, lr: 1.0e-4, milestones: [...], gamma: 0.5,
-            backend: torch, checkpoint_every: 1000, seed: 0, minutes: null, out: runs/NAME}
+            backend: torch, checkpoint_every: 1000, seed: 0, minutes: null, out: runs/NAME,
+            init: null}
+
+``train.init`` (or ``--init``) names weights to start a new run from (a shipped name or a
+weights/checkpoint path, read as :func:`implicit_kernels.weights.load_model` does): the
+model's parameters only, with a fresh optimizer and schedule.  It is ignored when the run
+resumes its own checkpoint.
 
 ``python -m implicit_kernels train CONFIG --export W.safetensors`` writes the run's last
 checkpoint as shipped weights (fp16 state dict + config + step; see
@@ -49,7 +55,8 @@ import time
 import torch
 
 from . import data as D
-from .weights import CHECKPOINT_FORMAT, SUFFIX, load_torch_file, read_weights, save_weights
+from .weights import (CHECKPOINT_FORMAT, SUFFIX, load_model, load_torch_file, read_weights,
+                      save_weights)
 
 #: Default configuration; a config file overrides any subset.
 DEFAULTS = {
@@ -59,7 +66,7 @@ DEFAULTS = {
     "train": {"batch_size": 16, "steps": 1_000_000, "lr": 1e-4,
               "milestones": [200_000, 400_000, 600_000, 800_000], "gamma": 0.5,
               "backend": "torch", "checkpoint_every": 1000, "seed": 0, "minutes": None,
-              "out": None, "device": None},
+              "out": None, "device": None, "init": None},
 }
 
 #: Decoders trained on pixel indices (``pixels=``); the others take ``coord=``/``cell=``.
@@ -208,6 +215,18 @@ class Trainer:
         self.out = out if out is not None else t["out"]
         self.path = os.path.join(self.out, CHECKPOINT) if self.out else None
 
+    def initialise_from(self, spec: str) -> dict:
+        """Copy the parameters of the weights ``spec`` (shipped name or path) into the model;
+        returns their metadata (``step``, ``elapsed``, ...).
+
+        Raises ``ValueError`` when the weights are for another model."""
+        other, info = load_model(spec)
+        if info["model"] != self.cfg["model"]["name"]:
+            raise ValueError(f"--init {spec!r} holds {info['model']!r} weights, the run trains "
+                             f"{self.cfg['model']['name']!r}")
+        self.model.load_state_dict(other.state_dict())
+        return info
+
     # -- one step ---------------------------------------------------------------------------
 
     def loss(self, batch: D.Batch) -> torch.Tensor:
@@ -314,6 +333,7 @@ class Trainer:
         start = time.monotonic()
         window, window_px, window_t = [], 0, time.monotonic()
         last_mean = math.nan
+        log, log_t = [], start  # losses since the last checkpoint line
         try:
             while self.step < steps:
                 t0 = time.monotonic()
@@ -321,6 +341,7 @@ class Trainer:
                 loss = self.train_step(batch)
                 self.elapsed += time.monotonic() - t0
                 window.append(loss)
+                log.append(loss)
                 window_px += batch.rgb.shape[0] * batch.rgb.shape[1] * self.world
                 if bar is not None:
                     bar.update(1)
@@ -337,6 +358,14 @@ class Trainer:
                 halt = self._agree(stop["signal"] is not None or out_of_time)
                 if halt or (every and self.step % every == 0) or self.step == steps:
                     self.save()
+                    if bar is None and self.rank == 0 and log:
+                        # Without a progress bar (logs, background runs) a line per checkpoint.
+                        now = time.monotonic()
+                        print(f"step {self.step}: loss {sum(log) / len(log):.4f}, lr "
+                              f"{self.scheduler.get_last_lr()[0]:.1e}, "
+                              f"{len(log) / (now - log_t):.2f} steps/s, "
+                              f"{self.elapsed / 60:.1f} min of training", flush=True)
+                        log, log_t = [], now
                 if halt:
                     break
         finally:
@@ -409,6 +438,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start a new run from these weights (shipped name or path; overrides "
+                        "train.init; ignored when resuming)")
     p.add_argument("--restart", action="store_true",
                    help="ignore an existing checkpoint and start from step 0")
     p.add_argument("--export", metavar=f"WEIGHTS{SUFFIX}",
@@ -441,7 +473,7 @@ def main(argv=None) -> int:
         print(f"train: bad config: {exc}", file=sys.stderr)
         return 2
     t = cfg["train"]
-    for key in ("steps", "minutes", "backend", "device"):
+    for key in ("steps", "minutes", "backend", "device", "init"):
         if getattr(args, key) is not None:
             t[key] = getattr(args, key)
     if args.data:
@@ -482,6 +514,14 @@ def main(argv=None) -> int:
             return 1
         if trainer.rank == 0:
             print(f"resumed {trainer.path} at step {trainer.step}")
+    elif t["init"]:
+        try:
+            info = trainer.initialise_from(t["init"])
+        except (ValueError, ImportError) as exc:
+            print(f"train: --init: {exc}", file=sys.stderr)
+            return 1
+        if trainer.rank == 0:
+            print(f"initialised from {t['init']} ({info['model']}, step {info.get('step')})")
     loss = trainer.fit(progress=not args.no_progress)
     if trainer.rank == 0:
         print(f"step {trainer.step}, loss {loss:.4f}, {trainer.elapsed / 60:.1f} min of "

@@ -119,6 +119,36 @@ def test_command_line_trains_resumes_and_exports(tmp_path, capsys):
     assert "safetensors" in capsys.readouterr().err and not (tmp_path / "w.pt").exists()
 
 
+def test_init_starts_a_new_run_from_weights_and_is_ignored_on_resume(tmp_path, capsys):
+    root = _images(tmp_path / "img")
+    cfg = _config(root, checkpoint_every=1)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first, weights = str(tmp_path / "first"), str(tmp_path / "w.safetensors")
+    assert T.main([str(path), "--out", first, "--steps", "2", "--no-progress"]) == 0
+    assert "step 2: loss" in capsys.readouterr().out  # a line per checkpoint without a bar
+    assert T.main([str(path), "--out", first, "--export", weights]) == 0
+    init, _ = load_model(weights)
+
+    trainer = T.Trainer(cfg, out=None)
+    assert trainer.initialise_from(weights)["step"] == 2 and trainer.step == 0
+    for name, value in init.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], value, rtol=0, atol=0)
+
+    second = str(tmp_path / "second")
+    assert T.main([str(path), "--out", second, "--steps", "1", "--init", weights,
+                   "--no-progress"]) == 0
+    assert "initialised from" in capsys.readouterr().out
+    # Resuming the new run ignores --init; weights of another model are refused.
+    assert T.main([str(path), "--out", second, "--steps", "1", "--init", weights,
+                   "--no-progress"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    liif = _config(root, "edsr-baseline-liif")
+    path.write_text(yaml.safe_dump(liif))
+    assert T.main([str(path), "--out", str(tmp_path / "third"), "--init", weights]) == 1
+    assert "edsr-baseline-diif" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_pickle_that_runs_code(tmp_path, capsys, evil_pickle):
     """``last.pt`` is read with weights_only=True: a payload is refused, never run."""
     root = _images(tmp_path / "img")
