@@ -19,7 +19,8 @@ printed and written as Markdown (``--md``) and CSV (``--csv``).
 
 ``--data skimage`` evaluates on the colour photographs bundled in scikit-image's wheel
 (:data:`SKIMAGE_IMAGES`; scikit-image is an optional dependency used only here), the
-held-out test set of the shipped weights.
+held-out test set of the shipped weights; ``--data card`` on a synthetic test card of flat
+colour squares (:func:`colour_card`), which shows whether a model keeps flat areas flat.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ SKIMAGE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 Y_COEFFS = (65.738 / 256, 129.057 / 256, 25.064 / 256)
 
 __all__ = ["DEFAULT_SCALES", "SKIMAGE_IMAGES", "psnr", "shave_for", "make_pair",
-           "load_skimage", "evaluate", "format_markdown", "main"]
+           "load_skimage", "colour_card", "evaluate", "format_markdown", "main"]
 
 
 def shave_for(scale: float, protocol: str) -> int:
@@ -89,6 +90,16 @@ def load_skimage():
                else getattr(skimage.data, name)())
         out.append((name, torch.from_numpy(arr[..., :3].copy()).permute(2, 0, 1).contiguous()))
     return out
+
+
+def colour_card(side: int = 240, squares: int = 6, seed: int = 0) -> torch.Tensor:
+    """A synthetic test card, ``3×side×side`` uint8: a ``squares × squares`` board of flat
+    squares, each of one random colour (fixed by ``seed``), with sharp edges between them."""
+    gen = torch.Generator().manual_seed(seed)
+    colours = torch.randint(0, 256, (3, squares, squares), generator=gen, dtype=torch.uint8)
+    cell = -(-side // squares)
+    board = colours.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    return board[:, :side, :side].contiguous()
 
 
 def load_folder(root: str):
@@ -186,8 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", action="append", default=[], metavar="PATH",
                    help="weights file or training checkpoint, any name (repeatable)")
     p.add_argument("--data", default="skimage",
-                   help="folder of HR images, or 'skimage' for scikit-image's colour "
-                        "photographs (default)")
+                   help="folder of HR images, 'skimage' for scikit-image's colour "
+                        "photographs (default), or 'card' for a synthetic card of flat "
+                        "colour squares")
     p.add_argument("--scales", default=DEFAULT_SCALES,
                    help=f"comma-separated scales (default {DEFAULT_SCALES})")
     p.add_argument("--protocol", choices=("y", "rgb"), default="y",
@@ -228,7 +240,12 @@ def _main(args) -> int:
         model, info = load(spec, device=device)
         step = info.get("step")
         methods[f"{info['model']}" + (f" ({step:,} steps)" if step is not None else "")] = model
-    images = load_skimage() if args.data == "skimage" else load_folder(args.data)
+    if args.data == "skimage":
+        images = load_skimage()
+    elif args.data == "card":
+        images = [("card", colour_card())]
+    else:
+        images = load_folder(args.data)
     results = evaluate(methods, images, scales, args.protocol, args.backend, device,
                        progress=not args.no_progress)
     shave = "ceil(s)" if args.protocol == "y" else "ceil(s)+6"

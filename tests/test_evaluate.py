@@ -109,3 +109,22 @@ def test_command_line_refuses_pickled_weights(tmp_path, capsys, evil_pickle, opt
     assert E.main([option, str(tmp_path / name), "--data", str(tmp_path), "--no-progress"]) == 2
     assert "refused to load" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_colour_card_is_flat_squares_with_sharp_edges():
+    card = E.colour_card(side=60, squares=3, seed=1)
+    assert card.shape == (3, 60, 60) and card.dtype == torch.uint8
+    blocks = card.view(3, 3, 20, 3, 20)
+    # Each square is one colour; neighbours differ (random colours, fixed seed).
+    assert (blocks == blocks[:, :, :1, :, :1]).all()
+    assert not torch.equal(card[:, 0, 0], card[:, 0, 20])
+    assert torch.equal(card, E.colour_card(side=60, squares=3, seed=1))
+    # Bicubic at x1 is the identity: the card's x1 row measures only the model.
+    lr, hr = E.make_pair(card, 1)
+    assert torch.equal(lr, card) and torch.equal(hr, card)
+
+
+def test_command_line_on_the_card(tmp_path, capsys):
+    assert E.main(["--data", "card", "--scales", "2", "--no-progress",
+                   "--model", "edsr-baseline-diif"]) == 0
+    assert "mean over 1 images of card: card" in capsys.readouterr().out
