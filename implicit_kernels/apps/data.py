@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import geometry, image16
+from implicit_kernels import geometry
+
+from . import image16
 
 #: File name endings the folder reads (case-insensitive).
 EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -31,13 +31,13 @@ overrides one)::
             init: null}
 
 ``train.init`` (or ``--init``) names weights to start a new run from (a shipped name or a
-weights/checkpoint path, read as :func:`implicit_kernels.weights.load_model` does): the
+weights/checkpoint path, read as :func:`implicit_kernels.apps.weights.load_model` does): the
 model's parameters only, with a fresh optimizer and schedule.  It is ignored when the run
 resumes its own checkpoint.
 
 ``python -m implicit_kernels train CONFIG --export W.safetensors`` writes the run's last
 checkpoint as shipped weights (fp16 state dict + config + step; see
-:mod:`implicit_kernels.weights`).
+:mod:`implicit_kernels.apps.weights`).
 
 Checkpoints hold only tensors and plain data (the random states are tensors), so they
 are read back with ``torch.load(weights_only=True)``: a checkpoint file never runs code.
@@ -54,9 +54,17 @@ import time
 
 import torch
 
+import models
+
 from . import data as D
-from .weights import (CHECKPOINT_FORMAT, SUFFIX, load_model, load_torch_file, read_weights,
-                      save_weights)
+from .weights import (
+    CHECKPOINT_FORMAT,
+    SUFFIX,
+    load_model,
+    load_torch_file,
+    read_weights,
+    save_weights,
+)
 
 #: Default configuration; a config file overrides any subset.
 DEFAULTS = {
@@ -141,11 +149,6 @@ def load_config(path: str | None = None, overrides=()) -> dict:
 
 def build_model(cfg: dict):
     """The model of ``cfg["model"]`` (``models.make``; random initialisation)."""
-    try:
-        import models
-    except ImportError as exc:
-        raise ImportError("training needs the repository's `models` package (pip install -e "
-                          f"the repository, or run from its root): {exc}") from exc
     m = cfg["model"]
     return models.make(m["name"], encoder_kwargs=m.get("encoder_kwargs") or None,
                        **(m.get("kwargs") or {}))
@@ -405,7 +408,7 @@ def threading_main() -> bool:
 
 def export(checkpoint: str, dest: str, dtype=torch.float16) -> dict:
     """Write the model of a training checkpoint as shipped weights, a safetensors file
-    (:func:`implicit_kernels.weights.save_weights`): the state dict in ``dtype``, with
+    (:func:`implicit_kernels.apps.weights.save_weights`): the state dict in ``dtype``, with
     ``format``, ``model``, ``kwargs``, ``encoder_kwargs``, ``step``, ``elapsed`` and
     ``config`` as metadata.  Returns the weights dict."""
     if not dest.endswith(SUFFIX):
