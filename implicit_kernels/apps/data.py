@@ -86,7 +86,7 @@ class Photo:
     ICC profile to write with results (``None``: none, or the colour space changed on
     reading, e.g. CMYK).  ``image``: the image upright, in the mode results are written
     in: a ``PIL.Image`` (``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``) or, for 16-bit colour
-    or grey with alpha, an :class:`~implicit_kernels.image16.Image16`.  ``note``: a
+    or grey with alpha, an :class:`~implicit_kernels.apps.image16.Image16`.  ``note``: a
     remark about the reading for the user, or ``None``.
     """
     rgb: torch.Tensor
@@ -193,7 +193,7 @@ def photo_image(colour: torch.Tensor, alpha: torch.Tensor | None = None):
     or ``uint16``, and an optional ``1×H×W`` ``alpha`` of the same dtype.
 
     A ``PIL.Image``, except for 16-bit colour or 16-bit grey with alpha, which Pillow
-    cannot hold: an :class:`~implicit_kernels.image16.Image16` then (PNG or TIFF only).
+    cannot hold: an :class:`~implicit_kernels.apps.image16.Image16` then (PNG or TIFF only).
     """
     from PIL import Image
 

@@ -1,7 +1,7 @@
 """``python -m implicit_kernels train CONFIG.yaml``: train an implicit SR model.
 
 The recipe is the papers' (docs/liif-lte.md#training-recipe, docs/diif.md#training-settings):
-random HR crops and a scale per batch from :mod:`implicit_kernels.data`, LR by Pillow
+random HR crops and a scale per batch from :mod:`implicit_kernels.apps.data`, LR by Pillow
 bicubic, L1 loss on the normalised colours of sampled HR pixels, Adam, the learning rate
 multiplied by ``gamma`` at each milestone step.  Point-query decoders (LIIF, LTE, HIIF) are
 trained on coordinates and cells, DIIF/DLTE on pixel indices of the HR grid (exact by the
@@ -15,7 +15,7 @@ state (torch's global generator and each rank's data generator).  Starting the s
 command again continues from it; the next step's loss is the one the uninterrupted run
 would have had.
 
-Multi-GPU: launch with ``torchrun --nproc_per_node=N -m implicit_kernels.train CONFIG``;
+Multi-GPU: launch with ``torchrun --nproc_per_node=N -m implicit_kernels train CONFIG``;
 each process trains on its own batches (``batch_size`` per process, data seed
 ``seed + rank``) under ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU); rank 0
 writes checkpoints and shows progress.
@@ -155,7 +155,7 @@ def build_model(cfg: dict):
 
 
 def build_sampler(cfg: dict, rank: int = 0, images=None) -> D.PairSampler:
-    """The :class:`~implicit_kernels.data.PairSampler` of ``cfg["data"]`` (reading the
+    """The :class:`~implicit_kernels.apps.data.PairSampler` of ``cfg["data"]`` (reading the
     folder unless ``images`` is given), seeded with ``train.seed + rank``."""
     d, t = cfg["data"], cfg["train"]
     scale = D.ScaleDist.parse(d["scale"])
@@ -430,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m implicit_kernels train",
         description="Train an implicit SR model from a YAML config (resumes <out>/last.pt "
                     "when it exists). Multi-GPU: torchrun --nproc_per_node=N -m "
-                    "implicit_kernels.train CONFIG.")
+                    "implicit_kernels train CONFIG.")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--out", help="run folder (default: train.out, else runs/<model>)")
     p.add_argument("--data", help="training image folder (overrides data.root)")
