@@ -196,12 +196,13 @@ setup(
     python_requires=">=3.10",
     license="MIT",
     # Only `implicit_kernels` and the reference models; `models` is a generic top-level
-    # name, shipped explicitly; implicit_kernels imports it only in its command-line demo.
+    # name, shipped explicitly; only the application layer, implicit_kernels.apps, imports it.
     packages=find_packages(
         where=ROOT, include=["implicit_kernels", "implicit_kernels.*", "models", "models.*"]
     ),
-    package_data={"implicit_kernels": ["_C_build.json", "data/*.png", "data/README.md",
-                                       "weights/*.safetensors", "weights/*.yaml", "weights/*.md"]},
+    package_data={"implicit_kernels": ["_C_build.json"],
+                  "implicit_kernels.apps": ["assets/*.png", "assets/README.md"],
+                  "implicit_kernels.apps.weights": ["*.safetensors", "*.yaml", "*.md"]},
     entry_points={"console_scripts": ["implicit-sr = implicit_kernels.__main__:main"]},
     # No version pin beyond the API floor: the GPU machine has 2.11, CPU machines 2.13,
     # and pip must never replace the torch the extension is built against.

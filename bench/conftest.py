@@ -22,7 +22,7 @@ Protocol (docs/cost-model.md, "Timing protocol")
   and CUDA events around each run give ``device_median_s``; float32 means float32 (TF32
   off), as the float32 ``reference`` baseline of docs/cost-model.md ("Timing protocol").
 * Warm-up is excluded: one untimed run (compilation, lazy loading, allocator growth), one
-  untimed run inside :class:`~implicit_kernels.demo.PeakMemory` for the peak memory, on
+  untimed run inside :class:`~implicit_kernels.apps.demo.PeakMemory` for the peak memory, on
   CUDA further untimed warm-up runs, then the timed rounds (counts in :func:`_rounds`).
 * Runs rotate among ``INPUT_SETS`` inputs, so repeats do not time a cache warm with one
   input.
@@ -86,8 +86,9 @@ import pytest
 import torch
 
 import models
-from implicit_kernels import backends, cost, demo
-from implicit_kernels.demo import PeakMemory
+from implicit_kernels import backends, cost
+from implicit_kernels.apps import demo
+from implicit_kernels.apps.demo import PeakMemory
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_CUDA = DEVICE.type == "cuda"

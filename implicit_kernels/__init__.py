@@ -2,8 +2,9 @@
 
 ``implicit_kernels.functional`` (also ``implicit_kernels.F``) holds the decode ops;
 ``implicit_kernels.backends`` lists and picks their implementations.  The application
-modules (``weights``, ``upscale``, ``train``, ``evaluate``, ``export``, ...) load on first
-attribute access, so ``import implicit_kernels`` stays light.
+layer (``implicit_kernels.apps``: ``weights``, ``upscale``, ``train``, ``evaluate``,
+``export``, ...) and the other submodules load on first attribute access, so ``import
+implicit_kernels`` stays light.
 """
 import importlib
 
@@ -14,8 +15,7 @@ __version__ = "0.1.0"
 __all__ = ["F", "functional", "__version__"]
 
 #: Submodules imported on first access as attributes of the package.
-_LAZY = ("backends", "cost", "data", "demo", "evaluate", "export", "geometry", "info",
-         "train", "upscale", "weights")
+_LAZY = ("apps", "backends", "cost", "geometry", "info")
 
 
 def __getattr__(name):

@@ -2,13 +2,13 @@
 
 Commands (each module is imported only when its command runs):
 
-- ``demo``: decode an image through every available backend (:mod:`.demo`);
+- ``demo``: decode an image through every available backend (:mod:`.apps.demo`);
 - ``info``: versions, build and backend availability (:mod:`.info`);
 - ``cost``: parameters and MACs of a model (:mod:`.cost`);
-- ``upscale``: super-resolve an image with a trained model (:mod:`.upscale`);
-- ``train``: train a model from a YAML config (:mod:`.train`);
-- ``eval``: PSNR of models and bicubic over HR images (:mod:`.evaluate`);
-- ``export``: encoder + decoder to ONNX (:mod:`.export`);
+- ``upscale``: super-resolve an image with a trained model (:mod:`.apps.upscale`);
+- ``train``: train a model from a YAML config (:mod:`.apps.train`);
+- ``eval``: PSNR of models and bicubic over HR images (:mod:`.apps.evaluate`);
+- ``export``: encoder + decoder to ONNX (:mod:`.apps.export`);
 - ``build``: compile the C++ extension for the installed torch now (:mod:`._jit`).
 
 The console script ``implicit-sr`` is this dispatcher (``implicit-sr upscale ...``).
@@ -20,14 +20,14 @@ import sys
 
 #: Command -> (module with ``main(argv) -> int``, one-line help).
 COMMANDS = {
-    "demo": ("implicit_kernels.demo", "decode an image through every available backend"),
+    "demo": ("implicit_kernels.apps.demo", "decode an image through every available backend"),
     "info": ("implicit_kernels.info", "versions, build and backend availability"),
     "cost": ("implicit_kernels.cost", "parameters and MACs of a model"),
-    "upscale": ("implicit_kernels.upscale", "super-resolve an image with a trained model"),
-    "train": ("implicit_kernels.train", "train a model from a YAML config"),
-    "eval": ("implicit_kernels.evaluate", "PSNR of models and bicubic over HR images"),
+    "upscale": ("implicit_kernels.apps.upscale", "super-resolve an image with a trained model"),
+    "train": ("implicit_kernels.apps.train", "train a model from a YAML config"),
+    "eval": ("implicit_kernels.apps.evaluate", "PSNR of models and bicubic over HR images"),
     "build": ("implicit_kernels._jit", "compile the C++ extension for the installed torch now"),
-    "export": ("implicit_kernels.export", "encoder + decoder to ONNX (torch backend)"),
+    "export": ("implicit_kernels.apps.export", "encoder + decoder to ONNX (torch backend)"),
 }
 
 
@@ -53,10 +53,13 @@ def main(argv=None) -> int:
         module = importlib.import_module(name)
         return module.main(rest) or 0
     except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
+        if exc.name is None or not (name + ".").startswith(exc.name + "."):
+            raise  # a module the command needs, not the command's own (or its package)
         print(f"command {command!r} is not available in this installation", file=sys.stderr)
         return 2
+    except ImportError as exc:  # e.g. implicit_kernels.apps without the `models` package
+        print(f"{command} failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C while torch is imported, or in a command that does not handle it itself.
         print(f"{command}: interrupted", file=sys.stderr)

@@ -5,7 +5,8 @@ Build by name with :func:`make`: an encoder alone (``"edsr-baseline"``, ``"rdn"`
 ``"<encoder>-<decoder>"`` (e.g. ``"edsr-baseline-diif"``).  Decoder models take the
 *normalised* LR image ``(x - 0.5) / 0.5``; :func:`upscale` wraps that for ``[0, 1]`` images.
 
-This package depends on ``implicit_kernels``; ``implicit_kernels`` never imports it.
+This package depends on ``implicit_kernels``; of ``implicit_kernels`` only the application layer,
+``implicit_kernels.apps``, imports it.
 """
 from __future__ import annotations
 

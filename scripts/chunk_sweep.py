@@ -18,7 +18,7 @@ import torch
 
 import implicit_kernels.functional as F
 import models
-from implicit_kernels.demo import PeakMemory
+from implicit_kernels.apps.demo import PeakMemory
 
 
 def decode_fn(decoder, feat, inp, out_size, params):

@@ -3,7 +3,7 @@
 # and renders in Debian's desktop-wallpaper packages.  Each package is downloaded with
 # `apt-get download` (no installation, no root needed for this step) and unpacked with
 # `dpkg -x`; the PNG/JPEG files are then gathered (as symlinks) into one flat folder
-# that `implicit_kernels.data.ImageFolder` reads.
+# that `implicit_kernels.apps.data.ImageFolder` reads.
 #
 # Usage: scripts/fetch_wallpapers.sh [DEST] [PACKAGE ...]
 #   DEST      default: ${IK_DATA:-$HOME/.cache/implicit-kernels}/wallpapers

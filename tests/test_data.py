@@ -1,4 +1,4 @@
-"""implicit_kernels.data: the image folder (skipping bad files) and the LR/HR pair sampler
+"""implicit_kernels.apps.data: the image folder (skipping bad files) and the LR/HR pair sampler
 (shapes, ranges, Pillow bicubic down-sampling, determinism)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from implicit_kernels import data as D
 from implicit_kernels import geometry
+from implicit_kernels.apps import data as D
 
 
 def _write_images(folder, sizes=((120, 100), (90, 130)), seed=0):

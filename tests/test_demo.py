@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from implicit_kernels import __main__ as cli
-from implicit_kernels import backends, demo
+from implicit_kernels import backends
+from implicit_kernels.apps import demo
 
 models = pytest.importorskip("models")
 

@@ -1,4 +1,4 @@
-"""implicit_kernels.evaluate: PSNR by hand (shave, Y channel), the LR/HR pairs of
+"""implicit_kernels.apps.evaluate: PSNR by hand (shave, Y channel), the LR/HR pairs of
 docs/evaluation.md, and the table over a folder."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import models
-from implicit_kernels import data as D
-from implicit_kernels import evaluate as E
+from implicit_kernels.apps import data as D
+from implicit_kernels.apps import evaluate as E
 
 
 def test_psnr_rgb_by_hand():

@@ -1,4 +1,4 @@
-"""ONNX export (`implicit_kernels/export.py`): onnxruntime against PyTorch within 1e-4
+"""ONNX export (`implicit_kernels/apps/export.py`): onnxruntime against PyTorch within 1e-4
 (fp32) at a non-integer and an asymmetric scale, for EDSR-baseline-LIIF, -LTE and -HIIF
 from ONE dynamic export (query form, any output size) and for EDSR-baseline-DIIF from
 one fixed-size export per size; the command line, and the errors.  Needs the optional
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-from implicit_kernels import export as E
+from implicit_kernels.apps import export as E
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install .[onnx])")
 pytest.importorskip("onnx", reason="onnx not installed (pip install .[onnx])")

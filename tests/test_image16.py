@@ -1,4 +1,4 @@
-"""implicit_kernels.image16 and read_photo on 16-bit colour: PNG (pypng) and TIFF
+"""implicit_kernels.apps.image16 and read_photo on 16-bit colour: PNG (pypng) and TIFF
 (tifffile) files are detected from their headers, read and written at full depth,
 exactly, with alpha (tRNS, associated or unassociated), ICC profile and EXIF
 orientation; everything else stays with Pillow."""
@@ -15,8 +15,8 @@ import tifffile
 import torch
 from PIL import Image, ImageOps
 
-from implicit_kernels import data as D
-from implicit_kernels import image16
+from implicit_kernels.apps import data as D
+from implicit_kernels.apps import image16
 
 ICC = b"not a real profile, but bytes to keep" * 3
 

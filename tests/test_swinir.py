@@ -211,7 +211,7 @@ def test_cost_matches_hooked_modules():
 
 def test_upscale_never_tiles_swinir():
     """Tiling is exact only for encoders of bounded reach; SwinIR's is the whole image."""
-    from implicit_kernels import upscale as U
+    from implicit_kernels.apps import upscale as U
 
     enc = S.SwinIR(**TINY).eval()
     assert U.global_receptive_field(enc)

@@ -1,4 +1,4 @@
-"""implicit_kernels.train: a short run lowers the loss, checkpoints resume exactly,
+"""implicit_kernels.apps.train: a short run lowers the loss, checkpoints resume exactly,
 configs are checked, the command line trains and exports weights."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from implicit_kernels import data as D
-from implicit_kernels import train as T
-from implicit_kernels.weights import load_model
+from implicit_kernels.apps import data as D
+from implicit_kernels.apps import train as T
+from implicit_kernels.apps.weights import load_model
 
 TINY = {"edsr-baseline-diif": {"coarse_hidden": [16, 16], "fine_hidden": [16, 16]},
         "edsr-baseline-liif": {"hidden_list": [16, 16]}}

@@ -1,4 +1,4 @@
-"""implicit_kernels.upscale: writes the requested size at the input's depth (8 or 16 bits,
+"""implicit_kernels.apps.upscale: writes the requested size at the input's depth (8 or 16 bits,
 grey or colour), with its alpha channel, ICC profile and orientation; refuses every
 request the README lists with one line and exit status 2, before decoding anything; never
 unpickles weights; Ctrl-C leaves no partial file; its tiled encoder and banded decoder
@@ -16,10 +16,10 @@ import torch
 from PIL import Image, ImageOps
 
 import models
-from implicit_kernels import data as D
-from implicit_kernels import upscale as U
-from implicit_kernels.image16 import Image16
-from implicit_kernels.weights import WEIGHTS_FORMAT, save_weights
+from implicit_kernels.apps import data as D
+from implicit_kernels.apps import upscale as U
+from implicit_kernels.apps.image16 import Image16
+from implicit_kernels.apps.weights import WEIGHTS_FORMAT, save_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODER = {"n_resblocks": 1, "n_feats": 8}

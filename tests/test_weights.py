@@ -1,4 +1,4 @@
-"""implicit_kernels.weights: shipped safetensors weights, names resolved before paths,
+"""implicit_kernels.apps.weights: shipped safetensors weights, names resolved before paths,
 and files that would run code when unpickled refused without running it."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from implicit_kernels import weights as W
+from implicit_kernels.apps import weights as W
 
 models = pytest.importorskip("models")
 

@@ -1,7 +1,7 @@
 """``python -m implicit_kernels train CONFIG.yaml``: train an implicit SR model.
 
 The recipe is the papers' (docs/liif-lte.md#training-recipe, docs/diif.md#training-settings):
-random HR crops and a scale per batch from :mod:`implicit_kernels.data`, LR by Pillow
+random HR crops and a scale per batch from :mod:`implicit_kernels.apps.data`, LR by Pillow
 bicubic, L1 loss on the normalised colours of sampled HR pixels, Adam, the learning rate
 multiplied by ``gamma`` at each milestone step.  Point-query decoders (LIIF, LTE, HIIF) are
 trained on coordinates and cells, DIIF/DLTE on pixel indices of the HR grid (exact by the
@@ -15,7 +15,7 @@ state (torch's global generator and each rank's data generator).  Starting the s
 command again continues from it; the next step's loss is the one the uninterrupted run
 would have had.
 
-Multi-GPU: launch with ``torchrun --nproc_per_node=N -m implicit_kernels.train CONFIG``;
+Multi-GPU: launch with ``torchrun --nproc_per_node=N -m implicit_kernels train CONFIG``;
 each process trains on its own batches (``batch_size`` per process, data seed
 ``seed + rank``) under ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU); rank 0
 writes checkpoints and shows progress.
@@ -31,13 +31,13 @@ overrides one)::
             init: null}
 
 ``train.init`` (or ``--init``) names weights to start a new run from (a shipped name or a
-weights/checkpoint path, read as :func:`implicit_kernels.weights.load_model` does): the
+weights/checkpoint path, read as :func:`implicit_kernels.apps.weights.load_model` does): the
 model's parameters only, with a fresh optimizer and schedule.  It is ignored when the run
 resumes its own checkpoint.
 
 ``python -m implicit_kernels train CONFIG --export W.safetensors`` writes the run's last
 checkpoint as shipped weights (fp16 state dict + config + step; see
-:mod:`implicit_kernels.weights`).
+:mod:`implicit_kernels.apps.weights`).
 
 Checkpoints hold only tensors and plain data (the random states are tensors), so they
 are read back with ``torch.load(weights_only=True)``: a checkpoint file never runs code.
@@ -54,9 +54,17 @@ import time
 
 import torch
 
+import models
+
 from . import data as D
-from .weights import (CHECKPOINT_FORMAT, SUFFIX, load_model, load_torch_file, read_weights,
-                      save_weights)
+from .weights import (
+    CHECKPOINT_FORMAT,
+    SUFFIX,
+    load_model,
+    load_torch_file,
+    read_weights,
+    save_weights,
+)
 
 #: Default configuration; a config file overrides any subset.
 DEFAULTS = {
@@ -141,18 +149,13 @@ def load_config(path: str | None = None, overrides=()) -> dict:
 
 def build_model(cfg: dict):
     """The model of ``cfg["model"]`` (``models.make``; random initialisation)."""
-    try:
-        import models
-    except ImportError as exc:
-        raise ImportError("training needs the repository's `models` package (pip install -e "
-                          f"the repository, or run from its root): {exc}") from exc
     m = cfg["model"]
     return models.make(m["name"], encoder_kwargs=m.get("encoder_kwargs") or None,
                        **(m.get("kwargs") or {}))
 
 
 def build_sampler(cfg: dict, rank: int = 0, images=None) -> D.PairSampler:
-    """The :class:`~implicit_kernels.data.PairSampler` of ``cfg["data"]`` (reading the
+    """The :class:`~implicit_kernels.apps.data.PairSampler` of ``cfg["data"]`` (reading the
     folder unless ``images`` is given), seeded with ``train.seed + rank``."""
     d, t = cfg["data"], cfg["train"]
     scale = D.ScaleDist.parse(d["scale"])
@@ -405,7 +408,7 @@ def threading_main() -> bool:
 
 def export(checkpoint: str, dest: str, dtype=torch.float16) -> dict:
     """Write the model of a training checkpoint as shipped weights, a safetensors file
-    (:func:`implicit_kernels.weights.save_weights`): the state dict in ``dtype``, with
+    (:func:`implicit_kernels.apps.weights.save_weights`): the state dict in ``dtype``, with
     ``format``, ``model``, ``kwargs``, ``encoder_kwargs``, ``step``, ``elapsed`` and
     ``config`` as metadata.  Returns the weights dict."""
     if not dest.endswith(SUFFIX):
@@ -427,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m implicit_kernels train",
         description="Train an implicit SR model from a YAML config (resumes <out>/last.pt "
                     "when it exists). Multi-GPU: torchrun --nproc_per_node=N -m "
-                    "implicit_kernels.train CONFIG.")
+                    "implicit_kernels train CONFIG.")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--out", help="run folder (default: train.out, else runs/<model>)")
     p.add_argument("--data", help="training image folder (overrides data.root)")

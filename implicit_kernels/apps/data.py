@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import geometry, image16
+from implicit_kernels import geometry
+
+from . import image16
 
 #: File name endings the folder reads (case-insensitive).
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -84,7 +86,7 @@ class Photo:
     ICC profile to write with results (``None``: none, or the colour space changed on
     reading, e.g. CMYK).  ``image``: the image upright, in the mode results are written
     in: a ``PIL.Image`` (``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``) or, for 16-bit colour
-    or grey with alpha, an :class:`~implicit_kernels.image16.Image16`.  ``note``: a
+    or grey with alpha, an :class:`~implicit_kernels.apps.image16.Image16`.  ``note``: a
     remark about the reading for the user, or ``None``.
     """
     rgb: torch.Tensor
@@ -191,7 +193,7 @@ def photo_image(colour: torch.Tensor, alpha: torch.Tensor | None = None):
     or ``uint16``, and an optional ``1×H×W`` ``alpha`` of the same dtype.
 
     A ``PIL.Image``, except for 16-bit colour or 16-bit grey with alpha, which Pillow
-    cannot hold: an :class:`~implicit_kernels.image16.Image16` then (PNG or TIFF only).
+    cannot hold: an :class:`~implicit_kernels.apps.image16.Image16` then (PNG or TIFF only).
     """
     from PIL import Image
 

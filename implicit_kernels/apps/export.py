@@ -35,8 +35,11 @@ import sys
 import torch
 from torch import nn
 
-from . import _validate as check
-from . import geometry
+import models
+from implicit_kernels import _validate as check
+from implicit_kernels import geometry
+
+from .weights import load_model
 
 __all__ = ["ExportWrapper", "QueryWrapper", "export_onnx", "query_grid", "supports_dynamic",
            "to_image", "main"]
@@ -262,10 +265,6 @@ def main(argv=None) -> int:
 def _load_model(name: str):
     """``(model, note)``: a shipped model or a weights file / checkpoint (as ``upscale
     --model`` reads them), else a ``models.make`` name with random weights."""
-    import models
-
-    from .weights import load_model
-
     try:
         return load_model(name)[0], ""
     except ValueError:

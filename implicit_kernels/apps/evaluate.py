@@ -32,7 +32,10 @@ import sys
 
 import torch
 
+import models
+
 from . import data as D
+from .weights import load_model, load_model_file, shipped
 
 DEFAULT_SCALES = "2,3,3.7,4,6,8,12,18,24,30"
 #: Held-out colour photographs from ``skimage.data``: name -> loader name.
@@ -122,8 +125,6 @@ def evaluate(methods: dict, images, scales, protocol: str = "y", backend: str = 
         ``{label: {scale: mean PSNR}}``.
     """
     from PIL import Image
-
-    import models
 
     sums = {label: {s: 0.0 for s in scales} for label in methods}
     bar = None
@@ -224,8 +225,6 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from .weights import load_model, load_model_file, shipped
-
     try:
         scales = [float(s) for s in args.scales.split(",")]
     except ValueError:

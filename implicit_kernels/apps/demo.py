@@ -1,7 +1,7 @@
 """``python -m implicit_kernels demo``: decode one image through every available backend.
 
-Loads a small photograph (the bundled ``data/astronaut.png`` unless ``--image`` is given),
-loads the model's shipped weights (:mod:`implicit_kernels.weights`; a model without
+Loads a small photograph (the bundled ``assets/astronaut.png`` unless ``--image`` is given),
+loads the model's shipped weights (:mod:`implicit_kernels.apps.weights`; a model without
 shipped weights, or ``--random``, gets random seeded weights: the demo is about speed,
 memory and agreement between backends), runs the encoder once and decodes the features at several
 scales, including a non-integer and an asymmetric one, with each backend.  It prints one
@@ -16,8 +16,8 @@ every millisecond by a background thread reading ``/proc/self/statm`` (so a peak
 than a sample period can be missed, and memory the allocator already holds from earlier
 calls is not counted again).  Where ``/proc`` is absent it prints ``n/a``.
 
-The ``models`` package (the repository's reference ``nn.Module`` s) must be importable;
-``implicit_kernels`` itself never imports it elsewhere.
+The ``models`` package (the repository's reference ``nn.Module`` s) must be importable,
+as for all of :mod:`implicit_kernels.apps`; the kernel package never imports it.
 """
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backends, cost
+import models
+from implicit_kernels import backends, cost
+
+from . import weights
 
 DEFAULT_MODEL = "edsr-baseline-diif"
 #: Rows ×, columns × ("AxB" is asymmetric); sized so the default run on the bundled
@@ -139,7 +142,7 @@ def load_image(path: str | None = None) -> torch.Tensor:
     except ImportError as exc:
         raise ImportError("the demo reads images with Pillow: pip install pillow") from exc
     if path is None:
-        resource = importlib.resources.files(__package__) / "data" / "astronaut.png"
+        resource = importlib.resources.files(__package__) / "assets" / "astronaut.png"
         with importlib.resources.as_file(resource) as file, Image.open(file) as im:
             rgb = im.convert("RGB")
     else:
@@ -309,21 +312,15 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    try:
-        import models
-    except ImportError as exc:
-        raise ImportError("the demo needs the repository's `models` package on the path "
-                          f"(run it from the repository root): {exc}") from exc
     scales = parse_scales(args.scales)
     if args.repeat < 1:
         raise ValueError("--repeat must be at least 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     img = load_image(args.image).to(device)
-    from . import weights
-
     if args.model in weights.shipped() and not args.random:
         model, info = weights.load_model(args.model, device=device)
-        origin = f"shipped weights (step {info['step']:,}; see implicit_kernels/weights/README.md)"
+        origin = (f"shipped weights (step {info['step']:,}; "
+                  "see implicit_kernels/apps/weights/README.md)")
     else:
         torch.manual_seed(args.seed)
         model = models.make(args.model).eval().to(device)

@@ -2,7 +2,7 @@
 
 Each shipped model is ``<name>.safetensors`` in this folder, written by
 ``python -m implicit_kernels train CONFIG --export NAME.safetensors``
-(:func:`implicit_kernels.train.export`, :func:`save_weights`): the state dict (fp16) as
+(:func:`implicit_kernels.apps.train.export`, :func:`save_weights`): the state dict (fp16) as
 the file's tensors, and ``format`` (``"implicit-kernels-weights/1"``), ``model``,
 ``kwargs``, ``encoder_kwargs``, ``step``, ``elapsed`` and ``config`` as its metadata, each
 a JSON string.  ``<name>.yaml`` beside it is the config it was trained with.  See
@@ -23,6 +23,8 @@ import pickle
 import re
 
 import torch
+
+import models
 
 __all__ = ["shipped", "load_model", "load_model_file", "read_weights", "save_weights",
            "load_torch_file", "looks_like_path", "UnknownModelError", "WEIGHTS_FORMAT",
@@ -221,10 +223,6 @@ def load_model_file(path, device="cpu", dtype=torch.float32):
 
 def _build(obj: dict, device, dtype):
     """The model a weights dict names, with its state loaded, in eval mode."""
-    try:
-        import models
-    except ImportError as exc:
-        raise ImportError(f"loading a model needs the `models` package: {exc}") from exc
     try:
         model = models.make(obj["model"], encoder_kwargs=obj.get("encoder_kwargs") or None,
                             **(obj.get("kwargs") or {}))

@@ -5,7 +5,7 @@ upscale ...``): super-resolve a photograph with a trained model.
   ``round(h·A) × round(w·B)``; ``--size HxW`` gives it directly (rows first).
 * ``--model`` is a shipped model name (default ``edsr-baseline-diif``), or a weights file /
   training checkpoint whose name has a folder or an extension; ``--weights PATH`` takes
-  any path (:func:`implicit_kernels.weights.load_model`).  Files are never unpickled
+  any path (:func:`implicit_kernels.apps.weights.load_model`).  Files are never unpickled
   beyond tensors and plain data.
 * ``--backend`` picks the ``F`` backend (default ``auto``), checked up front.
 * ``--tile N`` runs the encoder on ``N×N`` tiles of the input, each with a margin equal
@@ -41,8 +41,10 @@ import time
 import torch
 from torch import nn
 
+from implicit_kernels import backends, geometry
+
 from . import data as D
-from . import geometry
+from .weights import load_model, load_model_file
 
 DEFAULT_MODEL = "edsr-baseline-diif"
 #: Largest output accepted without ``--max-pixels`` (0.2 gigapixels: 600 MB as uint8).
@@ -281,7 +283,7 @@ def _decode_band(model, decoder, feat, inp, size, r0, r1, backend):
 def _bundled_photo() -> str:
     import importlib.resources
 
-    return str(importlib.resources.files(__package__) / "data" / "astronaut.png")
+    return str(importlib.resources.files(__package__) / "assets" / "astronaut.png")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -401,8 +403,6 @@ def _read_input(path: str):
 def _load(args, device):
     """``(model, info)`` of ``--weights`` or ``--model``; unreadable, refused or unfit
     files are usage errors."""
-    from .weights import load_model, load_model_file
-
     try:
         if args.weights is not None:
             return load_model_file(args.weights, device=device)
@@ -414,8 +414,6 @@ def _load(args, device):
 def _check_model_options(model, args, device) -> None:
     """``--backend`` can run this model's decoder on ``device``; ``--tile`` is not below
     :func:`min_tile`."""
-    from . import backends
-
     decoder = type(model).__name__.lower()
     with torch.no_grad():
         feat = model.encoder(torch.zeros(1, 3, 1, 1, device=device))
