@@ -206,7 +206,7 @@ def test_attention_is_the_papers_form():
 def test_attention_sums_over_chunks_add_in_fp32(monkeypatch):
     """The per-chunk ``Σ k̂ᵀv̂`` of a half-precision decode add in fp32: in bf16, a running
     sum of 1 and 255 chunks of 1/256 would stay 1 (each 1/256 is under half an ulp)."""
-    from implicit_kernels.compiled import hiif as orchestration
+    from implicit_kernels.ops import hiif as orchestration
 
     chunks = iter([torch.ones(1, 1, 1, 1, dtype=torch.bfloat16)]
                   + [torch.full((1, 1, 1, 1), 1 / 256, dtype=torch.bfloat16)] * 255)

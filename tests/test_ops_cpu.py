@@ -20,9 +20,9 @@ def diif_params(c=4, hidden=24, dtype=torch.float32, coarse_layers=2):
 
 def op_args(feat, params, pixels, size, slicing="linear"):
     """The operator's arguments for a decode, as the backend builds them."""
-    from implicit_kernels.compiled.diif import _op_inputs, prepare_diif
+    from implicit_kernels.ops.diif import op_inputs, prepare_diif
     structured = F._diif_params(params, feat)
-    return (*_op_inputs(prepare_diif(feat, structured)), pixels, size[0], size[1], slicing, True)
+    return (*op_inputs(prepare_diif(feat, structured)), pixels, size[0], size[1], slicing, True)
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)

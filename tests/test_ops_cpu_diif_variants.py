@@ -64,13 +64,13 @@ def test_gradcheck_float64(variant):
 
 def op_and_args(variant, feat, params, pixels, size, slicing="linear"):
     """The operator and its arguments for a decode, as the backend builds them."""
-    from implicit_kernels.compiled import diif, dlte
+    from implicit_kernels.ops import diif, dlte
     if variant == "dlte":
         p = dlte.prepare_dlte(feat, F._dlte_params(params, feat))
-        return torch.ops.implicit_kernels.dlte_decode, (*dlte._op_inputs(p), pixels, *size,
+        return torch.ops.implicit_kernels.dlte_decode, (*dlte.op_inputs(p), pixels, *size,
                                                         slicing)
     p = diif.prepare_diif_without_ensemble(feat, F._diif_params(params, feat, False))
-    return torch.ops.implicit_kernels.diif_decode, (*diif._op_inputs(p), pixels, *size, slicing,
+    return torch.ops.implicit_kernels.diif_decode, (*diif.op_inputs(p), pixels, *size, slicing,
                                                     False)
 
 

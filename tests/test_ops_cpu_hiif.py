@@ -90,7 +90,7 @@ def test_hiif_codes_bit_exact(dtype):
 
 def _op_samples():
     """Arguments of every operator, as the backend builds them on a small decode."""
-    from implicit_kernels.compiled.hiif import _features, prepare_hiif
+    from implicit_kernels.ops.hiif import _features, prepare_hiif
     feat, _ = inputs(b=2, c=4, h=3, w=4)
     params = hiif_params(c_enc=4, c_z=8, head_dim=4, hidden=8, levels=3)
     p = prepare_hiif(feat, F._hiif_params(params, feat))

@@ -135,12 +135,12 @@ def op_samples(decoder, b=2, c=3, h=3, w=4, q=40):
     params = make_params(decoder, c=c, hidden=8)
     coord, cell = tie_queries(b, q, h, w)
     if decoder == "liif":
-        from implicit_kernels.compiled.liif import _op_inputs, prepare_liif
-        args = (*_op_inputs(prepare_liif(feat, F._liif_params(params, feat))), coord, cell)
+        from implicit_kernels.ops.liif import op_inputs, prepare_liif
+        args = (*op_inputs(prepare_liif(feat, F._liif_params(params, feat))), coord, cell)
         op = torch.ops.implicit_kernels.liif_decode
     else:
-        from implicit_kernels.compiled.lte import _op_inputs, prepare_lte
-        args = (*_op_inputs(prepare_lte(feat, F._lte_params(params, feat))), coord, cell)
+        from implicit_kernels.ops.lte import op_inputs, prepare_lte
+        args = (*op_inputs(prepare_lte(feat, F._lte_params(params, feat))), coord, cell)
         op = torch.ops.implicit_kernels.lte_decode
     permuted = list(args)
     permuted[0] = args[0].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)

@@ -70,11 +70,11 @@ def test_diif_gradcheck_float64():
 
 
 def test_diif_pixels_and_opcheck():
-    from implicit_kernels.compiled.diif import _op_inputs, prepare_diif
+    from implicit_kernels.ops.diif import op_inputs, prepare_diif
     feat = torch.randn(2, 3, 3, 4, device="cuda")
     params = diif_params(3, 8)
     pixels = torch.stack([torch.randint(0, 7, (2, 40)), torch.randint(0, 9, (2, 40))], -1).cuda()
     ref = F.diif_decode(feat, (7, 9), params, pixels=pixels, backend="reference")
     assert_matches(F.diif_decode(feat, (7, 9), params, pixels=pixels, backend="cuda"), ref)
-    args = (*_op_inputs(prepare_diif(feat, F._diif_params(params, feat))), pixels, 7, 9, "linear")
+    args = (*op_inputs(prepare_diif(feat, F._diif_params(params, feat))), pixels, 7, 9, "linear")
     torch.library.opcheck(torch.ops.implicit_kernels.diif_decode, args)

@@ -12,6 +12,7 @@ tf32) with triton's bundled ptxas.  Takes about two minutes on two cores.
 import importlib.util
 import os
 import pathlib
+import pkgutil
 import sys
 
 import pytest
@@ -36,9 +37,11 @@ def launches():
 
 def _kernels(decoder):
     """The names of the ``*_kernel`` functions (the launched ones, by convention) of
-    ``decoder``'s module."""
+    ``decoder``'s module, or of the modules of its package (``triton/hiif/``)."""
     module = importlib.import_module(f"implicit_kernels.triton.{decoder}")
-    return {name for name in vars(module) if name.endswith("_kernel")}
+    modules = [module] + [importlib.import_module(f"{module.__name__}.{info.name}")
+                          for info in pkgutil.iter_modules(getattr(module, "__path__", []))]
+    return {name for m in modules for name in vars(m) if name.endswith("_kernel")}
 
 
 @pytest.mark.parametrize("decoder", check.DECODERS)

@@ -81,12 +81,11 @@ def test_backend_is_listed_and_not_auto():
 
 
 def test_opcheck():
-    from implicit_kernels.compiled.diif import _op_inputs
-    from implicit_kernels.triton.diif import prepare_diif
+    from implicit_kernels.ops.diif import op_inputs, prepare_diif
     feat = torch.randn(2, 3, 3, 4, device=DEVICE)
     params = {k: v.to(DEVICE) for k, v in diif_params(3, 16).items()}
     pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
-    inputs = _op_inputs(prepare_diif(feat, F._diif_params(params, feat)))
+    inputs = op_inputs(prepare_diif(feat, F._diif_params(params, feat)))
     # Any pixels (-1), and raster positions 0..62 (slices found arithmetically).
     for raster_start in (-1, 0):
         args = (*inputs, pixels, 7, 9, "linear", raster_start, True)

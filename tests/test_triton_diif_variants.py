@@ -65,14 +65,14 @@ def test_backend_lists_the_variants():
 
 def op_and_args(variant, feat, params, pixels, size, slicing="linear"):
     """The operator and its arguments for a decode, as the backend builds them."""
-    from implicit_kernels.triton import diif, dlte
+    from implicit_kernels.ops import diif, dlte
     if variant == "dlte":
         p = dlte.prepare_dlte(feat, F._dlte_params(params, feat))
         return torch.ops.implicit_kernels.dlte_decode_triton, (
-            *dlte._op_inputs(p), pixels, *size, slicing)
+            *dlte.op_inputs(p), pixels, *size, slicing)
     p = diif.prepare_diif_without_ensemble(feat, F._diif_params(params, feat, False))
     return torch.ops.implicit_kernels.diif_decode_triton, (
-        *diif._op_inputs(p), pixels, *size, slicing, -1, False)
+        *diif.op_inputs(p), pixels, *size, slicing, -1, False)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

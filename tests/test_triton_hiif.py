@@ -25,7 +25,8 @@ from test_hiif_level_codes import CASES, LEVELS, _public_bits, _torch_bits
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
-from implicit_kernels.triton import hiif as triton_hiif
+from implicit_kernels.triton import grid
+from implicit_kernels.triton.hiif import query_geometry
 
 DEVICE = triton_device()
 
@@ -112,14 +113,14 @@ def _codes_kernel(coord_ptr, out_ptr, P, H, W, shift_y_lo, shift_y_hi, shift_x_l
                   shift_x_hi, inv_h, inv_w, public, base_y, step_y, base_x, step_x,
                   LEVELS: tl.constexpr, ROWS: tl.constexpr):
     """The level codes (``P×LEVELS×2``) the HIIF kernels compute for queries ``coord``:
-    their local coordinate (``_query_local``) and each level's bits (``_level_bits``)."""
+    their local coordinate (``query_local``) and each level's bits (``level_bits``)."""
     p = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     p_ok = p < P
-    _, _, ly, lx = triton_hiif._query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
-                                            (shift_x_lo, shift_x_hi), inv_h, inv_w,
-                                            (public, base_y, step_y, base_x, step_x))
+    _, _, ly, lx = query_geometry.query_local(coord_ptr, p, p_ok, H, W, (shift_y_lo, shift_y_hi),
+                                              (shift_x_lo, shift_x_hi), inv_h, inv_w,
+                                              (public, base_y, step_y, base_x, step_x))
     for level in tl.static_range(LEVELS):
-        by, bx = triton_hiif._level_bits(ly, lx, level)
+        by, bx = query_geometry.level_bits(ly, lx, level)
         tl.store(out_ptr + (p * LEVELS + level) * 2, by, mask=p_ok)
         tl.store(out_ptr + (p * LEVELS + level) * 2 + 1, bx, mask=p_ok)
 
@@ -131,8 +132,8 @@ def _triton_bits(lr, out, centres):
     n = coord.shape[0]
     bits = torch.full((n, LEVELS, 2), float("nan"), device=DEVICE)
     _codes_kernel[(triton.cdiv(n, 16),)](
-        coord, bits, n, *lr, *triton_hiif._geometry(*lr, centres == "public"), LEVELS=LEVELS,
-        ROWS=16, **triton_hiif.grid.NO_FMA)
+        coord, bits, n, *lr, *query_geometry.launch_args(*lr, centres == "public"),
+        LEVELS=LEVELS, ROWS=16, **grid.NO_FMA)
     return bits.cpu()
 
 
@@ -207,8 +208,8 @@ def test_unequal_hidden_widths_are_refused():
 
 def _op_samples():
     """Arguments of every operator, as the backend builds them on a small decode."""
-    from implicit_kernels.compiled.hiif import _features, level_lists
-    from implicit_kernels.triton.hiif import SUFFIX, prepare_hiif
+    from implicit_kernels.ops.hiif import _features, level_lists, prepare_hiif
+    from implicit_kernels.triton.hiif.ops import SUFFIX
     feat, _ = inputs(50, c=4, h=3, w=4)
     params = hiif_params(c_enc=4, c_z=16, head_dim=4, hidden=16, levels=3)
     p = prepare_hiif(feat, F._hiif_params({k: v.to(DEVICE) for k, v in params.items()}, feat))

@@ -173,11 +173,11 @@ def test_opcheck(decoder):
     params = make_params(decoder, 3, 16)
     coord, cell = (t.to(DEVICE) for t in tie_queries(2, 40, 3, 4))
     if decoder == "liif":
-        from implicit_kernels.triton.liif import _op_inputs, prepare_liif
-        args = _op_inputs(prepare_liif(feat, F._liif_params(params, feat)))
+        from implicit_kernels.ops.liif import op_inputs, prepare_liif
+        args = op_inputs(prepare_liif(feat, F._liif_params(params, feat)))
     else:
-        from implicit_kernels.triton.lte import _op_inputs, prepare_lte
-        args = _op_inputs(prepare_lte(feat, F._lte_params(params, feat)))
+        from implicit_kernels.ops.lte import op_inputs, prepare_lte
+        args = op_inputs(prepare_lte(feat, F._lte_params(params, feat)))
     op = getattr(torch.ops.implicit_kernels, f"{decoder}_decode_triton")
     opcheck_layouts(op, (*args, coord, cell))
 

@@ -1,258 +1,29 @@
-"""HIIF through the fused C++/CUDA operators (csrc/hiif_decode.cpp): their fake (meta)
-implementations, their autograd, and the backend function.
-
-The maths is the reference's (``reference/hiif.py``); the split of level 0's first layer
-is the torch backend's (``torch_impl/hiif.py``), whose :func:`prepare_hiif` this module
-reuses, laying its per-LR-pixel maps out so a query's four member rows are contiguous.
-Per chunk of queries, the operators do the work:
-
-* ``hiif_level0``: the four codes' gather with their area weights, the level-0 bits,
-  LayerNorm from the per-pixel statistics, fc1, GELU, fc2;
-* ``hiif_attention_stats``: per image and head, ``Σ k̂ᵀv̂`` over the chunk (the attention's
-  global reduction, as its own pass);
-* ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
-* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel.
-
-The orchestration stays here, as in the torch backend, and serves every backend with
-operators of these signatures (:func:`decode`'s ``suffix``: the Triton backend's are
-``implicit_kernels::hiif_<part>_triton``): a call that fits one chunk runs
-one pass (each block uses the chunk's own sums); otherwise pass ``k`` recomputes every
-chunk through the blocks before ``k`` and accumulates block ``k``'s sums over all chunks,
-and a last pass decodes.  The sums are accumulated by PyTorch from the operators'
-outputs, so autograd carries every chunk's gradient through them exactly.  The bilinear
-skip is PyTorch's ``grid_sample`` (``reference.lte.bilinear_skip``), not fused.  Positions
-(coord, cell) are not differentiated.
-"""
+"""HIIF through the fused C++/CUDA operators ``implicit_kernels::hiif_<part>``
+(csrc/hiif_decode.cpp); their interface (preparation, the chunked multi-pass
+orchestration, fake implementations, autograd) is :mod:`implicit_kernels.ops.hiif`'s."""
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .. import _extension
-from .. import _validate as check
-from ..reference.lte import bilinear_skip
-from ..torch_impl import hiif as torch_hiif
-from .liif import check_coordinates_constant
+from ..ops import hiif as ops
+from ..ops.hiif import prepare_hiif, prepare_hiif_public_codes
 
-NS = "implicit_kernels::"
-_ops = torch.ops.implicit_kernels
-
-
-def prepare_hiif(feat, params):
-    """The torch backend's preparation, with level 0's maps as one contiguous
-    ``B×H×W×4×(hidden+2)`` tensor (member ``t``'s row of each LR pixel)."""
-    prepared = torch_hiif.prepare_hiif(feat, params)
-    level0 = prepared["level0"]
-    maps = torch.stack(level0["maps"], dim=-1).permute(0, 2, 3, 4, 1).contiguous()
-    return {**prepared, "level0": {**level0, "maps": maps}}
+__all__ = ["hiif", "hiif_public_codes", "prepare_hiif", "prepare_hiif_public_codes"]
 
 
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """Decode queries with attention over all ``Q`` queries of each image (arguments as
     ``torch_impl.hiif.hiif``) → ``B×Q×3``."""
-    return decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(False,))
+    return ops.decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(False,))
 
 
 def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalizer="n"):
     """:func:`hiif` with the public code's LR pixel centres (``level_codes="public"``): the
     operators' ``public_centres`` flag."""
-    return decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(True,))
-
-
-#: The public-centres mode needs only the feature-map preparation.
-prepare_hiif_public_codes = prepare_hiif
-
-
-def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suffix="",
-           centres=()):
-    """:func:`hiif` through the operators ``implicit_kernels::hiif_<part><suffix>``;
-    ``centres`` is their trailing centre-rounding argument (``(public_centres,)``; empty
-    for operators without one)."""
-    check_coordinates_constant(coord, cell,
-                               f"implicit_kernels::hiif_level0{suffix}/hiif_levels{suffix}")
-    b, n = coord.shape[:2]
-    if n == 0:
-        return coord.new_zeros(b, 0, 3)
-    step = n if chunk_size is None else max(1, chunk_size // b)
-    chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
-    norm = n if normalizer == "n" else math.sqrt(n)
-    size = feat.shape[-2:]
-    mats = []
-    if len(chunks) > 1:
-        for k, block in enumerate(params["attention"]):
-            parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
-                                      suffix, centres), block, suffix) for s, e in chunks]
-            # Summed in fp32 at least: a half-precision running sum loses the later
-            # chunks' bits (float64 stays float64).
-            acc = torch.promote_types(parts[0].dtype, torch.float32)
-            mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
-    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
-                             centres) for s, e in chunks], dim=1)
-    return out + bilinear_skip(inp, coord)
-
-
-def _op(part, suffix):
-    return getattr(_ops, f"hiif_{part}{suffix}")
-
-
-def _stats(x, block, suffix=""):
-    return _op("attention_stats", suffix)(x, *block["qkv"], *block["kln"], *block["vln"],
-                                          block["heads"])
-
-
-def _features(coord, cell, params, mats, stop, norm, suffix="", centres=()):
-    """Level 0 then attention blocks ``0..stop-1`` for a chunk (``B×m×C``).  Blocks
-    without a complete sum in ``mats`` use this chunk's (valid for a single chunk)."""
-    level0 = params["level0"]
-    x = _op("level0", suffix)(level0["maps"], level0["row_sums"], level0["w_extra"],
-                              level0["bias"], *params["levels"][0]["fc2"], coord, cell,
-                              level0["channels"], *centres)
-    for i, block in enumerate(params["attention"][:stop]):
-        mat = mats[i] if i < len(mats) else _stats(x, block, suffix) / norm
-        x = _op("attention_apply", suffix)(x, mat, *block["qkv"], *block["proj1"],
-                                           *block["proj2"])
-    return x
-
-
-def level_lists(params):
-    """Levels 1..L-1's parameters as the six lists of ``hiif_levels``: norm weight and
-    bias, fc1 weight and bias, fc2 weight and bias."""
-    levels = params["levels"][1:]
-    return [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
-
-
-def _decode(coord, cell, params, mats, norm, size, suffix="", centres=()):
-    """The whole decoder but the skip, for a chunk: ``B×m×3``."""
-    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres)
-    return _op("levels", suffix)(x, coord, *level_lists(params), size[0], size[1], *centres)
-
-
-# ----------------------------------------------------------------------------------------
-# Fake implementations and autograd
-# ----------------------------------------------------------------------------------------
-
-def _like(*ts):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts)
-
-
-def _fake_codes(coord, h, w, levels, public_centres=False):
-    return coord.new_empty(*coord.shape[:-1], levels, 2)
-
-
-# Operators of this layout may end with options after ``channels`` (``h, w``): the C++
-# ones take ``public_centres``.
-
-def _fake_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels, *options):
-    return maps.new_empty(coord.shape[0], coord.shape[1], fc2_w.shape[0])
-
-
-def _fake_level0_backward(grad_out, maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell,
-                          channels, *options):
-    check.grad_out(grad_out, maps, (*coord.shape[:2], fc2_w.shape[0]), NS + "hiif_level0_backward")
-    return _like(maps, row_sums, w_extra, bias, fc2_w, fc2_b)
-
-
-def _setup_level0(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8])
-    ctx.options = inputs[8:]  # channels, ...
-
-
-def _backward_level0(backward_op):
-    def backward(ctx, grad_out):
-        grads = backward_op(grad_out, *ctx.saved_tensors, *ctx.options)
-        return (*grads, None, None, *[None] * len(ctx.options))
-    return backward
-
-
-def _fake_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
-    d = x.shape[-1] // heads
-    return x.new_empty(x.shape[0], heads, d, d)
-
-
-def _fake_stats_backward(grad_out, x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
-    d = x.shape[-1] // heads
-    check.grad_out(grad_out, x, (x.shape[0], heads, d, d), NS + "hiif_attention_stats_backward")
-    return _like(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b)
-
-
-def _setup_stats(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7])
-    ctx.heads = inputs[7]
-
-
-def _backward_stats(backward_op):
-    def backward(ctx, grad_out):
-        grads = backward_op(grad_out, *ctx.saved_tensors, ctx.heads)
-        return (*grads, None)
-    return backward
-
-
-def _fake_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _fake_apply_backward(grad_out, *inputs):
-    check.grad_out(grad_out, inputs[0], inputs[0].shape, NS + "hiif_attention_apply_backward")
-    return _like(*inputs)
-
-
-def _setup_apply(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward_apply(backward_op):
-    def backward(ctx, grad_out):
-        return backward_op(grad_out, *ctx.saved_tensors)
-    return backward
-
-
-def _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, *options):
-    return x.new_empty(x.shape[0], x.shape[1], fc2_w[-1].shape[0])
-
-
-def _fake_levels_backward(grad_out, x, coord, *lists_and_size):
-    lists = lists_and_size[:6]
-    check.grad_out(grad_out, x, (*x.shape[:2], lists[5][-1].shape[0]), NS + "hiif_levels_backward")
-    return (*_like(x), *[list(_like(*ts)) for ts in lists])
-
-
-def _setup_levels(ctx, inputs, output):
-    x, coord, *rest = inputs
-    lists, ctx.options = rest[:6], rest[6:]  # (h, w, ...)
-    ctx.count = len(lists[0])
-    ctx.save_for_backward(x, coord, *[t for ts in lists for t in ts])
-
-
-def _backward_levels(backward_op):
-    def backward(ctx, grad_out):
-        x, coord, *flat = ctx.saved_tensors
-        n = ctx.count
-        lists = [flat[i * n:(i + 1) * n] for i in range(6)]
-        grads = backward_op(grad_out, x, coord, *lists, *ctx.options)
-        return (grads[0], None, *grads[1:], *[None] * len(ctx.options))
-    return backward
-
-
-def register(suffix=""):
-    """Fake implementations and autograd of the four operators
-    ``implicit_kernels::hiif_<part><suffix>`` and of their ``_backward`` operators (defined
-    with the C++ operators' schemas)."""
-    for name, fake, fake_backward, setup, backward in [
-            ("hiif_level0", _fake_level0, _fake_level0_backward, _setup_level0, _backward_level0),
-            ("hiif_attention_stats", _fake_stats, _fake_stats_backward, _setup_stats,
-             _backward_stats),
-            ("hiif_attention_apply", _fake_apply, _fake_apply_backward, _setup_apply,
-             _backward_apply),
-            ("hiif_levels", _fake_levels, _fake_levels_backward, _setup_levels,
-             _backward_levels)]:
-        name += suffix
-        torch.library.register_fake(NS + name)(fake)
-        torch.library.register_fake(NS + name + "_backward")(fake_backward)
-        torch.library.register_autograd(NS + name, backward(getattr(_ops, name + "_backward")),
-                                        setup_context=setup)
+    return ops.decode(feat, inp, coord, cell, params, chunk_size, normalizer, centres=(True,))
 
 
 if _extension.available():
-    torch.library.register_fake(NS + "hiif_codes")(_fake_codes)
-    register()
+    torch.library.register_fake("implicit_kernels::hiif_codes")(ops.fake_codes)
+    ops.register()

@@ -1,7 +1,8 @@
 """DIIF decode in Triton: the operator ``implicit_kernels::diif_decode_triton``.
 
 The decoder after the splits of docs/diif.md, with the C++ operator's arguments
-(:func:`implicit_kernels.compiled.diif._op_inputs`):
+(:func:`implicit_kernels.ops.diif.op_inputs`; fakes and autograd: the DIIF family's,
+:func:`implicit_kernels.ops.diif.register`):
 
 * per public call, the 4×4 corner projection ``W_z·z_t`` (a convolution,
   :func:`prepare_diif`, differentiated by PyTorch);
@@ -49,14 +50,13 @@ import triton
 import triton.language as tl
 
 from .. import geometry
-from ..compiled.diif import _op_inputs, backward_arguments, setup_context
-from ..torch_impl.diif import (  # noqa: F401  (the same projections)
-    ENSEMBLE_VERTICES,
-    OWN_PIXEL,
-    prepare_diif,
-    prepare_diif_without_ensemble,
-)
+from ..ops import diif as ops
+from ..ops.diif import prepare_diif, prepare_diif_without_ensemble
+from ..torch_impl.diif import ENSEMBLE_VERTICES, OWN_PIXEL
 from . import grid, mlp
+
+__all__ = ["diif", "diif_without_ensemble", "prepare_diif", "prepare_diif_without_ensemble",
+           "raster_diif"]
 
 OP = "implicit_kernels::diif_decode_triton"
 #: Columns of the per-slice table: image, group (row, col), first and last pixel (row, col).
@@ -293,6 +293,11 @@ def _check_depths(coarse_w, fine_w):
                          f"2 layers, fine 3); got {len(coarse_w) + 1} and {len(fine_w) + 1}")
 
 
+def _cast(grad, like):
+    """A gradient as the backward operators return it: contiguous, in ``like``'s dtype."""
+    return grad.to(like.dtype).contiguous()
+
+
 class _Chunk:
     """A chunk's slice table and the kernels' shared arguments.
 
@@ -440,29 +445,24 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
     return c.forward(corner_proj.dtype).view(pixels.shape[0], pixels.shape[1], -1)
 
 
-@diif_decode_triton.register_fake
-def _fake(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
-          fine_b, pixels, out_h, out_w, slicing, raster_start, slice_ensemble):
-    return corner_proj.new_empty(pixels.shape[0], pixels.shape[1], fine_w[-1].shape[0])
-
-
 @torch.library.custom_op(OP + "_backward", mutates_args=())
 def diif_decode_triton_backward(
         grad_out: torch.Tensor, corner_proj: torch.Tensor, w_coord: torch.Tensor,
         b0: torch.Tensor, coarse_w: list[torch.Tensor], coarse_b: list[torch.Tensor],
         fine_wh: torch.Tensor, fine_wd: torch.Tensor, fine_b0: torch.Tensor,
         fine_w: list[torch.Tensor], fine_b: list[torch.Tensor], pixels: torch.Tensor,
-        out_h: int, out_w: int, slicing: str, raster_start: int,
-        slice_ensemble: bool) -> list[torch.Tensor]:
-    """Gradients of :func:`diif_decode_triton` for ``grad_out`` (``B×Q×3``), flat in the
-    order of its tensor inputs (``corner_proj, w_coord, b0, W_1, b_1, fine_wh, fine_wd,
-    fine_b0, W_f1, W_f2, b_f1, b_f2``): :meth:`_Chunk.backward`, then the first coarse
-    layer's coordinate columns by a GEMM and the corner gradient by ``index_put``."""
+        out_h: int, out_w: int, slicing: str, raster_start: int, slice_ensemble: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+           torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Gradients of :func:`diif_decode_triton` for ``grad_out`` (``B×Q×3``), one like each
+    tensor (and list) input before ``pixels``, contiguous, in the inputs' dtypes:
+    :meth:`_Chunk.backward`, then the first coarse layer's coordinate columns by a GEMM and
+    the corner gradient by ``index_put``."""
     vertices = ENSEMBLE_VERTICES if slice_ensemble else OWN_PIXEL
     c = _Chunk(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
                fine_b, pixels, out_h, out_w, slicing, raster_start, len(vertices))
     f32 = {"device": c.device, "dtype": torch.float32}
-    dpre, (d_w1, d_b1, *fine) = c.backward(grad_out)
+    dpre, (d_w1, d_b1, d_wh, d_wd, d_bd, d_wf1, d_wf2, d_bf1, d_bf2) = c.backward(grad_out)
     # The coarse first layer's coordinate inputs, per row V·s + t (as _corner_input).
     cell = (2 * torch.tensor(c.in_size, **f32)
             / torch.tensor(c.out_size, **f32)).expand(c.n_slices, 2)
@@ -474,44 +474,24 @@ def diif_decode_triton_backward(
     for t, ((a, b), _) in enumerate(vertices):
         index = (c.s_batch, c.s_group[:, 0] + a, c.s_group[:, 1] + b)
         d_corner.index_put_(index, dpre[t::c.vertices], accumulate=True)
-    grads = [d_corner, dpre.t() @ x6, dpre.sum(0), d_w1, d_b1, *fine]
-    like = (corner_proj, w_coord, b0, *coarse_w, *coarse_b, fine_wh, fine_wd, fine_b0, *fine_w,
-            *fine_b)
-    return [grad.to(p.dtype) for grad, p in zip(grads, like)]
+    return (_cast(d_corner, corner_proj), _cast(dpre.t() @ x6, w_coord), _cast(dpre.sum(0), b0),
+            [_cast(d_w1, coarse_w[0])], [_cast(d_b1, coarse_b[0])], _cast(d_wh, fine_wh),
+            _cast(d_wd, fine_wd), _cast(d_bd, fine_b0),
+            [_cast(d_wf1, fine_w[0]), _cast(d_wf2, fine_w[1])],
+            [_cast(d_bf1, fine_b[0]), _cast(d_bf2, fine_b[1])])
 
 
-@diif_decode_triton_backward.register_fake
-def _fake_backward(grad_out, corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
-                   fine_b0, fine_w, fine_b, pixels, out_h, out_w, slicing, raster_start,
-                   slice_ensemble):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format)
-            for t in (corner_proj, w_coord, b0, *coarse_w, *coarse_b, fine_wh, fine_wd,
-                      fine_b0, *fine_w, *fine_b)]
-
-
-def _backward(ctx, grad_out):
-    grads = diif_decode_triton_backward(*backward_arguments(ctx, grad_out))
-    nc, nf = ctx.lengths[3], ctx.lengths[8]  # coarse_w's and fine_w's
-    (d_corner, d_wc, d_b0), rest = grads[:3], grads[3:]
-    d_cw, d_cb, rest = rest[:nc], rest[nc:2 * nc], rest[2 * nc:]
-    (d_wh, d_wd, d_bd), d_fw, d_fb = rest[:3], rest[3:3 + nf], rest[3 + nf:]
-    return (d_corner, d_wc, d_b0, d_cw, d_cb, d_wh, d_wd, d_bd, d_fw, d_fb,
-            None, *[None] * len(ctx.options))
-
-
-diif_decode_triton.register_autograd(_backward, setup_context=setup_context)
+ops.register(OP, diif_decode_triton_backward)
 
 
 def diif(feat, out_size, pixels, params, slicing):
     """Decode ``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` (see the reference)."""
-    return diif_decode_triton(*_op_inputs(params), pixels, out_size[0], out_size[1], slicing, -1,
-                              True)
+    return ops.decode(OP, out_size, pixels, params, slicing, -1, True)
 
 
 def diif_without_ensemble(feat, out_size, pixels, params, slicing):
     """The "w/o se" ablation: ``pixels`` (``B×Q×2``) → ``B×Q×3`` (see the reference)."""
-    return diif_decode_triton(*_op_inputs(params), pixels, out_size[0], out_size[1], slicing, -1,
-                              False)
+    return ops.decode(OP, out_size, pixels, params, slicing, -1, False)
 
 
 def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
@@ -523,7 +503,7 @@ def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
     then sized from free memory (:func:`mlp.chunk_for_memory`, at least 2^20 queries over
     the batch: a 1440p decode in at most four chunks instead of 225), on CPU (and while
     ``torch.compile`` traces) it is kept."""
-    inputs = _op_inputs(params)
+    inputs = ops.op_inputs(params)
     # Not while torch.compile traces: the free-memory query is no graph operation.
     if default_chunk and feat.is_cuda and not torch.compiler.is_compiling():
         tensors = [t for x in inputs for t in (x if isinstance(x, list) else [x])]

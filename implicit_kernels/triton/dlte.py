@@ -1,6 +1,6 @@
 """DLTE decode in Triton: the operator ``implicit_kernels::dlte_decode_triton``.
 
-The C++ operator's argument layout (:func:`implicit_kernels.compiled.dlte._op_inputs`): the
+The C++ operator's argument layout (:func:`implicit_kernels.ops.dlte.op_inputs`): the
 estimators' 2×2 vertex codes at every LR-grid corner (``B×(H+1)×(W+1)×4K``, channels last,
 :func:`prepare_dlte`, differentiated by PyTorch).  Per chunk, DIIF's slices
 (:class:`.diif._Chunk`), then:
@@ -17,7 +17,7 @@ Backward (``implicit_kernels::dlte_decode_triton_backward``): :meth:`.diif._Chun
 gives the pre-activation gradient; the first coarse layer's and the Fourier step's
 gradients (coefficients, frequencies, phase weight) follow on the host, the vertex codes'
 by ``index_put`` over the slices' corners.  The bilinear skip of the LR image is added in
-PyTorch (as :mod:`implicit_kernels.compiled.dlte`).
+PyTorch (:func:`implicit_kernels.ops.dlte.decode`).
 
 Not fused: the Fourier feature and first coarse layer (host GEMM over ``4S`` rows, held
 in memory per chunk) and their backward.
@@ -29,10 +29,9 @@ import math
 import torch
 
 from .. import geometry
-from ..compiled.diif import register_decode
-from ..compiled.dlte import _op_inputs, prepare_dlte
-from ..reference.lte import bilinear_skip
-from .diif import _check_depths, _Chunk
+from ..ops import dlte as ops
+from ..ops.dlte import prepare_dlte
+from .diif import _cast, _check_depths, _Chunk
 from .mlp import empty
 
 __all__ = ["dlte", "prepare_dlte"]
@@ -134,22 +133,17 @@ def dlte_decode_triton_backward(
             index = (c.s_batch, c.s_group[:, 0] + a, c.s_group[:, 1] + b)
             grad.index_put_(index, per_vertex[:, t], accumulate=True)
         corners.append(grad)
-
-    def cast(grad, like):
-        return grad.to(like.dtype).contiguous()
-
-    return (cast(corners[0], coef_corners), cast(corners[1], freq_corners),
-            cast(d_phase, phase), cast(dpre.t() @ fourier.x, w0), cast(dpre.sum(0), b0),
-            [cast(d_w1, coarse_w[0])], [cast(d_b1, coarse_b[0])], cast(d_wh, fine_wh),
-            cast(d_wd, fine_wd), cast(d_bd, fine_b0),
-            [cast(d_wf1, fine_w[0]), cast(d_wf2, fine_w[1])],
-            [cast(d_bf1, fine_b[0]), cast(d_bf2, fine_b[1])])
+    return (_cast(corners[0], coef_corners), _cast(corners[1], freq_corners),
+            _cast(d_phase, phase), _cast(dpre.t() @ fourier.x, w0), _cast(dpre.sum(0), b0),
+            [_cast(d_w1, coarse_w[0])], [_cast(d_b1, coarse_b[0])], _cast(d_wh, fine_wh),
+            _cast(d_wd, fine_wd), _cast(d_bd, fine_b0),
+            [_cast(d_wf1, fine_w[0]), _cast(d_wf2, fine_w[1])],
+            [_cast(d_bf1, fine_b[0]), _cast(d_bf2, fine_b[1])])
 
 
-register_decode(OP, dlte_decode_triton_backward)
+ops.register(OP, dlte_decode_triton_backward)
 
 
 def dlte(feat, inp, out_size, pixels, params, slicing):
     """Decode ``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` (see the reference)."""
-    out = dlte_decode_triton(*_op_inputs(params), pixels, out_size[0], out_size[1], slicing)
-    return out + bilinear_skip(inp, geometry.pixel_coord(pixels, out_size, feat.dtype))
+    return ops.decode(OP, feat, inp, out_size, pixels, params, slicing)

@@ -1,6 +1,6 @@
 """LIIF decode in Triton: the operator ``implicit_kernels::liif_decode_triton``.
 
-The C++ operator's argument layout (:func:`implicit_kernels.compiled.liif._op_inputs`):
+The C++ operator's argument layout (:func:`implicit_kernels.ops.liif.op_inputs`):
 the first layer's ``9C`` feature part is a 3×3 convolution per LR pixel, ``proj``
 (``B×H×W×D`` channels last, :func:`prepare_liif`, differentiated by PyTorch); the rest
 runs in one kernel per tile of member rows (:mod:`.ensemble`: row ``4q + t`` is member
@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..compiled.liif import _op_inputs, check_coordinates_constant, prepare_liif, register_decode
+from ..ops import liif as ops
+from ..ops.liif import prepare_liif
 from . import ensemble, mlp
 
 __all__ = ["liif", "prepare_liif"]
@@ -117,7 +118,6 @@ def liif_decode_triton(proj: torch.Tensor, w_coord: torch.Tensor, b0: torch.Tens
     return _decode_call(proj, weights, biases, coord, cell).forward(_decode, proj, w_coord, b0)
 
 
-
 @torch.library.custom_op(OP + "_backward", mutates_args=())
 def liif_decode_triton_backward(
         grad_out: torch.Tensor, proj: torch.Tensor, w_coord: torch.Tensor, b0: torch.Tensor,
@@ -140,10 +140,9 @@ def liif_decode_triton_backward(
     return rows.op_gradients(grads, (proj, w_coord, b0), weights, biases)
 
 
-register_decode(OP, liif_decode_triton_backward)
+ops.register(OP, liif_decode_triton_backward)
 
 
 def liif(feat, coord, cell, params):
     """Decode queries (``B×Q×2`` coord and cell) → ``B×Q×3`` (see the reference)."""
-    check_coordinates_constant(coord, cell, OP)
-    return liif_decode_triton(*_op_inputs(params), coord, cell)
+    return ops.decode(OP, coord, cell, params)

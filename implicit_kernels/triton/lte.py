@@ -1,13 +1,13 @@
 """LTE decode in Triton: the operator ``implicit_kernels::lte_decode_triton``.
 
-The C++ operator's argument layout (:func:`implicit_kernels.compiled.lte._op_inputs`):
+The C++ operator's argument layout (:func:`implicit_kernels.ops.lte.op_inputs`):
 the coefficient and frequency maps are the estimators' 3×3 convolutions
 (``B×H×W×2n`` channels last, :func:`prepare_lte`, differentiated by PyTorch); one kernel
 per tile of member rows (:mod:`.ensemble`) gathers each member's coefficients and
 frequencies, forms its Fourier feature ``coef ⊙ [cos πφ, sin πφ]`` with
 ``φ_i = (F[2i], F[2i+1])·rel + W_phase[i]·cell·(H, W)``, runs the four-layer MLP
 (:func:`ensemble.chain`) and blends the members, writing only RGB.  The bilinear skip
-of the LR image is added in PyTorch (see :mod:`implicit_kernels.compiled.lte`).
+of the LR image is added in PyTorch (see :mod:`implicit_kernels.ops.lte`).
 
 Backward (``implicit_kernels::lte_decode_triton_backward``): one kernel recomputes each
 tile and writes per row the chain's inputs and pre-activation gradients, the Fourier
@@ -27,9 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..compiled.liif import check_coordinates_constant, register_decode
-from ..compiled.lte import _op_inputs, prepare_lte
-from ..reference.lte import bilinear_skip
+from ..ops import lte as ops
+from ..ops.lte import prepare_lte
 from . import ensemble, mlp
 
 __all__ = ["lte", "prepare_lte"]
@@ -139,7 +138,6 @@ def lte_decode_triton(coef_map: torch.Tensor, freq_map: torch.Tensor, phase: tor
         _decode, coef_map, freq_map, phase)
 
 
-
 @torch.library.custom_op(OP + "_backward", mutates_args=())
 def lte_decode_triton_backward(
         grad_out: torch.Tensor, coef_map: torch.Tensor, freq_map: torch.Tensor,
@@ -167,10 +165,9 @@ def lte_decode_triton_backward(
     return rows.op_gradients(grads, (coef_map, freq_map, phase), weights, biases)
 
 
-register_decode(OP, lte_decode_triton_backward)
+ops.register(OP, lte_decode_triton_backward)
 
 
 def lte(feat, inp, coord, cell, params):
     """Decode queries (``B×Q×2`` coord and unscaled cell) → ``B×Q×3`` (see the reference)."""
-    check_coordinates_constant(coord, cell, OP)
-    return lte_decode_triton(*_op_inputs(params), coord, cell) + bilinear_skip(inp, coord)
+    return ops.decode(OP, inp, coord, cell, params)
