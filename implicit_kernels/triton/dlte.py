@@ -33,7 +33,7 @@ from ..compiled.diif import register_decode
 from ..compiled.dlte import _op_inputs, prepare_dlte
 from ..reference.lte import bilinear_skip
 from .diif import _check_depths, _Chunk
-from .mlp import empty
+from .launch import empty
 
 __all__ = ["dlte", "prepare_dlte"]
 

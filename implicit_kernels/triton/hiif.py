@@ -44,7 +44,7 @@ from .. import geometry
 from ..compiled import hiif as compiled_hiif
 from ..compiled.hiif import prepare_hiif  # noqa: F401  (the same maps, member rows contiguous)
 from ..reference.hiif import LN_EPS
-from . import grid, mlp
+from . import grid, launch, mlp
 
 SUFFIX = "_triton"
 NS = "implicit_kernels::"
@@ -707,23 +707,23 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     tl.store(dx_ptr + out, dx, mask=ok)
 
 
-# Keys: the widths and precision (mlp.Tuned adds the size bucket).  Reset: buffers the
+# Keys: the widths and precision (launch.Tuned adds the size bucket).  Reset: buffers the
 # kernels add into (level 0's map gradient) and per-tile partial sums, whose slots past a
 # configuration's last tile hold what a configuration with smaller tiles wrote there
 # while being benchmarked.
-_level0 = mlp.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
-_level0_backward = mlp.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
-                                 reset_to_zero=["dmaps_ptr"], configs=mlp.BACKWARD_CONFIGS)
-_stats = mlp.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
-_stats_backward = mlp.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
-                                reset_to_zero=["dnorm_ptr"], configs=mlp.BACKWARD_CONFIGS)
-_apply = mlp.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
-_apply_backward = mlp.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
-                                reset_to_zero=["dmat_ptr"], configs=mlp.BACKWARD_CONFIGS)
-_levels = mlp.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
-_levels_backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
+_level0 = launch.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
+_level0_backward = launch.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
+                                 reset_to_zero=["dmaps_ptr"], configs=launch.BACKWARD_CONFIGS)
+_stats = launch.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
+_stats_backward = launch.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
+                                reset_to_zero=["dnorm_ptr"], configs=launch.BACKWARD_CONFIGS)
+_apply = launch.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
+_apply_backward = launch.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
+                                reset_to_zero=["dmat_ptr"], configs=launch.BACKWARD_CONFIGS)
+_levels = launch.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
+_levels_backward = launch.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
                                  reset_to_zero=["dnorm_ptr"],
-                                 configs=mlp.BACKWARD_CONFIGS)
+                                 configs=launch.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -748,7 +748,7 @@ def _tiles(n):
     programs along a launch's first grid axis (tiles of the smallest ``ROWS`` a launch may
     use), passed to the kernels as the stride between images.  Zero-filled, so slots a
     configuration with larger tiles leaves unwritten add nothing."""
-    return triton.cdiv(n, mlp.smallest_rows())
+    return triton.cdiv(n, launch.smallest_rows())
 
 
 def _device(t):
@@ -791,15 +791,15 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
     ``public_centres``: LR centres rounded as the public code does (``geometry.CENTRES``)."""
     b, m = coord.shape[:2]
     h, w, hid = maps.shape[1], maps.shape[2], maps.shape[-1] - 2
-    out = mlp.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
+    out = launch.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
     if out.numel() == 0:
         return out
     _check_widths(channels=channels, hidden=hid)
     with _device(maps):
-        mlp.launch(_level0, b * m, *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b,
+        launch.launch(_level0, b * m, *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b,
                                                 coord, cell),
                    out, b * m, m, h, w, channels, hid, *_geometry(h, w, public_centres),
-                   BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **grid.NO_FMA)
+                   BLOCK_C=launch.block(channels), PRECISION=launch.precision(maps), **grid.NO_FMA)
     return out
 
 
@@ -814,15 +814,15 @@ def hiif_level0_triton_backward(
     b, m = coord.shape[:2]
     n, h, w, hid = b * m, maps.shape[1], maps.shape[2], maps.shape[-1] - 2
     dmaps = torch.zeros(maps.shape, device=maps.device, dtype=_F32)
-    hidden, delta = (mlp.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
-    dev, ed = (mlp.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
+    hidden, delta = (launch.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
+    dev, ed = (launch.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
     if n:
         with _device(maps):
-            mlp.launch(_level0_backward, n,
+            launch.launch(_level0_backward, n,
                        *_contiguous(maps, row_sums, w_extra, bias, fc2_w, coord, cell, grad_out),
                        dmaps, hidden, delta, dev, ed, n, m, h, w, channels, hid,
-                       *_geometry(h, w, public_centres), BLOCK_C=mlp.block(channels),
-                       PRECISION=mlp.precision(maps), **grid.NO_FMA)
+                       *_geometry(h, w, public_centres), BLOCK_C=launch.block(channels),
+                       PRECISION=launch.precision(maps), **grid.NO_FMA)
     gy = grad_out.reshape(n, -1).to(_F32)
     return _cast((dmaps, dev.t() @ delta, delta.t() @ ed, delta.sum(0), gy.t() @ hidden,
                   gy.sum(0)), like)
@@ -832,7 +832,8 @@ def _attention_meta(x, heads):
     c = x.shape[-1]
     d = c // heads
     _check_widths(channels=c)
-    return {"BLOCK_C": mlp.block(c), "BLOCK_D": mlp.block(d), "PRECISION": mlp.precision(x)}
+    return {"BLOCK_C": launch.block(c), "BLOCK_D": launch.block(d),
+            "PRECISION": launch.precision(x)}
 
 
 @torch.library.custom_op(NS + "hiif_attention_stats" + SUFFIX, mutates_args=())
@@ -847,7 +848,7 @@ def hiif_attention_stats_triton(x: torch.Tensor, qkv_w: torch.Tensor, qkv_b: tor
     part = torch.zeros(b, tiles, heads, d, d, device=x.device, dtype=_F32)
     if m:
         with _device(x):
-            mlp.launch(_stats, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b),
+            launch.launch(_stats, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b),
                        part, m, tiles, c, heads, d, grid_extra=(b,), **_attention_meta(x, heads))
     return part.sum(1).to(x.dtype)
 
@@ -863,12 +864,12 @@ def hiif_attention_stats_triton_backward(
     d, n = c // heads, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(b, m, c, **f32)
-    dkv = mlp.empty(n, heads, 2, d, **f32)
+    dkv = launch.empty(n, heads, 2, d, **f32)
     tiles = _tiles(m)
     dnorm = torch.zeros(b, tiles, 4, d, **f32)
     if m:
         with _device(x):
-            mlp.launch(_stats_backward, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w,
+            launch.launch(_stats_backward, m, *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w,
                                                         vln_b, grad_out),
                        dx, dkv, dnorm, m, tiles, c, heads, d, grid_extra=(b,),
                        **_attention_meta(x, heads))
@@ -892,10 +893,10 @@ def hiif_attention_apply_triton(x: torch.Tensor, mat: torch.Tensor, qkv_w: torch
     (normalised) sums ``mat`` ``B×heads×d×d`` → ``B×m×C``."""
     b, m, c = x.shape
     heads = mat.shape[1]
-    out = mlp.empty(b, m, c, device=x.device, dtype=x.dtype)
+    out = launch.empty(b, m, c, device=x.device, dtype=x.dtype)
     if m:
         with _device(x):
-            mlp.launch(_apply, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w,
+            launch.launch(_apply, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w,
                                                proj2_b),
                        out, m, c, heads, c // heads, grid_extra=(b,),
                        **_attention_meta(x, heads))
@@ -919,7 +920,7 @@ def hiif_attention_apply_triton_backward(
     dmat = torch.zeros(b, tiles, heads, d, d, **f32)
     if m:
         with _device(x):
-            mlp.launch(_apply_backward, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b,
+            launch.launch(_apply_backward, m, *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b,
                                                         proj2_w, grad_out),
                        dx, r, hidden, delta, dq, dmat, m, tiles, c, heads, d, grid_extra=(b,),
                        **_attention_meta(x, heads))
@@ -952,8 +953,8 @@ class _Levels:
     def meta(self, x):
         c = x.shape[-1]
         _check_widths(channels=c)
-        return {"BLOCK_C": mlp.block(c), "BLOCK_O": mlp.block(self.nout),
-                "PRECISION": mlp.precision(x), **grid.NO_FMA}
+        return {"BLOCK_C": launch.block(c), "BLOCK_O": launch.block(self.nout),
+                "PRECISION": launch.precision(x), **grid.NO_FMA}
 
 
 @torch.library.custom_op(NS + "hiif_levels" + SUFFIX, mutates_args=())
@@ -966,12 +967,12 @@ def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.
     ``B×m×NOUT`` (lists: one entry per level; ``public_centres``: as
     :func:`hiif_level0_triton`'s)."""
     b, m, c = x.shape
-    out = mlp.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
+    out = launch.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
     levels = _Levels(norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
     n = b * m
     if n:
         with _device(x):
-            mlp.launch(_levels, n, *_contiguous(x, coord), *levels.tensors, out, n, h, w, c,
+            launch.launch(_levels, n, *_contiguous(x, coord), *levels.tensors, out, n, h, w, c,
                        levels.hidden, levels.nout, levels.count,
                        *_geometry(h, w, public_centres),
                        **levels.meta(x))
@@ -992,14 +993,14 @@ def hiif_levels_triton_backward(
     count, hid, n = levels.count, levels.hidden, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(n, c, **f32)
-    inputs = mlp.empty(count, n, c, **f32)
-    ln_out = mlp.empty(count, n, c + 2, **f32)
-    hidden, delta = (mlp.empty(count, n, hid, **f32) for _ in range(2))
-    dlevel_out = mlp.empty(max(count - 1, 1), n, c, **f32)
+    inputs = launch.empty(count, n, c, **f32)
+    ln_out = launch.empty(count, n, c + 2, **f32)
+    hidden, delta = (launch.empty(count, n, hid, **f32) for _ in range(2))
+    dlevel_out = launch.empty(max(count - 1, 1), n, c, **f32)
     dnorm = torch.zeros(_tiles(n), count, 2, c + 2, **f32)
     if n:
         with _device(x):
-            mlp.launch(_levels_backward, n, *_contiguous(x, coord), *levels.tensors[:-1],
+            launch.launch(_levels_backward, n, *_contiguous(x, coord), *levels.tensors[:-1],
                        grad_out.contiguous(), dx, inputs, ln_out, hidden, delta, dlevel_out,
                        dnorm, n, h, w, c, hid, levels.nout, count,
                        *_geometry(h, w, public_centres),
