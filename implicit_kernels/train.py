@@ -55,8 +55,14 @@ import time
 import torch
 
 from . import data as D
-from .weights import (CHECKPOINT_FORMAT, SUFFIX, load_model, load_torch_file, read_weights,
-                      save_weights)
+from .weights import (
+    CHECKPOINT_FORMAT,
+    SUFFIX,
+    load_model,
+    load_torch_file,
+    read_weights,
+    save_weights,
+)
 
 #: Default configuration; a config file overrides any subset.
 DEFAULTS = {
