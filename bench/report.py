@@ -13,7 +13,7 @@ file name without ``.json``; ``<out-dir>`` defaults to ``bench/results/``):
 * the chart: decoder time against scale for the sweep, one line per backend (and dtype),
   log axes, one panel per decoder and pass, like the DIIF paper's Figure 1.
 
-Only benchmarks carrying bench/conftest.py's ``extra_info`` are reported. Times are the
+Only benchmarks carrying bench/timing.py's ``extra_info`` are reported. Times are the
 CUDA-event median where recorded (GPU runs), otherwise pytest-benchmark's median.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ DTYPE_STYLES = {"float32": "-", "bfloat16": "--", "float16": ":"}
 
 def load(path) -> tuple[dict, list[dict]]:
     """``(metadata, rows)`` of a pytest-benchmark JSON: one row per benchmark that has
-    bench/conftest.py's ``extra_info`` and timing statistics, with ``seconds`` added."""
+    bench/timing.py's ``extra_info`` and timing statistics, with ``seconds`` added."""
     with open(path) as f:
         data = json.load(f)
     rows = []

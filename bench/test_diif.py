@@ -1,5 +1,5 @@
 """DIIF and its LTE variant DLTE: scale sweep and headline decode, every backend, dtype
-and pass (grid, sizes and protocol: bench/conftest.py)."""
+and pass (grid and sizes: bench/cases.py; protocol: bench/timing.py)."""
 import pytest
 
 

@@ -1,5 +1,6 @@
 """The encoders, for context: what EDSR-baseline and RDN cost at the decoders' input
-sizes, eager and under torch.compile (grid, sizes and protocol: bench/conftest.py)."""
+sizes, eager and under torch.compile (grid and sizes: bench/cases.py; protocol:
+bench/timing.py)."""
 import pytest
 
 

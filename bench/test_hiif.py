@@ -1,5 +1,6 @@
 """HIIF (global attention, the public code's normaliser): scale sweep and headline
-decode, every backend, dtype and pass (grid, sizes and protocol: bench/conftest.py)."""
+decode, every backend, dtype and pass (grid and sizes: bench/cases.py; protocol:
+bench/timing.py)."""
 import pytest
 
 

@@ -1,5 +1,5 @@
-"""LIIF and LTE: scale sweep and headline decode, every backend, dtype and pass (grid,
-sizes and protocol: bench/conftest.py)."""
+"""LIIF and LTE: scale sweep and headline decode, every backend, dtype and pass (grid
+and sizes: bench/cases.py; protocol: bench/timing.py)."""
 import pytest
 
 

@@ -5,7 +5,7 @@
 2. wall time of the 90×160 → ×16 decode (1440×2560, batch 1) by the triton backend at
    chunks of 2^20 and 2^14 queries, each with every configuration pinned and autotuned;
 3. per-kernel time (``triton.testing.do_bench``) of the coarse and fine kernels, each
-   configuration of ``mlp.CONFIGS``, on one 2^20-query chunk of that decode.
+   configuration of ``launch.CONFIGS``, on one 2^20-query chunk of that decode.
 
 Prints one line per measurement (``name value unit``), flushed, so a cut-off run keeps
 what it measured.
@@ -19,7 +19,7 @@ import triton
 
 import models
 from implicit_kernels import cost
-from implicit_kernels.triton import mlp
+from implicit_kernels.triton import launch
 
 DTYPE = torch.bfloat16
 SCALE = 16
@@ -57,8 +57,8 @@ def crop_check():
     model, feat = model_and_features(CROP)
     size = (CROP[0] * SCALE, CROP[1] * SCALE)
     ref = model.decode(feat, None, size, backend="torch").float()
-    for config in mlp.CONFIGS:
-        with mlp.pinned(config):
+    for config in launch.CONFIGS:
+        with launch.pinned(config):
             out = model.decode(feat, None, size, backend="triton").float()
         say(f"crop_max_abs_diff_vs_torch[{config}]", f"{(out - ref).abs().max().item():.4g}")
 
@@ -68,14 +68,14 @@ def decode_times():
     model, feat = model_and_features(INPUT)
     size = (INPUT[0] * SCALE, INPUT[1] * SCALE)
     for chunk in (1 << 20, 1 << 14):
-        for config in (*mlp.CONFIGS, None):
+        for config in (*launch.CONFIGS, None):
             name = f"decode_1440x2560_chunk{chunk}[{config or 'autotuned'}]"
             try:
                 if config is None:
                     seconds = wall(lambda: model.decode(feat, None, size, backend="triton",
                                                         chunk_size=chunk))
                 else:
-                    with mlp.pinned(config):
+                    with launch.pinned(config):
                         seconds = wall(lambda: model.decode(feat, None, size, backend="triton",
                                                             chunk_size=chunk))
                 say(name, f"{seconds * 1e3:.2f}", "ms")
@@ -89,25 +89,25 @@ def kernel_times():
     model, feat = model_and_features(INPUT)
     size = (INPUT[0] * SCALE, INPUT[1] * SCALE)
     captured = []
-    real_launch = mlp.launch
+    real_launch = launch.launch
 
     def capture(kernel, n_rows, *args, **meta):
         captured.append((kernel, n_rows, args, dict(meta)))
         real_launch(kernel, n_rows, *args, **meta)
 
-    mlp.launch = capture
+    launch.launch = capture
     try:
         model.decode(feat, None, size, backend="triton", chunk_size=1 << 20)
     finally:
-        mlp.launch = real_launch
+        launch.launch = real_launch
     seen = set()
     for kernel, n_rows, args, meta in captured:
         name = kernel.fn.__name__
         if name in seen:
             continue
         seen.add(name)
-        for config in mlp.CONFIGS:
-            with mlp.pinned(config):
+        for config in launch.CONFIGS:
+            with launch.pinned(config):
                 try:
                     ms = triton.testing.do_bench(
                         lambda: real_launch(kernel, n_rows, *args, **dict(meta)))

@@ -7,10 +7,10 @@ types and layouts; a real GPU compilation is not.  The kernels' signatures come 
 real launches: a subprocess under the interpreter runs each decoder's forward and
 backward through :mod:`implicit_kernels.functional` (``backend="triton"``, the papers'
 widths from the ``models`` defaults, tiny inputs) with fp32 and with bf16 inputs, recording every
-:func:`implicit_kernels.triton.mlp.launch` (:func:`record`).  This process then
+:func:`implicit_kernels.triton.launch.launch` (:func:`record`).  This process then
 compiles each recorded kernel with ``triton.compile`` on an ``ASTSource`` for
-``GPUTarget("cuda", 90, 32)`` over each kernel's autotuning list (``mlp.CONFIGS``, or
-``mlp.BACKWARD_CONFIGS`` for a backward kernel) and the dtypes fp32 (IEEE
+``GPUTarget("cuda", 90, 32)`` over each kernel's autotuning list (``launch.CONFIGS``, or
+``launch.BACKWARD_CONFIGS`` for a backward kernel) and the dtypes fp32 (IEEE
 ``tl.dot``), tf32 (fp32 inputs) and bf16, and runs the ptxas that ships with triton
 (``-v``) on the PTX for the resource counts: no CUDA toolkit or GPU is needed.
 ``--quick``: the first configuration (ROWS 16, BLOCK_N 32, 4 warps, 2 stages), tf32
@@ -46,7 +46,8 @@ import triton.backends.nvidia.compiler  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from implicit_kernels.triton import grid, mlp  # noqa: E402
+from implicit_kernels.triton import grid  # noqa: E402
+from implicit_kernels.triton import launch as triton_launch  # noqa: E402
 
 DECODERS = ("diif", "liif", "lte", "hiif")
 TARGET = GPUTarget("cuda", 90, 32)
@@ -72,8 +73,8 @@ class Launch:
     ``i32``, ``fp32``...; ``constexpr`` for an integer equal to 1); ``attrs``: its
     specialisation (``"D"``: divisible by 16, ``""``: none; ``None`` for floats; the value
     for a ``constexpr`` one); ``constexprs``: the values of the others, but ``ROWS`` and
-    ``BLOCK_N``, which :func:`mlp.launch` sets from the configuration; ``options``:
-    compile options such as ``enable_fp_fusion``."""
+    ``BLOCK_N``, which :func:`triton_launch.launch` sets from the configuration;
+    ``options``: compile options such as ``enable_fp_fusion``."""
     decoder: str
     dtype: str
     module: str
@@ -114,14 +115,15 @@ def specialization(arg):
 
 @contextlib.contextmanager
 def _recording(decoder, dtype, launches):
-    """Within: each :func:`mlp.launch` is appended to ``launches`` (as a :class:`Launch`
-    of ``decoder`` with ``dtype`` inputs), then run with the options that are no kernel
-    argument (the GPU's ``grid.NO_FMA``) left out, as the interpreter takes none."""
+    """Within: each :func:`triton_launch.launch` is appended to ``launches`` (as a
+    :class:`Launch` of ``decoder`` with ``dtype`` inputs), then run with the options that
+    are no kernel argument (the GPU's ``grid.NO_FMA``) left out, as the interpreter takes
+    none."""
     # The launcher's own type names, and triton's own reading of the annotations (an
     # InterpretedFunction has no parameter list).
     from triton.runtime.jit import JITFunction
 
-    real_launch = mlp.launch
+    real_launch = triton_launch.launch
 
     def launch(kernel, n_rows, *args, **meta):
         fn = _python_function(kernel)
@@ -137,11 +139,11 @@ def _recording(decoder, dtype, launches):
                                {k: v[1] for k, v in specs.items()}, constexprs, options))
         real_launch(kernel, n_rows, *args, **meta)
 
-    mlp.launch = launch  # the decoders call it as mlp.launch, looked up at each call
+    triton_launch.launch = launch  # the decoders look launch.launch up at each call
     try:
         yield
     finally:
-        mlp.launch = real_launch
+        triton_launch.launch = real_launch
 
 
 def _decode(decoder, dtype):
@@ -162,7 +164,7 @@ def _decode(decoder, dtype):
 def _record_in_process(decoders, no_fma):
     """Every launch of :func:`_decode` for ``decoders`` and both dtypes, once each (this
     process must run under the interpreter)."""
-    assert mlp.INTERPRET, "recording runs the kernels under TRITON_INTERPRET=1"
+    assert triton_launch.INTERPRET, "recording runs the kernels under TRITON_INTERPRET=1"
     grid.NO_FMA = no_fma  # the call sites read it at each launch
     launches = []
     for decoder in decoders:
@@ -238,8 +240,8 @@ def builds(launches, quick=False, labels=None):
     return [Build(launch, label, config)
             for kernel in kernels for label in labels for launch in launches
             if (launch.decoder, launch.name) == kernel and launch.dtype == DTYPES[label][0]
-            for config in mlp.gpu_configs(mlp.tuned_for(launch.kernel).configs)[
-                :1 if quick else None]]
+            for config in triton_launch.gpu_configs(
+                triton_launch.tuned_for(launch.kernel).configs)[:1 if quick else None]]
 
 
 def resources(compiled):

@@ -86,9 +86,9 @@ def test_fixed4_is_refused():
 
 def test_chunk_for_memory():
     pytest.importorskip("triton")
-    from implicit_kernels.triton import mlp
+    from implicit_kernels.triton import launch
 
     # Half of 64 GiB at 8 KiB per query: 2^22 queries, a power of two.
-    assert mlp.chunk_for_memory(8 << 10, 64 << 30) == 1 << 22
-    assert mlp.chunk_for_memory(3000, 10 ** 10) == 1 << 20  # 1.67 M fit: down to 2^20
-    assert mlp.chunk_for_memory(8 << 10, 1 << 30) == mlp.MIN_GPU_CHUNK  # never below it
+    assert launch.chunk_for_memory(8 << 10, 64 << 30) == 1 << 22
+    assert launch.chunk_for_memory(3000, 10 ** 10) == 1 << 20  # 1.67 M fit: down to 2^20
+    assert launch.chunk_for_memory(8 << 10, 1 << 30) == launch.MIN_GPU_CHUNK  # never below it

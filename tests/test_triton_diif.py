@@ -155,14 +155,14 @@ def test_grid_chunks_find_slices_without_unique(slicing, monkeypatch):
 def test_grid_chunk_does_not_sync():
     """A raster chunk's decode enqueues its work without waiting for the GPU (the sort it
     replaces copied the slice count to the host)."""
-    from implicit_kernels.triton import diif, mlp
+    from implicit_kernels.triton import diif, launch
     feat = torch.randn(2, 4, 5, 7, device=DEVICE)
     params = {k: v.to(DEVICE) for k, v in diif_params().items()}
     prepared = diif.prepare_diif(feat, F._diif_params(params, feat))
     decode, chunk = diif.raster_diif(feat, (14, 19), prepared, "linear", 101, False)
     assert chunk == 101
     ref = F.diif_decode(feat, (14, 19), params, backend="reference").flatten(2)[:, :, 30:80]
-    with mlp.pinned(mlp.CONFIGS[0]):  # autotuning would time, and so wait for, each run
+    with launch.pinned(launch.CONFIGS[0]):  # autotuning would time, and so wait for, each run
         decode(30, 80)  # compiles outside the check
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")

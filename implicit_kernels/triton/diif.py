@@ -53,7 +53,7 @@ from .. import geometry
 from ..ops import diif as ops
 from ..ops.diif import prepare_diif, prepare_diif_without_ensemble
 from ..torch_impl.diif import ENSEMBLE_VERTICES, OWN_PIXEL
-from . import grid, mlp
+from . import grid, launch, mlp
 
 __all__ = ["diif", "diif_without_ensemble", "prepare_diif", "prepare_diif_without_ensemble",
            "raster_diif"]
@@ -274,13 +274,13 @@ def _fine_backward_kernel(pixels_ptr, slice_ptr, g_ptr, wd_ptr, bd_ptr, w1_ptr, 
     tl.store(dz_ptr + out, tl.where(u > 0, du, 0.0), mask=ok)
 
 
-_coarse = mlp.autotuned(_coarse_kernel, ["DC", "DF", "PRECISION", "V", "PRE_GIVEN"])
-_coarse_backward = mlp.autotuned(_coarse_backward_kernel,
+_coarse = launch.autotuned(_coarse_kernel, ["DC", "DF", "PRECISION", "V", "PRE_GIVEN"])
+_coarse_backward = launch.autotuned(_coarse_backward_kernel,
                                  ["DC", "DF", "PRECISION", "V", "PRE_GIVEN"],
-                                 configs=mlp.BACKWARD_CONFIGS)
-_fine = mlp.autotuned(_fine_kernel, ["DF", "DH", "PRECISION", "V"])
-_fine_backward = mlp.autotuned(_fine_backward_kernel, ["DF", "DH", "PRECISION", "V"],
-                               configs=mlp.BACKWARD_CONFIGS)
+                                 configs=launch.BACKWARD_CONFIGS)
+_fine = launch.autotuned(_fine_kernel, ["DF", "DH", "PRECISION", "V"])
+_fine_backward = launch.autotuned(_fine_backward_kernel, ["DF", "DH", "PRECISION", "V"],
+                               configs=launch.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -334,8 +334,8 @@ class _Chunk:
                                      fine_wd, fine_b0, fine_w[0], fine_b[0], fine_w[1], fine_b[1])]
         self.pre = None
         self.device = corner_proj.device
-        self.meta = {"BLOCK_C": mlp.block(self.dc), "BLOCK_F": mlp.block(self.df),
-                     "PRECISION": mlp.precision(corner_proj), "V": vertices}
+        self.meta = {"BLOCK_C": launch.block(self.dc), "BLOCK_F": launch.block(self.df),
+                     "PRECISION": launch.precision(corner_proj), "V": vertices}
 
     @property
     def rows(self):
@@ -354,7 +354,7 @@ class _Chunk:
         return {**self.meta, "PRE_GIVEN": self.pre is not None}
 
     def fine_meta(self):
-        return {"BLOCK_F": self.meta["BLOCK_F"], "BLOCK_O": mlp.block(self.nout),
+        return {"BLOCK_F": self.meta["BLOCK_F"], "BLOCK_O": launch.block(self.nout),
                 "PRECISION": self.meta["PRECISION"], "V": self.vertices}
 
     def sizes(self):
@@ -366,19 +366,19 @@ class _Chunk:
     def coarse_forward(self):
         """``G`` (``V·S×D_f``) in the weights' dtype: bf16/fp16 runs gather half the bytes
         per pixel and hold half the registers while the four vertices' rows are summed."""
-        g = mlp.empty(self.rows, self.df, device=self.device, dtype=self.w1.dtype)
-        mlp.launch(_coarse, self.n_slices, *self.coarse_args(), g, self.n_slices, *self.sizes(),
-                   self.dc, self.df, grid_extra=(self.vertices,), **self.coarse_meta())
+        g = launch.empty(self.rows, self.df, device=self.device, dtype=self.w1.dtype)
+        launch.launch(_coarse, self.n_slices, *self.coarse_args(), g, self.n_slices, *self.sizes(),
+                      self.dc, self.df, grid_extra=(self.vertices,), **self.coarse_meta())
         return g
 
     def forward(self, dtype):
         """The decode's output ``B×Q×NOUT`` in ``dtype``."""
-        out = mlp.empty(self.n_pixels, self.nout, device=self.device, dtype=dtype)
+        out = launch.empty(self.n_pixels, self.nout, device=self.device, dtype=dtype)
         with self.device_guard():
             g = self.coarse_forward()
-            mlp.launch(_fine, self.n_pixels, *self.fine_input_args(g), self.wf1, self.bf1,
-                       self.wf2, self.bf2, out, self.n_pixels, *self.sizes(), self.df, self.dh,
-                       self.nout, **self.fine_meta())
+            launch.launch(_fine, self.n_pixels, *self.fine_input_args(g), self.wf1, self.bf1,
+                          self.wf2, self.bf2, out, self.n_pixels, *self.sizes(), self.df, self.dh,
+                          self.nout, **self.fine_meta())
         return out
 
     def backward(self, grad_out):
@@ -395,11 +395,11 @@ class _Chunk:
         dout = grad_out.reshape(-1, self.nout).contiguous()
         with self.device_guard():
             g = self.coarse_forward()
-            u, dz = (mlp.empty(self.n_pixels, self.df, **f32) for _ in range(2))
-            u1, delta1 = (mlp.empty(self.n_pixels, self.dh, **f32) for _ in range(2))
-            mlp.launch(_fine_backward, self.n_pixels, *self.fine_input_args(g), self.wf1,
-                       self.bf1, self.wf2, dout, u, u1, delta1, dz, self.n_pixels,
-                       *self.sizes(), self.df, self.dh, self.nout, **self.fine_meta())
+            u, dz = (launch.empty(self.n_pixels, self.df, **f32) for _ in range(2))
+            u1, delta1 = (launch.empty(self.n_pixels, self.dh, **f32) for _ in range(2))
+            launch.launch(_fine_backward, self.n_pixels, *self.fine_input_args(g), self.wf1,
+                          self.bf1, self.wf2, dout, u, u1, delta1, dz, self.n_pixels,
+                          *self.sizes(), self.df, self.dh, self.nout, **self.fine_meta())
             # Slice ensemble backward: dG[4 slice + t] += w_t dz (without it dG[slice] += dz).
             d = geometry.diif_rel(self.pixels.view(1, -1, 2), self.group.reshape(1, -1, 2),
                                   self.in_size, self.out_size, torch.float32).reshape(-1, 2)
@@ -410,10 +410,10 @@ class _Chunk:
                 weights = geometry.slice_ensemble_weights(d)
                 for t in range(4):
                     dg.index_add_(0, 4 * self.pixel_slice + t, weights[:, t:t + 1] * dz)
-            act, hidden, delta, dpre = (mlp.empty(self.rows, self.dc, **f32) for _ in range(4))
-            mlp.launch(_coarse_backward, self.n_slices, *self.coarse_args(), dg, act, hidden,
-                       delta, dpre, self.n_slices, *self.sizes(), self.dc, self.df,
-                       grid_extra=(self.vertices,), **self.coarse_meta())
+            act, hidden, delta, dpre = (launch.empty(self.rows, self.dc, **f32) for _ in range(4))
+            launch.launch(_coarse_backward, self.n_slices, *self.coarse_args(), dg, act, hidden,
+                          delta, dpre, self.n_slices, *self.sizes(), self.dc, self.df,
+                          grid_extra=(self.vertices,), **self.coarse_meta())
         g_out = dout.to(torch.float32)
         return dpre, [delta.t() @ act, delta.sum(0), dg.t() @ hidden, dz.t() @ d, dz.sum(0),
                       delta1.t() @ u, g_out.t() @ u1, delta1.sum(0), g_out.sum(0)]
@@ -438,7 +438,7 @@ def diif_decode_triton(corner_proj: torch.Tensor, w_coord: torch.Tensor, b0: tor
     ``D_f×2``, fine ``[(D_h×D_f, D_h), (3×D_h, 3)]``."""
     _check_depths(coarse_w, fine_w)
     if pixels.shape[0] * pixels.shape[1] == 0:
-        return mlp.empty(pixels.shape[0], pixels.shape[1], fine_w[1].shape[0],
+        return launch.empty(pixels.shape[0], pixels.shape[1], fine_w[1].shape[0],
                          device=corner_proj.device, dtype=corner_proj.dtype)
     c = _Chunk(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd, fine_b0, fine_w,
                fine_b, pixels, out_h, out_w, slicing, raster_start, 4 if slice_ensemble else 1)
@@ -500,7 +500,7 @@ def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
     raster positions ``[start, stop)`` of every image with the slices found arithmetically.
 
     ``default_chunk``: the caller left ``chunk_size`` at its default; on CUDA the chunk is
-    then sized from free memory (:func:`mlp.chunk_for_memory`, at least 2^20 queries over
+    then sized from free memory (:func:`launch.chunk_for_memory`, at least 2^20 queries over
     the batch: a 1440p decode in at most four chunks instead of 225), on CPU (and while
     ``torch.compile`` traces) it is kept."""
     inputs = ops.op_inputs(params)
@@ -509,7 +509,7 @@ def raster_diif(feat, out_size, params, slicing, chunk_size, default_chunk):
         tensors = [t for x in inputs for t in (x if isinstance(x, list) else [x])]
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         free, _ = torch.cuda.mem_get_info(feat.device)
-        chunk_size = mlp.chunk_for_memory(
+        chunk_size = launch.chunk_for_memory(
             _bytes_per_query(params, out_size, feat.shape[-2:], feat.element_size(), grad), free)
 
     def decode(start, stop):

@@ -32,7 +32,7 @@ from .. import geometry
 from ..ops import dlte as ops
 from ..ops.dlte import prepare_dlte
 from .diif import _cast, _check_depths, _Chunk
-from .mlp import empty
+from .launch import empty
 
 __all__ = ["dlte", "prepare_dlte"]
 

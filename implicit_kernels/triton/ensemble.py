@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import grid, mlp
+from . import grid, launch, mlp
 
 #: Linear layers of the chain after the decoder's own input (LIIF: after its first layer).
 CHAIN_LAYERS = 4
@@ -204,8 +204,9 @@ class Decode:
         self.n_rows = 4 * self.n_queries
         self.layers = [t.contiguous() for pair in zip(weights, biases) for t in pair]
         self.widths = (weights[0].shape[1], *(w.shape[0] for w in weights))  # K, N1, N2, N3, M
-        self.meta = {"BLOCK_K": mlp.block(self.widths[0]), "BLOCK_MID": mlp.block(self.widths[2]),
-                     "BLOCK_O": mlp.block(self.widths[4]), "PRECISION": mlp.precision(maps)}
+        self.meta = {"BLOCK_K": launch.block(self.widths[0]),
+                     "BLOCK_MID": launch.block(self.widths[2]),
+                     "BLOCK_O": launch.block(self.widths[4]), "PRECISION": launch.precision(maps)}
 
     def geometry_args(self):
         return (self.coord, self.cell, self.n_rows, self.queries, self.h, self.w,
@@ -225,7 +226,7 @@ class Decode:
     def forward(self, kernel, *inputs):
         """The decode: ``kernel`` on the geometry, the decoder's ``inputs``, the chain and
         a fresh ``B×Q×M`` output in the maps' dtype."""
-        out = mlp.empty(self.coord.shape[0], self.queries, self.widths[-1], device=self.device,
+        out = launch.empty(self.coord.shape[0], self.queries, self.widths[-1], device=self.device,
                         dtype=self.dtype)
         if out.numel():
             self.launch(kernel, *self.geometry_args(), *[t.contiguous() for t in inputs],
@@ -237,7 +238,7 @@ class Decode:
         guard = (torch.cuda.device(self.device) if self.device.type == "cuda"
                  else contextlib.nullcontext())
         with guard:
-            mlp.launch(kernel, self.n_rows, *args, **self.meta, **grid.NO_FMA)
+            launch.launch(kernel, self.n_rows, *args, **self.meta, **grid.NO_FMA)
 
 
 class ChainBuffers:
@@ -249,12 +250,12 @@ class ChainBuffers:
         rows, device = decode.n_rows, decode.device
 
         def buf(width):
-            return mlp.empty(rows, width, device=device, dtype=torch.float32)
+            return launch.empty(rows, width, device=device, dtype=torch.float32)
 
         self.x, self.hidden1, self.delta1 = buf(k), buf(n1), buf(n1)
         self.act2, self.delta2 = buf(n2), buf(n2)
         self.hidden3, self.delta3, self.gy = buf(n3), buf(n3), buf(m)
-        self.pixel = mlp.empty(rows, device=device, dtype=torch.int64)
+        self.pixel = launch.empty(rows, device=device, dtype=torch.int64)
         self.rel = buf(2)
 
     def kernel_args(self):

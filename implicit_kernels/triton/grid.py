@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .. import geometry
-from .mlp import INTERPRET
+from .launch import INTERPRET
 
 #: Launch option of kernels whose rounding must be the reference's.
 NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}

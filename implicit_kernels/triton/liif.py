@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ..ops import liif as ops
 from ..ops.liif import prepare_liif
-from . import ensemble, mlp
+from . import ensemble, launch, mlp
 
 __all__ = ["liif", "prepare_liif"]
 
@@ -94,9 +94,9 @@ def _backward_kernel(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift
     ensemble.store_geometry(pixel_ptr, rel_ptr, r, ok, pixel, ry, rx)
 
 
-_decode = mlp.autotuned(_decode_kernel, ["D", "N1", "N2", "N3", "PRECISION"])
-_backward = mlp.autotuned(_backward_kernel, ["D", "N1", "N2", "N3", "PRECISION"],
-                          configs=mlp.BACKWARD_CONFIGS)
+_decode = launch.autotuned(_decode_kernel, ["D", "N1", "N2", "N3", "PRECISION"])
+_backward = launch.autotuned(_backward_kernel, ["D", "N1", "N2", "N3", "PRECISION"],
+                          configs=launch.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def liif_decode_triton_backward(
     dtypes."""
     d = _decode_call(proj, weights, biases, coord, cell)
     rows = ensemble.ChainBuffers(d)
-    dpre = mlp.empty(d.n_rows, proj.shape[-1], device=d.device, dtype=torch.float32)
+    dpre = launch.empty(d.n_rows, proj.shape[-1], device=d.device, dtype=torch.float32)
     if d.n_rows:
         d.launch(_backward, *d.geometry_args(), proj.contiguous(), w_coord.contiguous(),
                  b0.contiguous(), *d.layers[:-1], grad_out.contiguous(), *rows.kernel_args(),

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..ops import lte as ops
 from ..ops.lte import prepare_lte
-from . import ensemble, mlp
+from . import ensemble, launch
 
 __all__ = ["lte", "prepare_lte"]
 
@@ -112,9 +112,9 @@ def _backward_kernel(coord_ptr, cell_ptr, n_rows, queries, H, W, shift_y0, shift
     ensemble.store_geometry(pixel_ptr, rel_ptr, r, ok, pixel, ry, rx)
 
 
-_decode = mlp.autotuned(_decode_kernel, ["K", "N1", "N2", "N3", "PRECISION"])
-_backward = mlp.autotuned(_backward_kernel, ["K", "N1", "N2", "N3", "PRECISION"],
-                          configs=mlp.BACKWARD_CONFIGS)
+_decode = launch.autotuned(_decode_kernel, ["K", "N1", "N2", "N3", "PRECISION"])
+_backward = launch.autotuned(_backward_kernel, ["K", "N1", "N2", "N3", "PRECISION"],
+                          configs=launch.BACKWARD_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def lte_decode_triton_backward(
     d = _decode_call(coef_map, weights, biases, coord, cell)
     rows = ensemble.ChainBuffers(d)
     k = d.widths[0]
-    dcoef, dangle = (mlp.empty(d.n_rows, k, device=d.device, dtype=torch.float32)
+    dcoef, dangle = (launch.empty(d.n_rows, k, device=d.device, dtype=torch.float32)
                      for _ in range(2))
     if d.n_rows:
         d.launch(_backward, *d.geometry_args(), coef_map.contiguous(), freq_map.contiguous(),

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ...reference.hiif import LN_EPS
-from .. import mlp
+from .. import launch, mlp
 
 _EPS = tl.constexpr(LN_EPS)
 
@@ -243,12 +243,12 @@ def _apply_backward_kernel(x_ptr, mat_ptr, qkv_w_ptr, qkv_b_ptr, p1_w_ptr, p1_b_
     tl.store(dx_ptr + p[:, None] * C + c[None, :], dx, mask=ok)
 
 
-# Keys: the widths and precision (mlp.Tuned adds the size bucket).  Reset: buffers the
+# Keys: the widths and precision (launch.Tuned adds the size bucket).  Reset: buffers the
 # kernels add into and per-tile partial sums, whose slots past a configuration's last tile
 # hold what a configuration with smaller tiles wrote there while being benchmarked.
-stats = mlp.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
-stats_backward = mlp.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
-                               reset_to_zero=["dnorm_ptr"], configs=mlp.BACKWARD_CONFIGS)
-apply = mlp.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
-apply_backward = mlp.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
-                               reset_to_zero=["dmat_ptr"], configs=mlp.BACKWARD_CONFIGS)
+stats = launch.autotuned(_stats_kernel, ["C", "d", "PRECISION"], reset_to_zero=["part_ptr"])
+stats_backward = launch.autotuned(_stats_backward_kernel, ["C", "d", "PRECISION"],
+                               reset_to_zero=["dnorm_ptr"], configs=launch.BACKWARD_CONFIGS)
+apply = launch.autotuned(_apply_kernel, ["C", "d", "PRECISION"])
+apply_backward = launch.autotuned(_apply_backward_kernel, ["C", "d", "PRECISION"],
+                               reset_to_zero=["dmat_ptr"], configs=launch.BACKWARD_CONFIGS)

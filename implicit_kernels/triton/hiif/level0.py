@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ...reference.hiif import LN_EPS
-from .. import mlp
+from .. import launch
 from . import hidden_chunk
 from .query_geometry import bit, member, query_local
 
@@ -155,9 +155,9 @@ def _level0_backward_kernel(maps_ptr, rs_ptr, we_ptr, bias_ptr, w2_ptr, coord_pt
     tl.store(ed_ptr + rows[:, None] * 4 + t, ed * rstd[:, None], mask=ok)
 
 
-# Keys: the widths and precision (mlp.Tuned adds the size bucket).  Reset: buffers the
+# Keys: the widths and precision (launch.Tuned adds the size bucket).  Reset: buffers the
 # kernels add into and per-tile partial sums, whose slots past a configuration's last tile
 # hold what a configuration with smaller tiles wrote there while being benchmarked.
-forward = mlp.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
-backward = mlp.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
-                         reset_to_zero=["dmaps_ptr"], configs=mlp.BACKWARD_CONFIGS)
+forward = launch.autotuned(_level0_kernel, ["C", "HID", "PRECISION"])
+backward = launch.autotuned(_level0_backward_kernel, ["C", "HID", "PRECISION"],
+                         reset_to_zero=["dmaps_ptr"], configs=launch.BACKWARD_CONFIGS)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from ...reference.hiif import LN_EPS
-from .. import mlp
+from .. import launch
 from . import hidden_chunk
 from .query_geometry import level_bits, query_local
 
@@ -218,9 +218,9 @@ def _levels_backward_kernel(x_ptr, coord_ptr, norm_w_ptr, norm_b_ptr, w1_ptr, b1
     tl.store(dx_ptr + out, dx, mask=ok)
 
 
-# Keys: the widths and precision (mlp.Tuned adds the size bucket).  Reset: buffers the
+# Keys: the widths and precision (launch.Tuned adds the size bucket).  Reset: buffers the
 # kernels add into and per-tile partial sums, whose slots past a configuration's last tile
 # hold what a configuration with smaller tiles wrote there while being benchmarked.
-forward = mlp.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
-backward = mlp.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
-                         reset_to_zero=["dnorm_ptr"], configs=mlp.BACKWARD_CONFIGS)
+forward = launch.autotuned(_levels_kernel, ["C", "HID", "LEVELS", "PRECISION"])
+backward = launch.autotuned(_levels_backward_kernel, ["C", "HID", "LEVELS", "PRECISION"],
+                         reset_to_zero=["dnorm_ptr"], configs=launch.BACKWARD_CONFIGS)

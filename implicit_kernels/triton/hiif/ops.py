@@ -16,7 +16,7 @@ import triton
 
 from ...ops import hiif as hiif_ops
 from ...ops.hiif import prepare_hiif, prepare_hiif_public_codes
-from .. import grid, mlp
+from .. import grid, launch
 from . import attention, level0, levels, query_geometry
 
 __all__ = ["hiif", "hiif_public_codes", "prepare_hiif", "prepare_hiif_public_codes"]
@@ -33,7 +33,7 @@ def _tiles(n):
     programs along a launch's first grid axis (tiles of the smallest ``ROWS`` a launch may
     use), passed to the kernels as the stride between images.  Zero-filled, so slots a
     configuration with larger tiles leaves unwritten add nothing."""
-    return triton.cdiv(n, mlp.smallest_rows())
+    return triton.cdiv(n, launch.smallest_rows())
 
 
 def _device(t):
@@ -76,16 +76,17 @@ def hiif_level0_triton(maps: torch.Tensor, row_sums: torch.Tensor, w_extra: torc
     ``public_centres``: LR centres rounded as the public code does (``geometry.CENTRES``)."""
     b, m = coord.shape[:2]
     h, w, hid = maps.shape[1], maps.shape[2], maps.shape[-1] - 2
-    out = mlp.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
+    out = launch.empty(b, m, fc2_w.shape[0], device=maps.device, dtype=maps.dtype)
     if out.numel() == 0:
         return out
     _check_widths(channels=channels, hidden=hid)
     with _device(maps):
-        mlp.launch(level0.forward, b * m,
-                   *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell),
-                   out, b * m, m, h, w, channels, hid,
-                   *query_geometry.launch_args(h, w, public_centres),
-                   BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **grid.NO_FMA)
+        launch.launch(level0.forward, b * m,
+                      *_contiguous(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell),
+                      out, b * m, m, h, w, channels, hid,
+                      *query_geometry.launch_args(h, w, public_centres),
+                      BLOCK_C=launch.block(channels), PRECISION=launch.precision(maps),
+                      **grid.NO_FMA)
     return out
 
 
@@ -100,15 +101,16 @@ def hiif_level0_triton_backward(
     b, m = coord.shape[:2]
     n, h, w, hid = b * m, maps.shape[1], maps.shape[2], maps.shape[-1] - 2
     dmaps = torch.zeros(maps.shape, device=maps.device, dtype=_F32)
-    hidden, delta = (mlp.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
-    dev, ed = (mlp.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
+    hidden, delta = (launch.empty(n, hid, device=maps.device, dtype=_F32) for _ in range(2))
+    dev, ed = (launch.empty(n, 4, device=maps.device, dtype=_F32) for _ in range(2))
     if n:
         with _device(maps):
-            mlp.launch(level0.backward, n,
-                       *_contiguous(maps, row_sums, w_extra, bias, fc2_w, coord, cell, grad_out),
-                       dmaps, hidden, delta, dev, ed, n, m, h, w, channels, hid,
-                       *query_geometry.launch_args(h, w, public_centres),
-                       BLOCK_C=mlp.block(channels), PRECISION=mlp.precision(maps), **grid.NO_FMA)
+            launch.launch(level0.backward, n,
+                          *_contiguous(maps, row_sums, w_extra, bias, fc2_w, coord, cell, grad_out),
+                          dmaps, hidden, delta, dev, ed, n, m, h, w, channels, hid,
+                          *query_geometry.launch_args(h, w, public_centres),
+                          BLOCK_C=launch.block(channels), PRECISION=launch.precision(maps),
+                          **grid.NO_FMA)
     gy = grad_out.reshape(n, -1).to(_F32)
     return _cast((dmaps, dev.t() @ delta, delta.t() @ ed, delta.sum(0), gy.t() @ hidden,
                   gy.sum(0)), like)
@@ -118,7 +120,8 @@ def _attention_meta(x, heads):
     c = x.shape[-1]
     d = c // heads
     _check_widths(channels=c)
-    return {"BLOCK_C": mlp.block(c), "BLOCK_D": mlp.block(d), "PRECISION": mlp.precision(x)}
+    return {"BLOCK_C": launch.block(c), "BLOCK_D": launch.block(d),
+            "PRECISION": launch.precision(x)}
 
 
 @torch.library.custom_op(NS + "hiif_attention_stats" + SUFFIX, mutates_args=())
@@ -133,9 +136,9 @@ def hiif_attention_stats_triton(x: torch.Tensor, qkv_w: torch.Tensor, qkv_b: tor
     part = torch.zeros(b, tiles, heads, d, d, device=x.device, dtype=_F32)
     if m:
         with _device(x):
-            mlp.launch(attention.stats, m,
-                       *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b),
-                       part, m, tiles, c, heads, d, grid_extra=(b,), **_attention_meta(x, heads))
+            launch.launch(attention.stats, m,
+                          *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b),
+                          part, m, tiles, c, heads, d, grid_extra=(b,), **_attention_meta(x, heads))
     return part.sum(1).to(x.dtype)
 
 
@@ -150,15 +153,15 @@ def hiif_attention_stats_triton_backward(
     d, n = c // heads, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(b, m, c, **f32)
-    dkv = mlp.empty(n, heads, 2, d, **f32)
+    dkv = launch.empty(n, heads, 2, d, **f32)
     tiles = _tiles(m)
     dnorm = torch.zeros(b, tiles, 4, d, **f32)
     if m:
         with _device(x):
-            mlp.launch(attention.stats_backward, m,
-                       *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, grad_out),
-                       dx, dkv, dnorm, m, tiles, c, heads, d, grid_extra=(b,),
-                       **_attention_meta(x, heads))
+            launch.launch(attention.stats_backward, m,
+                          *_contiguous(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, grad_out),
+                          dx, dkv, dnorm, m, tiles, c, heads, d, grid_extra=(b,),
+                          **_attention_meta(x, heads))
     # Only k's and v's rows of qkv (head h: rows [3dh + d, 3dh + 3d)) get gradients.
     d_qkv_w = torch.zeros(heads, 3, d, c, **f32)
     d_qkv_w[:, 1:] = (dkv.reshape(n, -1).t() @ x.reshape(n, c).to(_F32)).view(heads, 2, d, c)
@@ -179,13 +182,13 @@ def hiif_attention_apply_triton(x: torch.Tensor, mat: torch.Tensor, qkv_w: torch
     (normalised) sums ``mat`` ``B×heads×d×d`` → ``B×m×C``."""
     b, m, c = x.shape
     heads = mat.shape[1]
-    out = mlp.empty(b, m, c, device=x.device, dtype=x.dtype)
+    out = launch.empty(b, m, c, device=x.device, dtype=x.dtype)
     if m:
         with _device(x):
-            mlp.launch(attention.apply, m,
-                       *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b),
-                       out, m, c, heads, c // heads, grid_extra=(b,),
-                       **_attention_meta(x, heads))
+            launch.launch(attention.apply, m,
+                          *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b),
+                          out, m, c, heads, c // heads, grid_extra=(b,),
+                          **_attention_meta(x, heads))
     return out
 
 
@@ -206,10 +209,10 @@ def hiif_attention_apply_triton_backward(
     dmat = torch.zeros(b, tiles, heads, d, d, **f32)
     if m:
         with _device(x):
-            mlp.launch(attention.apply_backward, m,
-                       *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, grad_out),
-                       dx, r, hidden, delta, dq, dmat, m, tiles, c, heads, d, grid_extra=(b,),
-                       **_attention_meta(x, heads))
+            launch.launch(attention.apply_backward, m,
+                          *_contiguous(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, grad_out),
+                          dx, r, hidden, delta, dq, dmat, m, tiles, c, heads, d, grid_extra=(b,),
+                          **_attention_meta(x, heads))
     gy = grad_out.reshape(n, c).to(_F32)
     # Only q's rows of qkv (head h: rows [3dh, 3dh + d)) get gradients.
     d_qkv_w = torch.zeros(heads, 3, d, c, **f32)
@@ -239,8 +242,8 @@ class _Levels:
     def meta(self, x):
         c = x.shape[-1]
         _check_widths(channels=c)
-        return {"BLOCK_C": mlp.block(c), "BLOCK_O": mlp.block(self.nout),
-                "PRECISION": mlp.precision(x), **grid.NO_FMA}
+        return {"BLOCK_C": launch.block(c), "BLOCK_O": launch.block(self.nout),
+                "PRECISION": launch.precision(x), **grid.NO_FMA}
 
 
 @torch.library.custom_op(NS + "hiif_levels" + SUFFIX, mutates_args=())
@@ -253,15 +256,15 @@ def hiif_levels_triton(x: torch.Tensor, coord: torch.Tensor, norm_w: list[torch.
     ``B×m×NOUT`` (lists: one entry per level; ``public_centres``: as
     :func:`hiif_level0_triton`'s)."""
     b, m, c = x.shape
-    out = mlp.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
+    out = launch.empty(b, m, fc2_w[-1].shape[0], device=x.device, dtype=x.dtype)
     packed = _Levels(norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b)
     n = b * m
     if n:
         with _device(x):
-            mlp.launch(levels.forward, n, *_contiguous(x, coord), *packed.tensors, out, n, h, w, c,
-                       packed.hidden, packed.nout, packed.count,
-                       *query_geometry.launch_args(h, w, public_centres),
-                       **packed.meta(x))
+            launch.launch(levels.forward, n, *_contiguous(x, coord), *packed.tensors, out, n, h, w,
+                          c, packed.hidden, packed.nout, packed.count,
+                          *query_geometry.launch_args(h, w, public_centres),
+                          **packed.meta(x))
     return out
 
 
@@ -279,18 +282,18 @@ def hiif_levels_triton_backward(
     count, hid, n = packed.count, packed.hidden, b * m
     f32 = {"device": x.device, "dtype": _F32}
     dx = torch.zeros(n, c, **f32)
-    inputs = mlp.empty(count, n, c, **f32)
-    ln_out = mlp.empty(count, n, c + 2, **f32)
-    hidden, delta = (mlp.empty(count, n, hid, **f32) for _ in range(2))
-    dlevel_out = mlp.empty(max(count - 1, 1), n, c, **f32)
+    inputs = launch.empty(count, n, c, **f32)
+    ln_out = launch.empty(count, n, c + 2, **f32)
+    hidden, delta = (launch.empty(count, n, hid, **f32) for _ in range(2))
+    dlevel_out = launch.empty(max(count - 1, 1), n, c, **f32)
     dnorm = torch.zeros(_tiles(n), count, 2, c + 2, **f32)
     if n:
         with _device(x):
-            mlp.launch(levels.backward, n, *_contiguous(x, coord), *packed.tensors[:-1],
-                       grad_out.contiguous(), dx, inputs, ln_out, hidden, delta, dlevel_out,
-                       dnorm, n, h, w, c, hid, packed.nout, count,
-                       *query_geometry.launch_args(h, w, public_centres),
-                       **packed.meta(x))
+            launch.launch(levels.backward, n, *_contiguous(x, coord), *packed.tensors[:-1],
+                          grad_out.contiguous(), dx, inputs, ln_out, hidden, delta, dlevel_out,
+                          dnorm, n, h, w, c, hid, packed.nout, count,
+                          *query_geometry.launch_args(h, w, public_centres),
+                          **packed.meta(x))
     gy = grad_out.reshape(n, -1).to(_F32)
     out_grads = [*dlevel_out[:count - 1], gy]
     d_norm = dnorm.sum(0)
