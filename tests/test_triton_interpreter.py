@@ -45,6 +45,8 @@ def test_triton_kernels_pass_under_the_interpreter(runs, name):
     run = runs[name].result()
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout, run.stdout[-2000:]
-    # The only skips allowed are the GPU-only checks (half precision, real sizes).
+    # The only skips allowed are the GPU-only checks (half precision, real sizes), and the
+    # conformance suite's float64 gradcheck (Triton takes no float64).
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert all(line.endswith("needs a CUDA GPU") for line in skips), "\n".join(skips)
+    assert all(line.endswith(("needs a CUDA GPU", "no backend under test takes float64"))
+               for line in skips), "\n".join(skips)
