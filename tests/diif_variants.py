@@ -2,7 +2,7 @@
 their backend test files (tests/test_ops_cpu_diif_variants.py,
 tests/test_triton_diif_variants.py)."""
 import torch
-from conftest import conv_params, linear, mlp_params
+from helpers import conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 

@@ -1,10 +1,11 @@
-"""DIIF: the reference against a loop-by-loop reading of docs/diif.md, and the "torch"
-backend against the reference (values and gradients)."""
+"""DIIF: the reference against a loop-by-loop reading of docs/diif.md, pixel queries equal
+the grid, slices partition the groups (backends against the reference:
+tests/test_conformance.py)."""
 import math
 
 import pytest
 import torch
-from conftest import assert_matches, mlp_params
+from helpers import assert_matches, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
@@ -101,26 +102,6 @@ def test_reference_equals_loop_oracle(slicing, size, slice_ensemble):
     assert_matches(got, loop_oracle(feat, size, params, slicing, slice_ensemble))
 
 
-@pytest.mark.parametrize("slice_ensemble", [True, False])
-@pytest.mark.parametrize("slicing", geometry.SLICINGS)
-@pytest.mark.parametrize("name", list(SIZES))
-def test_torch_equals_reference_values_and_grads(name, slicing, slice_ensemble):
-    feat = torch.randn(2, 4, 5, 7, requires_grad=True)
-    params = {k: v.requires_grad_()
-              for k, v in diif_params(4, slice_ensemble=slice_ensemble).items()}
-    outs, grads = {}, {}
-    upstream = torch.randn(2, 3, *SIZES[name])
-    for backend in ("reference", "torch"):
-        out = F.diif_decode(feat, SIZES[name], params, slicing=slicing,
-                            slice_ensemble=slice_ensemble, backend=backend)
-        outs[backend] = out.detach()
-        grads[backend] = torch.autograd.grad(out, [feat, *params.values()], upstream)
-    assert outs["reference"].shape == (2, 3, *SIZES[name])
-    assert_matches(outs["torch"], outs["reference"])
-    for key, g_torch, g_ref in zip(["feat", *params], grads["torch"], grads["reference"]):
-        assert_matches(g_torch, g_ref, f"grad of {key}")
-
-
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_pixel_queries_equal_grid(backend):
     feat = torch.randn(2, 4, 5, 7)
@@ -133,35 +114,6 @@ def test_pixel_queries_equal_grid(backend):
     batch = torch.arange(2).unsqueeze(1)
     expected = grid.permute(0, 2, 3, 1)[batch, pixels[..., 0], pixels[..., 1]]
     assert_matches(got, expected)
-
-
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("chunk_size", [1, 37, 200])
-def test_chunked_equals_unchunked(backend, chunk_size):
-    feat = torch.randn(2, 4, 5, 7)
-    params = diif_params(4)
-    full = F.diif_decode(feat, (15, 35), params, backend=backend, chunk_size=10 ** 9)
-    chunked = F.diif_decode(feat, (15, 35), params, backend=backend, chunk_size=chunk_size)
-    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
-
-
-def test_large_scale_x30():
-    feat = torch.randn(1, 4, 3, 2)
-    params = diif_params(4)
-    ref = F.diif_decode(feat, (90, 60), params, backend="reference")
-    assert_matches(F.diif_decode(feat, (90, 60), params, backend="torch", chunk_size=500), ref)
-
-
-def test_gradcheck_torch_float64():
-    feat = torch.randn(1, 2, 2, 3, dtype=torch.float64, requires_grad=True)
-    params = {k: v.requires_grad_()
-              for k, v in diif_params(2, hidden=4, dtype=torch.float64).items()}
-    keys = list(params)
-
-    def fn(f, *ps):
-        return F.diif_decode(f, (5, 7), dict(zip(keys, ps)), backend="torch", chunk_size=13)
-
-    assert torch.autograd.gradcheck(fn, (feat, *params.values()))
 
 
 def test_slices_partition_groups():

@@ -3,7 +3,7 @@ import re
 
 import pytest
 import torch
-from conftest import conv_params, linear, mlp_params
+from helpers import conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends

@@ -2,7 +2,7 @@
 
 * Random decoder, feature maps from 1×1, independent non-integer scales up to ×31,
   float32/float64, grid and query modes, random chunk sizes: every available backend
-  equals ``reference`` (within the dtype's tolerance, ``conftest.TOLERANCES``).
+  equals ``reference`` (within the dtype's tolerance, ``helpers.TOLERANCES``).
 * A valid call with one thing broken (NaN, dtype, device, shape, size, key, option):
   every backend raises a clear exception naming it.
 * Every raw ``torch.ops.implicit_kernels`` operator, recorded from real decodes, called
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_matches, mlp_params
+from helpers import assert_matches, mlp_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hiif import hiif_params

@@ -1,56 +1,17 @@
-"""HIIF backends (docs/hiif.md): torch == reference in values and gradients, chunked ==
-unchunked (the multi-pass global attention), both normalisers, strip attention."""
+"""HIIF (docs/hiif.md): torch == reference on a grid in float64, both normalisers, global
+and strip attention, the hierarchical code, the attention's form and its fp32 sums over
+chunks (backends against the reference: tests/test_conformance.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_matches, conv_params, linear
+from helpers import assert_matches, hiif_params, inputs, linear, random_queries
 
 from implicit_kernels import functional as F
 from implicit_kernels import geometry
 from implicit_kernels.reference.hiif import attention_block, hierarchical_code, local_coord
 
 BACKENDS = ("reference", "torch")
-
-
-def hiif_params(c_enc=8, c_z=32, head_dim=8, hidden=32, levels=6, dtype=torch.float32, seed=1):
-    """Random HIIF parameters under the derivative's state-dict names, LayerNorm affines
-    away from (1, 0) so that their gradients are exercised."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def norm(width):
-        w = 1 + 0.2 * torch.randn(width, generator=gen, dtype=torch.float64)
-        b = 0.2 * torch.randn(width, generator=gen, dtype=torch.float64)
-        return w.to(dtype), b.to(dtype)
-
-    p = conv_params("freq", c_z, c_enc, dtype=dtype, gen=gen)
-    for level in range(levels):
-        width = 4 * c_z + 4 if level == 0 else c_z + 2
-        out = 3 if level == levels - 1 else c_z
-        pre = f"fc_layers.{level}."
-        p[pre + "norm.weight"], p[pre + "norm.bias"] = norm(width)
-        p[pre + "fc1.weight"], p[pre + "fc1.bias"] = linear(hidden, width, dtype, gen)
-        p[pre + "fc2.weight"], p[pre + "fc2.bias"] = linear(out, hidden, dtype, gen)
-    for i in range(2):
-        pre = f"conv{i}."
-        p[pre + "qkv_proj.weight"], p[pre + "qkv_proj.bias"] = linear(3 * c_z, c_z, dtype, gen)
-        p[pre + "kln.weight"], p[pre + "kln.bias"] = norm(head_dim)
-        p[pre + "vln.weight"], p[pre + "vln.bias"] = norm(head_dim)
-        for j in (1, 2):
-            p[pre + f"proj{j}.weight"], p[pre + f"proj{j}.bias"] = linear(c_z, c_z, dtype, gen)
-    return p
-
-
-def inputs(b=2, c=8, h=6, w=7, dtype=torch.float32):
-    feat = torch.randn(b, c, h, w, dtype=dtype)
-    inp = torch.rand(b, 3, h, w, dtype=dtype) * 2 - 1
-    return feat, inp
-
-
-def random_queries(b, q, dtype=torch.float32):
-    coord = torch.rand(b, q, 2, dtype=dtype) * 2 - 1
-    cell = (2 / (torch.rand(b, q, 2, dtype=dtype) * 40 + 6))
-    return coord, cell
 
 
 def decode_with_grads(backend, feat, inp, params, **kw):
@@ -85,33 +46,12 @@ def test_grid_torch_matches_reference(size, dtype):
     assert_same(decode_with_grads("torch", feat, inp, params, size=size, chunk_size=101), ref)
 
 
-@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
-def test_query_torch_matches_reference(normalizer):
-    feat, inp = inputs()
-    params = hiif_params()
-    coord, cell = random_queries(2, 150)
-    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
-    ref = decode_with_grads("reference", feat, inp, params, **kw)
-    assert_same(decode_with_grads("torch", feat, inp, params, **kw), ref)
-    assert_same(decode_with_grads("torch", feat, inp, params, chunk_size=101, **kw), ref)
-
-
 def test_normalizers_differ():
     feat, inp = inputs()
     params = hiif_params()
     out = [F.hiif_decode(feat, inp, (13, 15), params, normalizer=nz, backend="torch")
            for nz in ("n", "sqrt_n")]
     assert (out[0] - out[1]).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("chunk_size", [1, 37, 200])
-def test_chunked_equals_unchunked(backend, chunk_size):
-    feat, inp = inputs()
-    params = hiif_params()
-    full = F.hiif_decode(feat, inp, (16, 19), params, backend=backend)
-    chunked = F.hiif_decode(feat, inp, (16, 19), params, backend=backend, chunk_size=chunk_size)
-    assert_matches(chunked, full)
 
 
 def test_attention_is_global():
@@ -155,22 +95,6 @@ def test_hierarchical_code_and_reflection():
     rel = torch.tensor([[0.0, -0.25], [0.5, 0.25]])
     assert torch.allclose(local_coord(rel, (4, 8)),
                           torch.tensor([[0.25, 0.125 + 0.25], [0.5, 0.25]]))
-
-
-def test_torch_gradcheck_float64():
-    torch.manual_seed(3)
-    feat, inp = inputs(b=1, c=2, h=3, w=3, dtype=torch.float64)
-    params = hiif_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=2, dtype=torch.float64)
-    coord, cell = random_queries(1, 9, dtype=torch.float64)
-    names = list(params)
-
-    def fn(feat, inp, *values):
-        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
-                             backend="torch", chunk_size=4)
-
-    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5,
-                                    fast_mode=True)
 
 
 def test_attention_is_the_papers_form():

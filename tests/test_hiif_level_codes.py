@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as nnf
-from conftest import assert_matches
+from helpers import assert_matches
 
 import models
 from implicit_kernels import _extension, backends, geometry

@@ -1,8 +1,7 @@
-"""LIIF: the "torch" backend against the reference, and the shared nearest-code rule
-against grid_sample."""
-import pytest
+"""LIIF: the shared nearest-code rule against grid_sample, and one query by hand (backends
+against the reference: tests/test_conformance.py)."""
 import torch
-from conftest import assert_matches, mlp_params
+from helpers import assert_matches, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
@@ -14,33 +13,6 @@ SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35
 
 def liif_params(c, hidden=24, dtype=torch.float32):
     return mlp_params("imnet.layers.", [9 * c + 4, hidden, hidden, 3], dtype=dtype)
-
-
-@pytest.mark.parametrize("name", list(SIZES))
-def test_torch_equals_reference_grid(name):
-    feat = torch.randn(2, 4, 5, 7, requires_grad=True)
-    params = {k: v.requires_grad_() for k, v in liif_params(4).items()}
-    upstream = torch.randn(2, 3, *SIZES[name])
-    results = {}
-    for backend in ("reference", "torch"):
-        out = F.liif_decode(feat, SIZES[name], params, backend=backend)
-        results[backend] = (out.detach(),
-                            torch.autograd.grad(out, [feat, *params.values()], upstream))
-    assert results["reference"][0].shape == (2, 3, *SIZES[name])
-    assert_matches(results["torch"][0], results["reference"][0])
-    for key, g, g_ref in zip(["feat", *params], results["torch"][1], results["reference"][1]):
-        assert_matches(g, g_ref, f"grad of {key}")
-
-
-def test_torch_equals_reference_queries():
-    feat = torch.randn(3, 4, 6, 5)
-    params = liif_params(4)
-    coord = torch.rand(3, 300, 2) * 2 - 1
-    cell = torch.rand(3, 300, 2) * 0.2 + 0.01
-    ref = F.liif_decode(feat, None, params, coord=coord, cell=cell, backend="reference")
-    assert ref.shape == (3, 300, 3)
-    assert_matches(F.liif_decode(feat, None, params, coord=coord, cell=cell, backend="torch",
-                                 chunk_size=100), ref)
 
 
 def test_nearest_rule_matches_grid_sample():
@@ -87,15 +59,3 @@ def test_single_query_by_hand():
     got = F.liif_decode(feat, None, params, coord=q.view(1, 1, 2), cell=cell.view(1, 1, 2),
                         backend="reference")
     assert_matches(got.view(3), expected)
-
-
-def test_gradcheck_torch_float64():
-    feat = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    params = {k: v.requires_grad_()
-              for k, v in liif_params(2, hidden=4, dtype=torch.float64).items()}
-    keys = list(params)
-
-    def fn(f, *ps):
-        return F.liif_decode(f, (5, 7), dict(zip(keys, ps)), backend="torch", chunk_size=11)
-
-    assert torch.autograd.gradcheck(fn, (feat, *params.values()))

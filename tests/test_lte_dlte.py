@@ -1,12 +1,12 @@
 """LTE and DLTE (reconstructed): the references against hand computations of
-docs/liif-lte.md#lte and docs/dlte.md, and the "torch" backends against the references
-(values and gradients)."""
+docs/liif-lte.md#lte and docs/dlte.md, DLTE's pixel queries equal the grid (backends
+against the reference: tests/test_conformance.py)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as nnf
-from conftest import assert_matches, conv_params, linear, mlp_params
+from helpers import assert_matches, conv_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
@@ -66,28 +66,6 @@ def mlp_by_hand(x, params, prefix, n, relu_last):
 # ----------------------------------------------------------------------------------------
 # LTE
 # ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", list(SIZES))
-def test_lte_torch_equals_reference_grid(name):
-    feat, inp, params = leaves(lte_params(4))
-    out = assert_backends_agree(
-        lambda backend: F.lte_decode(feat, inp, SIZES[name], params, backend=backend),
-        feat, inp, params)
-    assert out.shape == (2, 3, *SIZES[name])
-
-
-def test_lte_torch_equals_reference_queries():
-    feat, inp, params = leaves(lte_params(4))
-    coord = torch.rand(2, 300, 2) * 2 - 1
-    # Edges and exact LR centres, where the shifts, tie-break and clamp decide.
-    coord[:, :4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
-    coord[:, 4:46] = geometry.make_coord((6, 7)).reshape(-1, 2)
-    cell = torch.rand(2, 300, 2) * 0.5 + 0.01
-    assert_backends_agree(
-        lambda backend: F.lte_decode(feat, inp, None, params, coord=coord, cell=cell,
-                                     backend=backend, chunk_size=256),
-        feat, inp, params)
-
 
 def test_bilinear_skip_by_hand():
     """The skip samples the LR image bilinearly, row first: on a 2×2 image pixel centres
@@ -202,17 +180,6 @@ def test_dlte_reference_equals_loop_oracle(size):
 
 
 @pytest.mark.parametrize("slicing", geometry.SLICINGS)
-@pytest.mark.parametrize("name", list(SIZES))
-def test_dlte_torch_equals_reference_grid(name, slicing):
-    feat, inp, params = leaves(dlte_params(4))
-    out = assert_backends_agree(
-        lambda backend: F.dlte_decode(feat, inp, SIZES[name], params, slicing=slicing,
-                                      backend=backend),
-        feat, inp, params)
-    assert out.shape == (2, 3, *SIZES[name])
-
-
-@pytest.mark.parametrize("slicing", geometry.SLICINGS)
 def test_dlte_pixels_equal_grid(slicing):
     feat, inp, params = leaves(dlte_params(4))
     size = SIZES["x2.7"]
@@ -229,30 +196,3 @@ def test_dlte_pixels_equal_grid(slicing):
 # ----------------------------------------------------------------------------------------
 # Both: chunking, float64 gradcheck
 # ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("chunk_size", [6, 37])
-def test_chunked_equals_unchunked(backend, chunk_size):
-    feat, inp, _ = leaves({})
-    size = (7, 13)
-    for decode, params in ((F.lte_decode, lte_params(4)), (F.dlte_decode, dlte_params(4))):
-        full = decode(feat, inp, size, params, backend=backend, chunk_size=10 ** 9)
-        chunked = decode(feat, inp, size, params, backend=backend, chunk_size=chunk_size)
-        torch.testing.assert_close(chunked, full, rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("decoder", ["lte", "dlte"])
-def test_gradcheck_torch_float64(decoder):
-    dtype = torch.float64
-    if decoder == "lte":
-        params, decode = lte_params(2, channels=4, hidden=4, dtype=dtype), F.lte_decode
-    else:
-        params, decode = dlte_params(2, channels=2, hidden=4, dtype=dtype), F.dlte_decode
-    feat, inp, params = leaves(params, dtype, b=1, c=2, h=2, w=3)
-    keys = list(params)
-
-    def fn(f, i, *ps):
-        return decode(f, i, (3, 5), dict(zip(keys, ps)), backend="torch", chunk_size=None)
-
-    # fast_mode checks random projections of the Jacobian of every input (seconds, not minutes).
-    assert torch.autograd.gradcheck(fn, (feat, inp, *params.values()), fast_mode=True)

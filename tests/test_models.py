@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_matches
+from helpers import assert_matches
 
 import models
 from implicit_kernels import geometry

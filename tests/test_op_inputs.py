@@ -6,7 +6,7 @@ The operators' arguments are recorded from real decodes through the ``cpu`` back
 each test starts from a call that is valid and changes one thing."""
 import pytest
 import torch
-from conftest import conv_params, linear, mlp_params
+from helpers import conv_params, linear, mlp_params
 from test_hiif import hiif_params
 from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -1,10 +1,11 @@
-"""The fused HIIF operators on CPU (the "cpu" backend) against the reference: values and
-gradients, chunked == unchunked (the multi-pass global attention), float64 gradcheck,
-the hierarchical codes bit for bit, opcheck, torch.compile, and input checks."""
+"""The fused HIIF operators on CPU (the "cpu" backend): another depth and "auto", the
+hierarchical codes bit for bit, opcheck of each operator, input checks, refused coordinate
+gradients (values, gradients, chunking, gradcheck and compile are the conformance
+suite's, tests/test_conformance.py)."""
 import pytest
 import torch
-from conftest import assert_compiles_fullgraph, assert_matches
-from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
+from helpers import assert_matches
+from test_hiif import hiif_params, inputs, random_queries
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
@@ -19,36 +20,6 @@ SIZES = {"x1": (6, 7), "x2.7": (16, 19), "x3_by_x5": (18, 35), "x3_ties": (18, 2
          "x8": (48, 56)}
 
 
-@pytest.mark.parametrize("name", list(SIZES))
-def test_hiif_values_and_grads_equal_reference(name):
-    feat, inp = inputs()
-    params = hiif_params()
-    ref = decode_with_grads("reference", feat, inp, params, size=SIZES[name])
-    assert_same(decode_with_grads("cpu", feat, inp, params, size=SIZES[name]), ref)
-
-
-@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
-def test_hiif_queries_both_normalizers_chunked(normalizer):
-    feat, inp = inputs()
-    params = hiif_params()
-    coord, cell = random_queries(2, 150)
-    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
-    ref = decode_with_grads("reference", feat, inp, params, **kw)
-    assert_same(decode_with_grads("cpu", feat, inp, params, **kw), ref)
-    # Three passes over chunks of 50 queries per image: the same values and gradients.
-    assert_same(decode_with_grads("cpu", feat, inp, params, chunk_size=101, **kw), ref)
-
-
-@pytest.mark.parametrize("chunk_size", [1, 37])
-def test_hiif_chunked_equals_unchunked(chunk_size):
-    feat, inp = inputs(b=1)
-    params = hiif_params()
-    size = (9, 11) if chunk_size == 1 else (16, 19)
-    whole = decode_with_grads("cpu", feat, inp, params, size=size)
-    assert_same(decode_with_grads("cpu", feat, inp, params, size=size, chunk_size=chunk_size),
-                whole)
-
-
 def test_hiif_other_depth_and_auto():
     feat, inp = inputs()
     params = hiif_params(levels=3, c_z=16, head_dim=4, hidden=24)
@@ -56,21 +27,6 @@ def test_hiif_other_depth_and_auto():
     assert_matches(F.hiif_decode(feat, inp, (13, 15), params, backend="cpu"), ref)
     from implicit_kernels import backends
     assert backends.auto_choice("hiif", feat) == "cpu"
-
-
-def test_hiif_gradcheck_float64():
-    torch.manual_seed(3)
-    feat, inp = inputs(b=2, c=2, h=3, w=3, dtype=torch.float64)
-    params = hiif_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=3, dtype=torch.float64)
-    coord, cell = random_queries(2, 9, dtype=torch.float64)
-    names = list(params)
-
-    def fn(feat, inp, *values):
-        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
-                             backend="cpu", chunk_size=8)
-
-    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -143,18 +99,6 @@ def test_hiif_opcheck(name):
     torch.library.opcheck(ops.hiif_codes, (torch.rand(5, 3, 2) * 2 - 1, 3, 4, 6))
 
 
-def test_hiif_compiles_without_graph_breaks():
-    feat, inp = inputs(b=1, c=4, h=3, w=4)
-    feat.requires_grad_()
-    params = {k: v.requires_grad_() for k, v in
-              hiif_params(c_enc=4, c_z=8, head_dim=4, hidden=8, levels=3).items()}
-
-    def decode(f, p):
-        return F.hiif_decode(f, inp, (7, 9), p, backend="cpu", chunk_size=20)
-
-    assert_compiles_fullgraph(decode, feat, params)
-
-
 def test_hiif_ops_reject_bad_input():
     args = _op_samples()
     level0 = list(args["hiif_level0"])
@@ -187,17 +131,6 @@ def test_hiif_ops_reject_bad_input():
         bad[index] = value
         with pytest.raises(RuntimeError, match=match):
             op(*bad)
-
-
-def test_hiif_empty_and_poisoned_outputs_are_written():
-    feat, inp = inputs()
-    params = hiif_params()
-    empty = F.hiif_decode(feat, inp, None, params, coord=torch.zeros(2, 0, 2),
-                          cell=torch.zeros(2, 0, 2), backend="cpu")
-    assert empty.shape == (2, 0, 3)
-    # tests/conftest.py sets IK_POISON=1: kernels' outputs start as NaN.
-    out = F.hiif_decode(feat, inp, (13, 15), params, backend="cpu", chunk_size=100)
-    assert torch.isfinite(out).all()
 
 
 def test_hiif_refuses_coordinate_gradients():

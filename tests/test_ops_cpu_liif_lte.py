@@ -1,12 +1,19 @@
-"""The fused LIIF and LTE operators on CPU (the "cpu" backend) against the reference:
-values and gradients (feat, inp, every parameter) in grid and query mode, float64
-gradcheck, opcheck, torch.compile, and input checks."""
+"""The fused LIIF and LTE operators on CPU (the "cpu" backend): chunking and "auto",
+other depths, input checks, refused coordinate gradients, written outputs (values,
+gradients, gradcheck, opcheck and compile are the conformance suite's,
+tests/test_conformance.py)."""
 import pytest
 import torch
-from conftest import assert_compiles_fullgraph, assert_matches, conv_params, linear, mlp_params
+from helpers import (
+    assert_matches,
+    conv_params,
+    linear,
+    mlp_params,
+    tie_queries,
+)
 
 import implicit_kernels.functional as F
-from implicit_kernels import _extension, backends, geometry
+from implicit_kernels import _extension, backends
 
 pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_extension.reasons()))
 
@@ -37,22 +44,6 @@ def make_params(decoder, **kw):
     return (liif_params if decoder == "liif" else lte_params)(**kw)
 
 
-def tie_queries(b, q, h, w):
-    """``b×q×2`` random coordinates whose first rows are the corners of [-1, 1]², every LR
-    pixel centre and every LR pixel border (where the shifts, tie-break and clamp decide),
-    and random cells."""
-    coord = torch.rand(b, q, 2) * 2 - 1
-    ys, xs = geometry.axis_centres(h), geometry.axis_centres(w)
-    borders = torch.stack(torch.meshgrid(torch.linspace(-1, 1, h + 1), torch.linspace(-1, 1, w + 1),
-                                         indexing="ij"), -1).reshape(-1, 2)
-    special = torch.cat([torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]]),
-                         torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2),
-                         borders])
-    coord[:, :len(special)] = special
-    cell = torch.rand(b, q, 2) * 0.5 + 0.01
-    return coord, cell
-
-
 def values_and_grads(decoder, feat, inp, params, size, upstream, backends_, **kw):
     """``{backend: (out, grads of feat, [inp,] every parameter)}``."""
     leaves = [feat] + ([inp] if decoder == "lte" else []) + list(params.values())
@@ -80,23 +71,6 @@ def leaves(decoder, b=2, c=4, h=5, w=7, dtype=torch.float32, **kw):
     return feat, inp, params
 
 
-@pytest.mark.parametrize("name", list(SIZES))
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_grid_values_and_grads_equal_reference(decoder, name):
-    feat, inp, params = leaves(decoder)
-    upstream = torch.randn(2, 3, *SIZES[name])
-    assert_cpu_equals_reference(decoder, feat, inp, params, SIZES[name], upstream, chunk_size=500)
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_queries_with_ties_chunked_equal_reference(decoder):
-    feat, inp, params = leaves(decoder, b=3, h=6, w=5)
-    coord, cell = tie_queries(3, 400, 6, 5)
-    upstream = torch.randn(3, 400, 3)
-    assert_cpu_equals_reference(decoder, feat, inp, params, None, upstream, coord=coord,
-                                cell=cell, chunk_size=250)
-
-
 @pytest.mark.parametrize("decoder", ["liif", "lte"])
 def test_chunked_equals_unchunked_and_auto_is_cpu(decoder):
     feat, inp, params = leaves(decoder)
@@ -114,18 +88,6 @@ def test_liif_other_depths(layers):
     feat = torch.randn(1, 3, 4, 4, requires_grad=True)
     params = {k: v.requires_grad_() for k, v in liif_params(3, 8, layers=layers).items()}
     assert_cpu_equals_reference("liif", feat, None, params, (10, 11), torch.randn(1, 3, 10, 11))
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_gradcheck_float64(decoder):
-    feat, inp, params = leaves(decoder, b=1, c=2, h=2, w=3, dtype=torch.float64, hidden=4,
-                               **({"channels": 4} if decoder == "lte" else {}))
-    keys = list(params)
-
-    def fn(f, i, *ps):
-        return decode(decoder, f, i, (5, 7), dict(zip(keys, ps)), backend="cpu", chunk_size=13)
-
-    assert torch.autograd.gradcheck(fn, (feat, inp, *params.values()))
 
 
 def op_samples(decoder, b=2, c=3, h=3, w=4, q=40):
@@ -152,29 +114,6 @@ def op_samples(decoder, b=2, c=3, h=3, w=4, q=40):
 
     samples = [tuple(leaf(a, i < 5) for i, a in enumerate(s)) for s in (args, permuted)]
     return op, samples
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_opcheck(decoder):
-    op, samples = op_samples(decoder)
-    backward = getattr(torch.ops.implicit_kernels, f"{decoder}_decode_backward")
-    for sample in samples:
-        torch.library.opcheck(op, sample)
-        detached = [a.detach() if isinstance(a, torch.Tensor) else [t.detach() for t in a]
-                    for a in sample]
-        grad_out = torch.randn(*sample[5].shape[:2], 3)
-        torch.library.opcheck(backward, (grad_out, *detached))
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_compiles_without_graph_breaks(decoder):
-    feat, inp, params = leaves(decoder, b=1, c=3, h=3, w=4, hidden=8)
-
-    def run(f, i, p):
-        return decode(decoder, f, i, (7, 9), p, backend="cpu")
-
-    # LIIF has no image skip: its inp takes no gradient.
-    assert_compiles_fullgraph(run, feat, inp if decoder == "lte" else inp.detach(), params)
 
 
 @pytest.mark.parametrize("decoder", ["liif", "lte"])

@@ -1,11 +1,11 @@
-"""The fused HIIF operators on CUDA (the "cuda" backend) against the reference: fp32/fp64
-values and gradients (chunked and not), the codes bit for bit, bf16/fp16 against the fp32
-reference, gradcheck, opcheck.
+"""The fused HIIF operators on CUDA (the "cuda" backend): the codes bit for bit, bf16/fp16
+against the fp32 reference (fp32/fp64 values, gradients, chunking, gradcheck and opcheck
+are the conformance suite's, tests/test_conformance.py).
 
 Skipped without a GPU and a CUDA build of the extension (CI has neither)."""
 import pytest
 import torch
-from test_hiif import assert_same, decode_with_grads, hiif_params, inputs, random_queries
+from test_hiif import hiif_params, inputs
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends, geometry
@@ -30,26 +30,6 @@ def cuda_params(**kw):
 pytestmark = [pytestmark, pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32_matmul")]
 
 
-@pytest.mark.parametrize("chunk_size", [16384, 1000])
-@pytest.mark.parametrize("name", list(SIZES))
-def test_hiif_values_and_grads_equal_reference(name, chunk_size):
-    feat, inp = cuda_all(*inputs())
-    params = cuda_params()
-    ref = decode_with_grads("reference", feat, inp, params, size=SIZES[name])
-    assert_same(decode_with_grads("cuda", feat, inp, params, size=SIZES[name],
-                                  chunk_size=chunk_size), ref)
-
-
-@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
-def test_hiif_queries(normalizer):
-    feat, inp = cuda_all(*inputs())
-    params = cuda_params()
-    coord, cell = cuda_all(*random_queries(2, 150))
-    kw = dict(size=None, coord=coord, cell=cell, normalizer=normalizer)
-    ref = decode_with_grads("reference", feat, inp, params, **kw)
-    assert_same(decode_with_grads("cuda", feat, inp, params, chunk_size=101, **kw), ref)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hiif_codes_bit_exact(dtype):
     h, w = 6, 7
@@ -72,26 +52,3 @@ def test_hiif_half_precision_against_fp32_reference(dtype):
     assert got.dtype == dtype
     err = (got.float() - ref).abs().max() / ref.abs().max()
     assert err < 2e-2, f"relative error {err:.3g}"
-
-
-def test_hiif_gradcheck_float64():
-    feat, inp = cuda_all(*inputs(b=2, c=2, h=3, w=3, dtype=torch.float64))
-    params = cuda_params(c_enc=2, c_z=8, head_dim=4, hidden=8, levels=3, dtype=torch.float64)
-    coord, cell = cuda_all(*random_queries(2, 9, dtype=torch.float64))
-    names = list(params)
-
-    def fn(feat, inp, *values):
-        return F.hiif_decode(feat, inp, None, dict(zip(names, values)), coord=coord, cell=cell,
-                             backend="cuda", chunk_size=8)
-
-    leaves = [t.clone().requires_grad_() for t in (feat, inp, *params.values())]
-    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
-
-
-def test_hiif_opcheck():
-    from test_ops_cpu_hiif import POSITIONS, _leaves, _op_samples
-    for name, args in _op_samples().items():
-        args = tuple([t.cuda() for t in a] if isinstance(a, list) else
-                     a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
-        torch.library.opcheck(getattr(torch.ops.implicit_kernels, name),
-                              _leaves(args, POSITIONS.get(name, ())))

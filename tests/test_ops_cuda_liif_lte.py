@@ -1,10 +1,10 @@
-"""The fused LIIF and LTE operators on CUDA (the "cuda" backend) against the reference:
-fp32/fp64 values and gradients, bf16/fp16 against the fp32 reference, gradcheck, opcheck.
+"""The fused LIIF and LTE operators on CUDA (the "cuda" backend): bf16/fp16 against the
+fp32 reference (fp32/fp64 values, gradients, gradcheck and opcheck are the conformance
+suite's, tests/test_conformance.py).
 
 Skipped without a GPU and a CUDA build of the extension (CI has neither)."""
 import pytest
 import torch
-from conftest import assert_matches
 from test_ops_cpu_liif_lte import SIZES, decode, make_params, tie_queries
 
 from implicit_kernels import backends
@@ -27,36 +27,6 @@ def cuda_leaves(decoder, b=2, c=4, h=5, w=7, dtype=torch.float32, **kw):
     return feat, inp, params
 
 
-def assert_cuda_equals_reference(decoder, feat, inp, params, size, upstream, **kw):
-    leaves = [feat] + ([inp] if decoder == "lte" else []) + list(params.values())
-    names = ["feat"] + (["inp"] if decoder == "lte" else []) + list(params)
-    results = {}
-    for backend in ("reference", "cuda"):
-        out = decode(decoder, feat, inp, size, params, backend=backend, **kw)
-        results[backend] = (out.detach(), torch.autograd.grad(out, leaves, upstream))
-    assert_matches(results["cuda"][0], results["reference"][0])
-    for key, g, g_ref in zip(names, results["cuda"][1], results["reference"][1]):
-        assert_matches(g, g_ref, f"grad of {key}")
-
-
-@pytest.mark.parametrize("name", list(SIZES))
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_grid_values_and_grads_equal_reference(decoder, name):
-    feat, inp, params = cuda_leaves(decoder)
-    upstream = torch.randn(2, 3, *SIZES[name], device="cuda")
-    assert_cuda_equals_reference(decoder, feat, inp, params, SIZES[name], upstream,
-                                 chunk_size=5000)
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_queries_with_ties_equal_reference(decoder):
-    feat, inp, params = cuda_leaves(decoder, b=3, h=6, w=5)
-    coord, cell = (t.cuda() for t in tie_queries(3, 400, 6, 5))
-    upstream = torch.randn(3, 400, 3, device="cuda")
-    assert_cuda_equals_reference(decoder, feat, inp, params, None, upstream, coord=coord,
-                                 cell=cell, chunk_size=250)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("decoder", ["liif", "lte"])
 def test_half_precision_against_fp32_reference(decoder, dtype):
@@ -73,25 +43,3 @@ def test_half_precision_against_fp32_reference(decoder, dtype):
     assert got.dtype == dtype
     err = (got.float() - ref).abs().max() / ref.abs().max()
     assert err < 1e-2, f"relative error {err:.3g}"
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_gradcheck_float64(decoder):
-    feat, inp, params = cuda_leaves(decoder, b=1, c=2, h=2, w=3, dtype=torch.float64, hidden=4,
-                                    **({"channels": 4} if decoder == "lte" else {}))
-    keys = list(params)
-
-    def fn(f, i, *ps):
-        return decode(decoder, f, i, (5, 7), dict(zip(keys, ps)), backend="cuda", chunk_size=13)
-
-    assert torch.autograd.gradcheck(fn, (feat, inp, *params.values()))
-
-
-@pytest.mark.parametrize("decoder", ["liif", "lte"])
-def test_opcheck(decoder):
-    from test_ops_cpu_liif_lte import op_samples
-    op, samples = op_samples(decoder)
-    for sample in samples:
-        cuda = [a.detach().cuda().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor)
-                else [t.detach().cuda().requires_grad_() for t in a] for a in sample]
-        torch.library.opcheck(op, tuple(cuda))

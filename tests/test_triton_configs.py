@@ -14,7 +14,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import assert_matches, triton_device
+from helpers import assert_matches, triton_device
 from test_hiif import hiif_params, random_queries
 from test_triton_diif import decode_with_grads as diif_with_grads
 from test_triton_diif import diif_params

@@ -1,4 +1,7 @@
-"""The "triton" backend for DIIF against the reference: values, gradients, opcheck.
+"""The "triton" backend for DIIF: the paper's width with pixel queries, refusals, half
+precision and real sizes on a GPU, grid chunks' slices without ``torch.unique`` (values,
+gradients, chunking, opcheck and compile are the conformance suite's,
+tests/test_conformance.py).
 
 Runs on a GPU, or on CPU tensors under Triton's interpreter:
 ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_diif.py`` (the variable must be set
@@ -8,18 +11,16 @@ not the GPU's) and small shapes."""
 
 import pytest
 import torch
-from conftest import (
-    assert_compiles_fullgraph,
+from helpers import (
     assert_half_precision_close,
     assert_matches,
     mlp_params,
-    opcheck_layouts,
     triton_device,
     triton_gpu_only,
 )
 
 import implicit_kernels.functional as F
-from implicit_kernels import backends, geometry
+from implicit_kernels import backends
 
 DEVICE = triton_device()
 
@@ -36,24 +37,6 @@ def decode_with_grads(feat, params, size, slicing, backend, upstream, chunk_size
     out = F.diif_decode(feat, size, params, slicing=slicing, backend=backend,
                         chunk_size=chunk_size)
     return out.detach(), torch.autograd.grad(out, [feat, *params.values()], upstream)
-
-
-@pytest.mark.parametrize("slicing", geometry.SLICINGS)
-@pytest.mark.parametrize("name", list(SIZES))
-def test_values_and_grads_equal_reference(name, slicing):
-    # Each case draws its own data: with one seed for all, a ReLU pre-activation of one
-    # case sat within rounding of 0 (1e-9), where the reference's gradient is a coin flip.
-    torch.manual_seed(10 * list(SIZES).index(name) + geometry.SLICINGS.index(slicing))
-    feat = torch.randn(2, 4, 5, 7, device=DEVICE, requires_grad=True)
-    params = {k: v.to(DEVICE).requires_grad_() for k, v in diif_params().items()}
-    upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
-    # chunk_size 500 over a batch of 2 cuts the grid mid-slice: chunks must agree.
-    out, grads = decode_with_grads(feat, params, SIZES[name], slicing, "triton", upstream, 500)
-    ref, ref_grads = decode_with_grads(feat, params, SIZES[name], slicing, "reference",
-                                       upstream, None)
-    assert_matches(out, ref)
-    for key, g, g_ref in zip(["feat", *params], grads, ref_grads):
-        assert_matches(g, g_ref, f"grad of {key}")
 
 
 def test_paper_width_and_pixel_queries():
@@ -78,28 +61,6 @@ def test_unsupported_depth_is_refused():
 def test_backend_is_listed_and_not_auto():
     assert backends.available_backends("diif")["triton"][0]
     assert "triton" not in backends.AUTO_ORDER
-
-
-def test_opcheck():
-    from implicit_kernels.ops.diif import op_inputs, prepare_diif
-    feat = torch.randn(2, 3, 3, 4, device=DEVICE)
-    params = {k: v.to(DEVICE) for k, v in diif_params(3, 16).items()}
-    pixels = geometry.grid_pixels((7, 9), 2, device=DEVICE).contiguous()
-    inputs = op_inputs(prepare_diif(feat, F._diif_params(params, feat)))
-    # Any pixels (-1), and raster positions 0..62 (slices found arithmetically).
-    for raster_start in (-1, 0):
-        args = (*inputs, pixels, 7, 9, "linear", raster_start, True)
-        opcheck_layouts(torch.ops.implicit_kernels.diif_decode_triton, args)
-
-
-def test_compiles_as_one_op():
-    feat = torch.randn(1, 3, 3, 4, device=DEVICE, requires_grad=True)
-    params = {k: v.to(DEVICE).requires_grad_() for k, v in diif_params(3, 16).items()}
-
-    def decode(f, p):
-        return F.diif_decode(f, (7, 9), p, backend="triton")
-
-    assert_compiles_fullgraph(decode, feat, params)
 
 
 @triton_gpu_only

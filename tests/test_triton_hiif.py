@@ -1,7 +1,7 @@
-"""The "triton" backend for HIIF against the reference: values, gradients (feat, inp and
-every parameter), chunked multi-pass decoding, both normalisers, both level-code modes
-(the public code's level codes bit for bit), the paper's widths, opcheck of each operator,
-fullgraph compilation.
+"""The "triton" backend for HIIF: both level-code modes (the public code's level codes bit
+for bit), the paper's widths, refusals, half precision and real sizes on a GPU, float32
+positions with half-precision features (values, gradients, chunked multi-pass decoding,
+opcheck and compile are the conformance suite's, tests/test_conformance.py).
 
 Runs on a GPU, or on CPU tensors under Triton's interpreter:
 ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_hiif.py`` (the variable must be set
@@ -12,11 +12,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conftest import (
-    assert_compiles_fullgraph,
+from helpers import (
     assert_half_precision_close,
     assert_matches,
-    opcheck_layouts,
     triton_device,
     triton_gpu_only,
 )
@@ -62,13 +60,6 @@ def assert_same_as_reference(feat, inp, params, **kw):
         assert_matches(grads[name], g, f"grad of {name}")
 
 
-@pytest.mark.parametrize("name", list(SIZES))
-def test_values_and_grads_equal_reference(name):
-    seed = list(SIZES).index(name)
-    feat, inp = inputs(seed)
-    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=seed + 1), size=SIZES[name])
-
-
 #: Feature map 3×5 (centres rounded differently by the two modes on both axes) → ×2, ×3
 #: (ties) and ×3 by ×2.
 PUBLIC_SIZES = {"x2": (6, 10), "x3": (9, 15), "x3_by_x2": (9, 10)}
@@ -90,17 +81,6 @@ def test_public_level_codes_equal_reference(name):
         public, project = (F.hiif_decode(feat, inp, size, params, backend="triton",
                                          level_codes=mode) for mode in ("public", "project"))
     assert (public - project).abs().amax() > 1e-3
-
-
-def test_public_level_codes_chunked():
-    """Query mode in chunks (three attention passes) with the public codes."""
-    feat, inp = inputs(95, h=3, w=5)
-    torch.manual_seed(95)
-    coord = geometry.pixel_coord(geometry.grid_pixels((9, 10), 2), (9, 10),
-                                 centres="public").to(DEVICE)
-    cell = torch.tensor([2 / 9, 2 / 10]).expand_as(coord).to(DEVICE)
-    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=95), size=None, coord=coord,
-                             cell=cell, chunk_size=70, level_codes="public")
 
 
 def test_public_mode_is_implemented():
@@ -148,28 +128,6 @@ def test_level_codes_bit_for_bit(case, centres):
         assert torch.equal(_triton_bits(lr, out, centres), _public_bits(lr, out))
 
 
-@pytest.mark.parametrize("normalizer", ["n", "sqrt_n"])
-def test_queries_chunked_both_normalizers(normalizer):
-    """Query mode in chunks of 40 over a batch of 2 (three attention passes, the last
-    chunk short): values and gradients still the whole-call reference's."""
-    seed = 10 + ["n", "sqrt_n"].index(normalizer)
-    feat, inp = inputs(seed)
-    torch.manual_seed(seed)
-    coord, cell = (t.to(DEVICE) for t in random_queries(2, 70))
-    assert_same_as_reference(feat, inp, hiif_params(**SMALL, seed=seed), size=None,
-                             coord=coord, cell=cell, normalizer=normalizer, chunk_size=80)
-
-
-@pytest.mark.parametrize("chunk_size", [1, 37])
-def test_chunked_equals_unchunked(chunk_size):
-    feat, inp = inputs(20 + chunk_size)
-    params = {k: v.to(DEVICE) for k, v in hiif_params(**SMALL, levels=3, seed=20).items()}
-    full = F.hiif_decode(feat[:1], inp[:1], (5, 6), params, backend="triton")
-    chunked = F.hiif_decode(feat[:1], inp[:1], (5, 6), params, backend="triton",
-                            chunk_size=chunk_size)
-    assert_matches(chunked, full)
-
-
 def test_paper_widths():
     """C = 256 in 16 heads of 16, hidden 256, 6 levels (docs/hiif.md#what-the-paper-fixes)
     on a few queries."""
@@ -204,54 +162,6 @@ def test_unequal_hidden_widths_are_refused():
     params.update({k: v.to(DEVICE) for k, v in wider.items() if k.startswith("fc_layers.2.")})
     with pytest.raises(ValueError, match="one hidden width"):
         F.hiif_decode(feat, inp, (5, 6), params, backend="triton")
-
-
-def _op_samples():
-    """Arguments of every operator, as the backend builds them on a small decode."""
-    from implicit_kernels.ops.hiif import _features, level_lists, prepare_hiif
-    from implicit_kernels.triton.hiif.ops import SUFFIX
-    feat, _ = inputs(50, c=4, h=3, w=4)
-    params = hiif_params(c_enc=4, c_z=16, head_dim=4, hidden=16, levels=3)
-    p = prepare_hiif(feat, F._hiif_params({k: v.to(DEVICE) for k, v in params.items()}, feat))
-    torch.manual_seed(50)
-    coord, cell = (t.to(DEVICE) for t in random_queries(2, 10))
-    level0, block = p["level0"], p["attention"][0]
-    x = _features(coord, cell, p, [], 0, 10, SUFFIX, (False,)).detach()
-    stats = (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
-    mat = torch.ops.implicit_kernels.hiif_attention_stats_triton(*stats) / 10
-    return {
-        "hiif_level0_triton": (level0["maps"], level0["row_sums"], level0["w_extra"],
-                               level0["bias"], *p["levels"][0]["fc2"], coord, cell,
-                               level0["channels"], False),
-        "hiif_attention_stats_triton": stats,
-        "hiif_attention_apply_triton": (x, mat, *block["qkv"], *block["proj1"],
-                                        *block["proj2"]),
-        "hiif_levels_triton": (x, coord, *level_lists(p), 3, 4, False),
-    }
-
-
-@pytest.mark.parametrize("name", ["hiif_level0_triton", "hiif_attention_stats_triton",
-                                  "hiif_attention_apply_triton", "hiif_levels_triton",
-                                  "hiif_level0_triton/public", "hiif_levels_triton/public"])
-def test_opcheck(name):
-    """Each operator; the geometric ones also with their ``public_centres`` flag set."""
-    op, _, public = name.partition("/")
-    args = _op_samples()[op]
-    if public:
-        args = (*args[:-1], True)
-    opcheck_layouts(getattr(torch.ops.implicit_kernels, op), args)
-
-
-def test_compiles_as_ops():
-    feat, inp = inputs(60)
-    feat.requires_grad_()
-    params = {k: v.to(DEVICE).requires_grad_() for k, v in
-              hiif_params(c_enc=4, c_z=16, head_dim=4, hidden=16, levels=3).items()}
-
-    def decode(f, p):
-        return F.hiif_decode(f, inp, (5, 6), p, backend="triton", chunk_size=32)
-
-    assert_compiles_fullgraph(decode, feat, params)
 
 
 def paper_params(seed, c_enc=8):

@@ -1,6 +1,7 @@
-"""Runs each tests/test_triton_<decoder>.py under Triton's interpreter (CPU tensors) in a
-subprocess: ``TRITON_INTERPRET=1`` must be set before triton is imported, which this
-process may already have done."""
+"""Runs each tests/test_triton_<decoder>.py, and tests/test_conformance.py for the
+backends that need it, under Triton's interpreter (CPU tensors) in a subprocess:
+``TRITON_INTERPRET=1`` must be set before triton is imported, which this process may
+already have done."""
 import concurrent.futures
 import importlib.util
 import os
@@ -14,8 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: Not kernel tests: this file, and the GPU compilation check (which must not run under
 #: the interpreter).
 NOT_INTERPRETED = {pathlib.Path(__file__).name, "test_triton_compile.py"}
+#: The Triton files, and the conformance suite (which, under the interpreter, runs only
+#: the backends the variable makes available: tests/test_conformance.py).
 FILES = sorted(p.name for p in (ROOT / "tests").glob("test_triton_*.py")
-               if p.name not in NOT_INTERPRETED)
+               if p.name not in NOT_INTERPRETED) + ["test_conformance.py"]
 
 
 def _run(name: str) -> subprocess.CompletedProcess:
@@ -42,6 +45,8 @@ def test_triton_kernels_pass_under_the_interpreter(runs, name):
     run = runs[name].result()
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout, run.stdout[-2000:]
-    # The only skips allowed are the GPU-only checks (half precision, real sizes).
+    # The only skips allowed are the GPU-only checks (half precision, real sizes), and the
+    # conformance suite's float64 gradcheck (Triton takes no float64).
     skips = [line for line in run.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert all(line.endswith("needs a CUDA GPU") for line in skips), "\n".join(skips)
+    assert all(line.endswith(("needs a CUDA GPU", "no backend under test takes float64"))
+               for line in skips), "\n".join(skips)

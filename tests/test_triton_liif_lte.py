@@ -1,5 +1,7 @@
-"""The "triton" backend for LIIF and LTE against the reference: values, gradients (feat,
-inp and every parameter), ties, chunking, refusals, opcheck, torch.compile.
+"""The "triton" backend for LIIF and LTE: nearest-index rounding, the paper's width,
+refusals, half precision and real sizes on a GPU, float32 positions with half-precision
+features (values, gradients, ties, chunking, opcheck and compile are the conformance
+suite's, tests/test_conformance.py).
 
 Runs on a GPU, or on CPU tensors under Triton's interpreter:
 ``TRITON_INTERPRET=1 python -m pytest tests/test_triton_liif_lte.py`` (the variable must be
@@ -8,14 +10,12 @@ does that for the main suite).  Interpreter runs use fp32 and small shapes."""
 
 import pytest
 import torch
-from conftest import (
-    assert_compiles_fullgraph,
+from helpers import (
     assert_half_precision_close,
     assert_matches,
     conv_params,
     linear,
     mlp_params,
-    opcheck_layouts,
     triton_device,
     triton_gpu_only,
 )
@@ -95,45 +95,6 @@ def assert_triton_equals_reference(decoder, feat, inp, params, size, upstream, *
         assert_matches(g, g_ref, f"grad of {key}")
 
 
-@pytest.mark.parametrize("name", list(SIZES))
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_grid_values_and_grads_equal_reference(decoder, name):
-    # Each case draws its own data: with one seed for all, a ReLU pre-activation can sit
-    # within rounding of 0, where the reference's gradient is a coin flip.
-    torch.manual_seed(10 * DECODERS.index(decoder) + list(SIZES).index(name))
-    feat, inp, params = leaves(decoder)
-    upstream = torch.randn(2, 3, *SIZES[name], device=DEVICE)
-    # chunk_size 70 over a batch of 2 cuts every grid into several calls.
-    assert_triton_equals_reference(decoder, feat, inp, params, SIZES[name], upstream,
-                                   chunk_size=70)
-
-
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_queries_with_ties_equal_reference(decoder):
-    """Query mode on the corners of [-1, 1]², every LR pixel centre and every LR pixel
-    border (exact ties of the nearest-code rounding), chunked."""
-    torch.manual_seed(20 + DECODERS.index(decoder))
-    feat, inp, params = leaves(decoder, h=4, w=3)
-    coord, cell = (t.to(DEVICE) for t in tie_queries(2, 48, 4, 3))
-    upstream = torch.randn(2, 48, 3, device=DEVICE)
-    assert_triton_equals_reference(decoder, feat, inp, params, None, upstream, coord=coord,
-                                   cell=cell, chunk_size=40)
-
-
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_chunked_equals_unchunked(decoder):
-    torch.manual_seed(30 + DECODERS.index(decoder))
-    feat, inp, params = leaves(decoder)
-    with torch.no_grad():
-        full = decode(decoder, feat, inp, (8, 11), params, backend="triton", chunk_size=None)
-        chunked = decode(decoder, feat, inp, (8, 11), params, backend="triton", chunk_size=30)
-    if DEVICE == "cuda":
-        assert torch.equal(full, chunked)
-    else:
-        # The interpreter's numpy matmul rounds a row differently by its place in the tile.
-        assert_matches(chunked, full)
-
-
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_paper_width(decoder):
     """Widths 256 (the papers'; blocks exactly the width) on a few dozen queries."""
@@ -165,31 +126,6 @@ def test_unsupported_depth_is_refused():
 def test_backend_is_listed_and_not_auto(decoder):
     assert backends.available_backends(decoder)["triton"][0]
     assert "triton" not in backends.AUTO_ORDER
-
-
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_opcheck(decoder):
-    feat = torch.randn(2, 3, 3, 4, device=DEVICE)
-    params = make_params(decoder, 3, 16)
-    coord, cell = (t.to(DEVICE) for t in tie_queries(2, 40, 3, 4))
-    if decoder == "liif":
-        from implicit_kernels.ops.liif import op_inputs, prepare_liif
-        args = op_inputs(prepare_liif(feat, F._liif_params(params, feat)))
-    else:
-        from implicit_kernels.ops.lte import op_inputs, prepare_lte
-        args = op_inputs(prepare_lte(feat, F._lte_params(params, feat)))
-    op = getattr(torch.ops.implicit_kernels, f"{decoder}_decode_triton")
-    opcheck_layouts(op, (*args, coord, cell))
-
-
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_compiles_as_one_op(decoder):
-    feat, inp, params = leaves(decoder, b=1, c=3, hidden=16)
-
-    def run(f, i, p):
-        return decode(decoder, f, i, (7, 9), p, backend="triton")
-
-    assert_compiles_fullgraph(run, feat, inp, params)
 
 
 def half_exact_queries(b, q, dtype):
