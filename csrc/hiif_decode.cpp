@@ -588,7 +588,8 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
     // The bits are constants: only x's columns of the normalised input carry on.
     go = normalize_backward(gz * l.norm_w[i], tr.y, rstd).narrow(1, 0, tr.x.size(1));
   }
-  return {go.reshape(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
+  // Contiguous, as the fake declares (go is a view of the normalised input's columns).
+  return {go.contiguous().view(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
 }
 
 // The same kernels serve both dispatch keys (device-specific steps are chosen inside).

@@ -476,15 +476,6 @@ def test_recorder_sees_the_operators():
     assert {"implicit_kernels::liif_decode", "implicit_kernels::liif_decode_backward"} <= names
 
 
-#: Operators whose opcheck fails today, with the failure: the test requires that failure
-#: (so it fails, and this entry goes, once the operator is fixed).
-KNOWN_OPCHECK_FAILURES = {
-    # The fake returns grad x contiguous; the C++ operator a (B, m, C) view of its
-    # (B, m, C + 2) buffer (x and the level's coordinates), strides (m·(C+2), C+2, 1).
-    "implicit_kernels::hiif_levels_backward": "Stride mismatch",
-}
-
-
 @pytest.mark.parametrize("backend,decoder", [
     pytest.param(b, d, id=f"{b}-{d}") for b in BACKENDS for d in DECODERS])
 def test_opcheck(backend, decoder):
@@ -505,12 +496,7 @@ def test_opcheck(backend, decoder):
             continue
         checked.add(key)
         for sample in (args, tuple(_non_contiguous(a) for a in args)):
-            known = KNOWN_OPCHECK_FAILURES.get(op.name())
-            if known is None:
-                torch.library.opcheck(op, sample, kwargs)
-            else:
-                with pytest.raises(Exception, match=known):
-                    torch.library.opcheck(op, sample, kwargs)
+            torch.library.opcheck(op, sample, kwargs)
 
 
 @pytest.mark.parametrize("backend,decoder,mode", _all_backend_cases("grid"))
@@ -553,15 +539,6 @@ def test_poisoned_outputs_are_written(backend, decoder, mode):
         assert torch.isfinite(g).all(), f"grad of {key}"
 
 
-#: Empty query lists that fail today, with the error: the test requires it (so it fails,
-#: and the entry goes, once fixed).
-KNOWN_EMPTY_FAILURES = {
-    **{("torch", d): "cannot reshape tensor of 0 elements"
-       for d in ("diif", "diif_without_ensemble", "dlte")},
-    ("triton", "lte"): "cannot reshape tensor of 0 elements",  # in the backward
-}
-
-
 @pytest.mark.parametrize("backend,decoder", [
     pytest.param(b, d, id=f"{b}-{d}") for b in BACKENDS for d in DECODERS])
 def test_empty_queries(backend, decoder):
@@ -569,16 +546,8 @@ def test_empty_queries(backend, decoder):
     is not, but the reference's)."""
     skip_unless_runs(backend, decoder)
     p = problem(decoder, "query", device=device_of(backend), lr=(3, 4), hidden=12, queries=0)
-    def check():
-        out = p.decode(backend)
-        assert out.shape == (2, 0, 3)
-        if out.requires_grad:
-            grads = torch.autograd.grad(out.sum(), list(p.leaves.values()), allow_unused=True)
-            assert all(g is None or not g.any() for g in grads)
-
-    known = KNOWN_EMPTY_FAILURES.get((backend, decoder))
-    if known is None:
-        check()
-    else:
-        with pytest.raises(RuntimeError, match=known):
-            check()
+    out = p.decode(backend)
+    assert out.shape == (2, 0, 3)
+    if out.requires_grad:
+        grads = torch.autograd.grad(out.sum(), list(p.leaves.values()), allow_unused=True)
+        assert all(g is None or not g.any() for g in grads)

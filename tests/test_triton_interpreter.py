@@ -1,5 +1,5 @@
-"""Runs each tests/test_triton_<decoder>.py, and tests/test_conformance.py for the
-backends that need it, under Triton's interpreter (CPU tensors) in a subprocess:
+"""Runs each tests/test_triton_<decoder>.py, and tests/test_conformance.py (in shards) for
+the backends that need it, under Triton's interpreter (CPU tensors) in a subprocess:
 ``TRITON_INTERPRET=1`` must be set before triton is imported, which this process may
 already have done."""
 import concurrent.futures
@@ -15,15 +15,23 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: Not kernel tests: this file, and the GPU compilation check (which must not run under
 #: the interpreter).
 NOT_INTERPRETED = {pathlib.Path(__file__).name, "test_triton_compile.py"}
-#: The Triton files, and the conformance suite (which, under the interpreter, runs only
-#: the backends the variable makes available: tests/test_conformance.py).
-FILES = sorted(p.name for p in (ROOT / "tests").glob("test_triton_*.py")
-               if p.name not in NOT_INTERPRETED) + ["test_conformance.py"]
+#: The conformance suite (which, under the interpreter, runs only the backends the variable
+#: makes available: tests/test_conformance.py) in shards by decoder, so the longest run is
+#: no longer than the other files' and the runs share the cores evenly.
+CONFORMANCE_SHARDS = ("triton-liif or triton-lte", "triton-diif", "triton-dlte",
+                      "triton-hiif")
+#: Each run: a name and its pytest arguments (the Triton files, then the shards).
+RUNS = {**{p.name: [f"tests/{p.name}"]
+           for p in sorted((ROOT / "tests").glob("test_triton_*.py"))
+           if p.name not in NOT_INTERPRETED},
+        **{f"test_conformance.py[{k}]": ["tests/test_conformance.py", "-k", k]
+           for k in CONFORMANCE_SHARDS}}
+FILES = list(RUNS)
 
 
 def _run(name: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest", f"tests/{name}", "-q", "-rs",
+    return subprocess.run([sys.executable, "-m", "pytest", *RUNS[name], "-q", "-rs",
                            "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 

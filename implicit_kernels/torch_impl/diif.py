@@ -84,4 +84,4 @@ def _decode(feat, out_size, pixels, params, slicing, vertices):
         contribution = nnf.linear(coarse, w_hidden)[pixel_slice]
         blended = blended + (contribution if weights is None
                              else weights[:, t:t + 1] * contribution)
-    return mlp(torch.relu(blended), fine_rest).view(bsz, nq, -1)
+    return mlp(torch.relu(blended), fine_rest).unflatten(0, (bsz, nq))

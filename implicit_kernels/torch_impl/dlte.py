@@ -66,4 +66,4 @@ def dlte(feat, inp, out_size, pixels, params, slicing):
     pre = (weights * projected[pixel_slice]).sum(1) + nnf.linear(d, w_offset, bf0)
     rgb = mlp(torch.relu(pre), fine_rest) if fine_rest else pre
     skip = bilinear_skip(inp, geometry.pixel_coord(pixels, out_size, dtype))
-    return rgb.view(bsz, nq, -1) + skip
+    return rgb.unflatten(0, (bsz, nq)) + skip

@@ -160,7 +160,7 @@ def lte_decode_triton_backward(
     dphi = dangle[:, :k // 2] + dangle[:, k // 2:]  # 4BQ×n
     # φ_i = F[2i]·rel_y + F[2i+1]·rel_x + W_phase[i]·cell: the pairs are interleaved.
     dfreq = (dphi.unsqueeze(-1) * rows.rel.unsqueeze(1)).reshape(d.n_rows, k)
-    dphase = dphi.view(d.n_queries, 4, -1).sum(1).t() @ d.scaled_cell()
+    dphase = dphi.unflatten(0, (d.n_queries, 4)).sum(1).t() @ d.scaled_cell()
     grads = (d.scatter(dcoef, rows.pixel), d.scatter(dfreq, rows.pixel), dphase)
     return rows.op_gradients(grads, (coef_map, freq_map, phase), weights, biases)
 
