@@ -2,10 +2,10 @@
 // its broken variants, a warp-shuffle reduction and the half types' conversions.  Valid
 // CUDA too (tests/test_cuda_compile.py compiles them with nvcc), so IK_LAUNCH and
 // IK_SHARED are checked in both forms.
-#include "emulator_kernels.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include "emulator_kernels.h"
 
 namespace ik {
 namespace emulator_test {

@@ -56,8 +56,8 @@ int convert(const char* in, const char* out) {
   const int n = static_cast<int>(bytes.size() / sizeof(float));
   std::vector<float> x(n), rounded(2 * n);
   std::memcpy(x.data(), bytes.data(), n * sizeof(float));
-  const int status = report(
-      ik::emulator_test::launch_convert(x.data(), n, rounded.data(), rounded.data() + n));
+  const int status =
+      report(ik::emulator_test::launch_convert(x.data(), n, rounded.data(), rounded.data() + n));
   std::ofstream(out, std::ios::binary)
       .write(reinterpret_cast<const char*>(rounded.data()), rounded.size() * sizeof(float));
   return status;
@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
   if (name == "warp_sum") return warp_sum();
   if (name == "early_exit") return early_exit();
   if (name == "convert" && argc == 4) return convert(argv[2], argv[3]);
-  std::fprintf(stderr, "usage: run_case block_sum|missing_barrier|out_of_range|warp_sum|"
-                       "early_exit|convert IN OUT\n");
+  std::fprintf(stderr,
+               "usage: run_case block_sum|missing_barrier|out_of_range|warp_sum|"
+               "early_exit|convert IN OUT\n");
   return 2;
 }
