@@ -13,12 +13,12 @@
 // The backward recomputes the forward of the call's pixels (nothing is saved between
 // the two but the inputs) and returns gradients for every tensor input but `pixels`.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <tuple>
 #include <vector>
 
 #include "diif_stages.h"
+#include "library.h"
 
 namespace ik {
 namespace diif {
@@ -139,13 +139,13 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+IK_LIBRARY_IMPL(CPU, m) {
   m.impl("diif_decode", &diif_decode);
   m.impl("diif_decode_backward", &diif_decode_backward);
 }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
+IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("diif_decode", &diif_decode);
   m.impl("diif_decode_backward", &diif_decode_backward);
 }

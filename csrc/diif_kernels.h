@@ -34,7 +34,7 @@ namespace diif {
       const at::Tensor& pixels, const Dims& dims, at::ScalarType type);
 
 IK_DIIF_KERNELS(cpu)
-#if defined(IK_WITH_CUDA)
+#if defined(IK_CUDA_KERNELS)
 IK_DIIF_KERNELS(cuda)
 #endif
 #undef IK_DIIF_KERNELS

@@ -18,12 +18,14 @@ struct Kernels {
 };
 
 Kernels kernels_for(const at::Tensor& t) {
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(t)) {
+    return {slice_keys_cuda, slice_inputs_cuda, blend_cuda, offset_weights_cuda};
+  }
+#endif
   if (t.is_cpu()) {
     return {slice_keys_cpu, slice_inputs_cpu, blend_cpu, offset_weights_cpu};
   }
-#if defined(IK_WITH_CUDA)
-  if (t.is_cuda()) return {slice_keys_cuda, slice_inputs_cuda, blend_cuda, offset_weights_cuda};
-#endif
   TORCH_CHECK(false, "implicit_kernels: no DIIF kernel for device ", t.device(), " in this build");
 }
 

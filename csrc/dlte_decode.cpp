@@ -15,12 +15,12 @@
 // backend adds it.  The backward recomputes the forward and returns gradients for every
 // tensor input but `pixels`.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <tuple>
 #include <vector>
 
 #include "diif_stages.h"
+#include "library.h"
 #include "liif_kernels.h"
 
 namespace ik {
@@ -171,13 +171,13 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+IK_LIBRARY_IMPL(CPU, m) {
   m.impl("dlte_decode", &dlte_decode);
   m.impl("dlte_decode_backward", &dlte_decode_backward);
 }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
+IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("dlte_decode", &dlte_decode);
   m.impl("dlte_decode_backward", &dlte_decode_backward);
 }

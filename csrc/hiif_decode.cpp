@@ -19,13 +19,13 @@
 // returns gradients for every floating input but coord and cell (positions are not
 // differentiated: the reference's local coordinate and bits are piecewise constant).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "hiif_kernels.h"
+#include "library.h"
 
 namespace ik {
 namespace hiif {
@@ -54,14 +54,14 @@ struct Kernels {
 Kernels kernels_for(const at::Tensor& t, const char* op) {
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": tensors must be floating, got ",
               t.scalar_type());
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(t)) return {level0_sum_cuda, level_input_cuda, codes_cuda};
+#endif
   if (t.is_cpu()) {
     TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
                 ": CPU tensors must be float32 or float64, got ", t.scalar_type());
     return {level0_sum_cpu, level_input_cpu, codes_cpu};
   }
-#if defined(IK_WITH_CUDA)
-  if (t.is_cuda()) return {level0_sum_cuda, level_input_cuda, codes_cuda};
-#endif
   TORCH_CHECK(false, op, ": no kernel for device ", t.device(), " in this build");
 }
 
@@ -607,10 +607,10 @@ void register_hiif_kernels(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) { register_hiif_kernels(m); }
+IK_LIBRARY_IMPL(CPU, m) { register_hiif_kernels(m); }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) { register_hiif_kernels(m); }
+IK_LIBRARY_IMPL(CUDA, m) { register_hiif_kernels(m); }
 #endif
 
 }  // namespace hiif

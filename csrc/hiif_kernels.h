@@ -35,7 +35,7 @@ namespace hiif {
                             bool public_centres);
 
 IK_HIIF_KERNELS(cpu)
-#if defined(IK_WITH_CUDA)
+#if defined(IK_CUDA_KERNELS)
 IK_HIIF_KERNELS(cuda)
 #endif
 #undef IK_HIIF_KERNELS

@@ -13,12 +13,12 @@
 // the inputs) and returns gradients for proj, w_rel_cell, b0, w and b.  coord and cell
 // are not differentiated: LIIF trains on sampled coordinates, which are data.
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "library.h"
 #include "liif_kernels.h"
 #include "mlp.h"
 
@@ -121,13 +121,13 @@ liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+IK_LIBRARY_IMPL(CPU, m) {
   m.impl("liif_decode", &liif_decode);
   m.impl("liif_decode_backward", &liif_decode_backward);
 }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
+IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("liif_decode", &liif_decode);
   m.impl("liif_decode_backward", &liif_decode_backward);
 }

@@ -10,16 +10,16 @@ namespace ik {
 namespace liif {
 
 Kernels kernels_for(const at::Tensor& map, const char* op) {
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(map)) {
+    return {members_cuda, liif_first_layer_cuda, lte_features_cuda, lte_features_backward_cuda};
+  }
+#endif
   if (map.is_cpu()) {
     TORCH_CHECK(map.scalar_type() == at::kFloat || map.scalar_type() == at::kDouble, op,
                 ": CPU tensors must be float32 or float64, got ", map.scalar_type());
     return {members_cpu, liif_first_layer_cpu, lte_features_cpu, lte_features_backward_cpu};
   }
-#if defined(IK_WITH_CUDA)
-  if (map.is_cuda()) {
-    return {members_cuda, liif_first_layer_cuda, lte_features_cuda, lte_features_backward_cuda};
-  }
-#endif
   TORCH_CHECK(false, op, ": no kernel for device ", map.device(), " in this build");
 }
 

@@ -46,7 +46,7 @@ inline int features_ends(const at::Tensor& inputs) {
 }
 
 IK_LIIF_KERNELS(cpu)
-#if defined(IK_WITH_CUDA)
+#if defined(IK_CUDA_KERNELS)
 IK_LIIF_KERNELS(cuda)
 #endif
 #undef IK_LIIF_KERNELS

@@ -14,12 +14,12 @@
 // The backward recomputes the forward and returns gradients for coef, freq, phase, w and
 // b; coord and cell are not differentiated (sampled coordinates are data).
 #include <ATen/ATen.h>
-#include <torch/library.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "library.h"
 #include "liif_kernels.h"
 #include "mlp.h"
 
@@ -133,13 +133,13 @@ lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+IK_LIBRARY_IMPL(CPU, m) {
   m.impl("lte_decode", &lte_decode);
   m.impl("lte_decode_backward", &lte_decode_backward);
 }
 
 #if defined(IK_WITH_CUDA)
-TORCH_LIBRARY_IMPL(implicit_kernels, CUDA, m) {
+IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("lte_decode", &lte_decode);
   m.impl("lte_decode_backward", &lte_decode_backward);
 }

@@ -3,7 +3,29 @@
 
 #include <ATen/ATen.h>
 
+// Builds whose element-wise steps have CUDA kernels (csrc/cuda): CUDA builds, and the
+// emulated build (IK_EMULATE_CUDA: the kernels compiled by the host compiler against
+// csrc/emulation, run on CPU tensors; tests only).
+#if defined(IK_WITH_CUDA) && defined(IK_EMULATE_CUDA)
+#error "IK_WITH_CUDA and IK_EMULATE_CUDA exclude each other"
+#endif
+#if defined(IK_WITH_CUDA) || defined(IK_EMULATE_CUDA)
+#define IK_CUDA_KERNELS
+#endif
+
 namespace ik {
+
+#if defined(IK_CUDA_KERNELS)
+// Whether t's element-wise steps run the CUDA kernels: CUDA tensors, or in the emulated
+// build CPU tensors (its kernels run on the host).
+inline bool runs_cuda_kernels(const at::Tensor& t) {
+#if defined(IK_EMULATE_CUDA)
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
+}
+#endif
 
 // Type the geometry, blending and scattered gradients accumulate in: float for half types.
 inline at::ScalarType accumulate_type(at::ScalarType t) {

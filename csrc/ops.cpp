@@ -1,11 +1,11 @@
 // Schemas of every operator in the `implicit_kernels` namespace, written once here.
 //
 // Only one TORCH_LIBRARY block may exist per namespace, so new operators add their
-// `m.def` line below; their CPU kernels register with TORCH_LIBRARY_IMPL(..., CPU, m) in
-// csrc/cpu/, their CUDA kernels with TORCH_LIBRARY_IMPL(..., CUDA, m) in the CUDA glue.
-#include <torch/library.h>
+// `m.def` line below; their kernels register with IK_LIBRARY_IMPL(CPU, m) and, in CUDA
+// builds, IK_LIBRARY_IMPL(CUDA, m) (csrc/library.h: the namespace may be another).
+#include "library.h"
 
-TORCH_LIBRARY(implicit_kernels, m) {
+IK_LIBRARY(m) {
   // Geometry exposed for tests: the same ik/geometry.h functions the fused kernels use,
   // checked exactly against implicit_kernels/geometry.py.
   m.def(

@@ -1,7 +1,8 @@
 """CUDA sources compile for sm_80 and sm_90, without a GPU (needs only nvcc).
 
 * every ``csrc/cuda/*.cu`` is compiled with ``-Xptxas -v`` (registers and spills are
-  printed with ``pytest -s`` / on failure);
+  printed with ``pytest -s`` / on failure), and so are the CUDA emulation's test kernels
+  (the nvcc form of ``IK_LAUNCH`` and ``IK_SHARED``); kernel files use those macros;
 * a generated translation unit calls every ``ik/geometry.h`` function from a
   ``__global__`` kernel, proving the shared header is device code too;
 * ``.cu`` files and the shared headers must not include ATen/torch/c10: the CPU torch
@@ -26,6 +27,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
+#: The CUDA emulation's test kernels (tests/test_cuda_emulation.py): IK_LAUNCH and
+#: IK_SHARED (csrc/cuda/launch.h) in their nvcc form.
+EMULATOR_TEST_KERNELS = ROOT / "tests" / "cuda_emulation" / "emulator_kernels.cu"
 HEADERS = sorted((CSRC / "include").rglob("*.h")) + sorted((CSRC / "cuda").glob("*.h"))
 #: Host sources compiled only in CUDA builds, or with CUDA-only parts (IK_WITH_CUDA):
 #: the CUDA glue, the operators' orchestration (csrc/*_decode.cpp) and their host helpers.
@@ -92,7 +96,8 @@ template __global__ void geometry_kernel<double>(const double*, const long long*
 
 
 def nvcc_compile(source: Path, output: Path) -> subprocess.CompletedProcess:
-    cmd = [NVCC, "-std=c++17", "-I", str(CSRC / "include"), *ARCH_FLAGS, "-Xptxas", "-v",
+    cmd = [NVCC, "-std=c++17", "-I", str(CSRC / "include"), "-I", str(CSRC), *ARCH_FLAGS,
+           "-Xptxas", "-v",
            "-c", str(source), "-o", str(output)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     print(" ".join(cmd), proc.stdout, proc.stderr, sep="\n")  # ptxas usage, shown with -s
@@ -111,9 +116,19 @@ def test_geometry_header_compiles_in_a_kernel(tmp_path):
 
 @needs_nvcc
 @pytest.mark.skipif(not CU_FILES, reason="no csrc/cuda/*.cu files yet")
-@pytest.mark.parametrize("source", CU_FILES, ids=[p.name for p in CU_FILES])
+@pytest.mark.parametrize("source", CU_FILES + [EMULATOR_TEST_KERNELS],
+                         ids=[p.name for p in CU_FILES + [EMULATOR_TEST_KERNELS]])
 def test_cu_file_compiles(source, tmp_path):
     nvcc_compile(source, tmp_path / (source.stem + ".o"))
+
+
+@pytest.mark.parametrize("source", CU_FILES, ids=[p.name for p in CU_FILES])
+def test_kernels_launch_and_share_through_the_macros(source):
+    """Kernel files launch with IK_LAUNCH and declare shared memory with IK_SHARED
+    (csrc/cuda/launch.h), the two constructs the emulated build replaces."""
+    text = source.read_text()
+    assert "<<<" not in text, f"{source.name}: launch with IK_LAUNCH"
+    assert "__shared__" not in text, f"{source.name}: declare shared memory with IK_SHARED"
 
 
 @pytest.mark.parametrize("path", CU_FILES + HEADERS,

@@ -72,7 +72,8 @@ def test_cxx_passes_clang_format(files):
     if tool is None:
         pytest.skip("clang-format is not installed (requirements-cpu.txt pins it)")
     sources = [str(p) for p in tracked("csrc/*.cpp", "csrc/*.h", "csrc/*.cu", "csrc/**/*.cpp",
-                                       "csrc/**/*.h", "csrc/**/*.cu")]
+                                       "csrc/**/*.h", "csrc/**/*.cu", "tests/**/*.cpp",
+                                       "tests/**/*.h", "tests/**/*.cu")]
     assert sources
     proc = subprocess.run([tool, "--dry-run", "-Werror", *sorted(set(sources))], cwd=ROOT,
                           capture_output=True, text=True)

@@ -5,13 +5,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
-#include <torch/library.h>
 
 #include <atomic>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "../library.h"
 #include "../op_utils.h"
 #include "ik/geometry.h"
 
@@ -187,7 +187,7 @@ at::Tensor slice_ensemble_weights_cpu(const at::Tensor& d) {
 }  // namespace
 }  // namespace ik
 
-TORCH_LIBRARY_IMPL(implicit_kernels, CPU, m) {
+IK_LIBRARY_IMPL(CPU, m) {
   m.impl("diif_slices", &ik::diif_slices_cpu);
   m.impl("ensemble_neighbours", &ik::ensemble_neighbours_cpu);
   m.impl("ensemble_weights", &ik::ensemble_weights_cpu);

@@ -62,7 +62,7 @@ template <typename T, typename Acc>
 cudaError_t blend_as(const int64_t* pixels, const int64_t* slice_of, int64_t n, Dims dims,
                      const void* g, int64_t df, const void* wd, const void* bias, void* z,
                      cudaStream_t stream) {
-  blend_kernel<T, Acc><<<blocks_for(n * df), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(n * df), kThreads, 0, stream, blend_kernel<T, Acc>)(
       pixels, slice_of, n, dims, static_cast<const T*>(g), df, static_cast<const T*>(wd),
       static_cast<const T*>(bias), static_cast<T*>(z));
   return cudaGetLastError();
@@ -73,7 +73,8 @@ cudaError_t blend_as(const int64_t* pixels, const int64_t* slice_of, int64_t n, 
 cudaError_t launch_slice_keys(const int64_t* pixels, int64_t n, int64_t q, Dims dims,
                               Slicing slicing, int64_t* keys, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  slice_keys_kernel<<<blocks_for(n), kThreads, 0, stream>>>(pixels, n, q, dims, slicing, keys);
+  IK_LAUNCH(blocks_for(n), kThreads, 0, stream, slice_keys_kernel)(pixels, n, q, dims, slicing,
+                                                                   keys);
   return cudaGetLastError();
 }
 
@@ -82,10 +83,10 @@ cudaError_t launch_slice_inputs(const int64_t* keys, int64_t s, Dims dims, Slici
                                 cudaStream_t stream) {
   if (s == 0) return cudaSuccess;
   if (coord_type == DType::kFloat64) {
-    slice_inputs_kernel<double><<<blocks_for(s), kThreads, 0, stream>>>(
+    IK_LAUNCH(blocks_for(s), kThreads, 0, stream, slice_inputs_kernel<double>)(
         keys, s, dims, slicing, static_cast<double*>(coords), corners);
   } else if (coord_type == DType::kFloat32) {
-    slice_inputs_kernel<float><<<blocks_for(s), kThreads, 0, stream>>>(
+    IK_LAUNCH(blocks_for(s), kThreads, 0, stream, slice_inputs_kernel<float>)(
         keys, s, dims, slicing, static_cast<float*>(coords), corners);
   } else {
     return cudaErrorInvalidValue;
@@ -114,10 +115,10 @@ cudaError_t launch_offset_weights(const int64_t* pixels, int64_t n, Dims dims, D
                                   void* offsets, void* weights, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (type == DType::kFloat64) {
-    offset_weights_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(
+    IK_LAUNCH(blocks_for(n), kThreads, 0, stream, offset_weights_kernel<double>)(
         pixels, n, dims, static_cast<double*>(offsets), static_cast<double*>(weights));
   } else if (type == DType::kFloat32) {
-    offset_weights_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(
+    IK_LAUNCH(blocks_for(n), kThreads, 0, stream, offset_weights_kernel<float>)(
         pixels, n, dims, static_cast<float*>(offsets), static_cast<float*>(weights));
   } else {
     return cudaErrorInvalidValue;

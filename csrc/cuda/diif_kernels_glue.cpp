@@ -1,8 +1,7 @@
 // Tensor glue of the fused DIIF decode's CUDA kernels: implements the *_cuda steps of
 // csrc/diif_kernels.h by calling the launchers of diif_kernels.cu on the current stream
-// of the tensors' device.  Compiled only in CUDA builds (it needs c10/cuda headers).
+// of the tensors' device.  Compiled in CUDA builds and in the emulated build (csrc/emulation).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include "../cuda_glue.h"
 #include "../diif_kernels.h"
@@ -24,7 +23,7 @@ using cuda::stream_of;
 }  // namespace
 
 at::Tensor slice_keys_cuda(const at::Tensor& pixels, int64_t q, const Dims& dims, Slicing slicing) {
-  const c10::cuda::CUDAGuard guard(pixels.device());
+  const cuda::DeviceGuard guard(pixels.device());
   at::Tensor keys = empty_poisoned({pixels.size(0)}, pixels.options());
   check_launch(launch_slice_keys(pixels.data_ptr<int64_t>(), pixels.size(0), q, dims, slicing,
                                  keys.data_ptr<int64_t>(), stream_of(pixels)),
@@ -34,7 +33,7 @@ at::Tensor slice_keys_cuda(const at::Tensor& pixels, int64_t q, const Dims& dims
 
 std::tuple<at::Tensor, at::Tensor> slice_inputs_cuda(const at::Tensor& keys, const Dims& dims,
                                                      Slicing slicing, at::ScalarType type) {
-  const c10::cuda::CUDAGuard guard(keys.device());
+  const cuda::DeviceGuard guard(keys.device());
   const int64_t s = keys.size(0), v = vertex_count(dims);
   at::Tensor coords = empty_poisoned({s * v, kCoordInputs}, keys.options().dtype(type));
   at::Tensor corners = empty_poisoned({s * v}, keys.options());
@@ -46,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> slice_inputs_cuda(const at::Tensor& keys, con
 
 at::Tensor blend_cuda(const at::Tensor& pixels, const at::Tensor& slice_of, const Dims& dims,
                       const at::Tensor& g, const at::Tensor& wd, const at::Tensor& bias) {
-  const c10::cuda::CUDAGuard guard(g.device());
+  const cuda::DeviceGuard guard(g.device());
   const int64_t n = pixels.size(0), df = g.size(1);
   at::Tensor z = empty_poisoned({n, df}, g.options());
   check_launch(launch_blend(pixels.data_ptr<int64_t>(), slice_of.data_ptr<int64_t>(), n, dims,
@@ -58,7 +57,7 @@ at::Tensor blend_cuda(const at::Tensor& pixels, const at::Tensor& slice_of, cons
 
 std::tuple<at::Tensor, at::Tensor> offset_weights_cuda(const at::Tensor& pixels, const Dims& dims,
                                                        at::ScalarType type) {
-  const c10::cuda::CUDAGuard guard(pixels.device());
+  const cuda::DeviceGuard guard(pixels.device());
   const int64_t n = pixels.size(0);
   at::Tensor offsets = empty_poisoned({n, 2}, pixels.options().dtype(type));
   at::Tensor weights = empty_poisoned({n, vertex_count(dims)}, pixels.options().dtype(type));

@@ -110,7 +110,7 @@ cudaError_t level0_sum_as(const void* maps, const void* row_sums, const void* w_
                           const void* coord, const void* cell, int64_t n, int64_t q, int64_t h,
                           int64_t w, bool public_centres, int64_t hidden, int64_t channels, void* u,
                           int64_t* rows, void* aux, cudaStream_t stream) {
-  level0_sum_kernel<T, Acc><<<blocks_for(warp_threads(n)), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level0_sum_kernel<T, Acc>)(
       static_cast<const T*>(maps), static_cast<const T*>(row_sums), static_cast<const T*>(w_extra),
       static_cast<const T*>(coord), static_cast<const T*>(cell), n, q, h, w, public_centres, hidden,
       channels, static_cast<T*>(u), rows, static_cast<Acc*>(aux));
@@ -121,7 +121,7 @@ template <typename T, typename Acc>
 cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t c, int64_t h,
                            int64_t w, bool public_centres, int level, void* y, void* rstd,
                            cudaStream_t stream) {
-  level_input_kernel<T, Acc><<<blocks_for(warp_threads(n)), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level_input_kernel<T, Acc>)(
       static_cast<const T*>(x), static_cast<const T*>(coord), n, c, h, w, public_centres, level,
       static_cast<T*>(y), static_cast<Acc*>(rstd));
   return cudaGetLastError();
@@ -175,13 +175,13 @@ cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, boo
                          int levels, DType type, void* bits, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (type == DType::kFloat64) {
-    codes_kernel<double><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const double*>(coord),
-                                                                 n, h, w, public_centres, levels,
-                                                                 static_cast<double*>(bits));
+    IK_LAUNCH(blocks_for(n), kThreads, 0, stream, codes_kernel<double>)(
+        static_cast<const double*>(coord), n, h, w, public_centres, levels,
+        static_cast<double*>(bits));
   } else if (type == DType::kFloat32) {
-    codes_kernel<float><<<blocks_for(n), kThreads, 0, stream>>>(static_cast<const float*>(coord), n,
-                                                                h, w, public_centres, levels,
-                                                                static_cast<float*>(bits));
+    IK_LAUNCH(blocks_for(n), kThreads, 0, stream, codes_kernel<float>)(
+        static_cast<const float*>(coord), n, h, w, public_centres, levels,
+        static_cast<float*>(bits));
   } else {
     return cudaErrorInvalidValue;
   }

@@ -1,8 +1,7 @@
 // Tensor glue of the fused HIIF operators' CUDA kernels: implements the *_cuda steps of
 // csrc/hiif_kernels.h by calling the launchers of hiif_kernels.cu on the current stream of
-// the tensors' device.  Compiled only in CUDA builds (it needs c10/cuda headers).
+// the tensors' device.  Compiled in CUDA builds and in the emulated build (csrc/emulation).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include "../cuda_glue.h"
 #include "../hiif_kernels.h"
@@ -21,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cuda(
     const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
     const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels,
     bool public_centres) {
-  const c10::cuda::CUDAGuard guard(maps.device());
+  const cuda::DeviceGuard guard(maps.device());
   const int64_t n = coord.size(0), hidden = row_sums.size(1);
   at::Tensor u = empty_poisoned({n, hidden}, maps.options());
   at::Tensor rows = empty_poisoned({n, 4}, maps.options().dtype(at::kLong));
@@ -39,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> level0_sum_cuda(
 std::tuple<at::Tensor, at::Tensor> level_input_cuda(const at::Tensor& x, const at::Tensor& coord,
                                                     int64_t h, int64_t w, int64_t level,
                                                     bool public_centres) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   const int64_t n = x.size(0), c = x.size(1);
   at::Tensor y = empty_poisoned({n, c + 2}, x.options());
   at::Tensor rstd = empty_poisoned({n}, x.options().dtype(accumulate_type(x.scalar_type())));
@@ -53,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> level_input_cuda(const at::Tensor& x, const a
 
 at::Tensor codes_cuda(const at::Tensor& coord, int64_t h, int64_t w, int64_t levels,
                       bool public_centres) {
-  const c10::cuda::CUDAGuard guard(coord.device());
+  const cuda::DeviceGuard guard(coord.device());
   TORCH_CHECK(coord.scalar_type() == at::kFloat || coord.scalar_type() == at::kDouble,
               "implicit_kernels::hiif_codes: coord must be float32 or float64 on CUDA, got ",
               coord.scalar_type());

@@ -84,7 +84,7 @@ __global__ void lte_features_backward_kernel(
 template <typename T, typename Acc>
 cudaError_t members_as(const void* coord, const void* cell, int64_t n, Dims dims, int64_t* index,
                        void* inputs, void* weights, cudaStream_t stream) {
-  members_kernel<T, Acc><<<blocks_for(n), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(n), kThreads, 0, stream, members_kernel<T, Acc>)(
       static_cast<const T*>(coord), static_cast<const T*>(cell), n, dims, index,
       static_cast<Acc*>(inputs), static_cast<Acc*>(weights));
   return cudaGetLastError();
@@ -94,7 +94,7 @@ template <typename T, typename Acc>
 cudaError_t first_layer_as(const void* proj, const int64_t* index, const void* inputs,
                            const void* w_rc, const void* b0, int64_t rows, int64_t d, bool relu,
                            void* x, cudaStream_t stream) {
-  liif_first_layer_kernel<T, Acc><<<blocks_for(rows * d), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(rows * d), kThreads, 0, stream, liif_first_layer_kernel<T, Acc>)(
       static_cast<const T*>(proj), index, static_cast<const Acc*>(inputs),
       static_cast<const T*>(w_rc), static_cast<const T*>(b0), rows, d, relu, static_cast<T*>(x));
   return cudaGetLastError();
@@ -104,7 +104,7 @@ template <typename T, typename Acc>
 cudaError_t features_as(const void* coef, const void* freq, const void* phase_w,
                         const int64_t* index, const void* inputs, int ends, int64_t rows, int64_t m,
                         void* x, cudaStream_t stream) {
-  lte_features_kernel<T, Acc><<<blocks_for(rows * m), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(rows * m), kThreads, 0, stream, lte_features_kernel<T, Acc>)(
       static_cast<const T*>(coef), static_cast<const T*>(freq), static_cast<const T*>(phase_w),
       index, static_cast<const Acc*>(inputs), ends, rows, m, static_cast<T*>(x));
   return cudaGetLastError();
@@ -115,7 +115,7 @@ cudaError_t features_backward_as(const void* grad_x, const void* coef, const voi
                                  const void* phase_w, const int64_t* index, const void* inputs,
                                  int ends, int64_t n, int64_t m, void* grad_coef, void* grad_freq,
                                  void* grad_phi, cudaStream_t stream) {
-  lte_features_backward_kernel<T, Acc><<<blocks_for(n * m), kThreads, 0, stream>>>(
+  IK_LAUNCH(blocks_for(n * m), kThreads, 0, stream, lte_features_backward_kernel<T, Acc>)(
       static_cast<const T*>(grad_x), static_cast<const T*>(coef), static_cast<const T*>(freq),
       static_cast<const T*>(phase_w), index, static_cast<const Acc*>(inputs), ends, n, m,
       static_cast<Acc*>(grad_coef), static_cast<Acc*>(grad_freq), static_cast<Acc*>(grad_phi));

@@ -1,8 +1,7 @@
 // Tensor glue of the fused LIIF and LTE decodes' CUDA kernels: implements the *_cuda steps
 // of csrc/liif_kernels.h by calling the launchers of liif_kernels.cu on the current stream
-// of the tensors' device.  Compiled only in CUDA builds (it needs c10/cuda headers).
+// of the tensors' device.  Compiled in CUDA builds and in the emulated build (csrc/emulation).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include "../cuda_glue.h"
 #include "../liif_kernels.h"
@@ -25,7 +24,7 @@ using cuda::stream_of;
 std::tuple<at::Tensor, at::Tensor, at::Tensor> members_cuda(const at::Tensor& coord,
                                                             const at::Tensor& cell,
                                                             const Dims& dims, at::ScalarType type) {
-  const c10::cuda::CUDAGuard guard(coord.device());
+  const cuda::DeviceGuard guard(coord.device());
   const int64_t n = coord.size(0);
   at::Tensor index = empty_poisoned({n * kMembers}, coord.options().dtype(at::kLong));
   at::Tensor inputs = empty_poisoned({n * kMembers, kCoordInputs}, coord.options().dtype(type));
@@ -40,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> members_cuda(const at::Tensor& co
 at::Tensor liif_first_layer_cuda(const at::Tensor& proj, const at::Tensor& index,
                                  const at::Tensor& inputs, const at::Tensor& w_rc,
                                  const at::Tensor& b0, bool relu) {
-  const c10::cuda::CUDAGuard guard(proj.device());
+  const cuda::DeviceGuard guard(proj.device());
   const int64_t rows = index.size(0), d = proj.size(1);
   at::Tensor x = empty_poisoned({rows, d}, proj.options());
   check_launch(
@@ -54,7 +53,7 @@ at::Tensor liif_first_layer_cuda(const at::Tensor& proj, const at::Tensor& index
 at::Tensor lte_features_cuda(const at::Tensor& coef, const at::Tensor& freq,
                              const at::Tensor& phase_w, const at::Tensor& index,
                              const at::Tensor& inputs) {
-  const c10::cuda::CUDAGuard guard(coef.device());
+  const cuda::DeviceGuard guard(coef.device());
   const int64_t rows = index.size(0), width = coef.size(1);
   at::Tensor x = empty_poisoned({rows, width}, coef.options());
   check_launch(launch_lte_features(
@@ -68,7 +67,7 @@ at::Tensor lte_features_cuda(const at::Tensor& coef, const at::Tensor& freq,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cuda(
     const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
     const at::Tensor& phase_w, const at::Tensor& index, const at::Tensor& inputs) {
-  const c10::cuda::CUDAGuard guard(coef.device());
+  const cuda::DeviceGuard guard(coef.device());
   const int64_t rows = index.size(0), width = coef.size(1);
   const auto options = coef.options().dtype(inputs.scalar_type());
   at::Tensor grad_coef = empty_poisoned({rows, width}, options);

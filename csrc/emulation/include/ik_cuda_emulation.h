@@ -1,0 +1,218 @@
+// CUDA emulation for the host compiler: the part of the CUDA language and runtime the
+// kernels of csrc/cuda use, so the same .cu sources compile as C++ (-x c++
+// -DIK_EMULATE_CUDA, this folder first on the include path) and run on CPU tensors in
+// tests.  A launch runs every block in turn; a block's threads run as cooperative fibers
+// (csrc/emulation/runtime.cpp) that switch only at __syncthreads() and warp shuffles, so
+// barriers really wait for the whole block and a shuffle for the whole warp.  Shared
+// memory (IK_SHARED) is bounds-checked, and every access is checked against the barriers:
+// a thread reading what another wrote, or writing what another read or wrote, since the
+// last __syncthreads() is a race and fails the launch, whatever order the fibers run in.
+// A failed launch returns its error from cudaGetLastError(), with the reason in
+// cudaGetErrorString().
+#pragma once
+
+#if defined(__CUDACC__)
+#error "ik_cuda_emulation.h is for host-compiler builds of the CUDA sources only"
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// Execution-space qualifiers: every function is a host function here.
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+
+// ---------------------------------------------------------------------------------------
+// Runtime types
+// ---------------------------------------------------------------------------------------
+
+enum cudaError_t : int {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
+};
+
+typedef struct CUstream_st* cudaStream_t;
+
+struct uint3 {
+  unsigned int x, y, z;
+};
+
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)
+      : x(vx), y(vy), z(vz) {}
+};
+
+// The running thread's coordinates, set by the fiber scheduler before it resumes a thread.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+
+// Returns the error of the last launch on this thread and clears it.
+cudaError_t cudaGetLastError();
+// The error's name; for a failed emulated launch, what failed and where.
+const char* cudaGetErrorString(cudaError_t error);
+
+namespace ik {
+namespace emulation {
+
+constexpr int kWarpSize = 32;
+
+// ---------------------------------------------------------------------------------------
+// Synchronisation (runtime.cpp)
+// ---------------------------------------------------------------------------------------
+
+// Suspends the calling thread until every thread of its block has reached a barrier.
+void barrier();
+
+// Publishes `bits` for the lanes of the calling thread's warp in `mask` and returns the
+// bits lane `source` published: a barrier among those lanes.
+uint64_t warp_exchange(unsigned int mask, uint64_t bits, int source);
+
+// The calling thread's lane within its warp.
+int lane();
+
+// Runs `thread` as every thread of every block of a launch; a failure (an exception from
+// a thread, a deadlock at a barrier) becomes the launch's error.
+void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+              const std::function<void()>& thread);
+
+template <typename T>
+T shuffle(unsigned int mask, T value, int source) {
+  static_assert(std::is_trivially_copyable<T>::value && sizeof(T) <= sizeof(uint64_t),
+                "warp shuffles exchange values of at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits = warp_exchange(mask, bits, source);
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared memory (runtime.cpp): one allocation per IK_SHARED declaration and block.
+// ---------------------------------------------------------------------------------------
+
+// Identifies an IK_SHARED declaration (a static object per declaration site).
+struct SharedSite {
+  const char* name;
+};
+
+class SharedMemory;
+
+// The block's allocation of `site` (count elements of `element_size` bytes), made by the
+// first of its threads to reach the declaration.
+SharedMemory& shared_memory(const SharedSite& site, size_t count, size_t element_size);
+
+// Element i of a shared allocation, checked: throws if i is out of range, if the element
+// was never written, or on a race with another thread since the last barrier.
+void* shared_read(SharedMemory& memory, int64_t i);
+void* shared_write(SharedMemory& memory, int64_t i);
+
+// One element of a shared array: reads and writes go through the checks.
+template <typename T>
+class SharedElement {
+ public:
+  SharedElement(SharedMemory& memory, int64_t i) : memory_(memory), i_(i) {}
+  operator T() const {
+    T value;
+    std::memcpy(&value, shared_read(memory_, i_), sizeof(T));
+    return value;
+  }
+  SharedElement& operator=(const T& value) {
+    std::memcpy(shared_write(memory_, i_), &value, sizeof(T));
+    return *this;
+  }
+  SharedElement& operator=(const SharedElement& other) { return *this = static_cast<T>(other); }
+  SharedElement& operator+=(const T& value) { return *this = static_cast<T>(*this) + value; }
+
+ private:
+  SharedMemory& memory_;
+  int64_t i_;
+};
+
+template <typename T>
+class SharedArray {
+  static_assert(std::is_trivially_copyable<T>::value, "shared memory holds plain values");
+
+ public:
+  SharedArray(const SharedSite& site, size_t count)
+      : memory_(shared_memory(site, count, sizeof(T))) {}
+  SharedElement<T> operator[](int64_t i) const { return {memory_, i}; }
+
+ private:
+  SharedMemory& memory_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Launches
+// ---------------------------------------------------------------------------------------
+
+// A configured launch of `kernel`: called with the kernel's arguments, it copies them
+// (a launch passes arguments by value) and runs the grid.
+template <typename... Params>
+class Launch {
+ public:
+  Launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes)
+      : kernel_(kernel), grid_(grid), block_(block), shared_bytes_(shared_bytes) {}
+
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    const std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
+    run_grid(grid_, block_, shared_bytes_, [&] { std::apply(kernel_, values); });
+  }
+
+ private:
+  void (*kernel_)(Params...);
+  dim3 grid_, block_;
+  size_t shared_bytes_;
+};
+
+template <typename... Params>
+Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                         cudaStream_t) {
+  return {kernel, grid, block, shared_bytes};
+}
+
+}  // namespace emulation
+}  // namespace ik
+
+// `kernel<<<grid, block, shared_bytes, stream>>>` (csrc/cuda/launch.h has nvcc's form).
+#define IK_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ::ik::emulation::launch(__VA_ARGS__, grid, block, shared_bytes, stream)
+
+// `__shared__ type name[count]`: a per-block, checked array.
+#define IK_SHARED(type, name, count)                               \
+  static constexpr ::ik::emulation::SharedSite name##_site{#name}; \
+  const ::ik::emulation::SharedArray<type> name(name##_site, count)
+
+inline void __syncthreads() { ::ik::emulation::barrier(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned int mask, T value, int lane_mask) {
+  return ::ik::emulation::shuffle(mask, value, ::ik::emulation::lane() ^ lane_mask);
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned int mask, T value, unsigned int delta) {
+  const int source = ::ik::emulation::lane() + static_cast<int>(delta);
+  return ::ik::emulation::shuffle(
+      mask, value, source < ::ik::emulation::kWarpSize ? source : ::ik::emulation::lane());
+}
+
+// Threads of a block run one at a time, so an atomic is a plain read-modify-write.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
