@@ -133,6 +133,16 @@ def assert_half_precision_close(decode, leaves: dict, upstream, dtype, out_tol=1
 
 
 
+def diif_params(c=4, hidden=24, dtype=torch.float32, slice_ensemble=True, coarse_layers=2):
+    """DIIF decoder parameters by state-dict name (``coarse.layers.*``, ``fine.layers.*``) for
+    ``c`` feature channels: ``coarse_layers`` coarse Linears of width ``hidden``, the fine
+    MLP ``hidden + 2 → hidden → hidden → 3``; the code is 16c wide (9c without the slice
+    ensemble)."""
+    code = (16 if slice_ensemble else 9) * c
+    return {**mlp_params("coarse.layers.", [code + 6] + [hidden] * coarse_layers, dtype=dtype),
+            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}
+
+
 def hiif_params(c_enc=8, c_z=32, head_dim=8, hidden=32, levels=6, dtype=torch.float32, seed=1):
     """Random HIIF parameters under the derivative's state-dict names, LayerNorm affines
     away from (1, 0) so that their gradients are exercised."""

@@ -9,10 +9,9 @@ source change (cached).
 Skipped without a host C++ compiler or without the real extension."""
 import pytest
 import torch
-from conftest import assert_matches
 from diif_variants import params_for
+from helpers import assert_matches, diif_params
 from test_hiif import hiif_params
-from test_ops_cpu import diif_params
 from test_ops_cpu_liif_lte import make_params, tie_queries
 
 import implicit_kernels.functional as F

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_matches, mlp_params
+from helpers import assert_matches, diif_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import geometry
@@ -13,12 +13,6 @@ from implicit_kernels import geometry
 SIZES = {  # feature map 5×7 → output
     "x1": (5, 7), "x2": (10, 14), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35),
 }
-
-
-def diif_params(c, hidden=24, dtype=torch.float32, slice_ensemble=True):
-    code = (16 if slice_ensemble else 9) * c
-    return {**mlp_params("coarse.layers.", [code + 6, hidden, hidden], dtype=dtype),
-            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}
 
 
 def loop_oracle(feat, out_size, params, slicing, slice_ensemble=True):

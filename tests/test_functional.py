@@ -3,15 +3,10 @@ import re
 
 import pytest
 import torch
-from helpers import conv_params, linear, mlp_params
+from helpers import conv_params, diif_params, linear, mlp_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
-
-
-def diif_params(c=4, hidden=16):
-    return {**mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden]),
-            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3])}
 
 
 def liif_params(c=4, hidden=16):
@@ -25,13 +20,13 @@ def feat():
 
 @pytest.mark.parametrize("size", [(5, 7), (10, 14), (14, 19), (15, 35), (6, 9)])
 def test_exact_output_sizes(feat, size):
-    assert F.diif_decode(feat, size, diif_params()).shape == (2, 3, *size)
+    assert F.diif_decode(feat, size, diif_params(hidden=16)).shape == (2, 3, *size)
     assert F.liif_decode(feat, size, liif_params()).shape == (2, 3, *size)
 
 
 def test_auto_picks_a_real_backend(feat):
     assert backends.auto_choice("diif", feat) != "reference"
-    params = diif_params()
+    params = diif_params(hidden=16)
     auto = F.diif_decode(feat, (14, 19), params)
     explicit = F.diif_decode(feat, (14, 19), params, backend=backends.auto_choice("diif", feat))
     assert torch.equal(auto, explicit)
@@ -39,7 +34,7 @@ def test_auto_picks_a_real_backend(feat):
 
 def test_unknown_backend_is_a_clear_error(feat):
     with pytest.raises(ValueError, match="unknown backend 'cuda-fast'"):
-        F.diif_decode(feat, (10, 14), diif_params(), backend="cuda-fast")
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16), backend="cuda-fast")
 
 
 def test_unavailable_backend_lists_reasons(feat, monkeypatch):
@@ -47,13 +42,13 @@ def test_unavailable_backend_lists_reasons(feat, monkeypatch):
     backends.register(backends.Backend(
         "broken", "implicit_kernels.torch_impl", "test", lambda: ["needs a GPU"]))
     with pytest.raises(RuntimeError, match="needs a GPU"):
-        F.diif_decode(feat, (10, 14), diif_params(), backend="broken")
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16), backend="broken")
 
 
 def test_env_override_of_auto(feat, monkeypatch):
     monkeypatch.setenv("IK_BACKEND", "nonsense")
     with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
-        F.diif_decode(feat, (10, 14), diif_params())
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16))
 
 
 @pytest.mark.parametrize("bad, error, match", [
@@ -67,7 +62,7 @@ def test_env_override_of_auto(feat, monkeypatch):
 ])
 def test_bad_feature_maps(feat, bad, error, match):
     with pytest.raises(error, match=match):
-        F.diif_decode(bad(feat), (10, 14), diif_params())
+        F.diif_decode(bad(feat), (10, 14), diif_params(hidden=16))
     with pytest.raises(error, match=match):
         F.liif_decode(bad(feat), (10, 14), liif_params())
 
@@ -83,11 +78,11 @@ def test_bad_feature_maps(feat, bad, error, match):
 ])
 def test_bad_sizes(feat, size, error, match):
     with pytest.raises(error, match=match):
-        F.diif_decode(feat, size, diif_params())
+        F.diif_decode(feat, size, diif_params(hidden=16))
 
 
 def test_bad_params(feat):
-    params = diif_params()
+    params = diif_params(hidden=16)
     with pytest.raises(ValueError, match=r"coarse.layers.0.weight.*shape"):
         F.diif_decode(feat[:, :3], (10, 14), params)  # 3 channels: first layer expects 16*4+6
     missing = {k: v for k, v in params.items() if k != "fine.layers.2.bias"}
@@ -105,9 +100,9 @@ def test_bad_params(feat):
 
 def test_bad_options(feat):
     with pytest.raises(ValueError, match="slicing must be one of"):
-        F.diif_decode(feat, (10, 14), diif_params(), slicing="quadratic")
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16), slicing="quadratic")
     with pytest.raises(ValueError, match="chunk_size"):
-        F.diif_decode(feat, (10, 14), diif_params(), chunk_size=0)
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16), chunk_size=0)
 
 
 def test_bad_queries(feat):
@@ -134,7 +129,7 @@ def test_bad_queries(feat):
 
 
 def test_bad_pixels(feat):
-    params = diif_params()
+    params = diif_params(hidden=16)
     with pytest.raises(ValueError, match="pixels must index inside"):
         F.diif_decode(feat, (10, 14), params, pixels=torch.tensor([[[10, 0]], [[0, 0]]]))
     with pytest.raises(ValueError, match="pixels must index inside"):
@@ -147,13 +142,13 @@ def test_empty_query_list(feat):
     out = F.liif_decode(feat, None, liif_params(), coord=torch.zeros(2, 0, 2),
                         cell=torch.ones(2, 0, 2))
     assert out.shape == (2, 0, 3)
-    out = F.diif_decode(feat, (10, 14), diif_params(),
+    out = F.diif_decode(feat, (10, 14), diif_params(hidden=16),
                         pixels=torch.zeros(2, 0, 2, dtype=torch.long))
     assert out.shape == (2, 0, 3)
 
 
 def test_non_contiguous_inputs(feat):
-    params = diif_params()
+    params = diif_params(hidden=16)
     transposed = feat.transpose(2, 3).contiguous().transpose(2, 3)
     assert not transposed.is_contiguous()
     assert torch.equal(F.diif_decode(transposed, (10, 14), params, backend="torch"),
@@ -177,7 +172,7 @@ def test_device_mismatch(feat):
     """Parameters or queries on another device than feat are named in the error (meta
     tensors stand in for a second device on machines without a GPU)."""
     params = {k: v.to("meta") if k == "fine.layers.2.weight" else v
-              for k, v in diif_params().items()}
+              for k, v in diif_params(hidden=16).items()}
     with pytest.raises(ValueError,
                        match=r"params\['fine.layers.2.weight'\] is on meta but feat is on cpu"):
         F.diif_decode(feat, (10, 14), params)
@@ -185,7 +180,7 @@ def test_device_mismatch(feat):
     with pytest.raises(ValueError, match="coord is on meta"):
         F.liif_decode(feat, None, liif_params(), coord=coord, cell=torch.ones(2, 3, 2))
     with pytest.raises(ValueError, match="pixels is on meta"):
-        F.diif_decode(feat, (10, 14), diif_params(),
+        F.diif_decode(feat, (10, 14), diif_params(hidden=16),
                       pixels=torch.zeros(2, 3, 2, dtype=torch.long, device="meta"))
 
 
@@ -252,7 +247,7 @@ def test_stray_layers_are_refused(feat, stray):
     params[stray + "weight"], params[stray + "bias"] = linear(3, 3)
     with pytest.raises(ValueError, match=r"numbered 0, 2, 4, \.\.\."):
         F.liif_decode(feat, (10, 14), params)
-    diif = diif_params()
+    diif = diif_params(hidden=16)
     diif["fine.layers.20.weight"], diif["fine.layers.20.bias"] = linear(3, 3)
     with pytest.raises(ValueError, match=r"numbered 0, 2, 4, \.\.\."):
         F.diif_decode(feat, (10, 14), diif)
@@ -272,7 +267,7 @@ def test_output_beyond_available_memory_is_refused_before_allocating(feat, monke
     from implicit_kernels import _validate
     # 8 images of 46340x46340 (within the per-image pixel bound) need 206 GB as float32.
     with pytest.raises(MemoryError, match=r"needs 192\.0 GiB"):
-        F.diif_decode(torch.randn(8, 4, 2, 2), (46340, 46340), diif_params())
+        F.diif_decode(torch.randn(8, 4, 2, 2), (46340, 46340), diif_params(hidden=16))
     # The bound is what the device has now, not a constant.
     monkeypatch.setattr(_validate, "available_memory", lambda device: 2 ** 20)
     with pytest.raises(MemoryError, match=r"needs 2\.1 MiB but cpu has 1\.0 MiB"):
@@ -283,7 +278,7 @@ def test_output_beyond_available_memory_is_refused_before_allocating(feat, monke
 
 def test_meta_feature_map_is_a_clear_error(feat):
     with pytest.raises(ValueError, match="meta device"):
-        F.diif_decode(feat.to("meta"), (10, 14), diif_params())
+        F.diif_decode(feat.to("meta"), (10, 14), diif_params(hidden=16))
     with pytest.raises(ValueError, match="meta device"):
         F.liif_decode(feat.to("meta"), (10, 14), liif_params())
 
@@ -304,7 +299,7 @@ def test_auto_weighs_gradients_and_call_size(feat, monkeypatch):
     seen = []
     choose = backends.auto_choice
     monkeypatch.setattr(backends, "auto_choice", lambda *a: seen.append(a[2:]) or choose(*a))
-    params = diif_params()
+    params = diif_params(hidden=16)
     F.diif_decode(feat, (10, 14), params)
     F.diif_decode(feat.requires_grad_(), (10, 14), params)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 conformance suite's, tests/test_conformance.py)."""
 import pytest
 import torch
-from helpers import assert_matches, mlp_params
+from helpers import assert_matches, diif_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import _extension, geometry
@@ -12,11 +12,6 @@ pytestmark = pytest.mark.skipif(not _extension.available(), reason="; ".join(_ex
 
 SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35),
          "x12": (60, 84)}
-
-
-def diif_params(c=4, hidden=24, dtype=torch.float32, coarse_layers=2):
-    return {**mlp_params("coarse.layers.", [16 * c + 6] + [hidden] * coarse_layers, dtype=dtype),
-            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}
 
 
 def op_args(feat, params, pixels, size, slicing="linear"):

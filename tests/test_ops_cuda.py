@@ -6,7 +6,7 @@ Skipped without a GPU and a CUDA build of the extension (CI has neither; run on 
 machine, see bench/NOTES.md for which runs happened)."""
 import pytest
 import torch
-from helpers import mlp_params
+from helpers import diif_params
 
 import implicit_kernels.functional as F
 from implicit_kernels import backends
@@ -19,11 +19,6 @@ SIZES = {"x1": (5, 7), "x3_odd": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35
          "x30": (150, 210)}
 
 
-def diif_params(c=4, hidden=32, dtype=torch.float32):
-    return {k: v.cuda() for k, v in {
-        **mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden], dtype=dtype),
-        **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3], dtype=dtype)}.items()}
-
 # fp32 comparisons at 1e-5 need full-precision matmuls (no TF32).
 pytestmark = [pytestmark, pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32_matmul")]
 
@@ -33,7 +28,7 @@ def test_diif_half_precision_against_fp32_reference(dtype):
     """bf16/fp16 inputs (fp32 accumulation) stay within 1e-2 relative of the fp32
     reference, measured on the output's scale."""
     feat = torch.randn(2, 8, 12, 10, device="cuda")
-    params = diif_params(8, 64)
+    params = {k: v.cuda() for k, v in diif_params(8, 64).items()}
     ref = F.diif_decode(feat, (40, 37), params, backend="reference")
     got = F.diif_decode(feat.to(dtype), (40, 37), {k: v.to(dtype) for k, v in params.items()},
                         backend="cuda")

@@ -14,10 +14,9 @@ import itertools
 
 import pytest
 import torch
-from helpers import assert_matches, triton_device
+from helpers import assert_matches, diif_params, triton_device
 from test_hiif import hiif_params, random_queries
 from test_triton_diif import decode_with_grads as diif_with_grads
-from test_triton_diif import diif_params
 from test_triton_hiif import SMALL, assert_same_as_reference, inputs
 from test_triton_liif_lte import assert_triton_equals_reference, leaves
 

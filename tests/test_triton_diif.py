@@ -14,6 +14,7 @@ import torch
 from helpers import (
     assert_half_precision_close,
     assert_matches,
+    diif_params,
     mlp_params,
     triton_device,
     triton_gpu_only,
@@ -26,11 +27,6 @@ DEVICE = triton_device()
 
 #: Feature map 5×7 → integer ×3, non-integer ×2.7 (14×19) and asymmetric ×3 by ×5.
 SIZES = {"x3": (15, 21), "x2.7": (14, 19), "x3_by_x5": (15, 35)}
-
-
-def diif_params(c=4, hidden=24):
-    return {**mlp_params("coarse.layers.", [16 * c + 6, hidden, hidden]),
-            **mlp_params("fine.layers.", [hidden + 2, hidden, hidden, 3])}
 
 
 def decode_with_grads(feat, params, size, slicing, backend, upstream, chunk_size):
