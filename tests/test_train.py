@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from implicit_kernels.apps import data as D
 from implicit_kernels.apps import train as T
-from implicit_kernels.apps.weights import load_model
+from implicit_kernels.apps.weights import load_model, load_torch_file
 
 TINY = {"edsr-baseline-diif": {"coarse_hidden": [16, 16], "fine_hidden": [16, 16]},
         "edsr-baseline-liif": {"hidden_list": [16, 16]}}
@@ -204,3 +204,16 @@ def test_ddp_gloo_two_processes_stay_in_sync(tmp_path):
     ck = torch.load(os.path.join(out, T.CHECKPOINT), weights_only=True)
     assert ck["step"] == 2 and len(ck["rng"]["data"]) == 2
     assert not torch.equal(ck["rng"]["data"][0], ck["rng"]["data"][1])
+
+
+def test_committed_checkpoint_continues_the_shipped_diif_run():
+    """The shipped DIIF weights are the committed checkpoint's model (to fp16), which the
+    CPU config resumes: its ``train.out`` holds it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = T.load_config(os.path.join(root, "configs", "edsr-baseline-diif-cpu.yaml"))
+    path = os.path.join(root, cfg["train"]["out"], T.CHECKPOINT)
+    ck = load_torch_file(path)
+    model, info = load_model("edsr-baseline-diif")
+    assert ck["step"] == info["step"] and ck["config"]["data"] == cfg["data"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ck["model"][name].half().float(), value, rtol=0, atol=0)
