@@ -64,14 +64,18 @@ Dims dims_of(const Decoder& d, int64_t out_h, int64_t out_w, bool slice_ensemble
                    d.corner_proj.size(2) - border, out_h, out_w, slice_ensemble, kOp);
 }
 
-// The coarse stage's first pre-activation of every slice and vertex (in the decoder's
-// dtype; the coordinate part runs in the accumulation type: half precision would round
-// the offsets themselves).
-at::Tensor first_layer(const Decoder& d, const Slices& sl) {
-  const auto acc = accumulate_type(d.corner_proj.scalar_type());
-  const at::Tensor corners = d.corner_proj.view({-1, d.corner_proj.size(3)});
-  const at::Tensor pre = at::addmm(d.b0.to(acc), sl.coords, d.w_coord.to(acc).t());
-  return (pre + corners.index_select(0, sl.corners)).to(d.corner_proj.scalar_type());
+// The coarse stage's first pre-activation of slice-vertex rows lo..hi into `out` (the
+// coordinate part runs in the accumulation type: half precision would round the offsets
+// themselves).
+FirstLayer first_layer(const Decoder& d, const Slices& sl) {
+  return [&d, &sl](int64_t lo, int64_t hi, at::Tensor out) {
+    const auto acc = accumulate_type(d.corner_proj.scalar_type());
+    const at::Tensor corners = d.corner_proj.view({-1, d.corner_proj.size(3)});
+    at::Tensor pre =
+        at::addmm(d.b0.to(acc), sl.coords.narrow(0, lo, hi - lo), d.w_coord.to(acc).t());
+    pre.add_(corners.index_select(0, sl.corners.narrow(0, lo, hi - lo)));
+    out.copy_(pre);
+  };
 }
 
 at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
@@ -89,7 +93,8 @@ at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
   const int64_t out_dim = d.stages.fine.weights.back().size(0);
   if (flat.size(0) == 0) return at::empty({b, q, out_dim}, corner_proj.options());
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
-  return stages_forward(d.stages, sl, dims, first_layer(d, sl)).out.view({b, q, out_dim});
+  return stages_forward(d.stages, sl, dims, d.corner_proj.size(3), first_layer(d, sl), false)
+      .out.view({b, q, out_dim});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
@@ -122,7 +127,8 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
             g.fine_b};
   }
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
-  const Trace tr = stages_forward(d.stages, sl, dims, first_layer(d, sl));
+  const Trace tr =
+      stages_forward(d.stages, sl, dims, d.corner_proj.size(3), first_layer(d, sl), true);
   StageGrads g;
   const at::Tensor grad = stages_backward(d.stages, sl, dims, tr, grad_out, &g);
   const auto acc = accumulate_type(corner_proj.scalar_type());

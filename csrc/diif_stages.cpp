@@ -127,12 +127,23 @@ Slices make_slices(const at::Tensor& like, const Dims& dims, const at::Tensor& p
   return sl;
 }
 
-Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, const at::Tensor& pre) {
+Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
+                     const FirstLayer& first, bool record) {
+  const int64_t rows = sl.coords.size(0);
+  const at::Tensor& like = st.fine_wh;
+#if defined(IK_CUDA_KERNELS)
+  const bool tiles = like.is_cpu() && !runs_cuda_kernels(like);
+#else
+  const bool tiles = like.is_cpu();
+#endif
+  if (tiles) return stages_forward_cpu(st, sl, dims, width, first, record);
   Trace tr;
-  const at::Tensor hidden = mlp_forward(st.coarse, at::relu(pre), &tr.coarse);  // H_t
+  at::Tensor pre = at::empty({rows, width}, like.options());
+  first(0, rows, pre);
+  const at::Tensor hidden = mlp_forward(st.coarse, pre.relu_(), &tr.coarse);  // H_t
   const at::Tensor g = at::mm(hidden, st.fine_wh.t());
   const at::Tensor z =
-      kernels_for(pre).blend(sl.pixels, sl.slice_of, dims, g, st.fine_wd, st.fine_b0);
+      kernels_for(like).blend(sl.pixels, sl.slice_of, dims, g, st.fine_wd, st.fine_b0);
   tr.out = mlp_forward(st.fine, at::relu(z), &tr.fine);
   return tr;
 }
@@ -145,21 +156,30 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
   // Fine stage, back to the blend's output z.
   at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
   grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b) * (tr.fine.front() > 0);
-  // Blend: z = b + wd·d + Σ_t w_t G[slice, t].
+  // Blend: z = b + wd·d + Σ_t w_t W_h·H[slice, t].
   at::Tensor offsets, weights;
   std::tie(offsets, weights) = kernels_for(grad).offset_weights(sl.pixels, dims, acc);
   grads->fine_b0 = grad.sum(0);
   grads->fine_wd = at::mm(grad.t().to(acc), offsets).to(type);
   const int64_t v = vertex_count(dims), n_slices = sl.coords.size(0) / v;
-  const int64_t df = st.fine_wh.size(0);
-  const at::Tensor per_vertex = (weights.unsqueeze(2) * grad.to(acc).unsqueeze(1)).to(type);
-  const at::Tensor grad_g = at::zeros({n_slices, v, df}, grad.options())
-                                .index_add_(0, sl.slice_of, per_vertex)
-                                .view({n_slices * v, df});
-  grads->fine_wh = at::mm(grad_g.t(), tr.coarse.back());
+  // Gradient of the per-pixel sum over vertices -> one per slice and vertex.
+  const auto per_slice_vertex = [&](const at::Tensor& g) {
+    const at::Tensor per_vertex = (weights.unsqueeze(2) * g.to(acc).unsqueeze(1)).to(type);
+    return at::zeros({n_slices, v, g.size(1)}, g.options())
+        .index_add_(0, sl.slice_of, per_vertex)
+        .view({n_slices * v, g.size(1)});
+  };
+  at::Tensor grad_hidden;
+  if (tr.hidden_blend) {
+    grads->fine_wh = at::mm(grad.t(), tr.hidden_mix);
+    grad_hidden = per_slice_vertex(at::mm(grad, st.fine_wh));
+  } else {
+    const at::Tensor grad_g = per_slice_vertex(grad);
+    grads->fine_wh = at::mm(grad_g.t(), tr.coarse.back());
+    grad_hidden = at::mm(grad_g, st.fine_wh);
+  }
   // Coarse stage, back to its first pre-activation.
-  grad = mlp_backward(st.coarse, at::mm(grad_g, st.fine_wh), tr.coarse, grads->coarse_w,
-                      grads->coarse_b);
+  grad = mlp_backward(st.coarse, grad_hidden, tr.coarse, grads->coarse_w, grads->coarse_b);
   return grad * (tr.coarse.front() > 0);
 }
 

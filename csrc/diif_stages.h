@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 
+#include <functional>
 #include <vector>
 
 #include "diif_kernels.h"
@@ -62,14 +63,32 @@ Slices make_slices(const at::Tensor& like, const Dims& dims, const at::Tensor& p
                    Slicing slicing);
 
 // What stages_forward computes that stages_backward needs.
+// z's slice-ensemble sum is formed either per slice and vertex after W_h (G_t = W_h·H_t,
+// then Σ_t w_t G_t per pixel) or per pixel before it (W_h·Σ_t w_t H_t, `hidden_blend`):
+// the same linear map, and the second costs one W_h product per pixel instead of one per
+// slice and vertex, so it is taken when a call has fewer pixels than slices x vertices.
 struct Trace {
   std::vector<at::Tensor> coarse;  // mlp_forward's record of the coarse stage: relu(pre) .. H
   std::vector<at::Tensor> fine;    // and of the fine stage: relu(z) .. out
   at::Tensor out;                  // (n, out)
+  bool hidden_blend = false;
+  at::Tensor hidden_mix;  // (n, hidden) Σ_t w_t H_t per pixel, with hidden_blend
 };
 
-// From the coarse stage's first pre-activation `pre` (S * V, width), in the stages' dtype.
-Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, const at::Tensor& pre);
+// Writes the coarse stage's first pre-activation of the slice-vertex rows lo..hi into `out`
+// (hi - lo, width), in the stages' dtype: the operators' own first layer (DIIF: a gathered
+// corner projection plus the coordinate part; DLTE: a Linear of Fourier features).  Called
+// per tile of rows on the CPU, so the whole pre-activation never exists there.
+using FirstLayer = std::function<void(int64_t lo, int64_t hi, at::Tensor out)>;
+
+// The stages from the first pre-activation of the S * V slice-vertex rows (`width` wide);
+// `record` keeps the activations stages_backward needs (else only `out` is set).
+Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
+                     const FirstLayer& first, bool record);
+
+// stages_forward on CPU tensors, in tiles of rows (csrc/cpu/diif_stages_cpu.cpp).
+Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
+                         const FirstLayer& first, bool record);
 
 // Gradients of the stages' parameters.
 struct StageGrads {

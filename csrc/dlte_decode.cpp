@@ -80,6 +80,13 @@ at::Tensor features(const Decoder& d, const Slices& sl) {
       .lte_features(rows(d.coef), rows(d.freq), d.phase, sl.corners, sl.coords);
 }
 
+// The coarse stage's first pre-activation of slice-vertex rows lo..hi: w0·x + b0.
+diif::FirstLayer first_layer(const Decoder& d, const at::Tensor& x) {
+  return [&d, &x](int64_t lo, int64_t hi, at::Tensor out) {
+    at::addmm_out(out, d.b0, x.narrow(0, lo, hi - lo), d.w0.t());
+  };
+}
+
 at::Tensor dlte_decode(const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase,
                        const at::Tensor& w0, const at::Tensor& b0, at::TensorList coarse_w,
                        at::TensorList coarse_b, const at::Tensor& fine_wh,
@@ -95,8 +102,9 @@ at::Tensor dlte_decode(const at::Tensor& coef, const at::Tensor& freq, const at:
   const int64_t out_dim = d.stages.fine.weights.back().size(0);
   if (flat.size(0) == 0) return at::empty({b, q, out_dim}, coef.options());
   const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
-  const at::Tensor pre = at::addmm(d.b0, features(d, sl), d.w0.t());
-  return diif::stages_forward(d.stages, sl, dims, pre).out.view({b, q, out_dim});
+  const at::Tensor x = features(d, sl);
+  return diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), false)
+      .out.view({b, q, out_dim});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
@@ -133,7 +141,7 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
   }
   const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
   const at::Tensor x = features(d, sl);
-  const Trace tr = diif::stages_forward(d.stages, sl, dims, at::addmm(d.b0, x, d.w0.t()));
+  const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
   StageGrads g;
   const at::Tensor grad_pre = diif::stages_backward(d.stages, sl, dims, tr, grad_out, &g);
   const at::Tensor grad_x = at::mm(grad_pre, d.w0).contiguous();
