@@ -155,7 +155,8 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
   const int64_t out_dim = st.fine.weights.back().size(0);
   // Fine stage, back to the blend's output z.
   at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
-  grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b) * (tr.fine.front() > 0);
+  grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b);
+  relu_backward_(grad, tr.fine.front());
   // Blend: z = b + wd·d + Σ_t w_t W_h·H[slice, t].
   at::Tensor offsets, weights;
   std::tie(offsets, weights) = kernels_for(grad).offset_weights(sl.pixels, dims, acc);
@@ -180,7 +181,8 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
   }
   // Coarse stage, back to its first pre-activation.
   grad = mlp_backward(st.coarse, grad_hidden, tr.coarse, grads->coarse_w, grads->coarse_b);
-  return grad * (tr.coarse.front() > 0);
+  relu_backward_(grad, tr.coarse.front());
+  return grad;
 }
 
 StageGrads zero_stage_grads(const Stages& st) {

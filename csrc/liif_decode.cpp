@@ -111,7 +111,8 @@ liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
   std::vector<at::Tensor> grad_w, grad_b;
   at::Tensor grad = blend_backward(e, grad_out, type);
   if (!d.rest.weights.empty()) {
-    grad = mlp_backward(d.rest, grad, tr.acts, grad_w, grad_b) * (tr.acts.front() > 0);
+    grad = mlp_backward(d.rest, grad, tr.acts, grad_w, grad_b);
+    relu_backward_(grad, tr.acts.front());
   }
   // grad is now that of the first layer's pre-activation, per member row.
   const at::Tensor grad_b0 = grad.sum(0);

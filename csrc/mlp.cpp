@@ -40,13 +40,19 @@ at::Tensor mlp_backward(const Mlp& mlp, at::Tensor grad, const std::vector<at::T
   grad_w.assign(n, at::Tensor());
   grad_b.assign(n, at::Tensor());
   for (size_t i = n; i-- > 0;) {
-    // ReLU's derivative from its output: 1 where the output is positive (as PyTorch).
-    if (i + 1 < n || mlp.relu_last) grad = grad * (acts[i + 1] > 0);
+    // ReLU's derivative from its output (as PyTorch); out of place: on the first layer
+    // visited, grad is the caller's.
+    if (i + 1 < n || mlp.relu_last) grad = at::threshold_backward(grad, acts[i + 1], 0);
     grad_w[i] = at::mm(grad.t(), acts[i]);
     grad_b[i] = grad.sum(0);
     grad = at::mm(grad, mlp.weights[i]);
   }
   return grad;
+}
+
+void relu_backward_(at::Tensor& grad, const at::Tensor& out) {
+  if (!grad.is_contiguous()) grad = grad.contiguous();
+  at::threshold_backward_out(grad, grad, out, 0);
 }
 
 std::vector<at::Tensor> zeros_like_all(const std::vector<at::Tensor>& ts) {

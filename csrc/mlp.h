@@ -29,6 +29,10 @@ at::Tensor mlp_forward(const Mlp& mlp, at::Tensor x, std::vector<at::Tensor>* ac
 at::Tensor mlp_backward(const Mlp& mlp, at::Tensor grad, const std::vector<at::Tensor>& acts,
                         std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b);
 
+// ReLU's backward in place on a gradient the caller owns: grad where the ReLU's output
+// `out` is positive, else 0 (as PyTorch); one pass, no mask tensor.
+void relu_backward_(at::Tensor& grad, const at::Tensor& out);
+
 // Zero gradients shaped like `ts`.
 std::vector<at::Tensor> zeros_like_all(const std::vector<at::Tensor>& ts);
 
