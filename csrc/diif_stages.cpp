@@ -165,6 +165,7 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
   const int64_t v = vertex_count(dims), n_slices = sl.coords.size(0) / v;
   // Gradient of the per-pixel sum over vertices -> one per slice and vertex.
   const auto per_slice_vertex = [&](const at::Tensor& g) {
+    if (g.is_cpu()) return scatter_vertex_rows_cpu(g, weights, sl.slice_of, n_slices, v);
     const at::Tensor per_vertex = (weights.unsqueeze(2) * g.to(acc).unsqueeze(1)).to(type);
     return at::zeros({n_slices, v, g.size(1)}, g.options())
         .index_add_(0, sl.slice_of, per_vertex)

@@ -90,6 +90,12 @@ Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64
 Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
                          const FirstLayer& first, bool record);
 
+// out[slice_of[p] * v + t] += weights[p, t] * g[p] for pixels p and vertices t: g (n, w),
+// weights (n, v); out (n_slices * v, w).  CPU: threads over column blocks, so no two
+// threads add into one element and no (n, v, w) product is formed.
+at::Tensor scatter_vertex_rows_cpu(const at::Tensor& g, const at::Tensor& weights,
+                                   const at::Tensor& slice_of, int64_t n_slices, int64_t v);
+
 // Gradients of the stages' parameters.
 struct StageGrads {
   std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;

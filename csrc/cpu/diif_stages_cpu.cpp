@@ -203,5 +203,31 @@ Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, i
   return tr;
 }
 
+at::Tensor scatter_vertex_rows_cpu(const at::Tensor& g, const at::Tensor& weights,
+                                   const at::Tensor& slice_of, int64_t n_slices, int64_t v) {
+  const at::Tensor gc = g.contiguous(), wc = weights.to(g.scalar_type()).contiguous();
+  const int64_t n = gc.size(0), width = gc.size(1);
+  at::Tensor out = at::zeros({n_slices * v, width}, gc.options());
+  const int64_t* slice = slice_of.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "diif_scatter_vertex_rows_cpu", [&] {
+    const scalar_t* gp = gc.data_ptr<scalar_t>();
+    const scalar_t* wp = wc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    constexpr int64_t kBlock = 64;  // columns per task: a cache line's worth of rows each
+    at::parallel_for(0, (width + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t lo = b0 * kBlock, hi = std::min(width, b1 * kBlock);
+      for (int64_t p = 0; p < n; ++p) {
+        const scalar_t* src = gp + p * width;
+        for (int64_t t = 0; t < v; ++t) {
+          const scalar_t w = wp[p * v + t];
+          scalar_t* dst = op + (slice[p] * v + t) * width;
+          for (int64_t j = lo; j < hi; ++j) dst[j] += w * src[j];
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace diif
 }  // namespace ik
