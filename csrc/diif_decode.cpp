@@ -97,14 +97,71 @@ at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
       .out.view({b, q, out_dim});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
-           at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
-                     const at::Tensor& w_coord, const at::Tensor& b0, at::TensorList coarse_w,
-                     at::TensorList coarse_b, const at::Tensor& fine_wh, const at::Tensor& fine_wd,
-                     const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
-                     const at::Tensor& pixels, int64_t out_h, int64_t out_w,
-                     c10::string_view slicing, bool slice_ensemble) {
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
+                         std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor,
+                         std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The gradients of every input but `pixels` from the forward's slices and record.
+Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const Trace& tr,
+                const at::Tensor& grad_out) {
+  StageGrads g;
+  const at::Tensor grad = stages_backward(d.stages, sl, dims, tr, grad_out, &g);
+  const auto acc = accumulate_type(d.corner_proj.scalar_type());
+  const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
+  const at::Tensor& map = d.corner_proj;
+  const at::Tensor grad_corner =
+      at::zeros({map.size(0) * map.size(1) * map.size(2), map.size(3)}, grad.options())
+          .index_add_(0, sl.corners, grad)
+          .view(map.sizes());
+  return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
+          g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
+}
+
+Grads zero_gradients(const Decoder& d) {
+  StageGrads g = zero_stage_grads(d.stages);
+  return {at::zeros_like(d.corner_proj),
+          at::zeros_like(d.w_coord),
+          at::zeros_like(d.b0),
+          g.coarse_w,
+          g.coarse_b,
+          g.fine_wh,
+          g.fine_wd,
+          g.fine_b0,
+          g.fine_w,
+          g.fine_b};
+}
+
+// The forward with its record for the backward (implicit_kernels::diif_decode_train): a
+// decode with gradients keeps it instead of recomputing the forward in the backward.
+std::tuple<at::Tensor, std::vector<at::Tensor>> diif_decode_train(
+    const at::Tensor& corner_proj, const at::Tensor& w_coord, const at::Tensor& b0,
+    at::TensorList coarse_w, at::TensorList coarse_b, const at::Tensor& fine_wh,
+    const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
+    at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+    c10::string_view slicing, bool slice_ensemble) {
+  const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b, slice_ensemble);
+  const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
+  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
+  const Slicing mode = parse_slicing(slicing, kOp);
+  const int64_t b = pixels.size(0), q = pixels.size(1), width = corner_proj.size(3);
+  const int64_t out_dim = d.stages.fine.weights.back().size(0);
+  if (flat.size(0) == 0) {
+    return {at::empty({b, q, out_dim}, corner_proj.options()),
+            empty_record(d.stages, width, corner_proj)};
+  }
+  const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+  const Trace tr = stages_forward(d.stages, sl, dims, width, first_layer(d, sl), true);
+  return {tr.out.view({b, q, out_dim}), pack_record(sl, tr, d.stages)};
+}
+
+Grads diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
+                           const at::Tensor& w_coord, const at::Tensor& b0, at::TensorList coarse_w,
+                           at::TensorList coarse_b, const at::Tensor& fine_wh,
+                           const at::Tensor& fine_wd, const at::Tensor& fine_b0,
+                           at::TensorList fine_w, at::TensorList fine_b, const at::Tensor& pixels,
+                           int64_t out_h, int64_t out_w, c10::string_view slicing,
+                           bool slice_ensemble) {
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
@@ -112,48 +169,51 @@ diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
   const Slicing mode = parse_slicing(slicing, kOp);
   const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
   check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
-
-  if (flat.size(0) == 0) {
-    StageGrads g = zero_stage_grads(d.stages);
-    return {at::zeros_like(corner_proj),
-            at::zeros_like(w_coord),
-            at::zeros_like(b0),
-            g.coarse_w,
-            g.coarse_b,
-            g.fine_wh,
-            g.fine_wd,
-            g.fine_b0,
-            g.fine_w,
-            g.fine_b};
-  }
+  if (flat.size(0) == 0) return zero_gradients(d);
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
   const Trace tr =
-      stages_forward(d.stages, sl, dims, d.corner_proj.size(3), first_layer(d, sl), true);
-  StageGrads g;
-  const at::Tensor grad = stages_backward(d.stages, sl, dims, tr, grad_out, &g);
-  const auto acc = accumulate_type(corner_proj.scalar_type());
-  const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
-  const at::Tensor grad_corner =
-      at::zeros(
-          {corner_proj.size(0) * corner_proj.size(1) * corner_proj.size(2), corner_proj.size(3)},
-          grad.options())
-          .index_add_(0, sl.corners, grad)
-          .view(corner_proj.sizes());
-  return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
-          g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
+      stages_forward(d.stages, sl, dims, corner_proj.size(3), first_layer(d, sl), true);
+  return gradients(d, sl, dims, tr, grad_out);
+}
+
+// The backward from diif_decode_train's record (implicit_kernels::diif_decode_backward_saved).
+Grads diif_decode_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                 const at::Tensor& corner_proj, const at::Tensor& w_coord,
+                                 const at::Tensor& b0, at::TensorList coarse_w,
+                                 at::TensorList coarse_b, const at::Tensor& fine_wh,
+                                 const at::Tensor& fine_wd, const at::Tensor& fine_b0,
+                                 at::TensorList fine_w, at::TensorList fine_b,
+                                 const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+                                 c10::string_view slicing, bool slice_ensemble) {
+  const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b, slice_ensemble);
+  const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
+  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
+  parse_slicing(slicing, kOp);
+  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
+  check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
+  if (flat.size(0) == 0) return zero_gradients(d);
+  Slices sl;
+  Trace tr;
+  unpack_record(saved, flat, d.stages, &sl, &tr);
+  return gradients(d, sl, dims, tr, grad_out);
 }
 
 }  // namespace
 
 IK_LIBRARY_IMPL(CPU, m) {
   m.impl("diif_decode", &diif_decode);
+  m.impl("diif_decode_train", &diif_decode_train);
   m.impl("diif_decode_backward", &diif_decode_backward);
+  m.impl("diif_decode_backward_saved", &diif_decode_backward_saved);
 }
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("diif_decode", &diif_decode);
+  m.impl("diif_decode_train", &diif_decode_train);
   m.impl("diif_decode_backward", &diif_decode_backward);
+  m.impl("diif_decode_backward_saved", &diif_decode_backward_saved);
 }
 #endif
 

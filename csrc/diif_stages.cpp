@@ -186,6 +186,54 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
   return grad;
 }
 
+std::vector<at::Tensor> pack_record(const Slices& sl, const Trace& tr, const Stages& st) {
+  std::vector<at::Tensor> out = {sl.slice_of, sl.coords, sl.corners};
+  for (const auto& t : tr.coarse) out.push_back(t);
+  // The fine record without its last entry, the operator's output itself (a backward
+  // does not read it).
+  for (size_t i = 0; i + 1 < tr.fine.size(); ++i) out.push_back(tr.fine[i]);
+  out.push_back(tr.hidden_blend ? tr.hidden_mix
+                                : at::empty({0, st.fine_wh.size(1)}, st.fine_wh.options()));
+  return out;
+}
+
+std::vector<at::Tensor> empty_record(const Stages& st, int64_t width, const at::Tensor& like) {
+  const auto index = like.options().dtype(at::kLong);
+  const auto acc = like.options().dtype(accumulate_type(like.scalar_type()));
+  std::vector<at::Tensor> out = {at::empty({0}, index), at::empty({0, kCoordInputs}, acc),
+                                 at::empty({0}, index), at::empty({0, width}, like.options())};
+  for (const auto& w : st.coarse.weights) out.push_back(at::empty({0, w.size(0)}, like.options()));
+  out.push_back(at::empty({0, st.fine_wh.size(0)}, like.options()));
+  for (size_t i = 0; i + 1 < st.fine.weights.size(); ++i) {
+    out.push_back(at::empty({0, st.fine.weights[i].size(0)}, like.options()));
+  }
+  out.push_back(at::empty({0, st.fine_wh.size(1)}, like.options()));
+  return out;
+}
+
+void unpack_record(at::TensorList saved, const at::Tensor& pixels, const Stages& st, Slices* sl,
+                   Trace* tr) {
+  const size_t coarse = st.coarse.weights.size() + 1, fine = st.fine.weights.size();
+  TORCH_CHECK(saved.size() == 4 + coarse + fine, "implicit_kernels: a DIIF-family record of ",
+              4 + coarse + fine, " tensors was expected, got ", saved.size());
+  const int64_t rows = saved[1].size(0), n = pixels.size(0);
+  bool fits = saved[0].size(0) == n && saved[2].size(0) == rows;
+  for (size_t i = 0; i < coarse; ++i) fits = fits && saved[3 + i].size(0) == rows;
+  for (size_t i = 0; i < fine; ++i) fits = fits && saved[3 + coarse + i].size(0) == n;
+  const at::Tensor& mix = saved[3 + coarse + fine];
+  TORCH_CHECK(fits && (mix.size(0) == 0 || mix.size(0) == n),
+              "implicit_kernels: the DIIF-family record does not belong to these pixels");
+  sl->pixels = pixels;
+  sl->slice_of = saved[0];
+  sl->coords = saved[1];
+  sl->corners = saved[2];
+  for (size_t i = 0; i < coarse; ++i) tr->coarse.push_back(saved[3 + i]);
+  for (size_t i = 0; i < fine; ++i) tr->fine.push_back(saved[3 + coarse + i]);
+  tr->fine.emplace_back();  // the output: not recorded
+  tr->hidden_blend = mix.size(0) > 0;
+  tr->hidden_mix = mix;
+}
+
 StageGrads zero_stage_grads(const Stages& st) {
   StageGrads g;
   g.coarse_w = zeros_like_all(st.coarse.weights);

@@ -96,6 +96,18 @@ Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, i
 at::Tensor scatter_vertex_rows_cpu(const at::Tensor& g, const at::Tensor& weights,
                                    const at::Tensor& slice_of, int64_t n_slices, int64_t v);
 
+// The forward's record as an operator output (the `_train` operators' second result):
+//   [slice_of (n,), coords (R, 6), corners (R,), the coarse record (R, width_i)...,
+//    the fine record but the output (n, width_i)..., hidden_mix (n or 0, hidden)]
+// for the call's n pixels and R slice-vertex rows (R depends on the pixels' values: the
+// fakes declare it a dynamic size); hidden_mix has rows with hidden_blend only.
+std::vector<at::Tensor> pack_record(const Slices& sl, const Trace& tr, const Stages& st);
+// A record of a call without pixels (every tensor with no rows).
+std::vector<at::Tensor> empty_record(const Stages& st, int64_t width, const at::Tensor& like);
+// The inverse of pack_record; `pixels` (n, 2) as the forward took them.
+void unpack_record(at::TensorList saved, const at::Tensor& pixels, const Stages& st, Slices* sl,
+                   Trace* tr);
+
 // Gradients of the stages' parameters.
 struct StageGrads {
   std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;

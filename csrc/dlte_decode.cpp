@@ -107,41 +107,15 @@ at::Tensor dlte_decode(const at::Tensor& coef, const at::Tensor& freq, const at:
       .out.view({b, q, out_dim});
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
-           std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
-           std::vector<at::Tensor>>
-dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at::Tensor& freq,
-                     const at::Tensor& phase, const at::Tensor& w0, const at::Tensor& b0,
-                     at::TensorList coarse_w, at::TensorList coarse_b, const at::Tensor& fine_wh,
-                     const at::Tensor& fine_wd, const at::Tensor& fine_b0, at::TensorList fine_w,
-                     at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h, int64_t out_w,
-                     c10::string_view slicing) {
-  const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
-                                 fine_b0, fine_w, fine_b);
-  const Dims dims = dims_of(d, out_h, out_w);
-  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
-  const auto mode = diif::parse_slicing(slicing, kOp);
-  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
-  check_grad_out(grad_out, coef, {pixels.size(0), q, out_dim}, kOp);
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor,
+                         at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
-  if (flat.size(0) == 0) {
-    StageGrads g = diif::zero_stage_grads(d.stages);
-    return {at::zeros_like(coef),
-            at::zeros_like(freq),
-            at::zeros_like(phase),
-            at::zeros_like(w0),
-            at::zeros_like(b0),
-            g.coarse_w,
-            g.coarse_b,
-            g.fine_wh,
-            g.fine_wd,
-            g.fine_b0,
-            g.fine_w,
-            g.fine_b};
-  }
-  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
-  const at::Tensor x = features(d, sl);
-  const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
+// The gradients of every input but `pixels` from the forward's slices, vertex features x
+// and record.
+Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const at::Tensor& x,
+                const Trace& tr, const at::Tensor& grad_out) {
+  const at::Tensor &coef = d.coef, &freq = d.freq;
   StageGrads g;
   const at::Tensor grad_pre = diif::stages_backward(d.stages, sl, dims, tr, grad_out, &g);
   const at::Tensor grad_x = at::mm(grad_pre, d.w0).contiguous();
@@ -177,17 +151,114 @@ dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const a
           g.fine_b};
 }
 
+Grads zero_gradients(const Decoder& d) {
+  StageGrads g = diif::zero_stage_grads(d.stages);
+  return {at::zeros_like(d.coef),
+          at::zeros_like(d.freq),
+          at::zeros_like(d.phase),
+          at::zeros_like(d.w0),
+          at::zeros_like(d.b0),
+          g.coarse_w,
+          g.coarse_b,
+          g.fine_wh,
+          g.fine_wd,
+          g.fine_b0,
+          g.fine_w,
+          g.fine_b};
+}
+
+// The forward with its record for the backward (implicit_kernels::dlte_decode_train): DIIF's
+// record (diif_stages.h, pack_record) and the vertex features x (R, 4K).
+std::tuple<at::Tensor, std::vector<at::Tensor>> dlte_decode_train(
+    const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase, const at::Tensor& w0,
+    const at::Tensor& b0, at::TensorList coarse_w, at::TensorList coarse_b,
+    const at::Tensor& fine_wh, const at::Tensor& fine_wd, const at::Tensor& fine_b0,
+    at::TensorList fine_w, at::TensorList fine_b, const at::Tensor& pixels, int64_t out_h,
+    int64_t out_w, c10::string_view slicing) {
+  const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b);
+  const Dims dims = dims_of(d, out_h, out_w);
+  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
+  const auto mode = diif::parse_slicing(slicing, kOp);
+  const int64_t b = pixels.size(0), q = pixels.size(1);
+  const int64_t out_dim = d.stages.fine.weights.back().size(0);
+  if (flat.size(0) == 0) {
+    std::vector<at::Tensor> record = diif::empty_record(d.stages, d.w0.size(0), coef);
+    record.push_back(at::empty({0, d.w0.size(1)}, coef.options()));
+    return {at::empty({b, q, out_dim}, coef.options()), record};
+  }
+  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
+  const at::Tensor x = features(d, sl);
+  const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
+  std::vector<at::Tensor> record = diif::pack_record(sl, tr, d.stages);
+  record.push_back(x);
+  return {tr.out.view({b, q, out_dim}), record};
+}
+
+Grads dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef,
+                           const at::Tensor& freq, const at::Tensor& phase, const at::Tensor& w0,
+                           const at::Tensor& b0, at::TensorList coarse_w, at::TensorList coarse_b,
+                           const at::Tensor& fine_wh, const at::Tensor& fine_wd,
+                           const at::Tensor& fine_b0, at::TensorList fine_w, at::TensorList fine_b,
+                           const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+                           c10::string_view slicing) {
+  const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b);
+  const Dims dims = dims_of(d, out_h, out_w);
+  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
+  const auto mode = diif::parse_slicing(slicing, kOp);
+  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
+  check_grad_out(grad_out, coef, {pixels.size(0), q, out_dim}, kOp);
+  if (flat.size(0) == 0) return zero_gradients(d);
+  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
+  const at::Tensor x = features(d, sl);
+  const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
+  return gradients(d, sl, dims, x, tr, grad_out);
+}
+
+// The backward from dlte_decode_train's record (implicit_kernels::dlte_decode_backward_saved).
+Grads dlte_decode_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                 const at::Tensor& coef, const at::Tensor& freq,
+                                 const at::Tensor& phase, const at::Tensor& w0,
+                                 const at::Tensor& b0, at::TensorList coarse_w,
+                                 at::TensorList coarse_b, const at::Tensor& fine_wh,
+                                 const at::Tensor& fine_wd, const at::Tensor& fine_b0,
+                                 at::TensorList fine_w, at::TensorList fine_b,
+                                 const at::Tensor& pixels, int64_t out_h, int64_t out_w,
+                                 c10::string_view slicing) {
+  const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b);
+  const Dims dims = dims_of(d, out_h, out_w);
+  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
+  diif::parse_slicing(slicing, kOp);
+  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
+  check_grad_out(grad_out, coef, {pixels.size(0), q, out_dim}, kOp);
+  if (flat.size(0) == 0) return zero_gradients(d);
+  TORCH_CHECK(!saved.empty(), kOp, ": the record is empty");
+  Slices sl;
+  Trace tr;
+  diif::unpack_record(saved.slice(0, saved.size() - 1), flat, d.stages, &sl, &tr);
+  const at::Tensor& x = saved.back();
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == sl.coords.size(0) && x.size(1) == d.w0.size(1), kOp,
+              ": the record's vertex features do not match it");
+  return gradients(d, sl, dims, x, tr, grad_out);
+}
+
 }  // namespace
 
 IK_LIBRARY_IMPL(CPU, m) {
   m.impl("dlte_decode", &dlte_decode);
+  m.impl("dlte_decode_train", &dlte_decode_train);
   m.impl("dlte_decode_backward", &dlte_decode_backward);
+  m.impl("dlte_decode_backward_saved", &dlte_decode_backward_saved);
 }
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("dlte_decode", &dlte_decode);
+  m.impl("dlte_decode_train", &dlte_decode_train);
   m.impl("dlte_decode_backward", &dlte_decode_backward);
+  m.impl("dlte_decode_backward_saved", &dlte_decode_backward_saved);
 }
 #endif
 

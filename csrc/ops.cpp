@@ -23,6 +23,19 @@ IK_LIBRARY(m) {
       " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
       " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
       " bool slice_ensemble) -> Tensor");
+  // The same forward keeping its record for the backward (the fakes spell out its layout:
+  // implicit_kernels/ops/diif.py), and that backward.
+  m.def(
+      "diif_decode_train(Tensor corner_proj, Tensor w_coord, Tensor b0, Tensor[] coarse_w,"
+      " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
+      " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> (Tensor, Tensor[])");
+  m.def(
+      "diif_decode_backward_saved(Tensor grad_out, Tensor[] saved, Tensor corner_proj,"
+      " Tensor w_coord, Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh,"
+      " Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w, Tensor[] fine_b, Tensor pixels,"
+      " int out_h, int out_w, str slicing, bool slice_ensemble) -> (Tensor, Tensor, Tensor,"
+      " Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
       "diif_decode_backward(Tensor grad_out, Tensor corner_proj, Tensor w_coord, Tensor b0,"
       " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
@@ -38,6 +51,17 @@ IK_LIBRARY(m) {
       " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
       " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
       " -> Tensor");
+  m.def(
+      "dlte_decode_train(Tensor coef, Tensor freq, Tensor phase, Tensor w0, Tensor b0,"
+      " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
+      " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing)"
+      " -> (Tensor, Tensor[])");
+  m.def(
+      "dlte_decode_backward_saved(Tensor grad_out, Tensor[] saved, Tensor coef, Tensor freq,"
+      " Tensor phase, Tensor w0, Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b,"
+      " Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w, Tensor[] fine_b,"
+      " Tensor pixels, int out_h, int out_w, str slicing) -> (Tensor, Tensor, Tensor, Tensor,"
+      " Tensor, Tensor[], Tensor[], Tensor, Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
       "dlte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase, Tensor w0,"
       " Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd,"

@@ -14,6 +14,14 @@ pixel.
 The family's autograd (:func:`setup_context`, :func:`make_backward`) serves every operator
 whose tensor and list inputs come before ``pixels`` and options after it, with a backward
 operator returning one gradient like each of those inputs (lists as lists).
+
+A C++ operator ``<name>`` may come with ``<name>_train``: the same forward returning also
+its record (the activations its backward needs, :func:`record_fake` spells out the
+layout), and ``<name>_backward_saved``, the backward from that record.  A decode with
+gradients calls it (:func:`call`), so its backward does not recompute the forward, up to
+``RECORD_MAX_QUERIES`` queries a call (the record costs a few KB a query in float32;
+beyond, the backward recomputes the forward of its own call, and memory stays bounded by
+the chunk), and not while ``torch.compile`` traces.
 """
 from __future__ import annotations
 
@@ -37,11 +45,35 @@ def op_inputs(params):
             wf0[:, :-2], wf0[:, -2:], bf0, [w for w, _ in fine], [b for _, b in fine])
 
 
+#: Queries of one operator call up to which a decode with gradients keeps the forward's
+#: record for the backward (the module docstring).
+RECORD_MAX_QUERIES = 1 << 16
+
+
 def decode(op, out_size, pixels, params, slicing, *options):
     """``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` through the operator
     ``op`` (``"implicit_kernels::<name>"``) with its ``options`` after ``slicing``."""
-    return operator(op)(*op_inputs(params), pixels, out_size[0], out_size[1], slicing,
-                        *options)
+    return call(op, (*op_inputs(params), pixels, out_size[0], out_size[1], slicing, *options))
+
+
+def call(op, args):
+    """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
+    is small enough to keep the record (module docstring)."""
+    tensors, pixels, _ = _split(args)
+    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and pixels.shape[0] * pixels.shape[1] <= RECORD_MAX_QUERIES
+            and hasattr(torch.ops.implicit_kernels, _name(op) + "_train")
+            and any(t.requires_grad for t in _flat(tensors))):
+        return operator(op + "_train")(*args)[0]
+    return operator(op)(*args)
+
+
+def _name(op):
+    return op.removeprefix("implicit_kernels::")
+
+
+def _flat(tensors):
+    return [x for t in tensors for x in (t if isinstance(t, (list, tuple)) else [t])]
 
 
 def fake_decode(*inputs):
@@ -71,36 +103,91 @@ def _split(inputs):
     return inputs[:last_list + 1], inputs[last_list + 1], inputs[last_list + 2:]
 
 
-def setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output, record=()):
     """Autograd context of a DIIF-family decode operator (C++ or Triton): saves the
-    tensors and the lists' lengths, keeps the options after ``pixels``."""
+    tensors, the lists' lengths and a ``_train`` operator's ``record``, keeps the options
+    after ``pixels``."""
     tensors, pixels, ctx.options = _split(inputs)
     ctx.lengths = [len(t) if isinstance(t, (list, tuple)) else None for t in tensors]
-    flat = [x for t in tensors for x in (t if isinstance(t, (list, tuple)) else [t])]
-    ctx.save_for_backward(*flat, pixels)
+    ctx.record_length = len(record)
+    ctx.save_for_backward(*_flat(tensors), pixels, *record)
+
+
+def setup_context_train(ctx, inputs, output):
+    """Autograd context of a ``_train`` operator: its record is saved, not differentiated."""
+    ctx.mark_non_differentiable(*output[1])
+    setup_context(ctx, inputs, output[0], output[1])
 
 
 def _backward_arguments(ctx, grad_out):
-    """The backward operator's arguments, from what :func:`setup_context` saved."""
-    *flat, pixels = ctx.saved_tensors
+    """The backward operator's arguments, from what :func:`setup_context` saved (a
+    ``_train`` operator's record second)."""
+    saved = ctx.saved_tensors
+    record = list(saved[len(saved) - ctx.record_length:])
+    *flat, pixels = saved[:len(saved) - ctx.record_length]
     inputs, at = [], 0
     for n in ctx.lengths:
         inputs.append(flat[at] if n is None else list(flat[at:at + n]))
         at += 1 if n is None else n
-    return (grad_out, *inputs, pixels, *ctx.options)
+    return (grad_out, *([record] if ctx.record_length else []), *inputs, pixels, *ctx.options)
 
 
 def make_backward(backward_op):
     """Autograd backward of a DIIF-family decode operator through ``backward_op``."""
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_record_grads):
         grads = backward_op(*_backward_arguments(ctx, grad_out))
         return (*grads, None, *[None] * len(ctx.options))
     return backward
 
 
-def register(op: str, backward_op) -> None:
+def record_fake(tensors, pixels, width, coarse_w, fine_wh, fine_w):
+    """Fake record of a ``_train`` operator (csrc/diif_stages.h, ``pack_record``) for
+    ``n`` queries: ``slice_of`` (n,), for the call's R slice-vertex rows (a dynamic size:
+    it depends on the pixels' values) the coordinate inputs (R, 6), corner indices (R,)
+    and the coarse stage's activations (its ReLU'd ``width``-wide input, each layer's
+    output), the fine stage's but its output (n rows), and the per-pixel vertex mix
+    (n or no rows, hidden)."""
+    like = tensors[0]
+    n = pixels.shape[0] * pixels.shape[1]
+    ctx = torch.library.get_ctx()
+    rows, mix = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    acc = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+
+    def empty(*shape, dtype=like.dtype):
+        return like.new_empty(shape, dtype=dtype)
+    return [empty(n, dtype=torch.long), empty(rows, 6, dtype=acc), empty(rows, dtype=torch.long),
+            empty(rows, width), *[empty(rows, w.shape[0]) for w in coarse_w],
+            empty(n, fine_wh.shape[0]), *[empty(n, w.shape[0]) for w in fine_w[:-1]],
+            empty(mix, fine_wh.shape[1])]
+
+
+def _diif_record(tensors, pixels, options):
+    corner_proj, _, _, coarse_w, _, fine_wh, _, _, fine_w, _ = tensors
+    return record_fake(tensors, pixels, corner_proj.shape[-1], coarse_w, fine_wh, fine_w)
+
+
+def register(op: str, backward_op, record=_diif_record) -> None:
     """Fake implementations of a DIIF-family decode operator ``op`` and ``op + "_backward"``,
-    and ``op``'s autograd through ``backward_op``."""
+    and ``op``'s autograd through ``backward_op``; for an operator with a ``_train``
+    variant, the same for it and ``_backward_saved``, its record's fake from
+    ``record(tensors, pixels, options)``."""
     torch.library.register_fake(op)(fake_decode)
     torch.library.register_fake(op + "_backward")(fake_backward)
     torch.library.register_autograd(op, make_backward(backward_op), setup_context=setup_context)
+    name = _name(op)
+    if not hasattr(torch.ops.implicit_kernels, name + "_train"):
+        return
+
+    def fake_train(*inputs):
+        tensors, pixels, options = _split(inputs)
+        return fake_decode(*inputs), record(tensors, pixels, options)
+
+    def fake_backward_saved(grad_out, saved, *inputs):
+        return fake_backward(grad_out, *inputs)
+
+    torch.library.register_fake(op + "_train")(fake_train)
+    torch.library.register_fake(op + "_backward_saved")(fake_backward_saved)
+    torch.library.register_autograd(
+        op + "_train",
+        make_backward(getattr(torch.ops.implicit_kernels, name + "_backward_saved")),
+        setup_context=setup_context_train)

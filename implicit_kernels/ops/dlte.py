@@ -15,8 +15,7 @@ from __future__ import annotations
 from .. import geometry
 from ..reference.dlte import vertex_codes
 from ..reference.lte import bilinear_skip, estimators
-from . import operator
-from .diif import register
+from . import diif
 
 __all__ = ["decode", "op_inputs", "prepare_dlte", "register"]
 
@@ -45,5 +44,18 @@ def decode(op, feat, inp, out_size, pixels, params, slicing):
     """``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` through the operator
     ``op`` (``"implicit_kernels::<name>"``), plus the skip of ``inp`` (``B×3×h×w``) at
     the pixels' centres in ``feat``'s dtype."""
-    out = operator(op)(*op_inputs(params), pixels, out_size[0], out_size[1], slicing)
+    out = diif.call(op, (*op_inputs(params), pixels, out_size[0], out_size[1], slicing))
     return out + bilinear_skip(inp, geometry.pixel_coord(pixels, out_size, feat.dtype))
+
+
+def record_fake(tensors, pixels, options):
+    """Fake record of ``dlte_decode_train``: DIIF's (:func:`.diif.record_fake`), then the
+    vertex Fourier features (R, 4K)."""
+    coef, _, _, w0, _, coarse_w, _, fine_wh, _, _, fine_w, _ = tensors
+    record = diif.record_fake(tensors, pixels, w0.shape[0], coarse_w, fine_wh, fine_w)
+    return [*record, coef.new_empty(record[1].shape[0], w0.shape[1])]
+
+
+def register(op: str, backward_op) -> None:
+    """The DIIF family's fakes and autograd (:func:`.diif.register`) with DLTE's record."""
+    diif.register(op, backward_op, record=record_fake)
