@@ -66,7 +66,8 @@ def _slice_decoder(decoder, terms, pixels, calls):
 
 
 def _hiif(terms, queries, calls):
-    applied = _term(terms, "attention q, q·M") // (queries * (3 * D * D + D * 16))
+    head = D // cost.HIIF_HEADS
+    applied = _term(terms, "attention q, q·M") // (queries * (3 * D * D + D * head))
     q = applied * queries * D * D
     return sum(terms.values()) - q + (0 if calls == 1 else 3 * q)
 
