@@ -4,12 +4,12 @@
 
 * cores: the intra-op threads the benchmark runs with (``torch.get_num_threads()``).
 * clock: timed on a chain of dependent integer adds, one per cycle
-  (``implicit_kernels::probe_cpu_clock``, best of a few short runs), because a virtual
+  (``implicit_kernels::probe_cpu_clock``, best of many short runs), because a virtual
   machine's ``/proc/cpuinfo`` reports the host's nominal clock, not the boost clock it
   runs at.  Measured on one busy core: an all-core AVX load may run slower.
 * lanes and units: one core's fp32 FMA throughput is timed with AVX2 and with AVX-512
-  instructions (``probe_fma_flops``, independent chains, best of a few runs), in flop per
-  cycle.  The narrower vector is kept unless the wider one measures clearly more: a CPU
+  instructions (``probe_fma_flops``, independent chains, best of many short runs), in flop
+  per cycle.  The narrower vector is kept unless the wider one measures clearly more: a CPU
   that executes AVX-512 on 256-bit units (AMD Zen 4) reaches the same flop per cycle with
   either, and its units are 256-bit ones.  Units = that throughput / (2 × lanes),
   rounded.
@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-#: Cycles of one clock-probe run (~10 ms at 3 GHz) and FMAs of one throughput run.
-CLOCK_CYCLES = 30_000_000
-FMA_COUNT = 60_000_000
-RUNS = 5
+#: Cycles of one clock-probe run (under a millisecond) and FMAs of one throughput run.
+#: Many short runs, best kept: on a busy machine a run the scheduler interrupts only
+#: measures slower, and a short one often runs uninterrupted.
+CLOCK_CYCLES = 2_000_000
+FMA_COUNT = 2_400_000
+RUNS = 50
 #: fp32 lanes of one FMA instruction, by instruction set.
 LANES = {"avx2": 8, "avx512": 16}
 #: How much more flop per cycle the wider vector must measure to count as wider units.
