@@ -215,7 +215,7 @@ def markdown(head: dict, rows: list[dict], train_rows: list[dict]) -> str:
               "% peak = GFLOP/s over the FMA peak. MiB = peak memory growth during the run. "
               "Speed-up = torch time / cpu time.", ""]
     head_cells = [f"{n} {c}" for n in names for c in ("ms", "GFLOP/s", "% peak", "MiB")]
-    lines += ["| decoder | input | scale | output | pass | G MACs (fwd) | "
+    lines += [] if not rows else ["| decoder | input | scale | output | pass | G MACs (fwd) | "
               + " | ".join(head_cells) + " | speed-up |",
               "|---|---|---|---|---|---:|" + "---:|" * (len(head_cells) + 1)]
     groups = {}
