@@ -97,8 +97,9 @@ def _rounds(seconds: float) -> tuple:
     return 0, min(20, max(3, math.ceil(0.5 / seconds)))
 
 
-def _runner(case: Case, fn, params):
-    """``(target, setup, device_times)`` for pytest-benchmark's pedantic mode.
+def runner(case: Case, fn, params):
+    """``(target, setup, device_times)`` for pytest-benchmark's pedantic mode (and the
+    runs of bench/cpu_headline.py).
 
     ``setup`` (untimed) picks the next input set and clears gradients; ``target`` runs
     one pass and waits for the device; on CUDA it appends each run's event pair to
@@ -151,7 +152,7 @@ def run_case(benchmark, case: Case) -> None:
     else:
         fn = workload.forward(case, model, case.backend)
     params = list(model.parameters())
-    target, setup, device_times = _runner(case, fn, params)
+    target, setup, device_times = runner(case, fn, params)
     try:
         if benchmark.disabled:
             with PeakMemory(DEVICE) as mem:

@@ -107,6 +107,12 @@ IK_LIBRARY(m) {
       " Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h,"
       " int w, bool public_centres)"
       " -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+  // CPU probes for the benchmarks' FMA peak (csrc/cpu/machine_probe.cpp): the clock in Hz
+  // from a chain of dependent adds, one thread's fp32 FMA flop/s ("avx2" or "avx512");
+  // 0 where a probe cannot run on this CPU.
+  m.def("probe_cpu_clock(int cycles) -> float");
+  m.def("probe_fma_flops(str isa, int fmas) -> float");
+
   // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
   // pixel (channels last) to the output of the queries; coord and cell not differentiated.
   m.def(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import geometry
+from .functional import DEFAULT_CHUNK_SIZE
 
 #: Encoder output channels and decoder hidden width used by every paper.
 FEAT_CHANNELS = 64
@@ -44,8 +45,8 @@ HIIF_HEADS, HIIF_LEVELS = 16, 6
 ENCODERS = ("edsr-baseline", "rdn", "swinir")
 DECODERS = ("liif", "lte", "diif", "dlte", "hiif")
 
-__all__ = ["Cost", "count", "diif_slice_count", "paper_tera", "paper_kilo",
-           "ENCODERS", "DECODERS"]
+__all__ = ["Cost", "count", "diif_slice_count", "fused_macs", "fused_mac_terms", "paper_tera",
+           "paper_kilo", "ENCODERS", "DECODERS"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -251,6 +252,170 @@ _DECODER_COST = {"liif": _liif, "lte": _lte, "diif": _diif, "dlte": _dlte, "hiif
 
 def _pixels(size) -> int:
     return size[0] * size[1]
+
+
+# ----------------------------------------------------------------------------------------
+# The split forms the fused `cpu` backend runs: MACs per forward, by term
+# ----------------------------------------------------------------------------------------
+
+def fused_mac_terms(decoder: str, in_size, out_size, *, slicing: str = "linear",
+                    chunk: int | None = DEFAULT_CHUNK_SIZE, slice_ensemble: bool = True) -> dict:
+    """The multiply-adds the ``cpu`` backend's split forms perform in one forward decode of
+    a whole ``out_size`` grid from a 64-channel ``in_size`` feature map (batch 1, the
+    papers' widths), by term: ``{description: MACs}``.
+
+    Counted: every product of a weight, or of a blend weight, with a value -- the dense
+    layers and convolutions (ATen), and the small linear steps the C++ kernels run element
+    by element: LIIF's four coordinate columns per member, LTE's and DLTE's Fourier phases
+    (two frequency and two phase products per pair), DIIF's and DLTE's per-pixel blend of
+    the vertices' rows and offset columns, HIIF's level-0 sum (three 4-term sums per
+    channel), the area-weighted blend of LIIF's and LTE's member outputs.  Not counted:
+    biases, activations, LayerNorm statistics, sines and cosines, the Fourier features'
+    coefficient products, gathers and the bilinear skip.
+
+    Work depends on how the output is cut into backend calls: ``chunk`` queries per call
+    (``F``'s ``chunk_size``; ``None``: one call).  DIIF and DLTE find the slices of each
+    call's raster run, so a slice cut by a chunk boundary runs its coarse stage twice;
+    HIIF with more than one call runs one pass per attention block plus one, each pass
+    recomputing level 0 and the blocks whose sums are complete (``ops.hiif.decode``).
+
+    DIIF and DLTE can form the fine stage's first layer two ways (the same result): ``G_t
+    = W_h·H_t`` per slice and vertex, blended per pixel; or ``z = W_h·Σ_t w_t H_t``, the
+    hidden rows blended per pixel and then multiplied, cheaper where a call has fewer
+    pixels than slices × vertices.  Each call is counted with the cheaper of the two (the
+    form a backend choosing per call runs; both are counted under one term).
+
+    Args:
+        decoder: one of :data:`DECODERS`.
+        in_size, out_size: ``(H, W)`` and ``(H_out, W_out)``, row first.
+        slicing: DIIF/DLTE slicing (:data:`implicit_kernels.geometry.SLICINGS`).
+        chunk: queries per backend call.
+        slice_ensemble: ``False``: DIIF's "w/o se" ablation (one vertex, a 3×3 code).
+
+    Returns:
+        ``{term: MACs}``, plain integers; :func:`fused_macs` is their sum.  A backward pass
+        is not counted (timing reports take it as twice the forward).
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if not slice_ensemble and decoder != "diif":
+        raise ValueError(f"slice_ensemble=False applies to DIIF only, not {decoder!r}")
+    if decoder not in ("diif", "dlte") and slicing != "linear":
+        raise ValueError(f"slicing applies to DIIF and DLTE only, not {decoder!r}")
+    in_size, out_size = tuple(int(n) for n in in_size), tuple(int(n) for n in out_size)
+    if min(in_size) < 1 or out_size[0] < in_size[0] or out_size[1] < in_size[1]:
+        raise ValueError(f"output size {out_size} must be at least the input size {in_size}")
+    calls = _calls(_pixels(out_size), chunk)
+    return _FUSED_TERMS[decoder](in_size, out_size, calls, slicing, slice_ensemble)
+
+
+def fused_macs(decoder: str, in_size, out_size, **options) -> int:
+    """Total of :func:`fused_mac_terms` (same arguments): the ``cpu`` backend's MACs for one
+    forward decode."""
+    return sum(fused_mac_terms(decoder, in_size, out_size, **options).values())
+
+
+def _calls(queries: int, chunk):
+    """``[start, stop)`` raster runs of the backend calls (``F``'s chunking, batch 1)."""
+    step = queries if chunk is None else max(1, int(chunk))
+    return [(s, min(queries, s + step)) for s in range(0, queries, step)]
+
+
+def _member_terms(p, first_name, first_per_member, imnet_dims):
+    """LIIF/LTE per query: four members' first step and MLP, then the output blend."""
+    mlp = _mlp(imnet_dims)[1]
+    return {first_name: 4 * p * first_per_member,
+            "MLP layers, per member": 4 * p * mlp,
+            "area-weighted blend of the members' outputs": 4 * p * imnet_dims[-1]}
+
+
+def _fused_liif(in_size, out_size, calls, slicing, slice_ensemble):
+    c, d = FEAT_CHANNELS, HIDDEN
+    return {"3×3 feature projection, per LR pixel": _pixels(in_size) * 9 * c * d,
+            **_member_terms(_pixels(out_size), "coordinate columns (rel, cell), per member",
+                            4 * d, [d] * 4 + [3])}
+
+
+def _fused_lte(in_size, out_size, calls, slicing, slice_ensemble):
+    c, d = FEAT_CHANNELS, HIDDEN
+    pairs = d // 2
+    return {"coefficient and frequency 3×3 estimators, per LR pixel":
+            _pixels(in_size) * 2 * 9 * c * d,
+            **_member_terms(_pixels(out_size), "Fourier phases, per member", 4 * pairs,
+                            [d] * 4 + [3])}
+
+
+def _chunk_slices(in_size, out_size, slicing, start, stop) -> int:
+    """Distinct slices among raster positions ``[start, stop)`` of one image."""
+    if slicing in geometry.RASTER_SLICINGS:
+        return sum(hi - lo for lo, hi in
+                   geometry._slice_ranges(start, stop, in_size, out_size, slicing))
+    pixels = geometry.raster_pixels(start, stop, out_size, 1)
+    return geometry.unique_slices(pixels, in_size, out_size, slicing)[3].shape[0]
+
+
+def _slice_stage_terms(in_size, out_size, calls, slicing, vertices, first_per_row,
+                       first_name):
+    """The DIIF family's per-call work: the coarse stage per slice and vertex (its first
+    step ``first_per_row``, then 256×256), the cheaper form of the fine stage's first layer
+    with the per-pixel blend, the offset columns and the fine layers after it."""
+    d = df = HIDDEN
+    rows = pixels = first_layer = 0
+    for start, stop in calls:
+        n = vertices * _chunk_slices(in_size, out_size, slicing, start, stop)
+        p = stop - start
+        rows += n
+        pixels += p
+        # G_t = W_h·H_t per row, blended per pixel; or z = W_h·Σ_t w_t H_t per pixel.
+        first_layer += min(n * d * df + p * vertices * df, p * vertices * d + p * d * df)
+    return {first_name: rows * first_per_row,
+            "coarse layer 256×256, per slice and vertex": rows * d * d,
+            "fine layer 1 hidden part and vertex blend (cheaper form per call)": first_layer,
+            "fine layer 1 offset columns, per pixel": pixels * 2 * df,
+            "fine layers 256×256 and 256×3, per pixel": pixels * _mlp([df, df, 3])[1]}
+
+
+def _fused_diif(in_size, out_size, calls, slicing, slice_ensemble):
+    c, d = FEAT_CHANNELS, HIDDEN
+    (h, w), k = in_size, (4 if slice_ensemble else 3)
+    positions = (h + 1) * (w + 1) if slice_ensemble else h * w
+    return {f"{k}×{k} code projection, per LR-grid {'corner' if slice_ensemble else 'pixel'}":
+            positions * k * k * c * d,
+            **_slice_stage_terms(in_size, out_size, calls, slicing, 4 if slice_ensemble else 1,
+                                 6 * d, "coarse coordinate columns, per slice and vertex")}
+
+
+def _fused_dlte(in_size, out_size, calls, slicing, slice_ensemble):
+    c, d, k = FEAT_CHANNELS, HIDDEN, FEAT_CHANNELS
+    pairs = 2 * k  # a vertex code holds the 2×2 LR values of each of the K channels
+    return {"coefficient and frequency 3×3 estimators, per LR pixel":
+            _pixels(in_size) * 2 * 9 * c * k,
+            **_slice_stage_terms(in_size, out_size, calls, slicing, 4, 4 * pairs + 4 * k * d,
+                                 "Fourier phases and coarse layer 4K×256, per slice and "
+                                 "vertex")}
+
+
+def _fused_hiif(in_size, out_size, calls, slicing, slice_ensemble):
+    """Level 0's first layer is folded per LR pixel (``ops.hiif.prepare_hiif``); each
+    attention block's sums take the whole qkv projection, its application only q."""
+    c, d = FEAT_CHANNELS, HIDDEN
+    head, blocks, q = HIDDEN // HIIF_HEADS, 2, _pixels(out_size)
+    passes = blocks + 1 if len(calls) > 1 else 1
+    # Block i is applied in the passes after its sums are complete, and in the last one.
+    applied = sum(blocks - i for i in range(blocks)) if passes > 1 else blocks
+    levels = sum(_mlp([d + 2, d, o])[1] for o in [d] * (HIIF_LEVELS - 2) + [3])
+    return {"3×3 conv, per LR pixel": _pixels(in_size) * 9 * c * d,
+            "level 0 folded first layer: four 1×1 maps per LR pixel, and its bias":
+            _pixels(in_size) * 4 * d * d + (4 * d + 4) * d,
+            "level 0 sum and fc2, per query and pass": passes * q * (12 * d + d * d),
+            "attention qkv and Σ k̂ᵀv̂, per query and block": blocks * q * (3 * d * d + d * head),
+            "attention q, q·M, proj1, proj2, per query and application":
+            applied * q * (3 * d * d + d * head),
+            "levels 1..5, per query": q * levels}
+
+
+_FUSED_TERMS = {"liif": _fused_liif, "lte": _fused_lte, "diif": _fused_diif,
+                "dlte": _fused_dlte, "hiif": _fused_hiif}
 
 
 # ----------------------------------------------------------------------------------------
