@@ -57,7 +57,8 @@ class DecoderModel(nn.Module):
         return {name: p for name, p in self.named_parameters()
                 if not name.startswith("encoder.")}
 
-    def forward(self, inp: torch.Tensor, size=None, **options) -> torch.Tensor:
+    def forward(self, inp: torch.Tensor, size=None, *, encoder_autocast=None,
+                **options) -> torch.Tensor:
         """Encode the normalised LR image ``inp`` (``B×3×h×w``, ``(x - 0.5) / 0.5``) and
         decode it.
 
@@ -65,10 +66,20 @@ class DecoderModel(nn.Module):
             inp: normalised LR image.
             size: ``(H_out, W_out)`` for a whole output grid, or ``None`` with query
                 options (``coord``/``cell``, or ``pixels`` for DIIF/DLTE).
+            encoder_autocast: ``None``, or a dtype (``torch.bfloat16``) in which the
+                encoder alone runs under ``torch.autocast`` (mixed precision: its
+                convolutions in that dtype, its parameters and gradients unchanged); its
+                features are cast back to ``inp``'s dtype for the decoder.
             **options: the subclass's ``decode`` keywords (``backend``, ``chunk_size``,
                 ``coord``, ``cell``, ...).
 
         Returns:
             ``B×3×H_out×W_out``, or ``B×Q×3`` in query mode; normalised RGB.
         """
-        return self.decode(self.encoder(inp), inp, size, **options)
+        if encoder_autocast is None:
+            feat = self.encoder(inp)
+        else:
+            with torch.autocast(inp.device.type, dtype=encoder_autocast):
+                feat = self.encoder(inp)
+            feat = feat.to(inp.dtype)
+        return self.decode(feat, inp, size, **options)

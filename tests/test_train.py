@@ -47,6 +47,28 @@ def test_two_steps_lower_the_loss_on_a_fixed_batch(tmp_path, name):
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.5)  # milestone 2
 
 
+def test_encoder_amp_runs_the_encoder_alone_in_bfloat16(tmp_path):
+    """``train.encoder_amp: bf16``: the encoder's convolutions in bfloat16 (autocast), the
+    decoder on the fused ``cpu`` operators in float32, parameters and gradients float32;
+    the loss still falls on a fixed batch and matches the float32 step's to bf16 rounding."""
+    images = _images(tmp_path)
+    losses = {}
+    for amp in (None, "bf16"):
+        torch.manual_seed(0)
+        trainer = T.Trainer(_config(images, backend="cpu", encoder_amp=amp), out=None)
+        seen = []
+        hook = trainer.model.encoder.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        batch = trainer.sampler.next()
+        losses[amp] = [trainer.train_step(batch) for _ in range(3)]
+        hook.remove()
+        assert seen == [torch.bfloat16 if amp else torch.float32] * 3
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+        assert losses[amp][2] < losses[amp][0]
+    assert losses["bf16"][0] == pytest.approx(losses[None][0], rel=2e-2)
+    with pytest.raises(ValueError, match="encoder_amp"):
+        T.Trainer(_config(images, encoder_amp="int8"), out=None)
+
+
 def test_resume_is_exact(tmp_path):
     root = _images(tmp_path / "img")
     cfg = _config(root, checkpoint_every=2)

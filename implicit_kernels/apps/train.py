@@ -28,7 +28,12 @@ overrides one)::
            scale: {choices: [2, 2.5, 3, 3.5, 4]}, sample_q: 2304, augment: true}
     train: {batch_size: 16, steps: 1000000, lr: 1.0e-4, milestones: [...], gamma: 0.5,
             backend: torch, checkpoint_every: 1000, seed: 0, minutes: null, out: runs/NAME,
-            init: null}
+            init: null, encoder_amp: null}
+
+``train.encoder_amp`` (or ``--encoder-amp``): ``bf16`` or ``fp16`` runs the encoder alone
+in mixed precision (``torch.autocast``; parameters, optimizer and decoder stay float32).
+On a CPU with bfloat16 instructions (AVX512-BF16, AMX) ``bf16`` about halves the
+encoder's convolution time, which dominates a step; ``null`` (the default) is float32.
 
 ``train.init`` (or ``--init``) names weights to start a new run from (a shipped name or a
 weights/checkpoint path, read as :func:`implicit_kernels.apps.weights.load_model` does): the
@@ -74,8 +79,11 @@ DEFAULTS = {
     "train": {"batch_size": 16, "steps": 1_000_000, "lr": 1e-4,
               "milestones": [200_000, 400_000, 600_000, 800_000], "gamma": 0.5,
               "backend": "torch", "checkpoint_every": 1000, "seed": 0, "minutes": None,
-              "out": None, "device": None, "init": None},
+              "out": None, "device": None, "init": None, "encoder_amp": None},
 }
+
+#: ``train.encoder_amp`` values and their autocast dtypes.
+ENCODER_AMP = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Decoders trained on pixel indices (``pixels=``); the others take ``coord=``/``cell=``.
 PIXEL_DECODERS = ("diif", "dlte")
@@ -210,6 +218,10 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if t["encoder_amp"] not in ENCODER_AMP:
+            raise ValueError(f"train.encoder_amp must be one of {list(ENCODER_AMP)}, got "
+                             f"{t['encoder_amp']!r}")
+        self.encoder_amp = ENCODER_AMP[t["encoder_amp"]]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t["lr"])
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(t["milestones"]), gamma=t["gamma"])
@@ -237,10 +249,13 @@ class Trainer:
         the normalised space ``(x - 0.5) / 0.5``."""
         inp = (batch.lr - 0.5) / 0.5
         backend = self.cfg["train"]["backend"]
+        amp = self.encoder_amp
         if self.decoder in PIXEL_DECODERS:
-            pred = self.net(inp, batch.hr_size, pixels=batch.pixels, backend=backend)
+            pred = self.net(inp, batch.hr_size, pixels=batch.pixels, backend=backend,
+                            encoder_autocast=amp)
         else:
-            pred = self.net(inp, None, coord=batch.coord, cell=batch.cell, backend=backend)
+            pred = self.net(inp, None, coord=batch.coord, cell=batch.cell, backend=backend,
+                            encoder_autocast=amp)
         return torch.nn.functional.l1_loss(pred, (batch.rgb - 0.5) / 0.5)
 
     def train_step(self, batch: D.Batch) -> float:
@@ -439,6 +454,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop (with a checkpoint) after this many minutes of this session")
     p.add_argument("--backend", help="F backend of the decoder (overrides train.backend)")
     p.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    p.add_argument("--encoder-amp", choices=[k for k in ENCODER_AMP if k],
+                   help="mixed precision for the encoder alone (overrides train.encoder_amp)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
     p.add_argument("--init", metavar="WEIGHTS",
@@ -476,7 +493,7 @@ def main(argv=None) -> int:
         print(f"train: bad config: {exc}", file=sys.stderr)
         return 2
     t = cfg["train"]
-    for key in ("steps", "minutes", "backend", "device", "init"):
+    for key in ("steps", "minutes", "backend", "device", "init", "encoder_amp"):
         if getattr(args, key) is not None:
             t[key] = getattr(args, key)
     if args.data:
