@@ -18,10 +18,12 @@ operator returning one gradient like each of those inputs (lists as lists).
 A C++ operator ``<name>`` may come with ``<name>_train``: the same forward returning also
 its record (the activations its backward needs, :func:`record_fake` spells out the
 layout), and ``<name>_backward_saved``, the backward from that record.  A decode with
-gradients calls it (:func:`call`), so its backward does not recompute the forward, up to
-``RECORD_MAX_QUERIES`` queries a call (the record costs a few KB a query in float32;
-beyond, the backward recomputes the forward of its own call, and memory stays bounded by
-the chunk), and not while ``torch.compile`` traces.
+gradients calls it (:func:`call`), so its backward does not recompute the forward, when
+the decode's whole output (batch × output grid, whatever its chunks) has at most
+``RECORD_MAX_QUERIES`` pixels: a record costs a few KB a pixel in float32, so the
+records of one decode stay within a few hundred MB.  Larger decodes recompute each
+call's forward in its backward (memory bounded by the chunk), as do calls while
+``torch.compile`` traces.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ def op_inputs(params):
             wf0[:, :-2], wf0[:, -2:], bf0, [w for w, _ in fine], [b for _, b in fine])
 
 
-#: Queries of one operator call up to which a decode with gradients keeps the forward's
-#: record for the backward (the module docstring).
+#: Output pixels (batch × grid) up to which a decode with gradients keeps the forward's
+#: records for the backward (the module docstring).
 RECORD_MAX_QUERIES = 1 << 16
 
 
@@ -58,10 +60,10 @@ def decode(op, out_size, pixels, params, slicing, *options):
 
 def call(op, args):
     """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
-    is small enough to keep the record (module docstring)."""
-    tensors, pixels, _ = _split(args)
+    its decode is small enough to keep the record (module docstring)."""
+    tensors, pixels, (out_h, out_w, *_) = _split(args)
     if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and pixels.shape[0] * pixels.shape[1] <= RECORD_MAX_QUERIES
+            and pixels.shape[0] * out_h * out_w <= RECORD_MAX_QUERIES
             and hasattr(torch.ops.implicit_kernels, _name(op) + "_train")
             and any(t.requires_grad for t in _flat(tensors))):
         return operator(op + "_train")(*args)[0]
