@@ -273,6 +273,8 @@ def main(argv=None) -> int:
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--repeat", type=int, default=1, help="timed runs per case (best is kept)")
     p.add_argument("--threads", type=int, default=timing.THREADS)
+    p.add_argument("--train-backends", default="cpu,torch,cpu+encoder-bf16",
+                   help="backends of the training rows; +encoder-bf16: with train.encoder_amp")
     p.add_argument("--train-steps", type=int, default=5,
                    help="timed training steps per backend (0: no training rows)")
     p.add_argument("--train-config", default=str(DEFAULT_CONFIG))
@@ -295,12 +297,12 @@ def main(argv=None) -> int:
                     print(_line(rows[-1]) + _speedup_text(rows), flush=True)
                     write(out, head, rows, train_rows)
     if args.train_steps > 0:
-        train_rows = time_train_steps(args.train_config, _list(args.backends), args.train_steps,
-                                      args.train_set)
+        train_rows = time_train_steps(args.train_config, _list(args.train_backends),
+                                      args.train_steps, args.train_set)
         for t in train_rows:
             detail = (f"{t['seconds']:.3f} s/step, batch draw {t['sample_seconds']:.3f} s"
                       if t["status"] == "ok" else t["status"])
-            print(f"train step {t['model']} {t['backend']:6} {detail}", flush=True)
+            print(f"train step {t['model']} {t['backend']:16} {detail}", flush=True)
     write(out, head, rows, train_rows)
     print(f"wrote {out / (STEM + '.md')} and {out / (STEM + '.json')}")
     return 0

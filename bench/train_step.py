@@ -24,13 +24,18 @@ from implicit_kernels.apps import train
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "edsr-baseline-diif-cpu.yaml"
 
 
+#: The suffix of a backend name that adds ``train.encoder_amp``: ``"cpu+encoder-bf16"``.
+AMP_SUFFIX = "+encoder-"
+
+
 def time_train_steps(config=DEFAULT_CONFIG, backends=("cpu", "torch"), steps: int = 5,
                      overrides=()) -> list[dict]:
     """Time ``steps`` training steps per backend (after one untimed step).
 
     Args:
         config: a training YAML (:func:`implicit_kernels.apps.train.load_config`).
-        backends: ``F`` backends to train through (``train.backend``).
+        backends: ``F`` backends to train through (``train.backend``), each optionally
+            with ``+encoder-bf16`` (or ``-fp16``): the same with ``train.encoder_amp``.
         steps: timed steps per backend (the median is reported).
         overrides: ``key=value`` settings applied over the file (``data.root=DIR``, ...).
 
@@ -58,7 +63,8 @@ def time_train_steps(config=DEFAULT_CONFIG, backends=("cpu", "torch"), steps: in
     rows = []
     for backend in backends:
         run = copy.deepcopy(cfg)
-        run["train"]["backend"] = backend
+        run["train"]["backend"], _, amp = backend.partition(AMP_SUFFIX)
+        run["train"]["encoder_amp"] = amp or None
         torch.manual_seed(opts["seed"])
         trainer = train.Trainer(run, sampler=sampler, out=None)
         trainer.train_step(batches[0])  # untimed: first-use costs

@@ -58,7 +58,7 @@ def test_headline_runs_end_to_end(tmp_path, capsys):
         if row["pass"] == "fwd+bwd":
             assert row["backward_bytes"] > 0
     assert data["header"]["threads"] == 1
-    assert [t["backend"] for t in data["train_rows"]] == ["cpu", "torch"]
+    assert [t["backend"] for t in data["train_rows"]] == ["cpu", "torch", "cpu+encoder-bf16"]
     assert all(t["status"] == "ok" and t["seconds"] > 0 for t in data["train_rows"])
 
     md = (out / "cpu-headline.md").read_text()
