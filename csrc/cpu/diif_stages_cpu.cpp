@@ -17,8 +17,9 @@ namespace ik {
 namespace diif {
 namespace {
 
-// Rows per tile: two 128 x 256 float activations and a 256 x 256 weight stay in a 1 MB L2.
-constexpr int64_t kTileRows = 128;
+// Rows per tile: a tile's two 256 x 256 float activations and a 256 x 256 weight (256 KB
+// each) stay in a 1 MB L2; measured best of 64-512 rows (bench/NOTES.md).
+constexpr int64_t kTileRows = 256;
 
 // c = act(a · wᵀ + b) on one tile: c (rows, out) and a (rows, in) contiguous.  ATen's
 // element-wise kernels are vectorised for the machine (this file is built for a generic
