@@ -22,9 +22,7 @@ namespace ik {
 constexpr int64_t kTileRows = 128;
 
 // c = act(a · wᵀ + b) on one tile: c (rows, out) and a (rows, in) contiguous; no bias when
-// `bias` is undefined.  ATen's element-wise kernels are vectorised for the machine (this
-// code is built for a generic x86-64); on a tile in cache their per-call cost is small
-// next to the GEMM's.
+// `bias` is undefined.  Bias and ReLU are one pass over the tile while it is in cache.
 void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& bias, bool relu,
                  at::Tensor c);
 

@@ -107,8 +107,11 @@ def setup_context(ctx, inputs, output, record=()):
 
 
 def setup_context_train(ctx, inputs, output):
-    """Autograd context of a ``_train`` operator: its record is saved, not differentiated."""
+    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
+    (and its gradients are not materialised: zeros the size of the record, a fill of
+    every activation, for nothing)."""
     ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
     setup_context(ctx, inputs, output[0], output[1])
 
 
@@ -128,6 +131,9 @@ def _backward_arguments(ctx, grad_out):
 def make_backward(backward_op):
     """Autograd backward of a DIIF-family decode operator through ``backward_op``."""
     def backward(ctx, grad_out, *_record_grads):
+        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+            return (*[None if n is None else [None] * n for n in ctx.lengths], None,
+                    *[None] * len(ctx.options))
         grads = backward_op(*_backward_arguments(ctx, grad_out))
         return (*grads, None, *[None] * len(ctx.options))
     return backward

@@ -110,8 +110,11 @@ def setup_context(ctx, inputs, output, record=()):
 
 
 def setup_context_train(ctx, inputs, output):
-    """Autograd context of a ``_train`` operator: its record is saved, not differentiated."""
+    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
+    (and its gradients are not materialised: zeros the size of the record, a fill of
+    every activation, for nothing)."""
     ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
     setup_context(ctx, inputs, output[0], output[1])
 
 
@@ -119,6 +122,8 @@ def make_backward(backward_op):
     """Autograd backward calling ``backward_op`` (LIIF's or LTE's: same argument layout;
     after a ``_train`` operator, its ``_backward_saved``, the record second)."""
     def backward(ctx, grad_out, *_record_grads):
+        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+            return (None, None, None, [None] * ctx.layers, [None] * ctx.layers, None, None)
         a, b, c, coord, cell, *lists = ctx.saved_tensors
         record = lists[len(lists) - ctx.record_length:]
         w, bias = lists[:ctx.layers], lists[ctx.layers:2 * ctx.layers]
