@@ -131,12 +131,7 @@ Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64
                      const FirstLayer& first, bool record) {
   const int64_t rows = sl.coords.size(0);
   const at::Tensor& like = st.fine_wh;
-#if defined(IK_CUDA_KERNELS)
-  const bool tiles = like.is_cpu() && !runs_cuda_kernels(like);
-#else
-  const bool tiles = like.is_cpu();
-#endif
-  if (tiles) return stages_forward_cpu(st, sl, dims, width, first, record);
+  if (runs_cpu_tiles(like)) return stages_forward_cpu(st, sl, dims, width, first, record);
   Trace tr;
   at::Tensor pre = at::empty({rows, width}, like.options());
   first(0, rows, pre);

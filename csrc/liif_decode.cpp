@@ -7,11 +7,13 @@
 // rel y, x, then cell y, x) and `b0` are the rest of the first layer; `w`/`b` the layers
 // after it.  Per call, for the n = B·Q queries (coord, cell: (B, Q, 2), unscaled cell):
 //   members = the 4 local-ensemble pixels of each query, their offsets and area weights
-//   x_t     = relu(proj[pixel_t] + w_rel_cell·[rel_t, cell·(H, W)] + b0)   (one pass, 4n×D)
+//   x_t     = relu(proj[pixel_t] + w_rel_cell·[rel_t, cell·(H, W)] + b0)
 //   out     = Σ_t weight_t · MLP(x_t)
-// The backward recomputes the forward of the call (nothing is saved between the two but
-// the inputs) and returns gradients for proj, w_rel_cell, b0, w and b.  coord and cell
-// are not differentiated: LIIF trains on sampled coordinates, which are data.
+// On CPU tensors the forward runs in tiles of member rows and no (4n, D) activation
+// exists unless a backward needs it.  The backward takes the forward's record
+// (liif_decode_train, then liif_decode_backward_saved) or recomputes the forward of the
+// call (liif_decode_backward), and returns gradients for proj, w_rel_cell, b0, w and b.
+// coord and cell are not differentiated: LIIF trains on sampled coordinates, which are data.
 #include <ATen/ATen.h>
 
 #include <string>
@@ -68,19 +70,31 @@ int64_t out_dim(const Decoder& d) {
 // Everything the forward computes that the backward needs.
 struct Trace {
   Ensemble ensemble;
-  std::vector<at::Tensor> acts;  // mlp_forward's record: the first layer's output x .. preds
-  at::Tensor out;                // (B, Q, out)
+  // With a record: the first layer's output x, then each later layer's output but the
+  // last (the MLP's record, mlp_forward's without the predictions).
+  std::vector<at::Tensor> acts;
+  at::Tensor out;  // (B, Q, out)
 };
 
-Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& cell) {
+// The forward of the call; `record` keeps the activations for the backward.  CPU tensors
+// run in tiles of member rows (csrc/cpu/liif_tiles_cpu.cpp).
+Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& cell, bool record) {
   const Kernels k = kernels_for(d.proj, kOp);
   Trace tr;
   tr.ensemble = make_ensemble(k, d.proj, coord, cell);
+  const std::vector<int64_t> shape = {coord.size(0), coord.size(1), out_dim(d)};
+  if (runs_cpu_tiles(d.proj)) {
+    tr.out = liif_forward_tiles_cpu(d.proj, d.w_rel_cell, d.b0, d.rest, tr.ensemble,
+                                    record ? &tr.acts : nullptr)
+                 .view(shape);
+    return tr;
+  }
   const bool relu = !d.rest.weights.empty();
   const at::Tensor x = k.liif_first_layer(d.proj.view({-1, d.proj.size(3)}), tr.ensemble.index,
                                           tr.ensemble.inputs, d.w_rel_cell, d.b0, relu);
-  const at::Tensor preds = mlp_forward(d.rest, x, &tr.acts);
-  tr.out = blend(tr.ensemble, preds, {coord.size(0), coord.size(1), preds.size(1)});
+  const at::Tensor preds = mlp_forward(d.rest, x, record ? &tr.acts : nullptr);
+  if (record && !d.rest.weights.empty()) tr.acts.pop_back();  // the predictions: not read
+  tr.out = blend(tr.ensemble, preds, shape);
   return tr;
 }
 
@@ -90,25 +104,23 @@ at::Tensor liif_decode(const at::Tensor& proj, const at::Tensor& w_rel_cell, con
   const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
   check_queries(d.proj, coord, cell, kOp);
   if (coord.size(1) == 0) return at::empty({coord.size(0), 0, out_dim(d)}, proj.options());
-  return run_forward(d, coord, cell).out;
+  return run_forward(d, coord, cell, false).out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
-                     const at::Tensor& w_rel_cell, const at::Tensor& b0, at::TensorList w,
-                     at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
-  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
-  check_queries(d.proj, coord, cell, kOp);
-  ik::check_grad_out(grad_out, proj, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
-  if (coord.size(1) == 0) {
-    return {at::zeros_like(proj), at::zeros_like(w_rel_cell), at::zeros_like(b0),
-            zeros_like_all(d.rest.weights), zeros_like_all(d.rest.biases)};
-  }
-  const Trace tr = run_forward(d, coord, cell);
-  const Ensemble& e = tr.ensemble;
-  const auto type = proj.scalar_type();
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
+                         std::vector<at::Tensor>>;
 
+// The gradients of proj, w_rel_cell, b0, w and b from the forward's trace.
+Grads gradients(const Decoder& d, const Trace& tr, const at::Tensor& grad_out) {
+  const Ensemble& e = tr.ensemble;
   std::vector<at::Tensor> grad_w, grad_b;
+  if (runs_cpu_tiles(d.proj)) {
+    at::Tensor grad_proj, grad_w_rel_cell, grad_b0;
+    std::tie(grad_proj, grad_w_rel_cell, grad_b0) = liif_backward_tiles_cpu(
+        d.proj, d.w_rel_cell, d.b0, d.rest, e, tr.acts, grad_out, grad_w, grad_b);
+    return {grad_proj, grad_w_rel_cell, grad_b0, grad_w, grad_b};
+  }
+  const auto type = d.proj.scalar_type();
   at::Tensor grad = blend_backward(e, grad_out, type);
   if (!d.rest.weights.empty()) {
     grad = mlp_backward(d.rest, grad, tr.acts, grad_w, grad_b);
@@ -120,17 +132,67 @@ liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
   return {scatter_rows(e, grad, d.proj), grad_w_rel_cell, grad_b0, grad_w, grad_b};
 }
 
+Grads zero_gradients(const Decoder& d) {
+  return {at::zeros_like(d.proj), at::zeros_like(d.w_rel_cell), at::zeros_like(d.b0),
+          zeros_like_all(d.rest.weights), zeros_like_all(d.rest.biases)};
+}
+
+// The forward with its record for the backward (implicit_kernels::liif_decode_train): a
+// decode with gradients keeps it instead of recomputing the forward in the backward.
+// record = [index (4n,), inputs (4n, 4), weights (n, 4), x (4n, D), the outputs of the
+// layers after the first but the last (4n, width_i)...] (implicit_kernels/ops/liif.py).
+std::tuple<at::Tensor, std::vector<at::Tensor>> liif_decode_train(
+    const at::Tensor& proj, const at::Tensor& w_rel_cell, const at::Tensor& b0, at::TensorList w,
+    at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
+  check_queries(d.proj, coord, cell, kOp);
+  if (coord.size(1) == 0) {
+    return {at::empty({coord.size(0), 0, out_dim(d)}, proj.options()),
+            empty_record(d.proj, d.rest, d.proj.size(3))};
+  }
+  const Trace tr = run_forward(d, coord, cell, true);
+  return {tr.out, pack_record(tr.ensemble, tr.acts)};
+}
+
+Grads liif_decode_backward(const at::Tensor& grad_out, const at::Tensor& proj,
+                           const at::Tensor& w_rel_cell, const at::Tensor& b0, at::TensorList w,
+                           at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
+  check_queries(d.proj, coord, cell, kOp);
+  ik::check_grad_out(grad_out, proj, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
+  if (coord.size(1) == 0) return zero_gradients(d);
+  return gradients(d, run_forward(d, coord, cell, true), grad_out);
+}
+
+// The backward from liif_decode_train's record (implicit_kernels::liif_decode_backward_saved).
+Grads liif_decode_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                 const at::Tensor& proj, const at::Tensor& w_rel_cell,
+                                 const at::Tensor& b0, at::TensorList w, at::TensorList b,
+                                 const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
+  check_queries(d.proj, coord, cell, kOp);
+  ik::check_grad_out(grad_out, proj, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
+  if (coord.size(1) == 0) return zero_gradients(d);
+  Trace tr;
+  unpack_record(saved, coord.size(0) * coord.size(1), d.rest, &tr.ensemble, &tr.acts);
+  return gradients(d, tr, grad_out);
+}
+
 }  // namespace
 
 IK_LIBRARY_IMPL(CPU, m) {
   m.impl("liif_decode", &liif_decode);
+  m.impl("liif_decode_train", &liif_decode_train);
   m.impl("liif_decode_backward", &liif_decode_backward);
+  m.impl("liif_decode_backward_saved", &liif_decode_backward_saved);
 }
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("liif_decode", &liif_decode);
+  m.impl("liif_decode_train", &liif_decode_train);
   m.impl("liif_decode_backward", &liif_decode_backward);
+  m.impl("liif_decode_backward_saved", &liif_decode_backward_saved);
 }
 #endif
 

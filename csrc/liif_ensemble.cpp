@@ -4,6 +4,9 @@
 // accumulation type; the blend is 4 multiply-adds per output value).
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "liif_kernels.h"
 
 namespace ik {
@@ -69,6 +72,48 @@ at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Ten
       .index_add_(0, e.index, rows.to(e.inputs.scalar_type()))
       .to(map.scalar_type())
       .view(map.sizes());
+}
+
+namespace {
+
+// Widths of the recorded activations of `mlp` on `in`-wide inputs: the input's, then each
+// layer's output but the last.
+std::vector<int64_t> record_widths(const Mlp& mlp, int64_t in) {
+  std::vector<int64_t> widths = {in};
+  for (size_t i = 0; i + 1 < mlp.weights.size(); ++i) widths.push_back(mlp.weights[i].size(0));
+  return widths;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> pack_record(const Ensemble& e, const std::vector<at::Tensor>& acts) {
+  std::vector<at::Tensor> out = {e.index, e.inputs, e.weights};
+  out.insert(out.end(), acts.begin(), acts.end());
+  return out;
+}
+
+std::vector<at::Tensor> empty_record(const at::Tensor& like, const Mlp& mlp, int64_t in) {
+  const auto acc = like.options().dtype(accumulate_type(like.scalar_type()));
+  std::vector<at::Tensor> out = {at::empty({0}, like.options().dtype(at::kLong)),
+                                 at::empty({0, kCoordInputs}, acc), at::empty({0, kMembers}, acc)};
+  for (const int64_t w : record_widths(mlp, in)) out.push_back(at::empty({0, w}, like.options()));
+  return out;
+}
+
+void unpack_record(at::TensorList saved, int64_t n, const Mlp& mlp, Ensemble* e,
+                   std::vector<at::Tensor>* acts) {
+  const size_t kept = std::max<size_t>(mlp.weights.size(), 1);
+  TORCH_CHECK(saved.size() == 3 + kept, "implicit_kernels: a LIIF-family record of ", 3 + kept,
+              " tensors was expected, got ", saved.size());
+  const int64_t rows = n * kMembers;
+  bool fits = saved[0].size(0) == rows && saved[1].size(0) == rows && saved[2].size(0) == n;
+  for (size_t i = 0; i < kept; ++i) fits = fits && saved[3 + i].size(0) == rows;
+  TORCH_CHECK(fits, "implicit_kernels: the LIIF-family record does not belong to these queries");
+  e->index = saved[0].contiguous();
+  e->inputs = saved[1].contiguous();
+  e->weights = saved[2].contiguous();
+  acts->clear();
+  for (size_t i = 0; i < kept; ++i) acts->push_back(saved[3 + i].contiguous());
 }
 
 }  // namespace liif

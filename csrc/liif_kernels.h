@@ -12,8 +12,10 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <vector>
 
 #include "ik/lte_decode.h"
+#include "mlp.h"
 #include "op_utils.h"
 
 namespace ik {
@@ -91,6 +93,51 @@ at::Tensor blend_backward(const Ensemble& e, const at::Tensor& grad_out, at::Sca
 // Gradient of a per-LR-pixel map shaped like `map` (B, h, w, D) from the gradients of its
 // gathered member rows (4n, D), accumulated in the accumulation type.
 at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Tensor& map);
+
+// The forward's record as an operator output (the `_train` operators' second result):
+//   [index (4n,), inputs (4n, 4), weights (n, 4), acts (4n, width_i)...]
+// where acts are the MLP's input and each layer's output but the last.
+std::vector<at::Tensor> pack_record(const Ensemble& e, const std::vector<at::Tensor>& acts);
+// The record of a call without queries, for `mlp` on `in`-wide inputs.
+std::vector<at::Tensor> empty_record(const at::Tensor& like, const Mlp& mlp, int64_t in);
+// The inverse of pack_record, checked against the call's n queries and `mlp`.
+void unpack_record(at::TensorList saved, int64_t n, const Mlp& mlp, Ensemble* e,
+                   std::vector<at::Tensor>* acts);
+
+// ---------------------------------------------------------------------------------------
+// The decodes on CPU tensors (runs_cpu_tiles) in tiles of member rows, a tile holding whole
+// queries (csrc/cpu/liif_tiles_cpu.cpp, over csrc/cpu/tiles.h): per tile the MLP's input
+// is formed, the MLP runs one GEMM per layer, and the tile's queries are blended, so no
+// (4n, width) activation exists unless the backward needs it.  The backward runs per tile
+// from the forward's record, adding weight and map gradients into per-thread sums.
+// `record`: the MLP's input and each layer's output but the last, (4n, width_i) each.
+// ---------------------------------------------------------------------------------------
+
+// LIIF: out (n, o) from proj (B, h, w, D), w_rc (D, 4), b0 (D) and the layers after the
+// first, `rest` (the first layer's ReLU'd output is the record's first entry).
+at::Tensor liif_forward_tiles_cpu(const at::Tensor& proj, const at::Tensor& w_rc,
+                                  const at::Tensor& b0, const Mlp& rest, const Ensemble& e,
+                                  std::vector<at::Tensor>* record);
+
+// LIIF's backward from grad_out (n, o): fills grad_w/grad_b of `rest` and returns the
+// gradients of proj, w_rc and b0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> liif_backward_tiles_cpu(
+    const at::Tensor& proj, const at::Tensor& w_rc, const at::Tensor& b0, const Mlp& rest,
+    const Ensemble& e, const std::vector<at::Tensor>& record, const at::Tensor& grad_out,
+    std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b);
+
+// LTE: out (n, o) from coef, freq (B, h, w, 2m), phase (m, 2) and the MLP `imnet` (the
+// Fourier features are the record's first entry).
+at::Tensor lte_forward_tiles_cpu(const at::Tensor& coef, const at::Tensor& freq,
+                                 const at::Tensor& phase, const Mlp& imnet, const Ensemble& e,
+                                 std::vector<at::Tensor>* record);
+
+// LTE's backward from grad_out (n, o): fills grad_w/grad_b of `imnet` and returns the
+// gradients of coef, freq and phase.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_backward_tiles_cpu(
+    const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase, const Mlp& imnet,
+    const Ensemble& e, const std::vector<at::Tensor>& record, const at::Tensor& grad_out,
+    std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b);
 
 }  // namespace liif
 }  // namespace ik

@@ -11,8 +11,10 @@
 //   out     = Σ_t weight_t · MLP(x_t)
 // The bilinear skip of the LR image is not part of the operator: the Python backend adds
 // it (one grid_sample of a 3-channel image, which also gives the image's gradient).
-// The backward recomputes the forward and returns gradients for coef, freq, phase, w and
-// b; coord and cell are not differentiated (sampled coordinates are data).
+// On CPU tensors the forward runs in tiles of member rows.  The backward takes the
+// forward's record (lte_decode_train, then lte_decode_backward_saved) or recomputes the
+// forward (lte_decode_backward), and returns gradients for coef, freq, phase, w and b;
+// coord and cell are not differentiated (sampled coordinates are data).
 #include <ATen/ATen.h>
 
 #include <string>
@@ -69,20 +71,33 @@ Decoder make_decoder(const at::Tensor& coef, const at::Tensor& freq, const at::T
 // Everything the forward computes that the backward needs.
 struct Trace {
   Ensemble ensemble;
-  std::vector<at::Tensor> acts;  // mlp_forward's record: the Fourier features x .. preds
-  at::Tensor out;                // (B, Q, out)
+  // With a record: the Fourier features x, then each layer's output but the last.
+  std::vector<at::Tensor> acts;
+  at::Tensor out;  // (B, Q, out)
 };
 
 at::Tensor rows(const at::Tensor& map) { return map.view({-1, map.size(3)}); }
 
-Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& cell) {
+int64_t out_dim(const Decoder& d) { return d.imnet.weights.back().size(0); }
+
+// The forward of the call; `record` keeps the activations for the backward.  CPU tensors
+// run in tiles of member rows (csrc/cpu/liif_tiles_cpu.cpp).
+Trace run_forward(const Decoder& d, const at::Tensor& coord, const at::Tensor& cell, bool record) {
   const Kernels k = liif::kernels_for(d.coef, kOp);
   Trace tr;
   tr.ensemble = liif::make_ensemble(k, d.coef, coord, cell);
+  const std::vector<int64_t> shape = {coord.size(0), coord.size(1), out_dim(d)};
+  if (runs_cpu_tiles(d.coef)) {
+    tr.out = liif::lte_forward_tiles_cpu(d.coef, d.freq, d.phase, d.imnet, tr.ensemble,
+                                         record ? &tr.acts : nullptr)
+                 .view(shape);
+    return tr;
+  }
   const at::Tensor x =
       k.lte_features(rows(d.coef), rows(d.freq), d.phase, tr.ensemble.index, tr.ensemble.inputs);
-  const at::Tensor preds = mlp_forward(d.imnet, x, &tr.acts);
-  tr.out = liif::blend(tr.ensemble, preds, {coord.size(0), coord.size(1), preds.size(1)});
+  const at::Tensor preds = mlp_forward(d.imnet, x, record ? &tr.acts : nullptr);
+  if (record) tr.acts.pop_back();  // the predictions: not read
+  tr.out = liif::blend(tr.ensemble, preds, shape);
   return tr;
 }
 
@@ -91,29 +106,24 @@ at::Tensor lte_decode(const at::Tensor& coef, const at::Tensor& freq, const at::
                       const at::Tensor& cell) {
   const Decoder d = make_decoder(coef, freq, phase, w, b);
   liif::check_queries(d.coef, coord, cell, kOp);
-  if (coord.size(1) == 0) {
-    return at::empty({coord.size(0), 0, d.imnet.weights.back().size(0)}, coef.options());
-  }
-  return run_forward(d, coord, cell).out;
+  if (coord.size(1) == 0) return at::empty({coord.size(0), 0, out_dim(d)}, coef.options());
+  return run_forward(d, coord, cell, false).out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
-lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at::Tensor& freq,
-                    const at::Tensor& phase, at::TensorList w, at::TensorList b,
-                    const at::Tensor& coord, const at::Tensor& cell) {
-  const Decoder d = make_decoder(coef, freq, phase, w, b);
-  liif::check_queries(d.coef, coord, cell, kOp);
-  ik::check_grad_out(grad_out, coef, {coord.size(0), coord.size(1), d.imnet.weights.back().size(0)},
-                     kOp);
-  if (coord.size(1) == 0) {
-    return {at::zeros_like(coef), at::zeros_like(freq), at::zeros_like(phase),
-            zeros_like_all(d.imnet.weights), zeros_like_all(d.imnet.biases)};
-  }
-  const Trace tr = run_forward(d, coord, cell);
-  const Ensemble& e = tr.ensemble;
-  const auto type = coef.scalar_type();
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
+                         std::vector<at::Tensor>>;
 
+// The gradients of coef, freq, phase, w and b from the forward's trace.
+Grads gradients(const Decoder& d, const Trace& tr, const at::Tensor& grad_out) {
+  const Ensemble& e = tr.ensemble;
   std::vector<at::Tensor> grad_w, grad_b;
+  if (runs_cpu_tiles(d.coef)) {
+    at::Tensor grad_coef, grad_freq, grad_phase;
+    std::tie(grad_coef, grad_freq, grad_phase) = liif::lte_backward_tiles_cpu(
+        d.coef, d.freq, d.phase, d.imnet, e, tr.acts, grad_out, grad_w, grad_b);
+    return {grad_coef, grad_freq, grad_phase, grad_w, grad_b};
+  }
+  const auto type = d.coef.scalar_type();
   const at::Tensor grad_x =
       mlp_backward(d.imnet, liif::blend_backward(e, grad_out, type), tr.acts, grad_w, grad_b);
   at::Tensor grad_coef_rows, grad_freq_rows, grad_phi;
@@ -131,17 +141,66 @@ lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef, const at
           liif::scatter_rows(e, grad_freq_rows, d.freq), grad_phase, grad_w, grad_b};
 }
 
+Grads zero_gradients(const Decoder& d) {
+  return {at::zeros_like(d.coef), at::zeros_like(d.freq), at::zeros_like(d.phase),
+          zeros_like_all(d.imnet.weights), zeros_like_all(d.imnet.biases)};
+}
+
+// The forward with its record for the backward (implicit_kernels::lte_decode_train),
+// laid out as LIIF's (liif::pack_record): the members, the Fourier features, then the
+// outputs of the MLP's layers but the last.
+std::tuple<at::Tensor, std::vector<at::Tensor>> lte_decode_train(
+    const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase, at::TensorList w,
+    at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(coef, freq, phase, w, b);
+  liif::check_queries(d.coef, coord, cell, kOp);
+  if (coord.size(1) == 0) {
+    return {at::empty({coord.size(0), 0, out_dim(d)}, coef.options()),
+            liif::empty_record(d.coef, d.imnet, d.coef.size(3))};
+  }
+  const Trace tr = run_forward(d, coord, cell, true);
+  return {tr.out, liif::pack_record(tr.ensemble, tr.acts)};
+}
+
+Grads lte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef,
+                          const at::Tensor& freq, const at::Tensor& phase, at::TensorList w,
+                          at::TensorList b, const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(coef, freq, phase, w, b);
+  liif::check_queries(d.coef, coord, cell, kOp);
+  ik::check_grad_out(grad_out, coef, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
+  if (coord.size(1) == 0) return zero_gradients(d);
+  return gradients(d, run_forward(d, coord, cell, true), grad_out);
+}
+
+// The backward from lte_decode_train's record (implicit_kernels::lte_decode_backward_saved).
+Grads lte_decode_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                const at::Tensor& coef, const at::Tensor& freq,
+                                const at::Tensor& phase, at::TensorList w, at::TensorList b,
+                                const at::Tensor& coord, const at::Tensor& cell) {
+  const Decoder d = make_decoder(coef, freq, phase, w, b);
+  liif::check_queries(d.coef, coord, cell, kOp);
+  ik::check_grad_out(grad_out, coef, {coord.size(0), coord.size(1), out_dim(d)}, kOp);
+  if (coord.size(1) == 0) return zero_gradients(d);
+  Trace tr;
+  liif::unpack_record(saved, coord.size(0) * coord.size(1), d.imnet, &tr.ensemble, &tr.acts);
+  return gradients(d, tr, grad_out);
+}
+
 }  // namespace
 
 IK_LIBRARY_IMPL(CPU, m) {
   m.impl("lte_decode", &lte_decode);
+  m.impl("lte_decode_train", &lte_decode_train);
   m.impl("lte_decode_backward", &lte_decode_backward);
+  m.impl("lte_decode_backward_saved", &lte_decode_backward_saved);
 }
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) {
   m.impl("lte_decode", &lte_decode);
+  m.impl("lte_decode_train", &lte_decode_train);
   m.impl("lte_decode_backward", &lte_decode_backward);
+  m.impl("lte_decode_backward_saved", &lte_decode_backward_saved);
 }
 #endif
 

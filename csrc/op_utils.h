@@ -27,6 +27,16 @@ inline bool runs_cuda_kernels(const at::Tensor& t) {
 }
 #endif
 
+// Whether an operator on t runs its dense layers in tiles of rows on the CPU
+// (csrc/cpu/tiles.h): CPU tensors whose element-wise steps are the CPU loops.
+inline bool runs_cpu_tiles(const at::Tensor& t) {
+#if defined(IK_CUDA_KERNELS)
+  return t.is_cpu() && !runs_cuda_kernels(t);
+#else
+  return t.is_cpu();
+#endif
+}
+
 // Type the geometry, blending and scattered gradients accumulate in: float for half types.
 inline at::ScalarType accumulate_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;

@@ -118,6 +118,15 @@ IK_LIBRARY(m) {
   m.def(
       "liif_decode(Tensor proj, Tensor w_rel_cell, Tensor b0, Tensor[] w, Tensor[] b,"
       " Tensor coord, Tensor cell) -> Tensor");
+  // The same forward keeping its record for the backward (csrc/liif_kernels.h,
+  // pack_record; implicit_kernels/ops/liif.py), and that backward; LTE's alike.
+  m.def(
+      "liif_decode_train(Tensor proj, Tensor w_rel_cell, Tensor b0, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> (Tensor, Tensor[])");
+  m.def(
+      "liif_decode_backward_saved(Tensor grad_out, Tensor[] saved, Tensor proj,"
+      " Tensor w_rel_cell, Tensor b0, Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
       "liif_decode_backward(Tensor grad_out, Tensor proj, Tensor w_rel_cell, Tensor b0,"
       " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
@@ -128,6 +137,13 @@ IK_LIBRARY(m) {
   m.def(
       "lte_decode(Tensor coef, Tensor freq, Tensor phase, Tensor[] w, Tensor[] b,"
       " Tensor coord, Tensor cell) -> Tensor");
+  m.def(
+      "lte_decode_train(Tensor coef, Tensor freq, Tensor phase, Tensor[] w, Tensor[] b,"
+      " Tensor coord, Tensor cell) -> (Tensor, Tensor[])");
+  m.def(
+      "lte_decode_backward_saved(Tensor grad_out, Tensor[] saved, Tensor coef, Tensor freq,"
+      " Tensor phase, Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"
+      " -> (Tensor, Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
       "lte_decode_backward(Tensor grad_out, Tensor coef, Tensor freq, Tensor phase,"
       " Tensor[] w, Tensor[] b, Tensor coord, Tensor cell)"

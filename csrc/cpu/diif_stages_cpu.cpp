@@ -1,9 +1,6 @@
-// The DIIF family's stages on the CPU (diif_stages.h, stages_forward) in tiles of rows:
-// each thread takes whole tiles, and on a tile runs one GEMM per layer with its bias and
-// ReLU applied in the same pass while the tile is still in its core's cache.  Threads over
-// tiles rather than inside each GEMM: the 256-wide GEMMs of a few hundred rows are too
-// small to split well, and whole-tensor ATen ops would sweep every activation through
-// memory once per element-wise step.
+// The DIIF family's stages on the CPU (diif_stages.h, stages_forward) in tiles of rows
+// (tiles.h): each thread takes whole tiles, and on a tile runs one GEMM per layer with its
+// bias and ReLU applied in the same pass while the tile is still in its core's cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -12,90 +9,11 @@
 
 #include "../diif_stages.h"
 #include "../poison.h"
+#include "tiles.h"
 
 namespace ik {
 namespace diif {
 namespace {
-
-// Rows per tile: a tile's two 256 x 256 float activations and a 256 x 256 weight (256 KB
-// each) stay in a 1 MB L2; measured best of 64-512 rows (bench/NOTES.md).
-constexpr int64_t kTileRows = 256;
-
-// c = act(a · wᵀ + b) on one tile: c (rows, out) and a (rows, in) contiguous.  ATen's
-// element-wise kernels are vectorised for the machine (this file is built for a generic
-// x86-64); on a tile in cache their per-call cost is small next to the GEMM's.
-void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& bias, bool relu,
-                 at::Tensor c) {
-  if (bias.defined()) {
-    at::addmm_out(c, bias, a, w.t());
-  } else {
-    at::mm_out(c, a, w.t());
-  }
-  if (relu) at::relu_(c);
-}
-
-// Where a tile's activations go: rows of the recorded trace when the backward needs them,
-// else two per-thread scratch buffers used in turn.
-struct TileOutputs {
-  const std::vector<at::Tensor>* record;  // full-height tensors, or nullptr
-  at::Tensor scratch[2];
-
-  at::Tensor at(size_t i, int64_t lo, int64_t hi, int64_t width) {
-    if (record != nullptr) return (*record)[i].narrow(0, lo, hi - lo);
-    return scratch[i % 2].view(-1).narrow(0, 0, (hi - lo) * width).view({hi - lo, width});
-  }
-};
-
-// Runs `mlp` on the tile x (rows lo..hi of the whole input), layer i's output into
-// outs.at(first + i); the last layer writes into `last` when it is defined.  Returns the
-// last layer's output.
-template <typename T>
-at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t first, int64_t lo,
-                    int64_t hi, const at::Tensor& last) {
-  const size_t n = mlp.weights.size();
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& w = mlp.weights[i];
-    at::Tensor y = (i + 1 == n && last.defined()) ? last.narrow(0, lo, hi - lo)
-                                                  : outs.at(first + i, lo, hi, w.size(0));
-    linear_tile(x, w, mlp.biases[i], i + 1 < n || mlp.relu_last, y);
-    x = y;
-  }
-  return x;
-}
-
-// Calls fn(lo, hi, outs) for every tile of `rows` rows, in parallel over tiles, with
-// per-thread scratch of `width` columns.
-template <typename F>
-void for_each_tile(int64_t rows, int64_t width, const at::TensorOptions& options,
-                   const std::vector<at::Tensor>* record, const F& fn) {
-  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    // The ops are called below autograd (the _out GEMMs refuse inputs that require grad
-    // otherwise); the guard is per thread, so each worker sets it.
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    TileOutputs outs{record, {}};
-    if (record == nullptr) {
-      for (auto& s : outs.scratch) s = at::empty({kTileRows, width}, options);
-    }
-    for (int64_t t = t0; t < t1; ++t) {
-      fn(t * kTileRows, std::min(rows, (t + 1) * kTileRows), outs);
-    }
-  });
-}
-
-int64_t widest(const Mlp& mlp, int64_t in) {
-  int64_t w = in;
-  for (const auto& x : mlp.weights) w = std::max(w, x.size(0));
-  return w;
-}
-
-// The recorded activations of `mlp` on `rows` rows: its input, then each layer's output.
-std::vector<at::Tensor> record_for(const Mlp& mlp, int64_t rows, int64_t in,
-                                   const at::TensorOptions& options) {
-  std::vector<at::Tensor> rec = {empty_poisoned({rows, in}, options)};
-  for (const auto& w : mlp.weights) rec.push_back(empty_poisoned({rows, w.size(0)}, options));
-  return rec;
-}
 
 template <typename T>
 void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
@@ -117,7 +35,7 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                   at::Tensor x = outs.at(0, lo, hi, width);
                   first(lo, hi, x);
                   x.relu_();
-                  at::Tensor h = mlp_tile<T>(st.coarse, x, outs, 1, lo, hi, h_all);
+                  at::Tensor h = mlp_tile(st.coarse, x, outs, 1, lo, hi, h_all);
                   if (st.coarse.weights.empty() && h_all.defined()) {
                     h_all.narrow(0, lo, hi - lo).copy_(h);
                   }
@@ -187,7 +105,7 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                   }
                   // With hidden_blend, scratch 1 held the mix: the first layer may overwrite it
                   // now.
-                  mlp_tile<T>(st.fine, z, outs, 1, lo, hi, tr.out);
+                  mlp_tile(st.fine, z, outs, 1, lo, hi, tr.out);
                 });
   if (record) tr.fine.back() = tr.out;
 }

@@ -31,7 +31,7 @@ import torch
 
 from .. import _validate as check
 from ..torch_impl.diif import prepare_diif, prepare_diif_without_ensemble
-from . import operator
+from . import flat, keeps_record, operator
 
 __all__ = ["decode", "op_inputs", "prepare_diif", "prepare_diif_without_ensemble", "register"]
 
@@ -62,20 +62,13 @@ def call(op, args):
     """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
     its decode is small enough to keep the record (module docstring)."""
     tensors, pixels, (out_h, out_w, *_) = _split(args)
-    if (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and pixels.shape[0] * out_h * out_w <= RECORD_MAX_QUERIES
-            and hasattr(torch.ops.implicit_kernels, _name(op) + "_train")
-            and any(t.requires_grad for t in _flat(tensors))):
+    if keeps_record(op, pixels.shape[0] * out_h * out_w, RECORD_MAX_QUERIES, tensors):
         return operator(op + "_train")(*args)[0]
     return operator(op)(*args)
 
 
 def _name(op):
     return op.removeprefix("implicit_kernels::")
-
-
-def _flat(tensors):
-    return [x for t in tensors for x in (t if isinstance(t, (list, tuple)) else [t])]
 
 
 def fake_decode(*inputs):
@@ -112,12 +105,15 @@ def setup_context(ctx, inputs, output, record=()):
     tensors, pixels, ctx.options = _split(inputs)
     ctx.lengths = [len(t) if isinstance(t, (list, tuple)) else None for t in tensors]
     ctx.record_length = len(record)
-    ctx.save_for_backward(*_flat(tensors), pixels, *record)
+    ctx.save_for_backward(*flat(tensors), pixels, *record)
 
 
 def setup_context_train(ctx, inputs, output):
-    """Autograd context of a ``_train`` operator: its record is saved, not differentiated."""
+    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
+    (and its gradients are not materialised: zeros the size of the record, a fill of
+    every activation, for nothing)."""
     ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
     setup_context(ctx, inputs, output[0], output[1])
 
 
@@ -126,10 +122,10 @@ def _backward_arguments(ctx, grad_out):
     ``_train`` operator's record second)."""
     saved = ctx.saved_tensors
     record = list(saved[len(saved) - ctx.record_length:])
-    *flat, pixels = saved[:len(saved) - ctx.record_length]
+    *tensors, pixels = saved[:len(saved) - ctx.record_length]
     inputs, at = [], 0
     for n in ctx.lengths:
-        inputs.append(flat[at] if n is None else list(flat[at:at + n]))
+        inputs.append(tensors[at] if n is None else list(tensors[at:at + n]))
         at += 1 if n is None else n
     return (grad_out, *([record] if ctx.record_length else []), *inputs, pixels, *ctx.options)
 
@@ -137,6 +133,9 @@ def _backward_arguments(ctx, grad_out):
 def make_backward(backward_op):
     """Autograd backward of a DIIF-family decode operator through ``backward_op``."""
     def backward(ctx, grad_out, *_record_grads):
+        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+            return (*[None if n is None else [None] * n for n in ctx.lengths], None,
+                    *[None] * len(ctx.options))
         grads = backward_op(*_backward_arguments(ctx, grad_out))
         return (*grads, None, *[None] * len(ctx.options))
     return backward

@@ -10,6 +10,13 @@ first layer's coordinate part, the MLP on the 4 members of each query and the ar
 blend — runs in the operator.  ``coord`` and ``cell`` are not differentiated (training
 samples them: they are data); the backends refuse coordinates that require a gradient
 rather than silently returning none (:func:`check_coordinates_constant`).
+
+A C++ operator ``<name>`` may come with ``<name>_train``: the same forward returning also
+its record (the members and the MLP's activations, :func:`record_fake`), and
+``<name>_backward_saved``, the backward from that record.  A decode with gradients calls
+it (:func:`call`), so its backward does not recompute the forward, up to
+``RECORD_MAX_QUERIES`` queries a call; beyond, the backward recomputes the forward of
+its own call.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import torch
 
 from .. import _validate as check
 from ..torch_impl.liif import prepare_liif as _prepare_torch
-from . import operator
+from . import keeps_record, operator
 
 
 def prepare_liif(feat, params):
@@ -43,11 +50,27 @@ def check_coordinates_constant(coord, cell, backend_op):
                            "backend='torch' for gradients with respect to the coordinates")
 
 
+#: Queries of one operator call up to which a decode with gradients keeps the forward's
+#: record for the backward (the module docstring): at the papers' widths the record holds
+#: four 256-wide float32 activations per member, 16 KB a query, so 256 MB at most, what
+#: one call of ``F``'s default chunk keeps.
+RECORD_MAX_QUERIES = 1 << 14
+
+
 def decode(op, coord, cell, params):
     """Queries (``B×Q×2`` coord and cell) → ``B×Q×3`` through the operator ``op``
     (``"implicit_kernels::<name>"``)."""
     check_coordinates_constant(coord, cell, op)
-    return operator(op)(*op_inputs(params), coord, cell)
+    return call(op, (*op_inputs(params), coord, cell))
+
+
+def call(op, args):
+    """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
+    is small enough to keep the record (module docstring)."""
+    coord = args[-2]
+    if keeps_record(op, coord.shape[0] * coord.shape[1], RECORD_MAX_QUERIES, args):
+        return operator(op + "_train")(*args)[0]
+    return operator(op)(*args)
 
 
 def fake_decode(a, b, c, w, bias, coord, cell):
@@ -66,18 +89,46 @@ def fake_backward(grad_out, a, b, c, w, bias, coord, cell):
     return (*like([a, b, c]), like(w), like(bias))
 
 
-def setup_context(ctx, inputs, output):
+def record_fake(a, b, c, w, bias, coord, cell):
+    """Fake record of a ``_train`` operator (csrc/liif_kernels.h, ``pack_record``) for the
+    ``n`` queries: member indices (4n,) int64, coordinate inputs (4n, 4) and area weights
+    (n, 4) in the accumulation type, then per member row the MLP's input (``a``'s width:
+    LIIF's first layer output, LTE's Fourier features) and each layer's output but the
+    last."""
+    n = coord.shape[0] * coord.shape[1]
+    acc = torch.float32 if a.dtype in (torch.float16, torch.bfloat16) else a.dtype
+    widths = [a.shape[-1], *[x.shape[0] for x in w[:-1]]]
+    return [a.new_empty(4 * n, dtype=torch.long), a.new_empty(4 * n, 4, dtype=acc),
+            a.new_empty(n, 4, dtype=acc), *[a.new_empty(4 * n, width) for width in widths]]
+
+
+def setup_context(ctx, inputs, output, record=()):
     a, b, c, w, bias, coord, cell = inputs
-    ctx.save_for_backward(a, b, c, coord, cell, *w, *bias)
+    ctx.save_for_backward(a, b, c, coord, cell, *w, *bias, *record)
     ctx.layers = len(w)
+    ctx.record_length = len(record)
+
+
+def setup_context_train(ctx, inputs, output):
+    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
+    (and its gradients are not materialised: zeros the size of the record, a fill of
+    every activation, for nothing)."""
+    ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
+    setup_context(ctx, inputs, output[0], output[1])
 
 
 def make_backward(backward_op):
-    """Autograd backward calling ``backward_op`` (LIIF's or LTE's: same argument layout)."""
-    def backward(ctx, grad_out):
+    """Autograd backward calling ``backward_op`` (LIIF's or LTE's: same argument layout;
+    after a ``_train`` operator, its ``_backward_saved``, the record second)."""
+    def backward(ctx, grad_out, *_record_grads):
+        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+            return (None, None, None, [None] * ctx.layers, [None] * ctx.layers, None, None)
         a, b, c, coord, cell, *lists = ctx.saved_tensors
-        w, bias = lists[:ctx.layers], lists[ctx.layers:]
-        grads = backward_op(grad_out, a, b, c, w, bias, coord, cell)
+        record = lists[len(lists) - ctx.record_length:]
+        w, bias = lists[:ctx.layers], lists[ctx.layers:2 * ctx.layers]
+        saved = [list(record)] if ctx.record_length else []
+        grads = backward_op(grad_out, *saved, a, b, c, w, bias, coord, cell)
         return (*grads, None, None)
     return backward
 
@@ -85,7 +136,23 @@ def make_backward(backward_op):
 def register(op: str, backward_op) -> None:
     """Fake implementations of a decode operator ``op`` with LIIF's argument layout (LIIF's
     or LTE's, C++ or Triton) and of ``op + "_backward"``, and ``op``'s autograd through
-    ``backward_op``."""
+    ``backward_op``; for an operator with a ``_train`` variant, the same for it and
+    ``_backward_saved``."""
     torch.library.register_fake(op)(fake_decode)
     torch.library.register_fake(op + "_backward")(fake_backward)
     torch.library.register_autograd(op, make_backward(backward_op), setup_context=setup_context)
+    name = op.removeprefix("implicit_kernels::")
+    if not hasattr(torch.ops.implicit_kernels, name + "_train"):
+        return
+
+    def fake_train(*inputs):
+        return fake_decode(*inputs), record_fake(*inputs)
+
+    def fake_backward_saved(grad_out, saved, *inputs):
+        return fake_backward(grad_out, *inputs)
+
+    torch.library.register_fake(op + "_train")(fake_train)
+    torch.library.register_fake(op + "_backward_saved")(fake_backward_saved)
+    torch.library.register_autograd(
+        op + "_train", make_backward(getattr(torch.ops.implicit_kernels, name + "_backward_saved")),
+        setup_context=setup_context_train)

@@ -10,14 +10,14 @@ frequencies fused with its Fourier feature, the MLP and the blend.  The bilinear
 the LR image stays in PyTorch (:func:`decode`): it is one ``grid_sample`` of a 3-channel
 image with border padding, which PyTorch already fuses and differentiates with respect to
 the image, so the operators need neither the image nor a copy of grid_sample's rules.
-``coord`` and ``cell`` are not differentiated, as in :mod:`.liif`.
+``coord`` and ``cell`` are not differentiated, and a decode with gradients keeps the
+forward's record for the backward, as in :mod:`.liif`.
 """
 from __future__ import annotations
 
 from ..reference.lte import bilinear_skip
 from ..torch_impl.lte import prepare_lte as _prepare_torch
-from . import operator
-from .liif import check_coordinates_constant, register
+from .liif import call, check_coordinates_constant, register
 
 __all__ = ["decode", "op_inputs", "prepare_lte", "register"]
 
@@ -42,4 +42,4 @@ def decode(op, inp, coord, cell, params):
     """Queries (``B×Q×2`` coord and unscaled cell) → ``B×Q×3`` through the operator
     ``op`` (``"implicit_kernels::<name>"``), plus the skip of ``inp`` (``B×3×h×w``)."""
     check_coordinates_constant(coord, cell, op)
-    return operator(op)(*op_inputs(params), coord, cell) + bilinear_skip(inp, coord)
+    return call(op, (*op_inputs(params), coord, cell)) + bilinear_skip(inp, coord)

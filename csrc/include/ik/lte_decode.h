@@ -46,17 +46,15 @@ IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* fre
   x_row[m + i] = static_cast<T>(static_cast<Acc>(coef_row[m + i]) * s);
 }
 
-// Backward of fourier_feature for pair i of one member, from the gradient row gx (2m) of
-// x: writes the gradients of its coefficient row (g_coef[i], g_coef[m + i]) and frequency
-// row (g_freq[2i], g_freq[2i + 1]), and returns d loss / d phi_i
-// (= π·(-g_cos·c[i]·sin + g_sin·c[m+i]·cos)), whose sum over members, times the scaled
-// cell, is the phase weight's gradient.
+// Backward of fourier_feature for pair i of one member, given s, c = sin, cos(π phi_i),
+// from the gradient row gx (2m) of x: writes the gradients of its coefficient row
+// (g_coef[i], g_coef[m + i]) and frequency row (g_freq[2i], g_freq[2i + 1]), and returns
+// d loss / d phi_i (= π·(-g_cos·c[i]·sin + g_sin·c[m+i]·cos)), whose sum over members,
+// times the scaled cell, is the phase weight's gradient.
 template <typename Acc, typename T>
-IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, const T* freq_row,
-                                   const T* phase_w, const Acc* in, const T* gx_row, Acc* g_coef,
-                                   Acc* g_freq, int ends = 1) {
-  Acc s, c;
-  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
+IK_HD Acc fourier_pair_backward(index_t i, index_t m, const T* coef_row, Acc s, Acc c,
+                                const Acc* in, const T* gx_row, Acc* g_coef, Acc* g_freq,
+                                int ends = 1) {
   const Acc g_cos = static_cast<Acc>(gx_row[i]), g_sin = static_cast<Acc>(gx_row[m + i]);
   g_coef[i] = g_cos * c;
   g_coef[m + i] = g_sin * s;
@@ -66,6 +64,17 @@ IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, cons
   g_freq[2 * i] = g_phi * rel[0];
   g_freq[2 * i + 1] = g_phi * rel[1];
   return g_phi;
+}
+
+// Backward of fourier_feature for pair i of one member (fourier_pair_backward, with phi
+// recomputed).
+template <typename Acc, typename T>
+IK_HD Acc fourier_feature_backward(index_t i, index_t m, const T* coef_row, const T* freq_row,
+                                   const T* phase_w, const Acc* in, const T* gx_row, Acc* g_coef,
+                                   Acc* g_freq, int ends = 1) {
+  Acc s, c;
+  sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
+  return fourier_pair_backward<Acc>(i, m, coef_row, s, c, in, gx_row, g_coef, g_freq, ends);
 }
 
 }  // namespace lte

@@ -1,0 +1,152 @@
+// Generic pieces of the CPU operators that run their dense layers in tiles (tiles.h).
+#include "tiles.h"
+
+#include <ATen/Dispatch.h>
+
+#include <utility>
+
+#include "../poison.h"
+
+namespace ik {
+
+namespace {
+
+// c = act(c + bias) on a contiguous (rows, cols) tile in one pass (NaN stays NaN, as in
+// torch.relu); no bias when `bias` is null.
+template <typename T>
+void bias_act(T* c, const T* bias, int64_t rows, int64_t cols, bool relu) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = c + r * cols;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < cols; ++j) row[j] += bias[j];
+    }
+    if (relu) {
+      for (int64_t j = 0; j < cols; ++j) row[j] = row[j] < T(0) ? T(0) : row[j];
+    }
+  }
+}
+
+// The backward of bias_act on a gradient tile g (rows, cols): g = 0 where the ReLU's output
+// `out` is not positive (as PyTorch; none when `out` is null), and Σ_rows g added into
+// `bias_sum` (cols), in one pass.
+template <typename T>
+void bias_act_backward(T* g, const T* out, T* bias_sum, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = g + r * cols;
+    if (out != nullptr) {
+      const T* o = out + r * cols;
+      for (int64_t j = 0; j < cols; ++j) row[j] = o[j] > T(0) ? row[j] : T(0);
+    }
+    for (int64_t j = 0; j < cols; ++j) bias_sum[j] += row[j];
+  }
+}
+
+}  // namespace
+
+void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& bias, bool relu,
+                 at::Tensor c) {
+  // The GEMM alone, then bias and ReLU in one pass: addmm_out would first broadcast the
+  // bias into c, a strided copy that costs a sixth of a 256-wide GEMM.
+  at::mm_out(c, a, w.t());
+  if (!bias.defined() && !relu) return;
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "ik_linear_tile", [&] {
+    bias_act<scalar_t>(c.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
+                       c.size(0), c.size(1), relu);
+  });
+}
+
+at::Tensor TileOutputs::at(size_t i, int64_t lo, int64_t hi, int64_t cols) {
+  if (record != nullptr && i < record->size()) return (*record)[i].narrow(0, lo, hi - lo);
+  at::Tensor& s = scratch[i % 2];
+  if (!s.defined()) s = at::empty({kTileRows, width}, options);
+  return s.view(-1).narrow(0, 0, (hi - lo) * cols).view({hi - lo, cols});
+}
+
+at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t first, int64_t lo,
+                    int64_t hi, const at::Tensor& last) {
+  const size_t n = mlp.weights.size();
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& w = mlp.weights[i];
+    at::Tensor y = (i + 1 == n && last.defined()) ? last.narrow(0, lo, hi - lo)
+                                                  : outs.at(first + i, lo, hi, w.size(0));
+    linear_tile(x, w, mlp.biases[i], i + 1 < n || mlp.relu_last, y);
+    x = y;
+  }
+  return x;
+}
+
+int64_t widest(const Mlp& mlp, int64_t in) {
+  int64_t w = in;
+  for (const auto& x : mlp.weights) w = std::max(w, x.size(0));
+  return w;
+}
+
+std::vector<at::Tensor> record_for(const Mlp& mlp, int64_t rows, int64_t in,
+                                   const at::TensorOptions& options, bool but_last) {
+  std::vector<at::Tensor> rec = {empty_poisoned({rows, in}, options)};
+  const size_t kept = mlp.weights.size() - (but_last && !mlp.weights.empty() ? 1 : 0);
+  for (size_t i = 0; i < kept; ++i) {
+    rec.push_back(empty_poisoned({rows, mlp.weights[i].size(0)}, options));
+  }
+  return rec;
+}
+
+ThreadSums::ThreadSums(std::vector<at::Tensor> like)
+    : like_(std::move(like)), slots_(at::get_num_threads()) {}
+
+std::vector<at::Tensor>& ThreadSums::mine() {
+  std::vector<at::Tensor>& slot = slots_.at(at::get_thread_num());
+  if (slot.empty()) {
+    for (const auto& t : like_) slot.push_back(at::zeros_like(t));
+  }
+  return slot;
+}
+
+std::vector<at::Tensor> ThreadSums::sum() {
+  std::vector<at::Tensor> total;
+  for (const auto& slot : slots_) {
+    if (slot.empty()) continue;
+    if (total.empty()) {
+      total = slot;
+    } else {
+      for (size_t i = 0; i < slot.size(); ++i) total[i].add_(slot[i]);
+    }
+  }
+  if (total.empty()) {  // no tile ran
+    for (const auto& t : like_) total.push_back(at::zeros_like(t));
+  }
+  return total;
+}
+
+at::Tensor mlp_tile_backward(const Mlp& mlp, at::Tensor grad, size_t slot,
+                             const std::vector<at::Tensor>& record, int64_t lo, int64_t hi,
+                             TileOutputs& scratch, std::vector<at::Tensor>& sums, size_t first) {
+  for (size_t i = mlp.weights.size(); i-- > 0;) {
+    const at::Tensor& w = mlp.weights[i];
+    // ReLU's derivative from its output, in place on the scratch gradient, and the bias
+    // gradient, in one pass.
+    const bool relu = i + 1 < mlp.weights.size() || mlp.relu_last;
+    AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ik_mlp_tile_backward", [&] {
+      bias_act_backward<scalar_t>(
+          grad.data_ptr<scalar_t>(),
+          relu ? record[i + 1].narrow(0, lo, hi - lo).data_ptr<scalar_t>() : nullptr,
+          sums[first + 2 * i + 1].data_ptr<scalar_t>(), hi - lo, grad.size(1));
+    });
+    sums[first + 2 * i].addmm_(grad.t(), record[i].narrow(0, lo, hi - lo));
+    at::Tensor next = scratch.at(++slot, lo, hi, w.size(1));
+    at::mm_out(next, grad, w);
+    grad = next;
+  }
+  return grad;
+}
+
+std::vector<at::Tensor> mlp_grad_like(const Mlp& mlp) {
+  std::vector<at::Tensor> like;
+  for (size_t i = 0; i < mlp.weights.size(); ++i) {
+    like.push_back(mlp.weights[i]);
+    like.push_back(mlp.biases[i]);
+  }
+  return like;
+}
+
+}  // namespace ik
