@@ -24,6 +24,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/hiif_tiles_cpu.h"
 #include "hiif_kernels.h"
 #include "library.h"
 
@@ -194,6 +195,11 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
                                public_centres);
   const int64_t out_dim = l.fc2_w.size(0);
   if (l.coord.size(0) == 0) return at::empty({l.batch, l.queries, out_dim}, maps.options());
+  if (runs_cpu_tiles(maps)) {
+    return level0_tiles(l.maps, l.row_sums, l.w_extra, l.bias, l.fc2_w, l.fc2_b, l.coord, l.cell,
+                        l.queries, l.channels, l.public_centres)
+        .view({l.batch, l.queries, out_dim});
+  }
   const Level0Trace tr = level0_forward(l);
   return at::addmm(l.fc2_b, at::gelu(tr.pre), l.fc2_w.t()).view({l.batch, l.queries, out_dim});
 }
@@ -331,6 +337,10 @@ at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
                                 const at::Tensor& vln_b, int64_t heads) {
   const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
   if (s.x2.size(0) == 0) return at::zeros({x.size(0), heads, s.d, s.d}, x.options());
+  if (runs_cpu_tiles(x)) {
+    return stats_tiles(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
+                       vln_w.contiguous(), vln_b.contiguous(), heads);
+  }
   const KeyValues kv =
       key_values(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
@@ -419,6 +429,9 @@ at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat, cons
                                 const at::Tensor& proj2_b) {
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
   if (a.x2.size(0) == 0) return at::empty(x.sizes(), x.options());
+  if (runs_cpu_tiles(x)) {
+    return apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2).view(x.sizes());
+  }
   const ApplyTrace tr = apply_forward(a, x.size(0));
   return at::addmm(a.b2, at::gelu(tr.h1), a.w2.t()).add_(a.x2).view(x.sizes());
 }
@@ -519,6 +532,15 @@ Levels make_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorList 
   return l;
 }
 
+// The levels' parameters per level, for the tiled CPU path.
+std::vector<LevelParams> level_params(const Levels& l) {
+  std::vector<LevelParams> out;
+  for (size_t i = 0; i < l.norm_w.size(); ++i) {
+    out.push_back({l.norm_w[i], l.norm_b[i], l.fc1_w[i], l.fc1_b[i], l.fc2_w[i], l.fc2_b[i]});
+  }
+  return out;
+}
+
 // Per level: its input x, normalised input y, rstd and fc1's output.
 struct LevelTrace {
   at::Tensor x, y, rstd, h1;
@@ -547,6 +569,10 @@ at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorL
       make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
   const int64_t out_dim = l.fc2_w.back().size(0);
   if (l.x2.size(0) == 0) return at::empty({x.size(0), x.size(1), out_dim}, x.options());
+  if (runs_cpu_tiles(x)) {
+    return levels_tiles(l.x2, l.coord, level_params(l), l.h, l.w, l.public_centres)
+        .view({x.size(0), x.size(1), out_dim});
+  }
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
