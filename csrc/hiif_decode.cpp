@@ -360,8 +360,25 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
             at::zeros_like(kln_w), at::zeros_like(kln_b), at::zeros_like(vln_w),
             at::zeros_like(vln_b)};
   }
-  const KeyValues kv = key_values(x2, b, s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   const at::Tensor gs = grad_out.to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g =
+        stats_backward_tiles(gs, x2, b, s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
+                             vln_w.contiguous(), vln_b.contiguous(), heads);
+    // The k and v rows' gradients back into the head-interleaved layout; q's rows are 0.
+    const at::Tensor grad_qkv_w = at::zeros({heads, 3, d * c}, x.options());
+    grad_qkv_w.narrow(1, 1, 2).copy_(std::get<1>(g).view({2, heads, d * c}).transpose(0, 1));
+    const at::Tensor grad_qkv_b = at::zeros({heads, 3, d}, x.options());
+    grad_qkv_b.narrow(1, 1, 2).copy_(std::get<2>(g).view({2, heads, d}).transpose(0, 1));
+    return {std::get<0>(g).view(x.sizes()),
+            grad_qkv_w.view(qkv_w.sizes()),
+            grad_qkv_b.view(qkv_b.sizes()),
+            std::get<3>(g),
+            std::get<4>(g),
+            std::get<5>(g),
+            std::get<6>(g)};
+  }
+  const KeyValues kv = key_values(x2, b, s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   // S_de = Σ_m k̂_md v̂_me.
   const at::Tensor grad_k_hat = at::einsum("bmhe,bhde->bmhd", {kv.v_hat, gs});
   const at::Tensor grad_v_hat = at::einsum("bmhd,bhde->bmhe", {kv.k_hat, gs});
@@ -451,8 +468,24 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
             at::zeros_like(proj2_w), at::zeros_like(proj2_b)};
   }
   const int64_t b = x.size(0), c = x.size(2);
-  const ApplyTrace tr = apply_forward(a, b);
   const at::Tensor go = grad_out.reshape(a.x2.sizes()).to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g = apply_backward_tiles(go, a.x2, b, a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2);
+    // Only the q rows of the head-interleaved projection are used.
+    const at::Tensor grad_qkv_w = at::zeros({a.heads, 3, a.d, c}, x.options());
+    grad_qkv_w.select(1, 0).copy_(std::get<2>(g).view({a.heads, a.d, c}));
+    const at::Tensor grad_qkv_b = at::zeros({a.heads, 3, a.d}, x.options());
+    grad_qkv_b.select(1, 0).copy_(std::get<3>(g).view({a.heads, a.d}));
+    return {std::get<0>(g).view(x.sizes()),
+            std::get<1>(g),
+            grad_qkv_w.view(qkv_w.sizes()),
+            grad_qkv_b.view(qkv_b.sizes()),
+            std::get<4>(g),
+            std::get<5>(g),
+            std::get<6>(g),
+            std::get<7>(g)};
+  }
+  const ApplyTrace tr = apply_forward(a, b);
   // out = x + proj2(GELU(proj1(r))), r = x + q·M.
   const at::Tensor act = at::gelu(tr.h1);
   const at::Tensor grad_w2 = at::mm(go.t(), act), grad_b2 = go.sum(0);
@@ -597,9 +630,23 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
     }
     return {at::zeros_like(x), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
   }
+  at::Tensor go = grad_out.reshape({-1, out_dim}).to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g =
+        levels_backward_tiles(go, l.x2, l.coord, level_params(l), l.h, l.w, l.public_centres);
+    for (size_t i = 0; i < n; ++i) {
+      const LevelParams& p = g.second[i];
+      g_norm_w[i] = p.norm_w;
+      g_norm_b[i] = p.norm_b;
+      g_fc1_w[i] = p.fc1_w;
+      g_fc1_b[i] = p.fc1_b;
+      g_fc2_w[i] = p.fc2_w;
+      g_fc2_b[i] = p.fc2_b;
+    }
+    return {g.first.view(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
+  }
   std::vector<LevelTrace> trace;
   levels_forward(l, &trace);
-  at::Tensor go = grad_out.reshape({-1, out_dim}).to(x.scalar_type());
   for (size_t i = n; i-- > 0;) {
     const LevelTrace& tr = trace[i];
     g_fc2_w[i] = at::mm(go.t(), at::gelu(tr.h1));

@@ -34,5 +34,32 @@ inline T normalise_level_row(const T* x, int64_t c, T qy, T qx, int64_t h, int64
   return r;
 }
 
+// LayerNorm without affine of d values in place: v = (v - mean) · rstd; returns rstd.
+template <typename T>
+inline T normalise_row(T* v, int64_t d) {
+  T mean = 0;
+  for (int64_t e = 0; e < d; ++e) mean += v[e];
+  mean /= static_cast<T>(d);
+  T var = 0;
+  for (int64_t e = 0; e < d; ++e) var += (v[e] - mean) * (v[e] - mean);
+  const T r = T(1) / sqrt_val(var / static_cast<T>(d) + static_cast<T>(kLnEps));
+  for (int64_t e = 0; e < d; ++e) v[e] = (v[e] - mean) * r;
+  return r;
+}
+
+// Backward of y = normalise_row(v): the gradient of v from gy (both d values) and rstd,
+// written over gy.
+template <typename T>
+inline void normalise_row_backward(T* gy, const T* y, T rstd, int64_t d) {
+  T mean_g = 0, mean_gy = 0;
+  for (int64_t e = 0; e < d; ++e) {
+    mean_g += gy[e];
+    mean_gy += gy[e] * y[e];
+  }
+  mean_g /= static_cast<T>(d);
+  mean_gy /= static_cast<T>(d);
+  for (int64_t e = 0; e < d; ++e) gy[e] = rstd * (gy[e] - mean_g - y[e] * mean_gy);
+}
+
 }  // namespace hiif
 }  // namespace ik

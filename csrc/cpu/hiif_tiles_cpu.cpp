@@ -46,18 +46,6 @@ void level0_pre_rows(const at::Tensor& maps, const at::Tensor& row_sums, const a
   }
 }
 
-// Per-head LayerNorm of d values in place, with the shared affine (w, b).
-template <typename T>
-void head_norm_row(T* v, int64_t d, const T* w, const T* b) {
-  T mean = 0;
-  for (int64_t e = 0; e < d; ++e) mean += v[e];
-  mean /= static_cast<T>(d);
-  T var = 0;
-  for (int64_t e = 0; e < d; ++e) var += (v[e] - mean) * (v[e] - mean);
-  const T r = T(1) / std::sqrt(var / static_cast<T>(d) + static_cast<T>(kLnEps));
-  for (int64_t e = 0; e < d; ++e) v[e] = (v[e] - mean) * r * w[e] + b[e];
-}
-
 }  // namespace
 
 at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
@@ -90,13 +78,8 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
                        const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
                        const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
-  // The k and v rows of the head-interleaved projection as [k of every head | v of every
-  // head] (2C, C), so one GEMM gives a tile's keys and values.
-  const at::Tensor w_kv =
-      w_qkv.view({heads, 3, d, c}).narrow(1, 1, 2).transpose(0, 1).reshape({2 * c, c});
-  const at::Tensor b_kv =
-      b_qkv.view({heads, 3, d}).narrow(1, 1, 2).transpose(0, 1).reshape({2 * c});
-  const at::Tensor w_kv_t = w_kv.t();
+  const at::Tensor w_kv_t = key_value_rows(w_qkv, heads).t();
+  const at::Tensor b_kv = key_value_rows(b_qkv, heads);
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t workers = worker_count(tiles.size());
   // Per worker and image: Σ k̂ᵀv̂ (heads, d, d).
@@ -118,8 +101,12 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
           for (int64_t hd = 0; hd < heads; ++hd) {
             scalar_t* key = row + hd * d;
             scalar_t* value = row + c + hd * d;
-            head_norm_row(key, d, kw, kb);
-            head_norm_row(value, d, vw, vb);
+            normalise_row(key, d);
+            normalise_row(value, d);
+            for (int64_t e = 0; e < d; ++e) {
+              key[e] = key[e] * kw[e] + kb[e];
+              value[e] = value[e] * vw[e] + vb[e];
+            }
             scalar_t* sh = s + hd * d * d;
             for (int64_t a = 0; a < d; ++a) {
               for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
@@ -170,12 +157,11 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                         const std::vector<LevelParams>& levels, int64_t h, int64_t w,
                         bool public_centres) {
   const int64_t n = x2.size(0);
-  // fc1(γ ⊙ y + β) = (W diag γ) y + (W β + b): the norm's affine folded into fc1.
-  std::vector<at::Tensor> fc1_w, fc1_b, fc2_wt;
+  std::vector<FoldedFc1> fc1;
+  std::vector<at::Tensor> fc2_wt;
   int64_t widest = 0;
   for (const LevelParams& l : levels) {
-    fc1_w.push_back((l.fc1_w * l.norm_w).t());
-    fc1_b.push_back(at::addmv(l.fc1_b, l.fc1_w, l.norm_b));
+    fc1.push_back(folded_fc1(l));
     fc2_wt.push_back(l.fc2_w.t());
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
   }
@@ -194,7 +180,7 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
             const int64_t rows = t->end - t->begin;
             at::Tensor x = x2.narrow(0, t->begin, rows);
             for (size_t i = 0; i < levels.size(); ++i) {
-              const int64_t c = x.size(1), hidden = fc1_w[i].size(1);
+              const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
               at::Tensor y = rows_of(y_buffer, rows, c + 2), hid = rows_of(h_buffer, rows, hidden);
               const scalar_t* xp = x.data_ptr<scalar_t>();
               scalar_t* yp = y.data_ptr<scalar_t>();
@@ -204,7 +190,7 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                                               static_cast<int64_t>(i + 1), public_centres,
                                               yp + p * (c + 2));
               }
-              at::addmm_out(hid, fc1_b[i], y, fc1_w[i]);
+              at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
               at::gelu_(hid);
               at::Tensor next = i + 1 == levels.size()
                                     ? out.narrow(0, t->begin, rows)

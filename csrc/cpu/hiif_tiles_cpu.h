@@ -75,6 +75,29 @@ inline at::Tensor rows_of(const at::Tensor& buffer, int64_t rows, int64_t width)
   return buffer.narrow(0, 0, rows * width).view({rows, width});
 }
 
+// The k and v parts of a head-interleaved qkv parameter (weight (3C, C) or bias (3C,)) as
+// [k of every head | v of every head] (2C, ...), so one GEMM gives a tile's keys and values.
+inline at::Tensor key_value_rows(const at::Tensor& qkv, int64_t heads) {
+  std::vector<int64_t> shape(qkv.sizes().begin(), qkv.sizes().end());
+  shape[0] = shape[0] / 3 * 2;
+  return qkv.reshape({heads, 3, -1}).narrow(1, 1, 2).transpose(0, 1).reshape(shape);
+}
+
+// One later level's parameters (level l >= 1: LayerNorm, fc1, fc2).
+struct LevelParams {
+  at::Tensor norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b;
+};
+
+// fc1 with the LayerNorm's affine folded in: fc1(γ ⊙ y + β) = (W diag γ) y + (W β + b);
+// the weight transposed (in, hidden) for y · Wᵀ.
+struct FoldedFc1 {
+  at::Tensor weight_t, bias;
+};
+
+inline FoldedFc1 folded_fc1(const LevelParams& l) {
+  return {(l.fc1_w * l.norm_w).t(), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
+}
+
 // hiif_level0's forward: (n, out) from the maps (B, H, W, 4, hidden + 2), q rows per image.
 at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
                         const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
@@ -92,15 +115,36 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
                        const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& w1,
                        const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2);
 
-// One later level's parameters (level l >= 1: LayerNorm, fc1, fc2).
-struct LevelParams {
-  at::Tensor norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b;
-};
-
 // hiif_levels: levels 1..L-1 on x2 (n, C) -> (n, out).
 at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                         const std::vector<LevelParams>& levels, int64_t h, int64_t w,
                         bool public_centres);
+
+// ---- Backwards (hiif_tiles_backward_cpu.cpp).  Each recomputes its operator's forward
+// per tile (nothing is saved between the passes) and sums the parameter gradients per
+// worker.
+
+// hiif_attention_stats' backward: x's gradient (n, C), the k and v rows' weight and bias
+// gradients in the [k of every head | v of every head] layout (2C, C) and (2C,), and the
+// four head-norm parameters' (d,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
+                     const at::Tensor& w_qkv, const at::Tensor& b_qkv, const at::Tensor& kln_w,
+                     const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b,
+                     int64_t heads);
+
+// hiif_attention_apply's backward: gradients of x (n, C), mat, wq, bq, w1, b1, w2, b2.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
+                     const at::Tensor& mat, const at::Tensor& wq, const at::Tensor& bq,
+                     const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                     const at::Tensor& b2);
+
+// hiif_levels' backward: x's gradient (n, C) and every level's parameter gradients.
+std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
+    const at::Tensor& grad_out, const at::Tensor& x2, const at::Tensor& coord,
+    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres);
 
 }  // namespace hiif
 }  // namespace ik
