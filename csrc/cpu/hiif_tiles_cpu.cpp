@@ -9,10 +9,19 @@ namespace ik {
 namespace hiif {
 
 std::vector<Tile> split_tiles(int64_t batch, int64_t per_image) {
+  // Equal tiles of at most kTileRows rows; a small call gets a multiple of the thread
+  // count, so the workers' runs of tiles hold the same number of rows.
+  int64_t count = (per_image + kTileRows - 1) / kTileRows;
+  const int64_t threads = at::get_num_threads();
+  if (batch * count < 4 * threads) {
+    const int64_t total = (batch * count + threads - 1) / threads * threads;
+    count = std::min(per_image, (total + batch - 1) / batch);
+  }
+  const int64_t rows = (per_image + count - 1) / std::max<int64_t>(count, 1);
   std::vector<Tile> tiles;
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t s = 0; s < per_image; s += kTileRows) {
-      tiles.push_back({b, b * per_image + s, b * per_image + std::min(per_image, s + kTileRows)});
+    for (int64_t s = 0; s < per_image; s += rows) {
+      tiles.push_back({b, b * per_image + s, b * per_image + std::min(per_image, s + rows)});
     }
   }
   return tiles;

@@ -46,7 +46,8 @@ struct Tile {
 // weights (256 KB) fit a core's L2 together.
 constexpr int64_t kTileRows = 128;
 
-// The tiles of `batch` blocks of `per_image` rows, none straddling two images.
+// The tiles of `batch` blocks of `per_image` rows (at most kTileRows each), none
+// straddling two images.
 std::vector<Tile> split_tiles(int64_t batch, int64_t per_image);
 
 // Workers (accumulator slots) for `tiles` tiles: one per thread, at most one per tile.
