@@ -609,12 +609,12 @@ at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorL
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
-std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hiif_levels_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
-    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b, at::TensorList fc2_w,
-    at::TensorList fc2_b, int64_t h, int64_t w, bool public_centres) {
-  const Levels l =
-      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+using LevelGrads = std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>;
+
+// hiif_levels' backward; `saved`: hiif_levels_train's activations (CPU tiles only), or
+// null to recompute them.
+LevelGrads levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const Levels& l,
+                           const Tensors* saved) {
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);
   check_grad_out(grad_out, x, {x.size(0), x.size(1), out_dim}, kLevels);
@@ -632,8 +632,8 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
   }
   at::Tensor go = grad_out.reshape({-1, out_dim}).to(x.scalar_type());
   if (runs_cpu_tiles(x)) {
-    const auto g =
-        levels_backward_tiles(go, l.x2, l.coord, level_params(l), l.h, l.w, l.public_centres);
+    const auto g = levels_backward_tiles(go, l.x2, l.coord, level_params(l), l.h, l.w,
+                                         l.public_centres, saved);
     for (size_t i = 0; i < n; ++i) {
       const LevelParams& p = g.second[i];
       g_norm_w[i] = p.norm_w;
@@ -665,6 +665,56 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
   return {go.contiguous().view(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
 }
 
+LevelGrads hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                const at::Tensor& coord, at::TensorList norm_w,
+                                at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b,
+                                at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w,
+                                bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  return levels_backward(grad_out, x, l, nullptr);
+}
+
+// hiif_levels_train: hiif_levels and the activations its backward would recompute
+// (levels_saved_buffers: every level's input but the first, every level's fc1 output), for
+// the cpu backend with gradients.  CPU tiles only.
+std::tuple<at::Tensor, Tensors> hiif_levels_train(const at::Tensor& x, const at::Tensor& coord,
+                                                  at::TensorList norm_w, at::TensorList norm_b,
+                                                  at::TensorList fc1_w, at::TensorList fc1_b,
+                                                  at::TensorList fc2_w, at::TensorList fc2_b,
+                                                  int64_t h, int64_t w, bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  TORCH_CHECK(runs_cpu_tiles(x), kLevels, "_train: CPU tensors only");
+  const std::vector<LevelParams> params = level_params(l);
+  Tensors saved = levels_saved_buffers(l.x2, params);
+  const int64_t out_dim = l.fc2_w.back().size(0);
+  if (l.x2.size(0) == 0) return {at::empty({x.size(0), x.size(1), out_dim}, x.options()), saved};
+  at::Tensor out = levels_tiles(l.x2, l.coord, params, l.h, l.w, l.public_centres, &saved);
+  return {out.view({x.size(0), x.size(1), out_dim}), saved};
+}
+
+LevelGrads hiif_levels_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                      const at::Tensor& x, const at::Tensor& coord,
+                                      at::TensorList norm_w, at::TensorList norm_b,
+                                      at::TensorList fc1_w, at::TensorList fc1_b,
+                                      at::TensorList fc2_w, at::TensorList fc2_b, int64_t h,
+                                      int64_t w, bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  TORCH_CHECK(runs_cpu_tiles(x), kLevels, "_backward_saved: CPU tensors only");
+  const Tensors like = levels_saved_buffers(l.x2.narrow(0, 0, 0), level_params(l));
+  TORCH_CHECK(saved.size() == like.size(), kLevels, "_backward_saved: saved must hold ",
+              like.size(), " tensors (hiif_levels_train's), got ", saved.size());
+  Tensors checked;
+  for (size_t i = 0; i < saved.size(); ++i) {
+    check_same(saved[i], x, kLevels, "saved");
+    check_shape(saved[i], {l.x2.size(0), like[i].size(1)}, kLevels, "saved");
+    checked.push_back(saved[i].contiguous());
+  }
+  return levels_backward(grad_out, x, l, &checked);
+}
+
 // The same kernels serve both dispatch keys (device-specific steps are chosen inside).
 void register_hiif_kernels(torch::Library& m) {
   m.impl("hiif_codes", &hiif_codes);
@@ -680,7 +730,11 @@ void register_hiif_kernels(torch::Library& m) {
 
 }  // namespace
 
-IK_LIBRARY_IMPL(CPU, m) { register_hiif_kernels(m); }
+IK_LIBRARY_IMPL(CPU, m) {
+  register_hiif_kernels(m);
+  m.impl("hiif_levels_train", &hiif_levels_train);
+  m.impl("hiif_levels_backward_saved", &hiif_levels_backward_saved);
+}
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) { register_hiif_kernels(m); }

@@ -220,7 +220,8 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
 
 std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
     const at::Tensor& grad_out, const at::Tensor& x2, const at::Tensor& coord,
-    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres) {
+    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres,
+    const std::vector<at::Tensor>* saved) {
   const int64_t n = x2.size(0);
   const size_t count = levels.size();
   std::vector<FoldedFc1> fc1;
@@ -245,7 +246,8 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
       at::Tensor* acc = slots.data() + k * like.size();
       auto buffer = [&]() { return at::empty({kTileRows * widest}, x2.options()); };
       // Per level: the normalised input y, rstd, fc1's output h1 and fc2's output (the
-      // next level's input; the last level's is not needed).
+      // next level's input; the last level's is not needed).  h1 and fc2's outputs are
+      // read from `saved` when given; y is recomputed from the level's input either way.
       std::vector<at::Tensor> y_buf, h_buf, out_buf;
       for (size_t i = 0; i < count; ++i) {
         y_buf.push_back(buffer());
@@ -261,7 +263,8 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
         for (size_t i = 0; i < count; ++i) {
           const int64_t c = xs[i].size(1), hidden = levels[i].fc1_w.size(0);
           ys.push_back(rows_of(y_buf[i], rows, c + 2));
-          hs.push_back(rows_of(h_buf[i], rows, hidden));
+          hs.push_back(saved == nullptr ? rows_of(h_buf[i], rows, hidden)
+                                        : (*saved)[count - 1 + i].narrow(0, t->begin, rows));
           const T* xp = xs[i].data_ptr<T>();
           T* yp = ys[i].data_ptr<T>();
           T* rp = rstd_buf[i].data_ptr<T>();
@@ -271,8 +274,12 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
                                            static_cast<int64_t>(i + 1), public_centres,
                                            yp + p * (c + 2));
           }
-          at::addmm_out(hs[i], fc1[i].bias, ys[i], fc1[i].weight_t);
+          if (saved == nullptr) at::addmm_out(hs[i], fc1[i].bias, ys[i], fc1[i].weight_t);
           if (i + 1 == count) break;
+          if (saved != nullptr) {
+            xs.push_back((*saved)[i].narrow(0, t->begin, rows));
+            continue;
+          }
           at::Tensor act = rows_of(act_buf, rows, hidden);
           at::gelu_out(act, hs[i]);
           xs.push_back(rows_of(out_buf[i], rows, levels[i].fc2_w.size(0)));

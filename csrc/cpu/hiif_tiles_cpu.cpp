@@ -164,8 +164,9 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
 
 at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                         const std::vector<LevelParams>& levels, int64_t h, int64_t w,
-                        bool public_centres) {
+                        bool public_centres, const std::vector<at::Tensor>* saved) {
   const int64_t n = x2.size(0);
+  const size_t count = levels.size();
   std::vector<FoldedFc1> fc1;
   std::vector<at::Tensor> fc2_wt;
   int64_t widest = 0;
@@ -188,9 +189,12 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
           for (const Tile* t = first; t != last; ++t) {
             const int64_t rows = t->end - t->begin;
             at::Tensor x = x2.narrow(0, t->begin, rows);
-            for (size_t i = 0; i < levels.size(); ++i) {
+            for (size_t i = 0; i < count; ++i) {
               const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
-              at::Tensor y = rows_of(y_buffer, rows, c + 2), hid = rows_of(h_buffer, rows, hidden);
+              at::Tensor y = rows_of(y_buffer, rows, c + 2), act = rows_of(h_buffer, rows, hidden);
+              // fc1's output: in the tile buffer, GELU in place; or saved, GELU beside it.
+              at::Tensor hid =
+                  saved == nullptr ? act : (*saved)[count - 1 + i].narrow(0, t->begin, rows);
               const scalar_t* xp = x.data_ptr<scalar_t>();
               scalar_t* yp = y.data_ptr<scalar_t>();
               for (int64_t p = 0; p < rows; ++p) {
@@ -200,17 +204,30 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                                               yp + p * (c + 2));
               }
               at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
-              at::gelu_(hid);
-              at::Tensor next = i + 1 == levels.size()
-                                    ? out.narrow(0, t->begin, rows)
-                                    : rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1));
-              at::addmm_out(next, levels[i].fc2_b, hid, fc2_wt[i]);
+              at::gelu_out(act, hid);
+              at::Tensor next = i + 1 == count ? out.narrow(0, t->begin, rows)
+                                : saved == nullptr
+                                    ? rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1))
+                                    : (*saved)[i].narrow(0, t->begin, rows);
+              at::addmm_out(next, levels[i].fc2_b, act, fc2_wt[i]);
               x = next;
             }
           }
         });
   });
   return out;
+}
+
+std::vector<at::Tensor> levels_saved_buffers(const at::Tensor& x2,
+                                             const std::vector<LevelParams>& levels) {
+  std::vector<at::Tensor> saved;
+  for (size_t i = 0; i + 1 < levels.size(); ++i) {
+    saved.push_back(at::empty({x2.size(0), levels[i].fc2_w.size(0)}, x2.options()));
+  }
+  for (const LevelParams& l : levels) {
+    saved.push_back(at::empty({x2.size(0), l.fc1_w.size(0)}, x2.options()));
+  }
+  return saved;
 }
 
 }  // namespace hiif

@@ -116,10 +116,17 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
                        const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& w1,
                        const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2);
 
-// hiif_levels: levels 1..L-1 on x2 (n, C) -> (n, out).
+// hiif_levels: levels 1..L-1 on x2 (n, C) -> (n, out).  With `saved`
+// (levels_saved_buffers), also keeps what levels_backward_tiles would otherwise recompute.
 at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                         const std::vector<LevelParams>& levels, int64_t h, int64_t w,
-                        bool public_centres);
+                        bool public_centres, const std::vector<at::Tensor>* saved = nullptr);
+
+// The forward's saved activations for the backward, per query row: the input of every level
+// but the first (n, C_l), then every level's fc1 output before GELU (n, hidden_l): about
+// 9 KB per query at the paper's widths.
+std::vector<at::Tensor> levels_saved_buffers(const at::Tensor& x2,
+                                             const std::vector<LevelParams>& levels);
 
 // ---- Backwards (hiif_tiles_backward_cpu.cpp).  Each recomputes its operator's forward
 // per tile (nothing is saved between the passes) and sums the parameter gradients per
@@ -142,10 +149,12 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
                      const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                      const at::Tensor& b2);
 
-// hiif_levels' backward: x's gradient (n, C) and every level's parameter gradients.
+// hiif_levels' backward: x's gradient (n, C) and every level's parameter gradients; the
+// forward recomputed per tile, or read from `saved` (levels_tiles).
 std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
     const at::Tensor& grad_out, const at::Tensor& x2, const at::Tensor& coord,
-    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres);
+    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres,
+    const std::vector<at::Tensor>* saved = nullptr);
 
 }  // namespace hiif
 }  // namespace ik
