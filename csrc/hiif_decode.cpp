@@ -13,11 +13,15 @@
 //                         in the kernel), fc1, GELU, fc2                       -> (B, m, 3)
 //   hiif_codes            every level's bits (tests: bit-exact with the reference)
 //
-// Dense layers, GELU (exact erf) and the attention's products run through ATen; the
-// element-wise steps (ik/hiif_decode.h) through a table of CPU or CUDA functions.  Each
-// backward recomputes its operator's forward (nothing is saved but the inputs) and
-// returns gradients for every floating input but coord and cell (positions are not
-// differentiated: the reference's local coordinate and bits are piecewise constant).
+// CPU tensors take the tiled path, level 0's backward excepted (csrc/cpu/hiif_tiles_cpu.h: a tile
+// of query rows through every layer of an operator while it is in cache).  CUDA tensors (and the
+// emulated build) run the dense layers, GELU (exact erf) and the attention's products
+// through ATen over the whole chunk, the element-wise steps (ik/hiif_decode.h) through a
+// table of CUDA functions.  Each backward recomputes its operator's forward (nothing is
+// saved but the inputs) and returns gradients for every floating input but coord and cell
+// (positions are not differentiated: the reference's local coordinate and bits are
+// piecewise constant); except hiif_levels_train (CPU), which keeps the levels'
+// activations for hiif_levels_backward_saved when gradients are wanted.
 #include <ATen/ATen.h>
 
 #include <string>

@@ -38,6 +38,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
   const at::Tensor w_kv_t = w_kv.t();
   const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
+  const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t workers = worker_count(tiles.size());
@@ -65,43 +66,48 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
         at::addmm_out(kv, b_kv, x, w_kv_t);
         const T* g_image = gs.data_ptr<T>() + t->image * heads * d * d;
+        const T* gt_image = gs_t.data_ptr<T>() + t->image * heads * d * d;
         T* row = kv.data_ptr<T>();
         T* grow = gkv.data_ptr<T>();
-        for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
-          for (int64_t hd = 0; hd < heads; ++hd) {
-            // The normalised key and value stay in kv; k̂, v̂ are their affine images.
-            T* kn = row + hd * d;
-            T* vn = row + c + hd * d;
-            const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
-            for (int64_t e = 0; e < d; ++e) {
-              key[e] = kn[e] * kw[e] + kb[e];
-              value[e] = vn[e] * vw[e] + vb[e];
-            }
-            // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a.
-            const T* g = g_image + hd * d * d;
-            T* gk = grow + hd * d;
-            T* gv = grow + c + hd * d;
-            for (int64_t e = 0; e < d; ++e) gv[e] = 0;
-            for (int64_t a = 0; a < d; ++a) {
-              T s = 0;
+        // d as a constant where it is 16 (with_head_dim).
+        with_head_dim(d, [&](auto d) {
+          for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
+            for (int64_t hd = 0; hd < heads; ++hd) {
+              // The normalised key and value stay in kv; k̂, v̂ are their affine images.
+              T* kn = row + hd * d;
+              T* vn = row + c + hd * d;
+              const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
               for (int64_t e = 0; e < d; ++e) {
-                s += g[a * d + e] * value[e];
-                gv[e] += g[a * d + e] * key[a];
+                key[e] = kn[e] * kw[e] + kb[e];
+                value[e] = vn[e] * vw[e] + vb[e];
               }
-              gk[a] = s;
+              // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a.
+              const T* g = g_image + hd * d * d;
+              T* gk = grow + hd * d;
+              T* gv = grow + c + hd * d;
+              // Both as sums of rows of G (Gᵀ for dk̂): contiguous inner loops without a
+              // running sum.
+              const T* gt = gt_image + hd * d * d;
+              for (int64_t e = 0; e < d; ++e) gk[e] = gv[e] = 0;
+              for (int64_t a = 0; a < d; ++a) {
+                for (int64_t e = 0; e < d; ++e) {
+                  gk[e] += gt[a * d + e] * value[a];
+                  gv[e] += g[a * d + e] * key[a];
+                }
+              }
+              for (int64_t e = 0; e < d; ++e) {
+                g_kw[e] += gk[e] * kn[e];
+                g_kb[e] += gk[e];
+                g_vw[e] += gv[e] * vn[e];
+                g_vb[e] += gv[e];
+                gk[e] *= kw[e];
+                gv[e] *= vw[e];
+              }
+              normalise_row_backward(gk, kn, k_rstd, d);
+              normalise_row_backward(gv, vn, v_rstd, d);
             }
-            for (int64_t e = 0; e < d; ++e) {
-              g_kw[e] += gk[e] * kn[e];
-              g_kb[e] += gk[e];
-              g_vw[e] += gv[e] * vn[e];
-              g_vb[e] += gv[e];
-              gk[e] *= kw[e];
-              gv[e] *= vw[e];
-            }
-            normalise_row_backward(gk, kn, k_rstd, d);
-            normalise_row_backward(gv, vn, v_rstd, d);
           }
-        }
+        });
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
         at::mm_out(gx, gkv, w_kv);
         acc[0].addmm_(gkv.t(), x);
@@ -128,6 +134,7 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
   const int64_t hidden = w1.size(0);
   const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
+  const at::Tensor m_t = m.transpose(2, 3).contiguous();
   const at::Tensor wq_t = wq.t(), w1_t = w1.t(), w2_t = w2.t();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
@@ -150,22 +157,26 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         at::Tensor h1 = rows_of(h_buf, rows, hidden), act = rows_of(a_buf, rows, hidden);
         at::Tensor gact = rows_of(g_buf, rows, hidden);
         const T* mp = m.data_ptr<T>() + t->image * heads * d * d;
+        const T* mtp = m_t.data_ptr<T>() + t->image * heads * d * d;
         // Forward: r = x + q·M (per head), h1 = proj1(r), act = GELU(h1).
         at::addmm_out(q, bq, x, wq_t);
         {
           const T* xp = x.data_ptr<T>();
           const T* qp = q.data_ptr<T>();
           T* rp = r.data_ptr<T>();
-          for (int64_t p = 0; p < rows * c; p += c) {
-            for (int64_t hd = 0; hd < heads; ++hd) {
-              const T* mh = mp + hd * d * d;
-              const int64_t o = p + hd * d;
-              for (int64_t e = 0; e < d; ++e) rp[o + e] = xp[o + e];
-              for (int64_t a = 0; a < d; ++a) {
-                for (int64_t e = 0; e < d; ++e) rp[o + e] += qp[o + a] * mh[a * d + e];
+          // d as a constant where it is 16 (with_head_dim).
+          with_head_dim(d, [&](auto d) {
+            for (int64_t p = 0; p < rows * c; p += c) {
+              for (int64_t hd = 0; hd < heads; ++hd) {
+                const T* mh = mp + hd * d * d;
+                const int64_t o = p + hd * d;
+                for (int64_t e = 0; e < d; ++e) rp[o + e] = xp[o + e];
+                for (int64_t a = 0; a < d; ++a) {
+                  for (int64_t e = 0; e < d; ++e) rp[o + e] += qp[o + a] * mh[a * d + e];
+                }
               }
             }
-          }
+          });
         }
         at::addmm_out(h1, b1, r, w1_t);
         at::gelu_out(act, h1);
@@ -183,21 +194,24 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
           const T* grp = gr.data_ptr<T>();
           T* gqp = gq.data_ptr<T>();
           T* gm = acc[0].data_ptr<T>() + t->image * heads * d * d;
-          for (int64_t p = 0; p < rows * c; p += c) {
-            for (int64_t hd = 0; hd < heads; ++hd) {
-              const T* mh = mp + hd * d * d;
-              T* gmh = gm + hd * d * d;
-              const int64_t o = p + hd * d;
-              for (int64_t a = 0; a < d; ++a) {
-                T s = 0;
+          // d as a constant where it is 16 (with_head_dim).
+          with_head_dim(d, [&](auto d) {
+            for (int64_t p = 0; p < rows * c; p += c) {
+              for (int64_t hd = 0; hd < heads; ++hd) {
+                T* gmh = gm + hd * d * d;
+                const int64_t o = p + hd * d;
+                // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
+                const T* mth = mtp + hd * d * d;
+                for (int64_t a = 0; a < d; ++a) gqp[o + a] = 0;
                 for (int64_t e = 0; e < d; ++e) {
-                  gmh[a * d + e] += qp[o + a] * grp[o + e];
-                  s += grp[o + e] * mh[a * d + e];
+                  for (int64_t a = 0; a < d; ++a) {
+                    gmh[e * d + a] += qp[o + e] * grp[o + a];
+                    gqp[o + a] += mth[e * d + a] * grp[o + e];
+                  }
                 }
-                gqp[o + a] = s;
               }
             }
-          }
+          });
         }
         acc[1].addmm_(gq.t(), x);
         acc[2].add_(gq.sum(0));

@@ -106,22 +106,25 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
         at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
         scalar_t* s = sums[k][t->image].data_ptr<scalar_t>();
         scalar_t* row = kv.data_ptr<scalar_t>();
-        for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
-          for (int64_t hd = 0; hd < heads; ++hd) {
-            scalar_t* key = row + hd * d;
-            scalar_t* value = row + c + hd * d;
-            normalise_row(key, d);
-            normalise_row(value, d);
-            for (int64_t e = 0; e < d; ++e) {
-              key[e] = key[e] * kw[e] + kb[e];
-              value[e] = value[e] * vw[e] + vb[e];
-            }
-            scalar_t* sh = s + hd * d * d;
-            for (int64_t a = 0; a < d; ++a) {
-              for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
+        // d as a constant where it is 16 (with_head_dim).
+        with_head_dim(d, [&](auto d) {
+          for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
+            for (int64_t hd = 0; hd < heads; ++hd) {
+              scalar_t* key = row + hd * d;
+              scalar_t* value = row + c + hd * d;
+              normalise_row(key, d);
+              normalise_row(value, d);
+              for (int64_t e = 0; e < d; ++e) {
+                key[e] = key[e] * kw[e] + kb[e];
+                value[e] = value[e] * vw[e] + vb[e];
+              }
+              scalar_t* sh = s + hd * d * d;
+              for (int64_t a = 0; a < d; ++a) {
+                for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
+              }
             }
           }
-        }
+        });
       }
     });
   });

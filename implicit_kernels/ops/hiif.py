@@ -13,7 +13,9 @@ Per chunk of queries, the operators do the work:
 * ``hiif_attention_stats``: per image and head, ``Σ k̂ᵀv̂`` over the chunk (the attention's
   global reduction, as its own pass);
 * ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
-* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel.
+* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel; on the CPU with
+  gradients ``hiif_levels_train``, which keeps the activations its backward would
+  otherwise recompute (:func:`_keeps_activations`).
 
 A call that fits one chunk runs one pass (each block uses the chunk's own sums);
 otherwise pass ``k`` recomputes every chunk through the blocks before ``k`` and
