@@ -13,7 +13,7 @@ std::vector<Tile> split_tiles(int64_t batch, int64_t per_image) {
   // count, so the workers' runs of tiles hold the same number of rows.
   int64_t count = (per_image + kTileRows - 1) / kTileRows;
   const int64_t threads = at::get_num_threads();
-  if (batch * count < 4 * threads) {
+  if (batch * count < 16 * threads) {
     const int64_t total = (batch * count + threads - 1) / threads * threads;
     count = std::min(per_image, (total + batch - 1) / batch);
   }
@@ -66,19 +66,18 @@ at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
   const std::vector<Tile> tiles = split_tiles(1, n);
   const at::Tensor fc2_wt = fc2_w.t();
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
-    run_workers(
-        tiles, worker_count(tiles.size()), [&](int64_t, const Tile* first, const Tile* last) {
-          const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
-          for (const Tile* t = first; t != last; ++t) {
-            const int64_t rows = t->end - t->begin;
-            at::Tensor pre = rows_of(buffer, rows, hidden);
-            level0_pre_rows<scalar_t>(maps, row_sums, w_extra, bias, coord, cell, q, channels,
-                                      public_centres, t->begin, t->end, pre.data_ptr<scalar_t>());
-            at::gelu_(pre);
-            at::Tensor dst = out.narrow(0, t->begin, rows);
-            at::addmm_out(dst, fc2_b, pre, fc2_wt);
-          }
-        });
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+      const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        at::Tensor pre = rows_of(buffer, rows, hidden);
+        level0_pre_rows<scalar_t>(maps, row_sums, w_extra, bias, coord, cell, q, channels,
+                                  public_centres, t->begin, t->end, pre.data_ptr<scalar_t>());
+        at::gelu_(pre);
+        at::Tensor dst = out.narrow(0, t->begin, rows);
+        at::addmm_out(dst, fc2_b, pre, fc2_wt);
+      }
+    });
   });
   return out;
 }
@@ -98,9 +97,9 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
     const scalar_t* kb = kln_b.data_ptr<scalar_t>();
     const scalar_t* vw = vln_w.data_ptr<scalar_t>();
     const scalar_t* vb = vln_b.data_ptr<scalar_t>();
-    run_workers(tiles, workers, [&](int64_t k, const Tile* first, const Tile* last) {
+    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
       const at::Tensor buffer = at::empty({kTileRows * 2 * c}, x2.options());
-      for (const Tile* t = first; t != last; ++t) {
+      while (const Tile* t = queue.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
         at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
@@ -147,10 +146,10 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
   const at::Tensor w1t = w1.t(), w2t = w2.t();
   at::Tensor out = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
-  run_workers(tiles, worker_count(tiles.size()), [&](int64_t, const Tile* first, const Tile* last) {
+  run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
     const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
     const at::Tensor h_buffer = at::empty({kTileRows * hidden}, x2.options());
-    for (const Tile* t = first; t != last; ++t) {
+    while (const Tile* t = queue.next()) {
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
       at::Tensor r = rows_of(r_buffer, rows, c), hid = rows_of(h_buffer, rows, hidden);
@@ -183,40 +182,38 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   const std::vector<Tile> tiles = split_tiles(1, n);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_tiles", [&] {
     const scalar_t* cp = coord.data_ptr<scalar_t>();
-    run_workers(
-        tiles, worker_count(tiles.size()), [&](int64_t, const Tile* first, const Tile* last) {
-          const at::Tensor y_buffer = at::empty({kTileRows * widest}, x2.options());
-          const at::Tensor h_buffer = at::empty({kTileRows * widest}, x2.options());
-          at::Tensor x_buffers[2] = {at::empty({kTileRows * widest}, x2.options()),
-                                     at::empty({kTileRows * widest}, x2.options())};
-          for (const Tile* t = first; t != last; ++t) {
-            const int64_t rows = t->end - t->begin;
-            at::Tensor x = x2.narrow(0, t->begin, rows);
-            for (size_t i = 0; i < count; ++i) {
-              const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
-              at::Tensor y = rows_of(y_buffer, rows, c + 2), act = rows_of(h_buffer, rows, hidden);
-              // fc1's output: in the tile buffer, GELU in place; or saved, GELU beside it.
-              at::Tensor hid =
-                  saved == nullptr ? act : (*saved)[count - 1 + i].narrow(0, t->begin, rows);
-              const scalar_t* xp = x.data_ptr<scalar_t>();
-              scalar_t* yp = y.data_ptr<scalar_t>();
-              for (int64_t p = 0; p < rows; ++p) {
-                const int64_t g = t->begin + p;
-                normalise_level_row<scalar_t>(xp + p * c, c, cp[2 * g], cp[2 * g + 1], h, w,
-                                              static_cast<int64_t>(i + 1), public_centres,
-                                              yp + p * (c + 2));
-              }
-              at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
-              at::gelu_out(act, hid);
-              at::Tensor next = i + 1 == count ? out.narrow(0, t->begin, rows)
-                                : saved == nullptr
-                                    ? rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1))
-                                    : (*saved)[i].narrow(0, t->begin, rows);
-              at::addmm_out(next, levels[i].fc2_b, act, fc2_wt[i]);
-              x = next;
-            }
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+      const at::Tensor y_buffer = at::empty({kTileRows * widest}, x2.options());
+      const at::Tensor h_buffer = at::empty({kTileRows * widest}, x2.options());
+      at::Tensor x_buffers[2] = {at::empty({kTileRows * widest}, x2.options()),
+                                 at::empty({kTileRows * widest}, x2.options())};
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        at::Tensor x = x2.narrow(0, t->begin, rows);
+        for (size_t i = 0; i < count; ++i) {
+          const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
+          at::Tensor y = rows_of(y_buffer, rows, c + 2), act = rows_of(h_buffer, rows, hidden);
+          // fc1's output: in the tile buffer, GELU in place; or saved, GELU beside it.
+          at::Tensor hid =
+              saved == nullptr ? act : (*saved)[count - 1 + i].narrow(0, t->begin, rows);
+          const scalar_t* xp = x.data_ptr<scalar_t>();
+          scalar_t* yp = y.data_ptr<scalar_t>();
+          for (int64_t p = 0; p < rows; ++p) {
+            const int64_t g = t->begin + p;
+            normalise_level_row<scalar_t>(xp + p * c, c, cp[2 * g], cp[2 * g + 1], h, w,
+                                          static_cast<int64_t>(i + 1), public_centres,
+                                          yp + p * (c + 2));
           }
-        });
+          at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
+          at::gelu_out(act, hid);
+          at::Tensor next = i + 1 == count     ? out.narrow(0, t->begin, rows)
+                            : saved == nullptr ? rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1))
+                                               : (*saved)[i].narrow(0, t->begin, rows);
+          at::addmm_out(next, levels[i].fc2_b, act, fc2_wt[i]);
+          x = next;
+        }
+      }
+    });
   });
   return out;
 }

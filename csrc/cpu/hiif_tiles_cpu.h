@@ -3,13 +3,12 @@
 //
 // Why tiles: on a CPU the whole-chunk path runs each dense layer and each element-wise
 // step as its own sweep over (chunk x 256) activations, far larger than the caches.  Here
-// a chunk's rows are cut into tiles of a few hundred rows; each worker thread takes a run
-// of tiles and pushes one tile through every layer of the operator while its activations
-// stay in L2: single-threaded GEMMs (ATen inside a parallel region, so MKL runs on the
-// calling thread) into the worker's own buffers, with bias, GELU and the normalisations
-// applied on the tile in place.  Per-worker sums (attention statistics, parameter
-// gradients) are added once at the end, in worker order, so results do not depend on
-// scheduling.
+// a chunk's rows are cut into tiles of about a hundred rows; each worker thread takes tiles
+// from a shared queue and pushes one tile through every layer of the operator while its
+// activations stay in L2: single-threaded GEMMs (ATen inside a parallel region, so MKL
+// runs on the calling thread) into the worker's own buffers, with bias, GELU and the
+// normalisations applied on the tile in place.  Per-worker sums (attention statistics,
+// parameter gradients) are added once at the end.
 //
 // Shapes: x2 (n, C) are the chunk's rows, n = batch * m (m rows per image, image-major);
 // coord (n, 2); weights as the operators take them, contiguous.
@@ -19,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <tuple>
 #include <vector>
 
@@ -55,19 +55,34 @@ inline int64_t worker_count(size_t tiles) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
 }
 
-// Runs work(worker, first, last) on `workers` threads, worker k taking the k-th contiguous
-// run [first, last) of the tiles.
+// The tiles not yet taken: workers take the next one when they finish one, so a worker
+// whose core is busy with another process holds up only its current tile.
+class TileQueue {
+ public:
+  explicit TileQueue(const std::vector<Tile>& tiles) : tiles_(tiles) {}
+  // The next tile, or null when none is left.
+  const Tile* next() {
+    const size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    return i < tiles_.size() ? &tiles_[i] : nullptr;
+  }
+
+ private:
+  const std::vector<Tile>& tiles_;
+  std::atomic<size_t> next_{0};
+};
+
+// Runs work(worker, queue) on `workers` threads, each taking tiles from the shared queue
+// (the parameter-gradient and attention sums per worker therefore follow the scheduling:
+// they may differ between runs in the last bits).
 template <typename F>
 void run_workers(const std::vector<Tile>& tiles, int64_t workers, const F& work) {
-  const int64_t n = static_cast<int64_t>(tiles.size());
+  TileQueue queue(tiles);
   at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
     // Worker threads do not inherit the operator's dispatch state: keep their ATen calls
     // below autograd (the parameters may require grad; the operator is differentiated by
     // its backward, not by tracing these calls).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t k = lo; k < hi; ++k) {
-      work(k, tiles.data() + n * k / workers, tiles.data() + n * (k + 1) / workers);
-    }
+    for (int64_t k = lo; k < hi; ++k) work(k, queue);
   });
 }
 
