@@ -13,17 +13,22 @@
 //                         in the kernel), fc1, GELU, fc2                       -> (B, m, 3)
 //   hiif_codes            every level's bits (tests: bit-exact with the reference)
 //
-// Dense layers, GELU (exact erf) and the attention's products run through ATen; the
-// element-wise steps (ik/hiif_decode.h) through a table of CPU or CUDA functions.  Each
-// backward recomputes its operator's forward (nothing is saved but the inputs) and
-// returns gradients for every floating input but coord and cell (positions are not
-// differentiated: the reference's local coordinate and bits are piecewise constant).
+// CPU tensors take the tiled path, level 0's backward excepted (csrc/cpu/hiif_tiles_cpu.h: a tile
+// of query rows through every layer of an operator while it is in cache).  CUDA tensors (and the
+// emulated build) run the dense layers, GELU (exact erf) and the attention's products
+// through ATen over the whole chunk, the element-wise steps (ik/hiif_decode.h) through a
+// table of CUDA functions.  Each backward recomputes its operator's forward (nothing is
+// saved but the inputs) and returns gradients for every floating input but coord and cell
+// (positions are not differentiated: the reference's local coordinate and bits are
+// piecewise constant); except hiif_levels_train (CPU), which keeps the levels'
+// activations for hiif_levels_backward_saved when gradients are wanted.
 #include <ATen/ATen.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "cpu/hiif_tiles_cpu.h"
 #include "hiif_kernels.h"
 #include "library.h"
 
@@ -194,6 +199,11 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
                                public_centres);
   const int64_t out_dim = l.fc2_w.size(0);
   if (l.coord.size(0) == 0) return at::empty({l.batch, l.queries, out_dim}, maps.options());
+  if (runs_cpu_tiles(maps)) {
+    return level0_tiles(l.maps, l.row_sums, l.w_extra, l.bias, l.fc2_w, l.fc2_b, l.coord, l.cell,
+                        l.queries, l.channels, l.public_centres)
+        .view({l.batch, l.queries, out_dim});
+  }
   const Level0Trace tr = level0_forward(l);
   return at::addmm(l.fc2_b, at::gelu(tr.pre), l.fc2_w.t()).view({l.batch, l.queries, out_dim});
 }
@@ -331,6 +341,10 @@ at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
                                 const at::Tensor& vln_b, int64_t heads) {
   const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
   if (s.x2.size(0) == 0) return at::zeros({x.size(0), heads, s.d, s.d}, x.options());
+  if (runs_cpu_tiles(x)) {
+    return stats_tiles(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
+                       vln_w.contiguous(), vln_b.contiguous(), heads);
+  }
   const KeyValues kv =
       key_values(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
@@ -350,8 +364,25 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
             at::zeros_like(kln_w), at::zeros_like(kln_b), at::zeros_like(vln_w),
             at::zeros_like(vln_b)};
   }
-  const KeyValues kv = key_values(x2, b, s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   const at::Tensor gs = grad_out.to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g =
+        stats_backward_tiles(gs, x2, b, s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
+                             vln_w.contiguous(), vln_b.contiguous(), heads);
+    // The k and v rows' gradients back into the head-interleaved layout; q's rows are 0.
+    const at::Tensor grad_qkv_w = at::zeros({heads, 3, d * c}, x.options());
+    grad_qkv_w.narrow(1, 1, 2).copy_(std::get<1>(g).view({2, heads, d * c}).transpose(0, 1));
+    const at::Tensor grad_qkv_b = at::zeros({heads, 3, d}, x.options());
+    grad_qkv_b.narrow(1, 1, 2).copy_(std::get<2>(g).view({2, heads, d}).transpose(0, 1));
+    return {std::get<0>(g).view(x.sizes()),
+            grad_qkv_w.view(qkv_w.sizes()),
+            grad_qkv_b.view(qkv_b.sizes()),
+            std::get<3>(g),
+            std::get<4>(g),
+            std::get<5>(g),
+            std::get<6>(g)};
+  }
+  const KeyValues kv = key_values(x2, b, s.w_qkv, s.b_qkv, kln_w, kln_b, vln_w, vln_b, heads);
   // S_de = Σ_m k̂_md v̂_me.
   const at::Tensor grad_k_hat = at::einsum("bmhe,bhde->bmhd", {kv.v_hat, gs});
   const at::Tensor grad_v_hat = at::einsum("bmhd,bhde->bmhe", {kv.k_hat, gs});
@@ -419,6 +450,9 @@ at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat, cons
                                 const at::Tensor& proj2_b) {
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
   if (a.x2.size(0) == 0) return at::empty(x.sizes(), x.options());
+  if (runs_cpu_tiles(x)) {
+    return apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2).view(x.sizes());
+  }
   const ApplyTrace tr = apply_forward(a, x.size(0));
   return at::addmm(a.b2, at::gelu(tr.h1), a.w2.t()).add_(a.x2).view(x.sizes());
 }
@@ -438,8 +472,24 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
             at::zeros_like(proj2_w), at::zeros_like(proj2_b)};
   }
   const int64_t b = x.size(0), c = x.size(2);
-  const ApplyTrace tr = apply_forward(a, b);
   const at::Tensor go = grad_out.reshape(a.x2.sizes()).to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g = apply_backward_tiles(go, a.x2, b, a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2);
+    // Only the q rows of the head-interleaved projection are used.
+    const at::Tensor grad_qkv_w = at::zeros({a.heads, 3, a.d, c}, x.options());
+    grad_qkv_w.select(1, 0).copy_(std::get<2>(g).view({a.heads, a.d, c}));
+    const at::Tensor grad_qkv_b = at::zeros({a.heads, 3, a.d}, x.options());
+    grad_qkv_b.select(1, 0).copy_(std::get<3>(g).view({a.heads, a.d}));
+    return {std::get<0>(g).view(x.sizes()),
+            std::get<1>(g),
+            grad_qkv_w.view(qkv_w.sizes()),
+            grad_qkv_b.view(qkv_b.sizes()),
+            std::get<4>(g),
+            std::get<5>(g),
+            std::get<6>(g),
+            std::get<7>(g)};
+  }
+  const ApplyTrace tr = apply_forward(a, b);
   // out = x + proj2(GELU(proj1(r))), r = x + q·M.
   const at::Tensor act = at::gelu(tr.h1);
   const at::Tensor grad_w2 = at::mm(go.t(), act), grad_b2 = go.sum(0);
@@ -519,6 +569,15 @@ Levels make_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorList 
   return l;
 }
 
+// The levels' parameters per level, for the tiled CPU path.
+std::vector<LevelParams> level_params(const Levels& l) {
+  std::vector<LevelParams> out;
+  for (size_t i = 0; i < l.norm_w.size(); ++i) {
+    out.push_back({l.norm_w[i], l.norm_b[i], l.fc1_w[i], l.fc1_b[i], l.fc2_w[i], l.fc2_b[i]});
+  }
+  return out;
+}
+
 // Per level: its input x, normalised input y, rstd and fc1's output.
 struct LevelTrace {
   at::Tensor x, y, rstd, h1;
@@ -547,15 +606,19 @@ at::Tensor hiif_levels(const at::Tensor& x, const at::Tensor& coord, at::TensorL
       make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
   const int64_t out_dim = l.fc2_w.back().size(0);
   if (l.x2.size(0) == 0) return at::empty({x.size(0), x.size(1), out_dim}, x.options());
+  if (runs_cpu_tiles(x)) {
+    return levels_tiles(l.x2, l.coord, level_params(l), l.h, l.w, l.public_centres)
+        .view({x.size(0), x.size(1), out_dim});
+  }
   return levels_forward(l, nullptr).view({x.size(0), x.size(1), out_dim});
 }
 
-std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hiif_levels_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& coord, at::TensorList norm_w,
-    at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b, at::TensorList fc2_w,
-    at::TensorList fc2_b, int64_t h, int64_t w, bool public_centres) {
-  const Levels l =
-      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+using LevelGrads = std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>;
+
+// hiif_levels' backward; `saved`: hiif_levels_train's activations (CPU tiles only), or
+// null to recompute them.
+LevelGrads levels_backward(const at::Tensor& grad_out, const at::Tensor& x, const Levels& l,
+                           const Tensors* saved) {
   const size_t n = l.norm_w.size();
   const int64_t out_dim = l.fc2_w.back().size(0);
   check_grad_out(grad_out, x, {x.size(0), x.size(1), out_dim}, kLevels);
@@ -571,9 +634,23 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
     }
     return {at::zeros_like(x), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
   }
+  at::Tensor go = grad_out.reshape({-1, out_dim}).to(x.scalar_type());
+  if (runs_cpu_tiles(x)) {
+    const auto g = levels_backward_tiles(go, l.x2, l.coord, level_params(l), l.h, l.w,
+                                         l.public_centres, saved);
+    for (size_t i = 0; i < n; ++i) {
+      const LevelParams& p = g.second[i];
+      g_norm_w[i] = p.norm_w;
+      g_norm_b[i] = p.norm_b;
+      g_fc1_w[i] = p.fc1_w;
+      g_fc1_b[i] = p.fc1_b;
+      g_fc2_w[i] = p.fc2_w;
+      g_fc2_b[i] = p.fc2_b;
+    }
+    return {g.first.view(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
+  }
   std::vector<LevelTrace> trace;
   levels_forward(l, &trace);
-  at::Tensor go = grad_out.reshape({-1, out_dim}).to(x.scalar_type());
   for (size_t i = n; i-- > 0;) {
     const LevelTrace& tr = trace[i];
     g_fc2_w[i] = at::mm(go.t(), at::gelu(tr.h1));
@@ -592,6 +669,56 @@ std::tuple<at::Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> hii
   return {go.contiguous().view(x.sizes()), g_norm_w, g_norm_b, g_fc1_w, g_fc1_b, g_fc2_w, g_fc2_b};
 }
 
+LevelGrads hiif_levels_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                const at::Tensor& coord, at::TensorList norm_w,
+                                at::TensorList norm_b, at::TensorList fc1_w, at::TensorList fc1_b,
+                                at::TensorList fc2_w, at::TensorList fc2_b, int64_t h, int64_t w,
+                                bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  return levels_backward(grad_out, x, l, nullptr);
+}
+
+// hiif_levels_train: hiif_levels and the activations its backward would recompute
+// (levels_saved_buffers: every level's input but the first, every level's fc1 output), for
+// the cpu backend with gradients.  CPU tiles only.
+std::tuple<at::Tensor, Tensors> hiif_levels_train(const at::Tensor& x, const at::Tensor& coord,
+                                                  at::TensorList norm_w, at::TensorList norm_b,
+                                                  at::TensorList fc1_w, at::TensorList fc1_b,
+                                                  at::TensorList fc2_w, at::TensorList fc2_b,
+                                                  int64_t h, int64_t w, bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  TORCH_CHECK(runs_cpu_tiles(x), kLevels, "_train: CPU tensors only");
+  const std::vector<LevelParams> params = level_params(l);
+  Tensors saved = levels_saved_buffers(l.x2, params);
+  const int64_t out_dim = l.fc2_w.back().size(0);
+  if (l.x2.size(0) == 0) return {at::empty({x.size(0), x.size(1), out_dim}, x.options()), saved};
+  at::Tensor out = levels_tiles(l.x2, l.coord, params, l.h, l.w, l.public_centres, &saved);
+  return {out.view({x.size(0), x.size(1), out_dim}), saved};
+}
+
+LevelGrads hiif_levels_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                      const at::Tensor& x, const at::Tensor& coord,
+                                      at::TensorList norm_w, at::TensorList norm_b,
+                                      at::TensorList fc1_w, at::TensorList fc1_b,
+                                      at::TensorList fc2_w, at::TensorList fc2_b, int64_t h,
+                                      int64_t w, bool public_centres) {
+  const Levels l =
+      make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
+  TORCH_CHECK(runs_cpu_tiles(x), kLevels, "_backward_saved: CPU tensors only");
+  const Tensors like = levels_saved_buffers(l.x2.narrow(0, 0, 0), level_params(l));
+  TORCH_CHECK(saved.size() == like.size(), kLevels, "_backward_saved: saved must hold ",
+              like.size(), " tensors (hiif_levels_train's), got ", saved.size());
+  Tensors checked;
+  for (size_t i = 0; i < saved.size(); ++i) {
+    check_same(saved[i], x, kLevels, "saved");
+    check_shape(saved[i], {l.x2.size(0), like[i].size(1)}, kLevels, "saved");
+    checked.push_back(saved[i].contiguous());
+  }
+  return levels_backward(grad_out, x, l, &checked);
+}
+
 // The same kernels serve both dispatch keys (device-specific steps are chosen inside).
 void register_hiif_kernels(torch::Library& m) {
   m.impl("hiif_codes", &hiif_codes);
@@ -607,7 +734,11 @@ void register_hiif_kernels(torch::Library& m) {
 
 }  // namespace
 
-IK_LIBRARY_IMPL(CPU, m) { register_hiif_kernels(m); }
+IK_LIBRARY_IMPL(CPU, m) {
+  register_hiif_kernels(m);
+  m.impl("hiif_levels_train", &hiif_levels_train);
+  m.impl("hiif_levels_backward_saved", &hiif_levels_backward_saved);
+}
 
 #if defined(IK_WITH_CUDA)
 IK_LIBRARY_IMPL(CUDA, m) { register_hiif_kernels(m); }

@@ -107,6 +107,17 @@ IK_LIBRARY(m) {
       " Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h,"
       " int w, bool public_centres)"
       " -> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+  // The cpu backend's levels with gradients: hiif_levels plus the activations its backward
+  // reads instead of recomputing (CPU only).
+  m.def(
+      "hiif_levels_train(Tensor x, Tensor coord, Tensor[] norm_w, Tensor[] norm_b,"
+      " Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h, int w,"
+      " bool public_centres) -> (Tensor, Tensor[])");
+  m.def(
+      "hiif_levels_backward_saved(Tensor grad_out, Tensor[] saved, Tensor x, Tensor coord,"
+      " Tensor[] norm_w, Tensor[] norm_b, Tensor[] fc1_w, Tensor[] fc1_b, Tensor[] fc2_w,"
+      " Tensor[] fc2_b, int h, int w, bool public_centres) -> (Tensor, Tensor[], Tensor[],"
+      " Tensor[], Tensor[], Tensor[], Tensor[])");
   // CPU probes for the benchmarks' FMA peak (csrc/cpu/machine_probe.cpp): the clock in Hz
   // from a chain of dependent adds, one thread's fp32 FMA flop/s ("avx2" or "avx512");
   // 0 where a probe cannot run on this CPU.

@@ -149,8 +149,9 @@ AUTO_ORDER = ["cuda", "cpu", "torch"]
 #: (over the batch) from which "cpu" is faster forward+backward, by decoder (absent:
 #: never); forward alone, "cpu" is at least as fast at every size.  Measured with
 #: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
-#: between measured sizes, bench/NOTES.md).
-CPU_WITH_GRAD_FROM = {"diif": 53_000, "lte": 39_000, "hiif": 28_000}
+#: between measured sizes, bench/NOTES.md; HIIF's from the interleaved runs of its
+#: tiled CPU path, "HIIF on the CPU: tiles").
+CPU_WITH_GRAD_FROM = {"diif": 53_000, "lte": 39_000, "hiif": 4_000}
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:

@@ -63,6 +63,7 @@ def _op_samples():
         "hiif_attention_stats": (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"]),
         "hiif_attention_apply": (x, mat / 10, *block["qkv"], *block["proj1"], *block["proj2"]),
         "hiif_levels": (x, coord, *lists, 3, 4, False),
+        "hiif_levels_train": (x, coord, *lists, 3, 4, False),
     }
 
 
@@ -87,16 +88,40 @@ def _non_contiguous(t):
 
 
 # Positions (coord, cell) are inputs the operators do not differentiate.
-POSITIONS = {"hiif_level0": (6, 7), "hiif_levels": (1,)}
+POSITIONS = {"hiif_level0": (6, 7), "hiif_levels": (1,), "hiif_levels_train": (1,)}
 
 
 @pytest.mark.parametrize("name", ["hiif_level0", "hiif_attention_stats", "hiif_attention_apply",
-                                  "hiif_levels"])
+                                  "hiif_levels", "hiif_levels_train"])
 def test_hiif_opcheck(name):
     args = _op_samples()[name]
     for sample in (args, tuple(_non_contiguous(a) for a in args)):
         torch.library.opcheck(getattr(ops, name), _leaves(sample, POSITIONS.get(name, ())))
     torch.library.opcheck(ops.hiif_codes, (torch.rand(5, 3, 2) * 2 - 1, 3, 4, 6))
+
+
+def _differentiable(args):
+    """The tensors of ``_leaves(args)`` that require grad, lists flattened."""
+    flat = [t for a in args for t in (a if isinstance(a, list) else [a])]
+    return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def test_hiif_levels_train_matches_levels():
+    """hiif_levels_train (the cpu backend's levels with gradients, whose backward reads the
+    activations it kept) gives hiif_levels' values and gradients; its backward refuses a
+    saved list of another length."""
+    args = _op_samples()["hiif_levels"]
+    plain, kept = _leaves(args, (1,)), _leaves(args, (1,))
+    out = ops.hiif_levels(*plain)
+    out_kept, saved = ops.hiif_levels_train(*kept)
+    assert_matches(out_kept, out)
+    assert len(saved) == 2 * len(args[2]) - 1
+    grad = torch.randn_like(out)
+    expected = torch.autograd.grad(out, _differentiable(plain), grad)
+    for got, want in zip(torch.autograd.grad(out_kept, _differentiable(kept), grad), expected):
+        assert_matches(got, want)
+    with pytest.raises(RuntimeError, match="saved must hold"):
+        ops.hiif_levels_backward_saved(grad, saved[1:], *args)
 
 
 def test_hiif_ops_reject_bad_input():

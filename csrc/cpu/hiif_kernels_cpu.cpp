@@ -6,6 +6,7 @@
 
 #include "../hiif_kernels.h"
 #include "../poison.h"
+#include "hiif_rows_cpu.h"
 
 namespace ik {
 namespace hiif {
@@ -56,24 +57,8 @@ std::tuple<at::Tensor, at::Tensor> level_input_cpu(const at::Tensor& x, const at
     scalar_t* rp = rstd.data_ptr<scalar_t>();
     at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
-        scalar_t ly, lx;
-        local_of<scalar_t>(cp[2 * p], cp[2 * p + 1], h, w, public_centres, &ly, &lx);
-        const scalar_t* in = xp + p * c;
-        scalar_t* out = yp + p * width;
-        out[c] = level_bit(ly, static_cast<int>(level));
-        out[c + 1] = level_bit(lx, static_cast<int>(level));
-        scalar_t mean = out[c] + out[c + 1];
-        for (int64_t j = 0; j < c; ++j) mean += in[j];
-        mean /= static_cast<scalar_t>(width);
-        scalar_t var = 0;
-        for (int64_t j = 0; j < c; ++j) var += (in[j] - mean) * (in[j] - mean);
-        var += (out[c] - mean) * (out[c] - mean) + (out[c + 1] - mean) * (out[c + 1] - mean);
-        const scalar_t r = scalar_t(1) / sqrt_val(var / static_cast<scalar_t>(width) +
-                                                  static_cast<scalar_t>(kLnEps));
-        for (int64_t j = 0; j < c; ++j) out[j] = (in[j] - mean) * r;
-        out[c] = (out[c] - mean) * r;
-        out[c + 1] = (out[c + 1] - mean) * r;
-        rp[p] = r;
+        rp[p] = normalise_level_row<scalar_t>(xp + p * c, c, cp[2 * p], cp[2 * p + 1], h, w, level,
+                                              public_centres, yp + p * width);
       }
     });
   });

@@ -27,3 +27,4 @@ def hiif_public_codes(feat, inp, coord, cell, params, chunk_size=None, normalize
 if _extension.available():
     torch.library.register_fake("implicit_kernels::hiif_codes")(ops.fake_codes)
     ops.register()
+    ops.register_levels_train()

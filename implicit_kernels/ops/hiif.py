@@ -13,7 +13,9 @@ Per chunk of queries, the operators do the work:
 * ``hiif_attention_stats``: per image and head, ``Σ k̂ᵀv̂`` over the chunk (the attention's
   global reduction, as its own pass);
 * ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
-* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel.
+* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel; on the CPU with
+  gradients ``hiif_levels_train``, which keeps the activations its backward would
+  otherwise recompute (:func:`_keeps_activations`).
 
 A call that fits one chunk runs one pass (each block uses the chunk's own sums);
 otherwise pass ``k`` recomputes every chunk through the blocks before ``k`` and
@@ -114,7 +116,18 @@ def level_lists(params):
 def _decode(coord, cell, params, mats, norm, size, suffix="", centres=()):
     """The whole decoder but the skip, for a chunk: ``B×m×3``."""
     x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres)
-    return _op("levels", suffix)(x, coord, *level_lists(params), size[0], size[1], *centres)
+    lists = level_lists(params)
+    if suffix == "" and _keeps_activations(x, lists):
+        return _ops.hiif_levels_train(x, coord, *lists, size[0], size[1], *centres)[0]
+    return _op("levels", suffix)(x, coord, *lists, size[0], size[1], *centres)
+
+
+def _keeps_activations(x, lists):
+    """Whether the C++ levels keep their activations for the backward
+    (``hiif_levels_train``: about 9 KB per query at the paper's widths) instead of
+    recomputing them: on the CPU, when a gradient will be taken."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled()
+            and any(t.requires_grad for t in [x, *(t for ts in lists for t in ts)]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -223,6 +236,42 @@ def _backward_levels(backward_op):
         grads = backward_op(grad_out, x, coord, *lists, *ctx.options)
         return (grads[0], None, *grads[1:], *[None] * len(ctx.options))
     return backward
+
+
+def _fake_levels_train(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, *options):
+    rows = x.shape[0] * x.shape[1]
+    saved = [x.new_empty(rows, t.shape[0]) for t in [*fc2_w[:-1], *fc1_w]]
+    return _fake_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w), saved
+
+
+def _fake_levels_backward_saved(grad_out, saved, x, coord, *lists_and_size):
+    return _fake_levels_backward(grad_out, x, coord, *lists_and_size)
+
+
+def _setup_levels_train(ctx, inputs, output):
+    x, coord, *rest = inputs
+    lists, ctx.options = rest[:6], rest[6:]  # (h, w, public_centres)
+    ctx.count = len(lists[0])
+    ctx.mark_non_differentiable(*output[1])
+    ctx.save_for_backward(x, coord, *output[1], *[t for ts in lists for t in ts])
+
+
+def _backward_levels_train(ctx, grad_out, grad_saved):
+    x, coord, *flat = ctx.saved_tensors
+    n = ctx.count
+    saved, flat = flat[:2 * n - 1], flat[2 * n - 1:]
+    lists = [flat[i * n:(i + 1) * n] for i in range(6)]
+    grads = _ops.hiif_levels_backward_saved(grad_out, saved, x, coord, *lists, *ctx.options)
+    return (grads[0], None, *grads[1:], *[None] * len(ctx.options))
+
+
+def register_levels_train():
+    """Fake implementations and autograd of ``implicit_kernels::hiif_levels_train`` (the C++
+    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only)."""
+    torch.library.register_fake(NS + "hiif_levels_train")(_fake_levels_train)
+    torch.library.register_fake(NS + "hiif_levels_backward_saved")(_fake_levels_backward_saved)
+    torch.library.register_autograd(NS + "hiif_levels_train", _backward_levels_train,
+                                    setup_context=_setup_levels_train)
 
 
 def register(suffix=""):

@@ -1,0 +1,363 @@
+// The tiled CPU backwards of the fused HIIF operators (hiif_tiles_cpu.h): per tile, the
+// operator's forward again (GEMMs in cache), then the backward of each step; parameter
+// gradients summed per worker, then over the workers.
+#include <ATen/Dispatch.h>
+
+#include "hiif_rows_cpu.h"
+#include "hiif_tiles_cpu.h"
+
+namespace ik {
+namespace hiif {
+namespace {
+
+// Contiguous zero tensors shaped like `like`, one set per worker: worker k's are
+// [k * like.size(), (k + 1) * like.size()).
+std::vector<at::Tensor> zero_slots(int64_t workers, const std::vector<at::Tensor>& like) {
+  std::vector<at::Tensor> out;
+  for (int64_t k = 0; k < workers; ++k) {
+    for (const at::Tensor& t : like) out.push_back(at::zeros(t.sizes(), t.options()));
+  }
+  return out;
+}
+
+// Slot i of every worker summed, in worker order.
+at::Tensor sum_slot(const std::vector<at::Tensor>& slots, size_t per_worker, size_t i) {
+  at::Tensor total = slots[i].clone();
+  for (size_t k = per_worker + i; k < slots.size(); k += per_worker) total.add_(slots[k]);
+  return total;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
+                     const at::Tensor& w_qkv, const at::Tensor& b_qkv, const at::Tensor& kln_w,
+                     const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b,
+                     int64_t heads) {
+  const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
+  const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
+  const at::Tensor w_kv_t = w_kv.t();
+  const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
+  const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
+  at::Tensor grad_x = at::empty({n, c}, x2.options());
+  const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t workers = worker_count(tiles.size());
+  // Per worker: w_kv, b_kv, kln_w, kln_b, vln_w, vln_b.
+  const std::vector<at::Tensor> like = {w_kv, b_kv, kln_w, kln_b, vln_w, vln_b};
+  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_stats_backward_tiles", [&] {
+    using T = scalar_t;
+    const T* kw = kln_w.data_ptr<T>();
+    const T* kb = kln_b.data_ptr<T>();
+    const T* vw = vln_w.data_ptr<T>();
+    const T* vb = vln_b.data_ptr<T>();
+    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+      at::Tensor* acc = slots.data() + k * like.size();
+      T* g_kw = acc[2].data_ptr<T>();
+      T* g_kb = acc[3].data_ptr<T>();
+      T* g_vw = acc[4].data_ptr<T>();
+      T* g_vb = acc[5].data_ptr<T>();
+      const at::Tensor kv_buffer = at::empty({kTileRows * 2 * c}, x2.options());
+      const at::Tensor grad_buffer = at::empty({kTileRows * 2 * c}, x2.options());
+      std::vector<T> key(d), value(d);
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        const at::Tensor x = x2.narrow(0, t->begin, rows);
+        at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
+        at::addmm_out(kv, b_kv, x, w_kv_t);
+        const T* g_image = gs.data_ptr<T>() + t->image * heads * d * d;
+        const T* gt_image = gs_t.data_ptr<T>() + t->image * heads * d * d;
+        T* row = kv.data_ptr<T>();
+        T* grow = gkv.data_ptr<T>();
+        // d as a constant where it is 16 (with_head_dim).
+        with_head_dim(d, [&](auto d) {
+          for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
+            for (int64_t hd = 0; hd < heads; ++hd) {
+              // The normalised key and value stay in kv; k̂, v̂ are their affine images.
+              T* kn = row + hd * d;
+              T* vn = row + c + hd * d;
+              const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
+              for (int64_t e = 0; e < d; ++e) {
+                key[e] = kn[e] * kw[e] + kb[e];
+                value[e] = vn[e] * vw[e] + vb[e];
+              }
+              // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a.
+              const T* g = g_image + hd * d * d;
+              T* gk = grow + hd * d;
+              T* gv = grow + c + hd * d;
+              // Both as sums of rows of G (Gᵀ for dk̂): contiguous inner loops without a
+              // running sum.
+              const T* gt = gt_image + hd * d * d;
+              for (int64_t e = 0; e < d; ++e) gk[e] = gv[e] = 0;
+              for (int64_t a = 0; a < d; ++a) {
+                for (int64_t e = 0; e < d; ++e) {
+                  gk[e] += gt[a * d + e] * value[a];
+                  gv[e] += g[a * d + e] * key[a];
+                }
+              }
+              for (int64_t e = 0; e < d; ++e) {
+                g_kw[e] += gk[e] * kn[e];
+                g_kb[e] += gk[e];
+                g_vw[e] += gv[e] * vn[e];
+                g_vb[e] += gv[e];
+                gk[e] *= kw[e];
+                gv[e] *= vw[e];
+              }
+              normalise_row_backward(gk, kn, k_rstd, d);
+              normalise_row_backward(gv, vn, v_rstd, d);
+            }
+          }
+        });
+        at::Tensor gx = grad_x.narrow(0, t->begin, rows);
+        at::mm_out(gx, gkv, w_kv);
+        acc[0].addmm_(gkv.t(), x);
+        acc[1].add_(gkv.sum(0));
+      }
+    });
+  });
+  const size_t m = like.size();
+  return {grad_x,
+          sum_slot(slots, m, 0),
+          sum_slot(slots, m, 1),
+          sum_slot(slots, m, 2),
+          sum_slot(slots, m, 3),
+          sum_slot(slots, m, 4),
+          sum_slot(slots, m, 5)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
+                     const at::Tensor& mat, const at::Tensor& wq, const at::Tensor& bq,
+                     const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                     const at::Tensor& b2) {
+  const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
+  const int64_t hidden = w1.size(0);
+  const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
+  const at::Tensor m_t = m.transpose(2, 3).contiguous();
+  const at::Tensor wq_t = wq.t(), w1_t = w1.t(), w2_t = w2.t();
+  at::Tensor grad_x = at::empty({n, c}, x2.options());
+  const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t workers = worker_count(tiles.size());
+  // Per worker: mat, wq, bq, w1, b1, w2, b2.
+  const std::vector<at::Tensor> like = {mat, wq, bq, w1, b1, w2, b2};
+  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_apply_backward_tiles", [&] {
+    using T = scalar_t;
+    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+      at::Tensor* acc = slots.data() + k * like.size();
+      auto buffer = [&](int64_t width) { return at::empty({kTileRows * width}, x2.options()); };
+      const at::Tensor q_buf = buffer(c), r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
+      const at::Tensor h_buf = buffer(hidden), a_buf = buffer(hidden), g_buf = buffer(hidden);
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        const at::Tensor x = x2.narrow(0, t->begin, rows), go = go2.narrow(0, t->begin, rows);
+        at::Tensor q = rows_of(q_buf, rows, c), r = rows_of(r_buf, rows, c);
+        at::Tensor gr = rows_of(gr_buf, rows, c), gq = rows_of(gq_buf, rows, c);
+        at::Tensor h1 = rows_of(h_buf, rows, hidden), act = rows_of(a_buf, rows, hidden);
+        at::Tensor gact = rows_of(g_buf, rows, hidden);
+        const T* mp = m.data_ptr<T>() + t->image * heads * d * d;
+        const T* mtp = m_t.data_ptr<T>() + t->image * heads * d * d;
+        // Forward: r = x + q·M (per head), h1 = proj1(r), act = GELU(h1).
+        at::addmm_out(q, bq, x, wq_t);
+        {
+          const T* xp = x.data_ptr<T>();
+          const T* qp = q.data_ptr<T>();
+          T* rp = r.data_ptr<T>();
+          // d as a constant where it is 16 (with_head_dim).
+          with_head_dim(d, [&](auto d) {
+            for (int64_t p = 0; p < rows * c; p += c) {
+              for (int64_t hd = 0; hd < heads; ++hd) {
+                const T* mh = mp + hd * d * d;
+                const int64_t o = p + hd * d;
+                for (int64_t e = 0; e < d; ++e) rp[o + e] = xp[o + e];
+                for (int64_t a = 0; a < d; ++a) {
+                  for (int64_t e = 0; e < d; ++e) rp[o + e] += qp[o + a] * mh[a * d + e];
+                }
+              }
+            }
+          });
+        }
+        at::addmm_out(h1, b1, r, w1_t);
+        at::gelu_out(act, h1);
+        // out = x + proj2(act): proj2's gradients, then back through GELU and proj1.
+        acc[5].addmm_(go.t(), act);
+        acc[6].add_(go.sum(0));
+        at::mm_out(gact, go, w2);
+        at::gelu_backward_out(act, gact, h1);  // act now holds dL/dh1
+        acc[3].addmm_(act.t(), r);
+        acc[4].add_(act.sum(0));
+        at::mm_out(gr, act, w1);
+        // r = x + q·M: dM_h += q_hᵀ dr_h, dq_h = dr_h M_hᵀ.
+        {
+          const T* qp = q.data_ptr<T>();
+          const T* grp = gr.data_ptr<T>();
+          T* gqp = gq.data_ptr<T>();
+          T* gm = acc[0].data_ptr<T>() + t->image * heads * d * d;
+          // d as a constant where it is 16 (with_head_dim).
+          with_head_dim(d, [&](auto d) {
+            for (int64_t p = 0; p < rows * c; p += c) {
+              for (int64_t hd = 0; hd < heads; ++hd) {
+                T* gmh = gm + hd * d * d;
+                const int64_t o = p + hd * d;
+                // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
+                const T* mth = mtp + hd * d * d;
+                for (int64_t a = 0; a < d; ++a) gqp[o + a] = 0;
+                for (int64_t e = 0; e < d; ++e) {
+                  for (int64_t a = 0; a < d; ++a) {
+                    gmh[e * d + a] += qp[o + e] * grp[o + a];
+                    gqp[o + a] += mth[e * d + a] * grp[o + e];
+                  }
+                }
+              }
+            }
+          });
+        }
+        acc[1].addmm_(gq.t(), x);
+        acc[2].add_(gq.sum(0));
+        at::Tensor gx = grad_x.narrow(0, t->begin, rows);
+        at::add_out(gx, go, gr);
+        gx.addmm_(gq, wq);
+      }
+    });
+  });
+  const size_t k = like.size();
+  return {grad_x,
+          sum_slot(slots, k, 0),
+          sum_slot(slots, k, 1),
+          sum_slot(slots, k, 2),
+          sum_slot(slots, k, 3),
+          sum_slot(slots, k, 4),
+          sum_slot(slots, k, 5),
+          sum_slot(slots, k, 6)};
+}
+
+std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
+    const at::Tensor& grad_out, const at::Tensor& x2, const at::Tensor& coord,
+    const std::vector<LevelParams>& levels, int64_t h, int64_t w, bool public_centres,
+    const std::vector<at::Tensor>* saved) {
+  const int64_t n = x2.size(0);
+  const size_t count = levels.size();
+  std::vector<FoldedFc1> fc1;
+  int64_t widest = 0;
+  // Per worker and level: fc2 weight and bias, Σ dh1ᵀ y (the folded fc1 weight's
+  // gradient), fc1 bias, Σ dz ⊙ y and Σ dz (the norm's weight and bias) with z = γ ⊙ y + β.
+  std::vector<at::Tensor> like;
+  for (const LevelParams& l : levels) {
+    fc1.push_back(folded_fc1(l));
+    widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
+    like.insert(like.end(), {l.fc2_w, l.fc2_b, l.fc1_w, l.fc1_b, l.norm_w, l.norm_b});
+  }
+  const at::Tensor go2 = grad_out.contiguous();
+  at::Tensor grad_x = at::empty_like(x2);
+  const std::vector<Tile> tiles = split_tiles(1, n);
+  const int64_t workers = worker_count(tiles.size());
+  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_backward_tiles", [&] {
+    using T = scalar_t;
+    const T* cp = coord.data_ptr<T>();
+    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+      at::Tensor* acc = slots.data() + k * like.size();
+      auto buffer = [&]() { return at::empty({kTileRows * widest}, x2.options()); };
+      // Per level: the normalised input y, rstd, fc1's output h1 and fc2's output (the
+      // next level's input; the last level's is not needed).  h1 and fc2's outputs are
+      // read from `saved` when given; y is recomputed from the level's input either way.
+      std::vector<at::Tensor> y_buf, h_buf, out_buf;
+      for (size_t i = 0; i < count; ++i) {
+        y_buf.push_back(buffer());
+        h_buf.push_back(buffer());
+        out_buf.push_back(buffer());
+      }
+      const at::Tensor rstd_buf = at::empty({static_cast<int64_t>(count), kTileRows}, x2.options());
+      const at::Tensor act_buf = buffer(), gact_buf = buffer(), gz_buf = buffer();
+      at::Tensor grad_buf[2] = {buffer(), buffer()};
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        std::vector<at::Tensor> xs = {x2.narrow(0, t->begin, rows)}, ys, hs;
+        for (size_t i = 0; i < count; ++i) {
+          const int64_t c = xs[i].size(1), hidden = levels[i].fc1_w.size(0);
+          ys.push_back(rows_of(y_buf[i], rows, c + 2));
+          hs.push_back(saved == nullptr ? rows_of(h_buf[i], rows, hidden)
+                                        : (*saved)[count - 1 + i].narrow(0, t->begin, rows));
+          const T* xp = xs[i].data_ptr<T>();
+          T* yp = ys[i].data_ptr<T>();
+          T* rp = rstd_buf[i].data_ptr<T>();
+          for (int64_t p = 0; p < rows; ++p) {
+            const int64_t g = t->begin + p;
+            rp[p] = normalise_level_row<T>(xp + p * c, c, cp[2 * g], cp[2 * g + 1], h, w,
+                                           static_cast<int64_t>(i + 1), public_centres,
+                                           yp + p * (c + 2));
+          }
+          if (saved == nullptr) at::addmm_out(hs[i], fc1[i].bias, ys[i], fc1[i].weight_t);
+          if (i + 1 == count) break;
+          if (saved != nullptr) {
+            xs.push_back((*saved)[i].narrow(0, t->begin, rows));
+            continue;
+          }
+          at::Tensor act = rows_of(act_buf, rows, hidden);
+          at::gelu_out(act, hs[i]);
+          xs.push_back(rows_of(out_buf[i], rows, levels[i].fc2_w.size(0)));
+          at::addmm_out(xs.back(), levels[i].fc2_b, act, levels[i].fc2_w.t());
+        }
+        at::Tensor go = go2.narrow(0, t->begin, rows);
+        for (size_t i = count; i-- > 0;) {
+          const LevelParams& l = levels[i];
+          at::Tensor* a = acc + 6 * i;
+          const int64_t c = xs[i].size(1), hidden = l.fc1_w.size(0);
+          at::Tensor act = rows_of(act_buf, rows, hidden);
+          at::Tensor gact = rows_of(gact_buf, rows, hidden);
+          at::Tensor gz = rows_of(gz_buf, rows, c + 2);
+          at::gelu_out(act, hs[i]);
+          a[0].addmm_(go.t(), act);
+          a[1].add_(go.sum(0));
+          at::mm_out(gact, go, l.fc2_w);
+          at::gelu_backward_out(act, gact, hs[i]);  // act now holds dL/dh1
+          a[2].addmm_(act.t(), ys[i]);
+          a[3].add_(act.sum(0));
+          at::mm_out(gz, act, l.fc1_w);
+          // z = γ ⊙ y + β, y = normalised [x, bits]: the bits are constants, so only x's
+          // columns carry the gradient on.
+          at::Tensor gx =
+              i == 0 ? grad_x.narrow(0, t->begin, rows) : rows_of(grad_buf[i % 2], rows, c);
+          const T* gamma = l.norm_w.data_ptr<T>();
+          T* gnw = a[4].data_ptr<T>();
+          T* gnb = a[5].data_ptr<T>();
+          T* gzp = gz.data_ptr<T>();
+          const T* yp = ys[i].data_ptr<T>();
+          const T* rp = rstd_buf[i].data_ptr<T>();
+          T* gxp = gx.data_ptr<T>();
+          for (int64_t p = 0; p < rows; ++p) {
+            T* gy = gzp + p * (c + 2);
+            const T* y = yp + p * (c + 2);
+            for (int64_t j = 0; j < c + 2; ++j) {
+              gnw[j] += gy[j] * y[j];
+              gnb[j] += gy[j];
+              gy[j] *= gamma[j];
+            }
+            normalise_row_backward(gy, y, rp[p], c + 2);
+            for (int64_t j = 0; j < c; ++j) gxp[p * c + j] = gy[j];
+          }
+          go = gx;
+        }
+      }
+    });
+  });
+  std::vector<LevelParams> grads(count);
+  const size_t m = like.size();
+  for (size_t i = 0; i < count; ++i) {
+    LevelParams& g = grads[i];
+    g.fc2_w = sum_slot(slots, m, 6 * i);
+    g.fc2_b = sum_slot(slots, m, 6 * i + 1);
+    g.fc1_b = sum_slot(slots, m, 6 * i + 3);
+    // dW = dh1ᵀ z = (dh1ᵀ y) diag γ + (dh1ᵀ 1) βᵀ.
+    g.fc1_w = sum_slot(slots, m, 6 * i + 2)
+                  .mul_(levels[i].norm_w)
+                  .add_(at::outer(g.fc1_b, levels[i].norm_b));
+    g.norm_w = sum_slot(slots, m, 6 * i + 4);
+    g.norm_b = sum_slot(slots, m, 6 * i + 5);
+  }
+  return {grad_x, grads};
+}
+
+}  // namespace hiif
+}  // namespace ik

@@ -1,0 +1,234 @@
+// The tiled CPU forwards of the fused HIIF operators (hiif_tiles_cpu.h explains the tiles).
+#include "hiif_tiles_cpu.h"
+
+#include <ATen/Dispatch.h>
+
+#include "hiif_rows_cpu.h"
+
+namespace ik {
+namespace hiif {
+
+std::vector<Tile> split_tiles(int64_t batch, int64_t per_image) {
+  // Equal tiles of at most kTileRows rows; a small call gets a multiple of the thread
+  // count, so the workers' runs of tiles hold the same number of rows.
+  int64_t count = (per_image + kTileRows - 1) / kTileRows;
+  const int64_t threads = at::get_num_threads();
+  if (batch * count < 16 * threads) {
+    const int64_t total = (batch * count + threads - 1) / threads * threads;
+    count = std::min(per_image, (total + batch - 1) / batch);
+  }
+  const int64_t rows = (per_image + count - 1) / std::max<int64_t>(count, 1);
+  std::vector<Tile> tiles;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = 0; s < per_image; s += rows) {
+      tiles.push_back({b, b * per_image + s, b * per_image + std::min(per_image, s + rows)});
+    }
+  }
+  return tiles;
+}
+
+namespace {
+
+// Level 0 of rows [begin, end) up to fc2: pre = u · rstd + bias (rows, hidden), the
+// unnormalised sum u and its statistics from ik/hiif_decode.h.
+template <typename T>
+void level0_pre_rows(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
+                     const at::Tensor& bias, const at::Tensor& coord, const at::Tensor& cell,
+                     int64_t q, int64_t channels, bool public_centres, int64_t begin, int64_t end,
+                     T* pre) {
+  const int64_t h = maps.size(1), w = maps.size(2), hidden = row_sums.size(1);
+  const T* mp = maps.data_ptr<T>();
+  const T* cp = coord.data_ptr<T>();
+  const T* ep = cell.data_ptr<T>();
+  const T* rs = row_sums.data_ptr<T>();
+  const T* we = w_extra.data_ptr<T>();
+  const T* bp = bias.data_ptr<T>();
+  for (int64_t p = begin; p < end; ++p) {
+    index_t rows[4];
+    T aux[kAuxWidth];
+    level0_stats<T>(cp[2 * p], cp[2 * p + 1], ep[2 * p], ep[2 * p + 1], p / q, h, w, public_centres,
+                    mp, hidden, channels, rows, aux);
+    T* out = pre + (p - begin) * hidden;
+    for (int64_t j = 0; j < hidden; ++j) {
+      out[j] = level0_channel<T>(j, hidden, mp, rows, aux, rs, we) * aux[kAuxRstd] + bp[j];
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
+                        const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
+                        const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
+                        int64_t q, int64_t channels, bool public_centres) {
+  const int64_t n = coord.size(0), hidden = row_sums.size(1), out_dim = fc2_w.size(0);
+  at::Tensor out = at::empty({n, out_dim}, maps.options());
+  const std::vector<Tile> tiles = split_tiles(1, n);
+  const at::Tensor fc2_wt = fc2_w.t();
+  AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+      const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        at::Tensor pre = rows_of(buffer, rows, hidden);
+        level0_pre_rows<scalar_t>(maps, row_sums, w_extra, bias, coord, cell, q, channels,
+                                  public_centres, t->begin, t->end, pre.data_ptr<scalar_t>());
+        at::gelu_(pre);
+        at::Tensor dst = out.narrow(0, t->begin, rows);
+        at::addmm_out(dst, fc2_b, pre, fc2_wt);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_qkv,
+                       const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
+                       const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
+  const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
+  const at::Tensor w_kv_t = key_value_rows(w_qkv, heads).t();
+  const at::Tensor b_kv = key_value_rows(b_qkv, heads);
+  const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t workers = worker_count(tiles.size());
+  // Per worker and image: Σ k̂ᵀv̂ (heads, d, d).
+  at::Tensor sums = at::zeros({workers, batch, heads, d, d}, x2.options());
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_stats_tiles", [&] {
+    const scalar_t* kw = kln_w.data_ptr<scalar_t>();
+    const scalar_t* kb = kln_b.data_ptr<scalar_t>();
+    const scalar_t* vw = vln_w.data_ptr<scalar_t>();
+    const scalar_t* vb = vln_b.data_ptr<scalar_t>();
+    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+      const at::Tensor buffer = at::empty({kTileRows * 2 * c}, x2.options());
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        at::Tensor kv = rows_of(buffer, rows, 2 * c);
+        at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
+        scalar_t* s = sums[k][t->image].data_ptr<scalar_t>();
+        scalar_t* row = kv.data_ptr<scalar_t>();
+        // d as a constant where it is 16 (with_head_dim).
+        with_head_dim(d, [&](auto d) {
+          for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
+            for (int64_t hd = 0; hd < heads; ++hd) {
+              scalar_t* key = row + hd * d;
+              scalar_t* value = row + c + hd * d;
+              normalise_row(key, d);
+              normalise_row(value, d);
+              for (int64_t e = 0; e < d; ++e) {
+                key[e] = key[e] * kw[e] + kb[e];
+                value[e] = value[e] * vw[e] + vb[e];
+              }
+              scalar_t* sh = s + hd * d * d;
+              for (int64_t a = 0; a < d; ++a) {
+                for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
+              }
+            }
+          }
+        });
+      }
+    });
+  });
+  return sums.sum(0);
+}
+
+at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat,
+                       const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& w1,
+                       const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
+  const int64_t hidden = w1.size(0);
+  // r = x + (x Wqᵀ + bq)·M = x·(I + Wqᵀ M) + bq·M with M block-diagonal per head: one
+  // (C, C) matrix and one bias per image instead of the q projection and 16 head products.
+  const at::Tensor m = mat.to(x2.scalar_type());
+  const at::Tensor mix =
+      at::einsum("hac,bhae->bche", {wq.view({heads, d, c}), m}).reshape({batch, c, c}) +
+      at::eye(c, x2.options());
+  const at::Tensor mix_bias =
+      at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
+  const at::Tensor w1t = w1.t(), w2t = w2.t();
+  at::Tensor out = at::empty({n, c}, x2.options());
+  const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+    const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
+    const at::Tensor h_buffer = at::empty({kTileRows * hidden}, x2.options());
+    while (const Tile* t = queue.next()) {
+      const int64_t rows = t->end - t->begin;
+      const at::Tensor x = x2.narrow(0, t->begin, rows);
+      at::Tensor r = rows_of(r_buffer, rows, c), hid = rows_of(h_buffer, rows, hidden);
+      at::addmm_out(r, mix_bias[t->image], x, mix[t->image]);
+      at::addmm_out(hid, b1, r, w1t);
+      at::gelu_(hid);
+      at::Tensor dst = out.narrow(0, t->begin, rows);
+      at::addmm_out(dst, b2, hid, w2t);
+      dst.add_(x);
+    }
+  });
+  return out;
+}
+
+at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
+                        const std::vector<LevelParams>& levels, int64_t h, int64_t w,
+                        bool public_centres, const std::vector<at::Tensor>* saved) {
+  const int64_t n = x2.size(0);
+  const size_t count = levels.size();
+  std::vector<FoldedFc1> fc1;
+  std::vector<at::Tensor> fc2_wt;
+  int64_t widest = 0;
+  for (const LevelParams& l : levels) {
+    fc1.push_back(folded_fc1(l));
+    fc2_wt.push_back(l.fc2_w.t());
+    widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
+  }
+  const int64_t out_dim = levels.back().fc2_w.size(0);
+  at::Tensor out = at::empty({n, out_dim}, x2.options());
+  const std::vector<Tile> tiles = split_tiles(1, n);
+  AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_tiles", [&] {
+    const scalar_t* cp = coord.data_ptr<scalar_t>();
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+      const at::Tensor y_buffer = at::empty({kTileRows * widest}, x2.options());
+      const at::Tensor h_buffer = at::empty({kTileRows * widest}, x2.options());
+      at::Tensor x_buffers[2] = {at::empty({kTileRows * widest}, x2.options()),
+                                 at::empty({kTileRows * widest}, x2.options())};
+      while (const Tile* t = queue.next()) {
+        const int64_t rows = t->end - t->begin;
+        at::Tensor x = x2.narrow(0, t->begin, rows);
+        for (size_t i = 0; i < count; ++i) {
+          const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
+          at::Tensor y = rows_of(y_buffer, rows, c + 2), act = rows_of(h_buffer, rows, hidden);
+          // fc1's output: in the tile buffer, GELU in place; or saved, GELU beside it.
+          at::Tensor hid =
+              saved == nullptr ? act : (*saved)[count - 1 + i].narrow(0, t->begin, rows);
+          const scalar_t* xp = x.data_ptr<scalar_t>();
+          scalar_t* yp = y.data_ptr<scalar_t>();
+          for (int64_t p = 0; p < rows; ++p) {
+            const int64_t g = t->begin + p;
+            normalise_level_row<scalar_t>(xp + p * c, c, cp[2 * g], cp[2 * g + 1], h, w,
+                                          static_cast<int64_t>(i + 1), public_centres,
+                                          yp + p * (c + 2));
+          }
+          at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
+          at::gelu_out(act, hid);
+          at::Tensor next = i + 1 == count     ? out.narrow(0, t->begin, rows)
+                            : saved == nullptr ? rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1))
+                                               : (*saved)[i].narrow(0, t->begin, rows);
+          at::addmm_out(next, levels[i].fc2_b, act, fc2_wt[i]);
+          x = next;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::vector<at::Tensor> levels_saved_buffers(const at::Tensor& x2,
+                                             const std::vector<LevelParams>& levels) {
+  std::vector<at::Tensor> saved;
+  for (size_t i = 0; i + 1 < levels.size(); ++i) {
+    saved.push_back(at::empty({x2.size(0), levels[i].fc2_w.size(0)}, x2.options()));
+  }
+  for (const LevelParams& l : levels) {
+    saved.push_back(at::empty({x2.size(0), l.fc1_w.size(0)}, x2.options()));
+  }
+  return saved;
+}
+
+}  // namespace hiif
+}  // namespace ik
