@@ -15,7 +15,6 @@ on the input's device and dtype: ``torch.compile`` traces it as constants.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -144,14 +143,14 @@ register(Backend("triton", "implicit_kernels.triton",
 #: against "cuda" on a GPU.
 AUTO_ORDER = ["cuda", "cpu", "torch"]
 
-#: Where "auto" skips "cpu" for "torch": with gradients, the fused C++ backward is slower
-#: than PyTorch's autograd of the split form except on large calls.  Queries per call
-#: (over the batch) from which "cpu" is faster forward+backward, by decoder (absent:
-#: never); forward alone, "cpu" is at least as fast at every size.  Measured with
+#: Where "auto" skips "cpu" for "torch": with gradients, a fused CPU backward that is
+#: slower than PyTorch's autograd of the split form on small calls.  Queries per call (over
+#: the batch) from which "cpu" is faster forward+backward, by decoder (absent: at every
+#: size); forward alone, "cpu" is at least as fast at every size.  Measured with
 #: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
-#: between measured sizes, bench/NOTES.md; HIIF's from the interleaved runs of its
-#: tiled CPU path, "HIIF on the CPU: tiles").
-CPU_WITH_GRAD_FROM = {"diif": 53_000, "lte": 39_000, "hiif": 4_000}
+#: log-linearly between measured sizes, bench/NOTES.md): HIIF's backward still recomputes
+#: its attention blocks, and is ~10 % slower up to 4,096 queries.
+CPU_WITH_GRAD_FROM = {"hiif": 6_300}
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:
@@ -163,7 +162,7 @@ def auto_choice(decoder: str, feat: torch.Tensor, queries: int = 0, grad: bool =
     """The backend name ``"auto"`` resolves to for ``decoder`` on ``feat``, for a call of
     ``queries`` output queries (over the batch), with gradients or not (``grad``)."""
     for candidate in AUTO_ORDER:
-        if candidate == "cpu" and grad and queries < CPU_WITH_GRAD_FROM.get(decoder, math.inf):
+        if candidate == "cpu" and grad and queries < CPU_WITH_GRAD_FROM.get(decoder, 0):
             continue
         if not unavailable_reasons(candidate, decoder, feat):
             return candidate

@@ -285,16 +285,17 @@ def test_meta_feature_map_is_a_clear_error(feat):
 
 def test_auto_weighs_gradients_and_call_size(feat, monkeypatch):
     """With gradients, "auto" takes "cpu" only from the measured crossing on
-    (``backends.CPU_WITH_GRAD_FROM``); forward alone it keeps "cpu"."""
+    (``backends.CPU_WITH_GRAD_FROM``; a decoder without one at every size); forward alone
+    it keeps "cpu"."""
     if backends.unavailable_reasons("cpu", "diif", feat):
         pytest.skip("the cpu backend is not built")
-    crossing = backends.CPU_WITH_GRAD_FROM["diif"]
+    monkeypatch.setitem(backends.CPU_WITH_GRAD_FROM, "diif", 5000)
     assert backends.auto_choice("diif", feat, 4096, grad=False) == "cpu"
-    assert backends.auto_choice("diif", feat, 4096, grad=True) == "torch"
-    assert backends.auto_choice("diif", feat, crossing - 1, grad=True) == "torch"
-    assert backends.auto_choice("diif", feat, crossing, grad=True) == "cpu"
-    assert backends.auto_choice("liif", feat, 10 ** 8, grad=True) == "torch"
-    assert backends.auto_choice("liif", feat, 10 ** 8, grad=False) == "cpu"
+    assert backends.auto_choice("diif", feat, 4999, grad=True) == "torch"
+    assert backends.auto_choice("diif", feat, 5000, grad=True) == "cpu"
+    assert "liif" not in backends.CPU_WITH_GRAD_FROM
+    assert backends.auto_choice("liif", feat, 1, grad=True) == "cpu"
+    assert backends.auto_choice("liif", feat, 1, grad=False) == "cpu"
 
     seen = []
     choose = backends.auto_choice
