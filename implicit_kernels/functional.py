@@ -24,6 +24,7 @@ import torch
 
 from . import _validate as check
 from . import backends, geometry
+from .ops import whole_decode
 
 #: Default number of queries (summed over the batch) per backend call.
 DEFAULT_CHUNK_SIZE = 1 << 14
@@ -288,13 +289,14 @@ def _chunked(fn, q, batch, chunk_size, feat, channels_first=False):
         res = fn(0, q).to(feat.dtype)   # as the copy into ``out`` below casts
         return res.transpose(1, 2).contiguous() if channels_first else res
     out = feat.new_empty(shape)
-    for start in range(0, q, step):
-        stop = min(q, start + step)
-        res = fn(start, stop)
-        if channels_first:
-            out[:, :, start:stop] = res.transpose(1, 2)
-        else:
-            out[:, start:stop] = res
+    with whole_decode(batch * q):
+        for start in range(0, q, step):
+            stop = min(q, start + step)
+            res = fn(start, stop)
+            if channels_first:
+                out[:, :, start:stop] = res.transpose(1, 2)
+            else:
+                out[:, start:stop] = res
     return out
 
 

@@ -6,6 +6,9 @@ the argument packing from the structured ``params``, the feature-map preparation
 backend calls for its own operators) and the backend function's plumbing (``decode``),
 so a backend module holds only its kernels, its operators and a thin backend function.
 """
+import contextlib
+import contextvars
+
 import torch
 
 
@@ -19,14 +22,41 @@ def flat(tensors):
     return [x for t in tensors for x in (t if isinstance(t, (list, tuple)) else [t])]
 
 
-def keeps_record(op: str, queries: int, limit: int, tensors) -> bool:
+#: Queries (over the batch) of a whole decode up to which a decode with gradients keeps
+#: its operators' records (the forward's activations, the ``_train`` operators) for the
+#: backward instead of recomputing the forward there.  A record costs up to ~16 KB a query
+#: in float32 at the papers' widths (LIIF's four members), so at most ~1 GB; larger
+#: decodes recompute each call's forward in its backward, memory bounded by the chunk.
+RECORD_MAX_QUERIES = 1 << 16
+
+_DECODE_QUERIES = contextvars.ContextVar("implicit_kernels_decode_queries", default=0)
+
+
+@contextlib.contextmanager
+def whole_decode(queries: int):
+    """Marks the backend calls inside the block as chunks of one decode of ``queries``
+    queries (over the batch), which bounds the records they keep (``F``'s chunk loops).
+    A no-op while ``torch.compile`` traces, which keeps no record."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    token = _DECODE_QUERIES.set(queries)
+    try:
+        yield
+    finally:
+        _DECODE_QUERIES.reset(token)
+
+
+def keeps_record(op: str, queries: int, tensors) -> bool:
     """Whether a call of ``op`` on ``queries`` queries (over the batch) runs its ``_train``
     variant, which also returns the forward's record so that the backward does not
-    recompute the forward: the operator has one, the call needs gradients (a tensor of
-    ``tensors`` requires grad), ``torch.compile`` is not tracing it (the record's sizes
-    may be data-dependent), and the record is small enough (at most ``limit`` queries)."""
-    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and queries <= limit
+    recompute the forward: the call needs gradients (a tensor of ``tensors`` requires
+    grad), ``torch.compile`` is not tracing it (the record's sizes may be data-dependent),
+    the operator has one, and neither the call nor the decode it belongs to
+    (:func:`whole_decode`) exceeds ``RECORD_MAX_QUERIES``."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    return (max(queries, _DECODE_QUERIES.get()) <= RECORD_MAX_QUERIES
             and hasattr(torch.ops.implicit_kernels,
                         op.removeprefix("implicit_kernels::") + "_train")
             and any(t.requires_grad for t in flat(tensors)))

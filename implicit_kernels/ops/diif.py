@@ -18,12 +18,8 @@ operator returning one gradient like each of those inputs (lists as lists).
 A C++ operator ``<name>`` may come with ``<name>_train``: the same forward returning also
 its record (the activations its backward needs, :func:`record_fake` spells out the
 layout), and ``<name>_backward_saved``, the backward from that record.  A decode with
-gradients calls it (:func:`call`), so its backward does not recompute the forward, when
-the decode's whole output (batch × output grid, whatever its chunks) has at most
-``RECORD_MAX_QUERIES`` pixels: a record costs a few KB a pixel in float32, so the
-records of one decode stay within a few hundred MB.  Larger decodes recompute each
-call's forward in its backward (memory bounded by the chunk), as do calls while
-``torch.compile`` traces.
+gradients calls it (:func:`call`), so its backward does not recompute the forward, up to
+``RECORD_MAX_QUERIES`` queries a decode (:func:`implicit_kernels.ops.keeps_record`).
 """
 from __future__ import annotations
 
@@ -47,11 +43,6 @@ def op_inputs(params):
             wf0[:, :-2], wf0[:, -2:], bf0, [w for w, _ in fine], [b for _, b in fine])
 
 
-#: Output pixels (batch × grid) up to which a decode with gradients keeps the forward's
-#: records for the backward (the module docstring).
-RECORD_MAX_QUERIES = 1 << 16
-
-
 def decode(op, out_size, pixels, params, slicing, *options):
     """``pixels`` (``B×Q×2``) of the ``out_size`` grid → ``B×Q×3`` through the operator
     ``op`` (``"implicit_kernels::<name>"``) with its ``options`` after ``slicing``."""
@@ -61,8 +52,8 @@ def decode(op, out_size, pixels, params, slicing, *options):
 def call(op, args):
     """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
     its decode is small enough to keep the record (module docstring)."""
-    tensors, pixels, (out_h, out_w, *_) = _split(args)
-    if keeps_record(op, pixels.shape[0] * out_h * out_w, RECORD_MAX_QUERIES, tensors):
+    tensors, pixels, _ = _split(args)
+    if keeps_record(op, pixels.shape[0] * pixels.shape[1], tensors):
         return operator(op + "_train")(*args)[0]
     return operator(op)(*args)
 

@@ -15,7 +15,8 @@ Per chunk of queries, the operators do the work:
 * ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
 * ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel; on the CPU with
   gradients ``hiif_levels_train``, which keeps the activations its backward would
-  otherwise recompute (:func:`_keeps_activations`).
+  otherwise recompute, up to ``RECORD_MAX_QUERIES`` queries a decode
+  (:func:`implicit_kernels.ops.keeps_record`; about 9 KB a query at the papers' widths).
 
 A call that fits one chunk runs one pass (each block uses the chunk's own sums);
 otherwise pass ``k`` recomputes every chunk through the blocks before ``k`` and
@@ -34,6 +35,7 @@ import torch
 from .. import _validate as check
 from ..reference.lte import bilinear_skip
 from ..torch_impl import hiif as torch_hiif
+from . import keeps_record, whole_decode
 from .liif import check_coordinates_constant
 
 NS = "implicit_kernels::"
@@ -70,6 +72,13 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
+    with whole_decode(b * n):
+        return _passes(coord, cell, params, chunks, mats, norm, size, suffix,
+                       centres) + bilinear_skip(inp, coord)
+
+
+def _passes(coord, cell, params, chunks, mats, norm, size, suffix, centres):
+    """:func:`decode`'s passes over ``chunks``: the attention sums, then the decode."""
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
             parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
@@ -78,9 +87,8 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
             # chunks' bits (float64 stays float64).
             acc = torch.promote_types(parts[0].dtype, torch.float32)
             mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
-    out = torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
-                             centres) for s, e in chunks], dim=1)
-    return out + bilinear_skip(inp, coord)
+    return torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
+                              centres) for s, e in chunks], dim=1)
 
 
 def _op(part, suffix):
@@ -117,17 +125,10 @@ def _decode(coord, cell, params, mats, norm, size, suffix="", centres=()):
     """The whole decoder but the skip, for a chunk: ``B×m×3``."""
     x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres)
     lists = level_lists(params)
-    if suffix == "" and _keeps_activations(x, lists):
+    if suffix == "" and x.device.type == "cpu" and keeps_record(
+            "implicit_kernels::hiif_levels", x.shape[0] * x.shape[1], [x, *lists]):
         return _ops.hiif_levels_train(x, coord, *lists, size[0], size[1], *centres)[0]
     return _op("levels", suffix)(x, coord, *lists, size[0], size[1], *centres)
-
-
-def _keeps_activations(x, lists):
-    """Whether the C++ levels keep their activations for the backward
-    (``hiif_levels_train``: about 9 KB per query at the paper's widths) instead of
-    recomputing them: on the CPU, when a gradient will be taken."""
-    return (x.device.type == "cpu" and torch.is_grad_enabled()
-            and any(t.requires_grad for t in [x, *(t for ts in lists for t in ts)]))
 
 
 # ----------------------------------------------------------------------------------------

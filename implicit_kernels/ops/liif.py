@@ -15,8 +15,9 @@ A C++ operator ``<name>`` may come with ``<name>_train``: the same forward retur
 its record (the members and the MLP's activations, :func:`record_fake`), and
 ``<name>_backward_saved``, the backward from that record.  A decode with gradients calls
 it (:func:`call`), so its backward does not recompute the forward, up to
-``RECORD_MAX_QUERIES`` queries a call; beyond, the backward recomputes the forward of
-its own call.
+``RECORD_MAX_QUERIES`` queries a decode (:func:`implicit_kernels.ops.keeps_record`; at the
+papers' widths the record holds four 256-wide float32 activations per member, 16 KB a
+query).
 """
 from __future__ import annotations
 
@@ -50,13 +51,6 @@ def check_coordinates_constant(coord, cell, backend_op):
                            "backend='torch' for gradients with respect to the coordinates")
 
 
-#: Queries of one operator call up to which a decode with gradients keeps the forward's
-#: record for the backward (the module docstring): at the papers' widths the record holds
-#: four 256-wide float32 activations per member, 16 KB a query, so 256 MB at most, what
-#: one call of ``F``'s default chunk keeps.
-RECORD_MAX_QUERIES = 1 << 14
-
-
 def decode(op, coord, cell, params):
     """Queries (``B×Q×2`` coord and cell) → ``B×Q×3`` through the operator ``op``
     (``"implicit_kernels::<name>"``)."""
@@ -68,7 +62,7 @@ def call(op, args):
     """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
     is small enough to keep the record (module docstring)."""
     coord = args[-2]
-    if keeps_record(op, coord.shape[0] * coord.shape[1], RECORD_MAX_QUERIES, args):
+    if keeps_record(op, coord.shape[0] * coord.shape[1], args):
         return operator(op + "_train")(*args)[0]
     return operator(op)(*args)
 
