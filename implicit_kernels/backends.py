@@ -145,12 +145,13 @@ register(Backend("triton", "implicit_kernels.triton",
 AUTO_ORDER = ["cuda", "cpu", "torch"]
 
 #: Where "auto" skips "cpu" for "torch": with gradients, the fused C++ backward is slower
-#: than PyTorch's autograd of the split form except on large calls.  Queries per call
-#: (over the batch) from which "cpu" is faster forward+backward, by decoder (absent:
-#: never); forward alone, "cpu" is at least as fast at every size.  Measured with
-#: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
-#: between measured sizes, bench/NOTES.md).
-CPU_WITH_GRAD_FROM = {"diif": 53_000, "lte": 39_000, "hiif": 28_000}
+#: than PyTorch's autograd of the split form except on large calls (LIIF and LTE: at every
+#: measured size from 400 queries, their backward in tiles from the forward's record).
+#: Queries per call (over the batch) from which "cpu" is faster forward+backward, by
+#: decoder (absent: never); forward alone, "cpu" is at least as fast at every size.
+#: Measured with scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings
+#: interpolated between measured sizes, bench/NOTES.md).
+CPU_WITH_GRAD_FROM = {"diif": 53_000, "liif": 0, "lte": 0, "hiif": 28_000}
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:

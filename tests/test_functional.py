@@ -293,8 +293,9 @@ def test_auto_weighs_gradients_and_call_size(feat, monkeypatch):
     assert backends.auto_choice("diif", feat, 4096, grad=True) == "torch"
     assert backends.auto_choice("diif", feat, crossing - 1, grad=True) == "torch"
     assert backends.auto_choice("diif", feat, crossing, grad=True) == "cpu"
-    assert backends.auto_choice("liif", feat, 10 ** 8, grad=True) == "torch"
-    assert backends.auto_choice("liif", feat, 10 ** 8, grad=False) == "cpu"
+    assert backends.auto_choice("dlte", feat, 10 ** 8, grad=True) == "torch"
+    assert backends.auto_choice("dlte", feat, 10 ** 8, grad=False) == "cpu"
+    assert backends.auto_choice("liif", feat, 1, grad=True) == "cpu"
 
     seen = []
     choose = backends.auto_choice
