@@ -2,10 +2,11 @@
 // side of their shared local ensemble (host code only: it lives outside csrc/include/ik,
 // whose headers must stay free of ATen for nvcc).
 //
-// csrc/liif_decode.cpp and csrc/lte_decode.cpp run the decodes (dense layers through ATen
-// matmuls) and call these for the element-wise steps of ik/liif_decode.h and
-// ik/lte_decode.h; each has a CPU implementation (csrc/cpu/liif_kernels_cpu.cpp) and, in
-// CUDA builds, a CUDA one (csrc/cuda/liif_kernels_glue.cpp over csrc/cuda/liif_kernels.cu).
+// csrc/liif_decode.cpp and csrc/lte_decode.cpp run the decodes: on CPU tensors in tiles of
+// member rows (the end of this header), otherwise with whole-tensor ATen matmuls and these
+// element-wise steps of ik/liif_decode.h and ik/lte_decode.h, each with a CPU
+// implementation (csrc/cpu/liif_kernels_cpu.cpp) and, in CUDA builds, a CUDA one
+// (csrc/cuda/liif_kernels_glue.cpp over csrc/cuda/liif_kernels.cu).
 // Rows of the member tensors are query-major: row 4p + t is member t of query p.
 #pragma once
 
