@@ -60,3 +60,15 @@ def keeps_record(op: str, queries: int, tensors) -> bool:
             and hasattr(torch.ops.implicit_kernels,
                         op.removeprefix("implicit_kernels::") + "_train")
             and any(t.requires_grad for t in flat(tensors)))
+
+
+def for_train(setup_context):
+    """The autograd ``setup_context`` of a ``_train`` operator from its family's
+    ``setup_context(ctx, inputs, output, record)``: the record (the operator's second
+    output) is saved, not differentiated, and its gradients are not materialised (zeros
+    the size of every activation, for nothing)."""
+    def setup(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output[1])
+        ctx.set_materialize_grads(False)
+        setup_context(ctx, inputs, output[0], output[1])
+    return setup

@@ -27,7 +27,7 @@ import torch
 
 from .. import _validate as check
 from ..torch_impl.diif import prepare_diif, prepare_diif_without_ensemble
-from . import flat, keeps_record, operator
+from . import flat, for_train, keeps_record, operator
 
 __all__ = ["decode", "op_inputs", "prepare_diif", "prepare_diif_without_ensemble", "register"]
 
@@ -99,15 +99,6 @@ def setup_context(ctx, inputs, output, record=()):
     ctx.save_for_backward(*flat(tensors), pixels, *record)
 
 
-def setup_context_train(ctx, inputs, output):
-    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
-    (and its gradients are not materialised: zeros the size of the record, a fill of
-    every activation, for nothing)."""
-    ctx.mark_non_differentiable(*output[1])
-    ctx.set_materialize_grads(False)
-    setup_context(ctx, inputs, output[0], output[1])
-
-
 def _backward_arguments(ctx, grad_out):
     """The backward operator's arguments, from what :func:`setup_context` saved (a
     ``_train`` operator's record second)."""
@@ -124,7 +115,7 @@ def _backward_arguments(ctx, grad_out):
 def make_backward(backward_op):
     """Autograd backward of a DIIF-family decode operator through ``backward_op``."""
     def backward(ctx, grad_out, *_record_grads):
-        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+        if grad_out is None:  # unmaterialised (ops.for_train): nothing reached the output
             return (*[None if n is None else [None] * n for n in ctx.lengths], None,
                     *[None] * len(ctx.options))
         grads = backward_op(*_backward_arguments(ctx, grad_out))
@@ -182,4 +173,4 @@ def register(op: str, backward_op, record=_diif_record) -> None:
     torch.library.register_autograd(
         op + "_train",
         make_backward(getattr(torch.ops.implicit_kernels, name + "_backward_saved")),
-        setup_context=setup_context_train)
+        setup_context=for_train(setup_context))

@@ -25,7 +25,7 @@ import torch
 
 from .. import _validate as check
 from ..torch_impl.liif import prepare_liif as _prepare_torch
-from . import keeps_record, operator
+from . import for_train, keeps_record, operator
 
 
 def prepare_liif(feat, params):
@@ -103,20 +103,11 @@ def setup_context(ctx, inputs, output, record=()):
     ctx.record_length = len(record)
 
 
-def setup_context_train(ctx, inputs, output):
-    """Autograd context of a ``_train`` operator: its record is saved, not differentiated
-    (and its gradients are not materialised: zeros the size of the record, a fill of
-    every activation, for nothing)."""
-    ctx.mark_non_differentiable(*output[1])
-    ctx.set_materialize_grads(False)
-    setup_context(ctx, inputs, output[0], output[1])
-
-
 def make_backward(backward_op):
     """Autograd backward calling ``backward_op`` (LIIF's or LTE's: same argument layout;
     after a ``_train`` operator, its ``_backward_saved``, the record second)."""
     def backward(ctx, grad_out, *_record_grads):
-        if grad_out is None:  # unmaterialised (setup_context_train): nothing reached the output
+        if grad_out is None:  # unmaterialised (ops.for_train): nothing reached the output
             return (None, None, None, [None] * ctx.layers, [None] * ctx.layers, None, None)
         a, b, c, coord, cell, *lists = ctx.saved_tensors
         record = lists[len(lists) - ctx.record_length:]
@@ -149,4 +140,4 @@ def register(op: str, backward_op) -> None:
     torch.library.register_fake(op + "_backward_saved")(fake_backward_saved)
     torch.library.register_autograd(
         op + "_train", make_backward(getattr(torch.ops.implicit_kernels, name + "_backward_saved")),
-        setup_context=setup_context_train)
+        setup_context=for_train(setup_context))
