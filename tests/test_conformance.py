@@ -469,11 +469,14 @@ def _non_contiguous(a):
 
 
 def test_recorder_sees_the_operators():
-    """The dispatch mode sees the fused operators (else opcheck below would check none)."""
+    """The dispatch mode sees the fused operators (else opcheck below would check none): a
+    small decode with gradients runs the forward that keeps its record, and the backward
+    from that record."""
     skip_unless_runs("cpu", "liif")
     calls, _, _ = record(problem("liif", "grid", lr=(2, 3), hidden=12), "cpu")
     names = {c[0].name() for c in calls}
-    assert {"implicit_kernels::liif_decode", "implicit_kernels::liif_decode_backward"} <= names
+    assert {"implicit_kernels::liif_decode_train",
+            "implicit_kernels::liif_decode_backward_saved"} <= names
 
 
 @pytest.mark.parametrize("backend,decoder", [
