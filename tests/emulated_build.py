@@ -8,8 +8,10 @@ for the tests:
   tensors and registered as ``torch.ops.implicit_kernels_emulated`` beside the real
   extension's.  Never part of the package or its install.
 
-Both are cached under ``$IK_CACHE_DIR`` (default ``~/.cache/implicit_kernels``) in a folder
-named by a hash of their sources and flags.
+Both are cached under ``$IK_CACHE_DIR`` (default ``~/.cache/implicit_kernels``): the driver
+in a folder named by a hash of its sources and flags; the operators in one folder per
+checkout, torch version and flags, where ninja rebuilds only what a source change touches
+(it tracks every object's headers).
 """
 from __future__ import annotations
 
@@ -36,10 +38,11 @@ def host_compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def cache_folder(kind: str, files: list[Path], flags: list[str]) -> Path:
-    """``$IK_CACHE_DIR/emulated-<kind>-<hash>``, the hash of ``files``, every header of
-    csrc and tests/cuda_emulation, and ``flags``."""
-    headers = sorted(CSRC.rglob("*.h")) + sorted(TEST_KERNELS.glob("*.h"))
+def cache_folder(kind: str, files: list[Path], flags: list[str], with_headers=True) -> Path:
+    """``$IK_CACHE_DIR/emulated-<kind>-<hash>``, the hash of ``files``, (``with_headers``)
+    every header of csrc and tests/cuda_emulation, and ``flags``."""
+    headers = (sorted(CSRC.rglob("*.h")) + sorted(CSRC.rglob("*.cuh"))
+               + sorted(TEST_KERNELS.glob("*.h"))) if with_headers else []
     digest = hashlib.sha256(" ".join(flags).encode())
     for path in files + headers:
         digest.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
@@ -79,8 +82,9 @@ def emulated_operators():
     # The release flags but -O1 (the last -O wins): a test build, compiled in CI's time.
     flags = config.cxx_flags(False, config.openmp_flags(torch)) + ["-O1", *DEFINES,
                                                                    f"-DIK_NAMESPACE={NAMESPACE}"]
-    folder = cache_folder(f"ops-torch-{torch.__version__}", cpp + cu + [EMULATION / "runtime.cpp"],
-                          flags)
+    # Named by the checkout and flags, not the sources: ninja rebuilds incrementally.
+    folder = cache_folder(f"ops-torch-{torch.__version__}", [], flags + [str(ROOT)],
+                          with_headers=False)
     folder.mkdir(parents=True, exist_ok=True)
     # torch's builder hands .cu files to nvcc: each is compiled through a C++ file
     # including it.
