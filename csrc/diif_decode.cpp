@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "diif_fused_backward.h"
 #include "diif_stages.h"
 #include "library.h"
 
@@ -101,11 +102,10 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Ten
                          std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor,
                          std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
-// The gradients of every input but `pixels` from the forward's slices and record.
-Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const Trace& tr,
-                const at::Tensor& grad_out) {
-  StageGrads g;
-  const at::Tensor grad = stages_backward(d.stages, sl, dims, tr, grad_out, &g);
+// The gradients of every input but `pixels` from the stages' (`g`) and the gradient of the
+// first pre-activation (`grad`).
+Grads gradients_from(const Decoder& d, const Slices& sl, const at::Tensor& grad,
+                     const StageGrads& g) {
   const auto acc = accumulate_type(d.corner_proj.scalar_type());
   const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
   const at::Tensor& map = d.corner_proj;
@@ -116,6 +116,36 @@ Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const Trac
   return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
           g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
 }
+
+// The gradients of every input but `pixels` from the forward's slices and record.
+Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const Trace& tr,
+                const at::Tensor& grad_out) {
+  StageGrads g;
+  const at::Tensor grad = stages_backward(d.stages, sl, dims, tr, grad_out, &g);
+  return gradients_from(d, sl, grad, g);
+}
+
+#if defined(IK_CUDA_KERNELS)
+CornerLayer corner_layer(const Decoder& d) { return {d.corner_proj, d.w_coord, d.b0}; }
+
+// G = fine_wh·H of every slice-vertex row, the coarse stage's forward.
+at::Tensor slice_vertex_g(const Decoder& d, const Slices& sl) {
+  const int64_t rows = sl.coords.size(0);
+  at::Tensor pre = at::empty({rows, d.corner_proj.size(3)}, d.corner_proj.options());
+  first_layer(d, sl)(0, rows, pre);
+  const at::Tensor hidden = mlp_forward(d.stages.coarse, pre.relu_(), nullptr);
+  return at::mm(hidden, d.stages.fine_wh.t());
+}
+
+// The gradients on the fused backward kernels (csrc/diif_fused_backward.h).
+Grads fused_gradients(const Decoder& d, const Slices& sl, const Dims& dims,
+                      const at::Tensor& grad_out) {
+  StageGrads g;
+  const at::Tensor grad = stages_backward_fused(d.stages, corner_layer(d), sl, dims,
+                                                slice_vertex_g(d, sl), grad_out, &g);
+  return gradients_from(d, sl, grad, g);
+}
+#endif
 
 Grads zero_gradients(const Decoder& d) {
   StageGrads g = zero_stage_grads(d.stages);
@@ -171,6 +201,11 @@ Grads diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_
   check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
   if (flat.size(0) == 0) return zero_gradients(d);
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+#if defined(IK_CUDA_KERNELS)
+  if (fused_backward_applies(d.stages, corner_layer(d))) {
+    return fused_gradients(d, sl, dims, grad_out);
+  }
+#endif
   const Trace tr =
       stages_forward(d.stages, sl, dims, corner_proj.size(3), first_layer(d, sl), true);
   return gradients(d, sl, dims, tr, grad_out);

@@ -18,10 +18,16 @@ namespace ik {
 namespace diif {
 namespace {
 
+using cuda::AccumulateOf;
 using cuda::GlobalPtr;
 using cuda::global;
-using cuda::kThreads;
+using cuda::kMaxWidth;
+using cuda::kTileRows;
+using cuda::kTileThreads;
+using cuda::kWidthAlign;
 using cuda::SharedPtr;
+using cuda::tile_bias_act;
+using cuda::tile_linear;
 
 // A chain's packed parameters (ChainShape), on the device.
 template <typename T>
@@ -36,8 +42,7 @@ struct FineArgs {
   GlobalPtr<const int64_t> pixels, slice_of;
   int64_t n;
   Dims dims;
-  GlobalPtr<const T> g;
-  int64_t df;
+  GlobalPtr<const T> g;  // (S·V, width[0])
   GlobalPtr<const T> wd, b0, grad_out;
   int64_t out_dim;
   int ld;  // the shared tiles' row stride: the chain's widest layer
@@ -49,21 +54,21 @@ struct FineArgs {
 template <typename T, typename Acc>
 struct CoarseArgs {
   GlobalPtr<const T> corner_proj;
-  int64_t width;
+  int64_t width;  // corner_proj's, unpadded
   GlobalPtr<const int64_t> corners;
   GlobalPtr<const Acc> coords;
   int64_t rows;
-  GlobalPtr<const T> w_coord, b0;
+  GlobalPtr<const T> w_coord, b0;  // (width[0], kCoordInputs), (width[0],)
   GlobalPtr<const Acc> grad_g;
   int ld;
   GlobalPtr<T> acts, grads, grad_pre;
 };
 
-// Dynamic shared memory: the activation tile (T), then at this 16-byte aligned offset the
+// Dynamic shared memory: the activation tile (T), then at this aligned offset the
 // accumulator tile (Acc), both kTileRows x ld.
 template <typename T>
-__host__ __device__ inline int64_t accumulator_offset(int ld) {
-  return (static_cast<int64_t>(kTileRows) * ld * sizeof(T) + 15) / 16 * 16;
+IK_HD int64_t accumulator_offset(int ld) {
+  return cuda::align16(static_cast<int64_t>(kTileRows) * ld * sizeof(T));
 }
 
 template <typename T, typename Acc>
@@ -122,7 +127,7 @@ __device__ inline Tile tile_of_block(int64_t rows) {
 template <typename T>
 __device__ inline void store_rows(SharedPtr<const T> act, int ld, int64_t width, const Tile& tile,
                                   GlobalPtr<T> out, int64_t offset) {
-  for (int64_t e = threadIdx.x; e < tile.valid * width; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < tile.valid * width; e += kTileThreads) {
     const int64_t r = e / width, k = e - r * width;
     out[offset + (tile.row0 + r) * width + k] = act[r * ld + k];
   }
@@ -157,7 +162,7 @@ __device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> width
     if (store_last || j + 1 < chain.layers) store_rows<T>(g, ld, l.out, tile, grads, l.grad);
     // grad_in = grad_out·W, then masked by the ReLU of the layer's input.
     tile_linear<T, Acc>(g, ld, chain.weights + l.weight, true, l.out, l.in, acc, ld);
-    for (int64_t e = threadIdx.x; e < kTileRows * l.in; e += blockDim.x) {
+    for (int64_t e = threadIdx.x; e < kTileRows * l.in; e += kTileThreads) {
       const int64_t r = e / l.in, k = e - r * l.in;
       const bool on = r < tile.valid &&
                       static_cast<Acc>(acts[l.act + (tile.row0 + r) * l.in + k]) > Acc(0);
@@ -197,14 +202,14 @@ __global__ void fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainSh
   __syncthreads();
   // relu(z), z = b0 + wd·d + Σ_t w_t G[slice·V + t] (docs/diif.md, equal form 3).
   const int64_t df = widths[0];
-  for (int64_t e = threadIdx.x; e < kTileRows * df; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < kTileRows * df; e += kTileThreads) {
     const int64_t r = e / df, j = e - r * df;
     Acc z = Acc(0);
-    if (r < tile.valid && j < a.df) {
+    if (r < tile.valid) {
       z = static_cast<Acc>(a.b0[j]) + static_cast<Acc>(a.wd[2 * j]) * geometry[r * 6] +
           static_cast<Acc>(a.wd[2 * j + 1]) * geometry[r * 6 + 1];
       for (int t = 0; t < v; ++t)
-        z += geometry[r * 6 + 2 + t] * static_cast<Acc>(a.g[(block[r] + t) * a.df + j]);
+        z += geometry[r * 6 + 2 + t] * static_cast<Acc>(a.g[(block[r] + t) * df + j]);
     }
     act[r * a.ld + j] = static_cast<T>(z > Acc(0) ? z : Acc(0));
   }
@@ -212,7 +217,7 @@ __global__ void fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainSh
   chain_forward<T, Acc>(chain, widths, tile, act, acc, a.ld, a.acts);
   // The incoming gradient, zero-padded.
   const int64_t out = widths[chain.layers];
-  for (int64_t e = threadIdx.x; e < kTileRows * out; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < kTileRows * out; e += kTileThreads) {
     const int64_t r = e / out, k = e - r * out;
     act[r * a.ld + k] = r < tile.valid && k < a.out_dim
                             ? a.grad_out[(tile.row0 + r) * a.out_dim + k]
@@ -221,7 +226,7 @@ __global__ void fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainSh
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, true, act, acc, a.ld, a.acts, a.grads);
   // grad_z per pixel, and its share w_t·grad_z to every vertex row of the pixel's slice.
-  for (int64_t e = threadIdx.x; e < tile.valid * df; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < tile.valid * df; e += kTileThreads) {
     const int64_t r = e / df, j = e - r * df;
     const Acc gz = acc[r * a.ld + j];
     a.grad_z[(tile.row0 + r) * df + j] = static_cast<T>(gz);
@@ -249,14 +254,14 @@ __global__ void coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
   __syncthreads();
   // relu(pre), pre = (b0 + w_coord·coords) + corner_proj[corner] (as the CPU operator).
   const int64_t width = widths[0];
-  for (int64_t e = threadIdx.x; e < kTileRows * width; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < kTileRows * width; e += kTileThreads) {
     const int64_t r = e / width, c = e - r * width;
     Acc pre = Acc(0);
-    if (r < tile.valid && c < a.width) {
+    if (r < tile.valid) {
       pre = static_cast<Acc>(a.b0[c]);
       for (int k = 0; k < kCoordInputs; ++k)
         pre += static_cast<Acc>(a.w_coord[c * kCoordInputs + k]) * coords[r * kCoordInputs + k];
-      pre += static_cast<Acc>(a.corner_proj[corner[r] * a.width + c]);
+      if (c < a.width) pre += static_cast<Acc>(a.corner_proj[corner[r] * a.width + c]);
     }
     act[r * a.ld + c] = static_cast<T>(pre > Acc(0) ? pre : Acc(0));
   }
@@ -264,14 +269,14 @@ __global__ void coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
   chain_forward<T, Acc>(chain, widths, tile, act, acc, a.ld, a.acts);
   // grad_G, the gradient of the chain's last layer (fine_wh), in T.
   const int64_t df = widths[chain.layers];
-  for (int64_t e = threadIdx.x; e < kTileRows * df; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < kTileRows * df; e += kTileThreads) {
     const int64_t r = e / df, k = e - r * df;
     act[r * a.ld + k] = static_cast<T>(r < tile.valid ? a.grad_g[(tile.row0 + r) * df + k]
                                                        : Acc(0));
   }
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, false, act, acc, a.ld, a.acts, a.grads);
-  for (int64_t e = threadIdx.x; e < tile.valid * a.width; e += blockDim.x) {
+  for (int64_t e = threadIdx.x; e < tile.valid * a.width; e += kTileThreads) {
     const int64_t r = e / a.width, c = e - r * a.width;
     a.grad_pre[(tile.row0 + r) * a.width + c] = static_cast<T>(acc[r * a.ld + c]);
   }
@@ -302,16 +307,15 @@ unsigned int tiles_for(int64_t rows) {
 template <typename T, typename Acc>
 cudaError_t fine_backward_as(const FineBackwardCall& c, const ChainShape& shape,
                              const ChainParams& params, cudaStream_t stream) {
-  const int ld = chain_widest(shape);
+  const int ld = cuda::tile_ld(chain_widest(shape));
   const int64_t z_width = shape.width[0], slices = c.slice_rows;
   const FineArgs<T, Acc> a{global(c.pixels, 2 * c.n),
                            global(c.slice_of, c.n),
                            c.n,
                            c.dims,
-                           global(static_cast<const T*>(c.g), slices * c.df),
-                           c.df,
-                           global(static_cast<const T*>(c.wd), 2 * c.df),
-                           global(static_cast<const T*>(c.b0), c.df),
+                           global(static_cast<const T*>(c.g), slices * z_width),
+                           global(static_cast<const T*>(c.wd), 2 * z_width),
+                           global(static_cast<const T*>(c.b0), z_width),
                            global(static_cast<const T*>(c.grad_out), c.n * c.out_dim),
                            c.out_dim,
                            ld,
@@ -321,9 +325,10 @@ cudaError_t fine_backward_as(const FineBackwardCall& c, const ChainShape& shape,
                            global(static_cast<Acc*>(c.grad_g), slices * z_width)};
   const int64_t bytes = shared_bytes<T, Acc>(ld);
   cudaError_t err = cudaFuncSetAttribute(fine_backward_kernel<T, Acc>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  IK_LAUNCH(tiles_for(c.n), kThreads, bytes, stream, fine_backward_kernel<T, Acc>)(
+  IK_LAUNCH(tiles_for(c.n), kTileThreads, bytes, stream, fine_backward_kernel<T, Acc>)(
       a, chain_of<T>(params, shape), shape);
   return cudaGetLastError();
 }
@@ -331,7 +336,7 @@ cudaError_t fine_backward_as(const FineBackwardCall& c, const ChainShape& shape,
 template <typename T, typename Acc>
 cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& shape,
                                const ChainParams& params, cudaStream_t stream) {
-  const int ld = chain_widest(shape);
+  const int ld = cuda::tile_ld(chain_widest(shape));
   const int64_t g_width = shape.width[shape.layers];
   const CoarseArgs<T, Acc> a{
       global(static_cast<const T*>(c.corner_proj), c.corner_rows * c.width),
@@ -339,8 +344,8 @@ cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& sh
       global(c.corners, c.rows),
       global(static_cast<const Acc*>(c.coords), c.rows * kCoordInputs),
       c.rows,
-      global(static_cast<const T*>(c.w_coord), c.width * kCoordInputs),
-      global(static_cast<const T*>(c.b0), c.width),
+      global(static_cast<const T*>(c.w_coord), shape.width[0] * kCoordInputs),
+      global(static_cast<const T*>(c.b0), shape.width[0]),
       global(static_cast<const Acc*>(c.grad_g), c.rows * g_width),
       ld,
       global(static_cast<T*>(c.acts), chain_act_count(shape, c.rows)),
@@ -348,9 +353,10 @@ cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& sh
       global(static_cast<T*>(c.grad_pre), c.rows * c.width)};
   const int64_t bytes = shared_bytes<T, Acc>(ld);
   cudaError_t err = cudaFuncSetAttribute(coarse_backward_kernel<T, Acc>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
-  IK_LAUNCH(tiles_for(c.rows), kThreads, bytes, stream, coarse_backward_kernel<T, Acc>)(
+  IK_LAUNCH(tiles_for(c.rows), kTileThreads, bytes, stream, coarse_backward_kernel<T, Acc>)(
       a, chain_of<T>(params, shape), shape);
   return cudaGetLastError();
 }

@@ -54,10 +54,9 @@ struct FineBackwardCall {
   const int64_t* slice_of;  // (n,) each pixel's slice
   int64_t n, slice_rows;    // slice_rows = S·V, the rows of g and grad_g
   Dims dims;
-  const void* g;         // (S·V, df) G = fine_wh·H per slice and vertex
-  int64_t df;            // the first layer's width, unpadded
-  const void* wd;        // (df, 2)
-  const void* b0;        // (df,)
+  const void* g;         // (S·V, width[0]) G = fine_wh·H per slice and vertex
+  const void* wd;        // (width[0], 2)
+  const void* b0;        // (width[0],)
   const void* grad_out;  // (n, out_dim)
   int64_t out_dim;
   void* acts;    // the chain's layer inputs, the first relu(z)
@@ -73,13 +72,13 @@ cudaError_t launch_fine_backward(const FineBackwardCall& call, const ChainShape&
 // layers then fine_wh (with zero biases: its output G is not recomputed); width[0] is the
 // padded width of the first pre-activation.
 struct CoarseBackwardCall {
-  const void* corner_proj;  // (corner_rows, width) projected vertex codes
+  const void* corner_proj;  // (corner_rows, width) projected vertex codes, width unpadded
   int64_t corner_rows, width;
   const int64_t* corners;  // (rows,) each row's vertex in corner_proj
   const void* coords;      // (rows, kCoordInputs) acc
   int64_t rows;
-  const void* w_coord;  // (width, kCoordInputs)
-  const void* b0;       // (width,)
+  const void* w_coord;  // (width[0], kCoordInputs)
+  const void* b0;       // (width[0],)
   const void* grad_g;   // (rows, width[layers]) acc
   void* acts;           // the chain's layer inputs: relu(pre), the coarse activations, H
   void* grads;          // the coarse layers' output gradients, without fine_wh's (grad_g)

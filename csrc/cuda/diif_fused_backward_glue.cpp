@@ -19,6 +19,16 @@ constexpr const char* kOp = "implicit_kernels::diif_decode_backward";
 
 void check_launch(cudaError_t err, const char* step) { cuda::check_launch(err, kOp, step); }
 
+// `t` zero-padded to `sizes` (t itself when it has them), contiguous.
+at::Tensor zero_padded(const at::Tensor& t, at::IntArrayRef sizes) {
+  if (t.sizes() == sizes) return t.contiguous();
+  at::Tensor out = at::zeros(sizes, t.options());
+  at::Tensor part = out;
+  for (int64_t d = 0; d < t.dim(); ++d) part = part.narrow(d, 0, t.size(d));
+  part.copy_(t);
+  return out;
+}
+
 // A stage's layers as the kernels take them: widths padded, parameters zero-padded and
 // packed (ChainShape), and the unpadded widths.
 struct PackedChain {
@@ -43,12 +53,9 @@ PackedChain pack_chain(const std::vector<at::Tensor>& weights,
   std::vector<at::Tensor> w_parts, b_parts;
   for (size_t j = 0; j < weights.size(); ++j) {
     const int64_t in = c.shape.width[j], out = c.shape.width[j + 1];
-    at::Tensor w = at::zeros({out, in}, weights[j].options());
-    w.narrow(0, 0, c.width[j + 1]).narrow(1, 0, c.width[j]).copy_(weights[j]);
-    w_parts.push_back(w.view(-1));
-    at::Tensor b = at::zeros({out}, weights[j].options());
-    if (biases[j].defined()) b.narrow(0, 0, c.width[j + 1]).copy_(biases[j]);
-    b_parts.push_back(b);
+    w_parts.push_back(zero_padded(weights[j], {out, in}).view(-1));
+    b_parts.push_back(biases[j].defined() ? zero_padded(biases[j], {out})
+                                          : at::zeros({out}, weights[j].options()));
   }
   c.weights = at::cat(w_parts);
   c.biases = at::cat(b_parts);
@@ -123,17 +130,20 @@ at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, con
   const at::Tensor grad = grad_out.reshape({n, -1}).contiguous();
   const at::Tensor fine_acts = empty_poisoned({chain_act_count(fine.shape, n)}, options);
   const at::Tensor fine_grads = empty_poisoned({chain_grad_count(fine.shape, n, true)}, options);
-  const at::Tensor grad_z = empty_poisoned({n, fine.shape.width[0]}, options);
-  const at::Tensor grad_g = at::zeros({rows, fine.shape.width[0]}, options.dtype(acc));
+  const int64_t z_width = fine.shape.width[0];
+  const at::Tensor grad_z = empty_poisoned({n, z_width}, options);
+  const at::Tensor grad_g = at::zeros({rows, z_width}, options.dtype(acc));
+  const at::Tensor g_padded = zero_padded(g, {rows, z_width});
+  const at::Tensor wd = zero_padded(st.fine_wd, {z_width, 2});
+  const at::Tensor b0 = zero_padded(st.fine_b0, {z_width});
   const FineBackwardCall fine_call{sl.pixels.data_ptr<int64_t>(),
                                    sl.slice_of.data_ptr<int64_t>(),
                                    n,
                                    rows,
                                    dims,
-                                   g.data_ptr(),
-                                   df,
-                                   st.fine_wd.data_ptr(),
-                                   st.fine_b0.data_ptr(),
+                                   g_padded.data_ptr(),
+                                   wd.data_ptr(),
+                                   b0.data_ptr(),
                                    grad.data_ptr(),
                                    grad.size(1),
                                    fine_acts.data_ptr(),
@@ -152,14 +162,17 @@ at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, con
   const at::Tensor coarse_grads =
       empty_poisoned({chain_grad_count(coarse.shape, rows, false)}, options);
   const at::Tensor grad_pre = empty_poisoned({rows, width}, options);
+  const int64_t pre_width = coarse.shape.width[0];
+  const at::Tensor w_coord = zero_padded(first.w_coord, {pre_width, kCoordInputs});
+  const at::Tensor coarse_b0 = zero_padded(first.b0, {pre_width});
   const CoarseBackwardCall coarse_call{first.corner_proj.data_ptr(),
                                        first.corner_proj.numel() / width,
                                        width,
                                        sl.corners.data_ptr<int64_t>(),
                                        sl.coords.data_ptr(),
                                        rows,
-                                       first.w_coord.data_ptr(),
-                                       first.b0.data_ptr(),
+                                       w_coord.data_ptr(),
+                                       coarse_b0.data_ptr(),
                                        grad_g.data_ptr(),
                                        coarse_acts.data_ptr(),
                                        coarse_grads.data_ptr(),
