@@ -146,3 +146,156 @@ def test_emulated_train_variants_equal_cpu_operators(emulated, decoder, case, dt
                                 getattr(torch.ops.implicit_kernels, backward)(grad_out, record,
                                                                               *args),
                                 backward)
+
+
+# --- The fused DIIF backward (csrc/cuda/diif_fused_backward.cu) --------------------------
+
+#: Decoder shapes of the fused backward's cases: the first layer's width, the coarse
+#: layers' widths, then the fine stage's first width and its layers' widths (last: RGB).
+DIIF_SHAPES = {
+    "narrow": (8, (8, 8), (8, 8, 8, 3)),
+    "no_coarse_layers_deep_fine": (8, (), (16, 8, 8, 8, 8, 3)),
+    "wide": (48, (64, 48), (48, 64, 48, 3)),
+}
+
+
+def diif_backward_args(shape, size, dtype, slice_ensemble, slicing="linear", shuffle=False,
+                       active=False):
+    """Random ``diif_decode`` arguments of ``DIIF_SHAPES[shape]`` decoding ``size`` for a
+    batch of BATCH (all pixels; ``shuffle``: in random order with repeats).  ``active``:
+    every ReLU's input positive, far from 0 (non-negative weights, positive biases and
+    inputs), so that rounding never flips a ReLU."""
+    width, coarse, fine = DIIF_SHAPES[shape]
+    border = 1 if slice_ensemble else 0
+
+    def layer(n_out, n_in):
+        if active:
+            return (torch.rand(n_out, n_in, dtype=dtype) / n_in,
+                    0.5 + torch.rand(n_out, dtype=dtype))
+        return (torch.randn(n_out, n_in, dtype=dtype) / n_in ** 0.5,
+                0.3 * torch.randn(n_out, dtype=dtype))
+
+    def scaled(sizes, scale):
+        return (torch.rand(*sizes, dtype=dtype) if active
+                else torch.randn(*sizes, dtype=dtype)) * scale
+
+    corner_proj = scaled((BATCH, LR[0] + border, LR[1] + border, width), 1)
+    w_coord, b0 = layer(width, 6)
+    if active:
+        w_coord = 0.05 * (2 * w_coord - 1 / 6)  # |w_coord·coords| < 0.5 < b0
+    dims = [width, *coarse]
+    coarse_layers = [layer(o, i) for i, o in zip(dims[:-1], dims[1:])]
+    fine_wh, fine_b0 = layer(fine[0], dims[-1])
+    fine_wd = 0.1 * (2 * scaled((fine[0], 2), 1) - 1) if active else scaled((fine[0], 2), 1)
+    fine_layers = [layer(o, i) for i, o in zip(fine[:-1], fine[1:])]
+    pixels = geometry.grid_pixels(size, BATCH).contiguous()
+    if shuffle:
+        pick = torch.randint(0, pixels.shape[1], (BATCH, 2 * pixels.shape[1]))
+        pixels = torch.gather(pixels, 1, pick.unsqueeze(-1).expand(-1, -1, 2)).contiguous()
+    return (corner_proj, w_coord, b0, [w for w, _ in coarse_layers], [b for _, b in coarse_layers],
+            fine_wh, fine_wd, fine_b0, [w for w, _ in fine_layers], [b for _, b in fine_layers],
+            pixels, *size, slicing, slice_ensemble)
+
+
+def cast_args(args, dtype):
+    """``args`` with every floating tensor (in lists too) cast to ``dtype``."""
+    def cast(a):
+        if isinstance(a, list):
+            return [cast(t) for t in a]
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+    return tuple(cast(a) for a in args)
+
+
+def emulated_backward_fused(emulated, grad_out, args):
+    """The emulated ``diif_decode_backward``, asserting it ran the fused kernels: the
+    unfused backward takes each ReLU's gradient with ``threshold_backward``, the fused one
+    on chip."""
+    with torch.profiler.profile() as prof:
+        grads = emulated.diif_decode_backward(grad_out, *args)
+    assert "aten::threshold_backward" not in {e.name for e in prof.events()}, "not fused"
+    return grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_se"])
+@pytest.mark.parametrize("shape,case", [("narrow", c) for c in CASES]
+                         + [("no_coarse_layers_deep_fine", "x2.3"), ("wide", "x2_by_x3")])
+def test_emulated_fused_diif_backward(emulated, shape, case, slice_ensemble, dtype):
+    """The fused backward equals the CPU operator's, every gradient, on the file's cases
+    (pixels in random order with repeats on the non-integer one), other layer counts and a
+    decoder 48-64 wide over more rows than a tile."""
+    slicing = geometry.SLICINGS[list(CASES).index(case) % len(geometry.SLICINGS)]
+    args = diif_backward_args(shape, CASES[case], dtype, slice_ensemble, slicing,
+                              shuffle=case == "x2.3")
+    out = torch.ops.implicit_kernels.diif_decode(*args)
+    grad_out = torch.randn_like(out)
+    assert_same_results(emulated_backward_fused(emulated, grad_out, args),
+                        torch.ops.implicit_kernels.diif_decode_backward(grad_out, *args),
+                        "diif_decode_backward")
+
+
+#: Tolerances of the half types' fused backward against the fp32 CPU one on the rounded
+#: inputs, relative to each gradient's largest magnitude: the kernels round every
+#: activation and every layer's gradient to the half type (products accumulate in fp32),
+#: so errors are a few of the type's rounding steps; bias gradients sum the rounded
+#: gradients of every row (measured: fp16 below 3e-3, bf16 below 3e-2).
+HALF_TOLERANCES = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_se"])
+@pytest.mark.parametrize("shape,case", [("narrow", "x2.3"), ("no_coarse_layers_deep_fine", "x2"),
+                                        ("wide", "x2_by_x3")])
+def test_emulated_fused_diif_backward_half_types(emulated, shape, case, slice_ensemble, dtype):
+    """fp16 and bf16 (tensor-core products) against the fp32 CPU backward on the same,
+    rounded inputs, with every ReLU's input kept away from 0 (``active``): rounding that
+    flipped a ReLU would change a gradient by a whole term, not a rounding error."""
+    args = diif_backward_args(shape, CASES[case], dtype, slice_ensemble, shuffle=case == "x2.3",
+                              active=True)
+    ref = cast_args(args, torch.float32)
+    grad_out = torch.randn_like(torch.ops.implicit_kernels.diif_decode(*ref)).to(dtype)
+    got = emulated_backward_fused(emulated, grad_out, args)
+    expected = torch.ops.implicit_kernels.diif_decode_backward(grad_out.float(), *ref)
+    tol = HALF_TOLERANCES[dtype]
+    for i, (g, e) in enumerate(zip(flat(got), flat(expected), strict=True)):
+        assert g.dtype == dtype, f"gradient {i}: dtype {g.dtype}"
+        scale = max(1.0, float(e.abs().max()))
+        torch.testing.assert_close(g.float(), e, rtol=tol, atol=tol * scale,
+                                   msg=lambda m, i=i: f"gradient {i}: {m}")
+
+
+def test_emulated_fused_diif_gradcheck(emulated):
+    """float64 gradcheck of the emulated forward with the fused backward as its gradient,
+    on a tiny decoder at a non-integer scale with the slice ensemble."""
+    size, n_coarse, n_fine = (3, 5), 1, 2
+    corner_proj = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    tensors = [corner_proj, torch.randn(4, 6, dtype=torch.float64),
+               torch.randn(4, dtype=torch.float64)]
+    tensors += [torch.randn(4, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)]
+    tensors += [torch.randn(4, 4, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64),
+                torch.randn(4, dtype=torch.float64)]
+    tensors += [torch.randn(4, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64),
+                torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    pixels = geometry.grid_pixels(size, 1).contiguous()
+
+    def op_args(t):
+        i = 3 + 2 * n_coarse
+        return (*t[:3], list(t[3:3 + n_coarse]), list(t[3 + n_coarse:i]), *t[i:i + 3],
+                list(t[i + 3:i + 3 + n_fine]), list(t[i + 3 + n_fine:]), pixels, *size, "linear",
+                True)
+
+    class Decode(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *t):
+            ctx.save_for_backward(*t)
+            return emulated.diif_decode(*op_args(t))
+
+        @staticmethod
+        def backward(ctx, grad):
+            return tuple(flat(emulated.diif_decode_backward(grad.contiguous(),
+                                                            *op_args(ctx.saved_tensors))))
+
+    leaves = [t.requires_grad_() for t in tensors]
+    emulated_backward_fused(emulated, torch.randn(1, 15, 3, dtype=torch.float64), op_args(leaves))
+    assert torch.autograd.gradcheck(Decode.apply, leaves, eps=1e-6, atol=1e-6, rtol=1e-5,
+                                    fast_mode=True)

@@ -146,6 +146,7 @@ __device__ void chain_forward(const Chain<T>& chain, SharedPtr<const int> widths
     tile_linear<T, Acc>(act, ld, chain.weights + l.weight, false, l.in, l.out, acc, ld);
     tile_bias_act<T, Acc>(acc, ld, chain.biases + l.bias, true, l.out, act, ld);
   }
+  __syncthreads();  // the last store's reads of `act` before the caller overwrites it
 }
 
 // Backward through every layer of the chain: `g` holds the gradient of the last layer's
