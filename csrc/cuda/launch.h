@@ -19,9 +19,10 @@
 // with its message in cudaGetErrorString(cudaGetLastError()).  Kernel files use these,
 // never <<<...>>> or __shared__.
 //
-// Portable use: index and offset the pointers (`p[i]`, `p + n`), never take an element's
-// address (`&p[i]` is a raw pointer under nvcc, not in the emulation); call templates taking
-// `SharedPtr<const T>`/`GlobalPtr<const T>` as with `const T*`.
+// Portable use: index and offset the pointers (`p[i]`, `p + n`, `atomicAdd(p + i, v)` for a
+// GlobalPtr); never take a shared element's address (`&p[i]` is a raw pointer under nvcc,
+// a proxy's address in the emulation); call templates taking `SharedPtr<const T>` or
+// `GlobalPtr<const T>` as with `const T*` (a SharedPtr<T> argument deduces T).
 #pragma once
 
 #include <cuda_runtime.h>  // in emulated builds, csrc/emulation/include's

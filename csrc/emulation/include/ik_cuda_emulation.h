@@ -218,3 +218,7 @@ T atomicAdd(T* address, T value) {
   *address = old + value;
   return old;
 }
+template <typename T>
+T atomicAdd(const ::ik::emulation::GlobalPtr<T>& address, T value) {
+  return atomicAdd(&address[0], value);
+}

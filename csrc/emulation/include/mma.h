@@ -30,7 +30,8 @@ namespace emulation {
 constexpr int kTile = 16;
 constexpr int kTileElements = kTile * kTile;
 
-// Byte offset of a pointer from a 32-byte aligned base, for the alignment check.
+// Byte offset of a pointer from a 32-byte aligned base, for the alignment check, and
+// where it points, for its message.
 template <typename T>
 uintptr_t aligned_offset(T* p) {
   return reinterpret_cast<uintptr_t>(p);
@@ -43,6 +44,20 @@ template <typename T>
 uintptr_t aligned_offset(const GlobalPtr<T>& p) {
   return reinterpret_cast<uintptr_t>(p.address());
 }
+template <typename T>
+std::string pointer_name(T*) {
+  return "the pointer";
+}
+template <typename T>
+std::string pointer_name(const SharedPtr<T>& p) {
+  return p.memory_ ? "the pointer to element " + std::to_string(p.offset_) + " of shared '" +
+                         shared_name(*p.memory_) + "'"
+                   : "a null pointer";
+}
+template <typename T>
+std::string pointer_name(const GlobalPtr<T>& p) {
+  return "the pointer to element " + std::to_string(p.offset_) + " of a global array";
+}
 
 // CUDA's requirements on a WMMA pointer of `Element`s and its leading dimension.
 template <typename Element, typename Ptr>
@@ -51,7 +66,7 @@ void check_wmma_pointer(const char* call, const Ptr& p, unsigned ldm) {
   static_assert(std::is_same<std::remove_const_t<Pointee>, Element>::value,
                 "a WMMA pointer must point to the fragment's element type");
   if (aligned_offset(p) % 32 != 0) {
-    wmma_misuse(std::string(call) + ": the pointer is not 32-byte aligned");
+    wmma_misuse(std::string(call) + ": " + pointer_name(p) + " is not 32-byte aligned");
   }
   if (ldm * sizeof(Element) % 16 != 0 || ldm < kTile) {
     wmma_misuse(std::string(call) + ": ldm " + std::to_string(ldm) +
