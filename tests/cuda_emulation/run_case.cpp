@@ -158,7 +158,6 @@ int main(int argc, char** argv) {
   if (name == "dynamic_opt_in_too_large") return dynamic_regions(large, 228 << 10);
   if (name == "wmma_misaligned") return report(ik::emulator_test::launch_wmma_misaligned());
   if (name == "wmma" && argc == 9) {
-    // wmma float16|bfloat16 A B C sync|nosync IN OUT (A, B, C: row|col)
     const bool sync = std::strcmp(argv[6], "sync") == 0;
     if (std::strcmp(argv[2], "float16") == 0) {
       return wmma_gemm<__half>(test::HalfType::kFloat16, argv + 3, sync, argv[7], argv[8]);
@@ -170,6 +169,7 @@ int main(int argc, char** argv) {
                "global_overrun|dynamic_regions|dynamic_too_small|dynamic_opt_in|"
                "dynamic_no_opt_in|dynamic_opt_in_too_large|wmma_misaligned\n"
                "       run_case convert IN OUT\n"
-               "       run_case wmma float16|bfloat16 row|col row|col row|col sync|nosync IN OUT\n");
+               "       run_case wmma float16|bfloat16 A B C sync|nosync IN OUT"
+               " (A, B, C: row|col)\n");
   return 2;
 }

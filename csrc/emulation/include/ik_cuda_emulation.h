@@ -31,6 +31,8 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// A no-aliasing hint only, and kernels' GlobalPtr parameters are classes here.
+#define __restrict__
 
 // ---------------------------------------------------------------------------------------
 // Runtime types
