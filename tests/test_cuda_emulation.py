@@ -137,8 +137,9 @@ def gemm_inputs(dtype, seed):
                                      "row row col", "col col row"])
 def test_wmma_gemm(driver, tmp_path, dtype, layouts):
     """d = c + a·b by 4 warps of WMMA fragments, with a from static shared memory, b and c
-    from global memory, the tiles stored to dynamic shared memory: every layout of a, b and
-    the accumulator, K of three 16-steps, equal to the float reference."""
+    from global memory, each warp's accumulator stored to and reloaded from dynamic shared
+    memory at every k step (a warp reusing its own tile is no race): every layout of a, b
+    and the accumulator, K of three 16-steps, equal to the float reference."""
     a, b, c = gemm_inputs(dtype, seed=sum(map(ord, layouts)))
     source, result = tmp_path / "abc.bin", tmp_path / "d.bin"
     source.write_bytes(torch.cat([a.flatten(), b.flatten(), c.flatten()]).numpy().tobytes())

@@ -316,7 +316,7 @@ SharedMemory& dynamic_shared_memory(const SharedSite& site, size_t offset_bytes,
   return *memory;
 }
 
-void wmma_warp_meet() { warp_exchange(0xffffffffu, 0, lane()); }
+void warp_meet(unsigned int mask) { warp_exchange(mask, 0, lane()); }
 
 void wmma_misuse(const std::string& what) { fail(thread_name(running("WMMA")) + ": " + what); }
 
@@ -369,6 +369,11 @@ void* shared_read(SharedMemory& memory, int64_t index) {
   } else if (a.reader != f.linear) {
     a.reader = kManyReaders;
   }
+  return memory.bytes.data() + i * memory.element_size;
+}
+
+const void* shared_peek(SharedMemory& memory, int64_t index) {
+  const size_t i = checked_index(memory, index, running("a shared-memory read"));
   return memory.bytes.data() + i * memory.element_size;
 }
 

@@ -89,8 +89,9 @@ __global__ void dynamic_regions_kernel(GlobalPtr<const float> x, GlobalPtr<float
 
 // d = c + a·b (kGemmM × kGemmK by kGemmK × kGemmN) by one block of 4 warps, warp w on
 // output tile (w / 2, w % 2): a staged in static shared memory, b and c read from global
-// memory, each warp's tile stored to a dynamic shared region (c's layout), then copied to
-// d (row-major) by the whole block, after a barrier unless `sync_after_store` is false.
+// memory; each warp's accumulator goes through a dynamic shared region (c's layout), stored
+// and reloaded at every k step, then the block copies the region to d (row-major), after a
+// barrier unless `sync_after_store` is false.
 template <typename T, typename LayoutA, typename LayoutB>
 __global__ void wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b,
                                  GlobalPtr<const float> c, bool c_col_major,
@@ -111,7 +112,10 @@ __global__ void wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b,
   const int warp = threadIdx.x / 32, i0 = 16 * (warp / 2), j0 = 16 * (warp % 2);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
   wmma::load_matrix_sync(acc, c + at(i0, j0), ldc, layout);
+  wmma::store_matrix_sync(d_tile + at(i0, j0), acc, ldc, layout);
   for (int k0 = 0; k0 < kGemmK; k0 += 16) {
+    __syncwarp();
+    wmma::load_matrix_sync(acc, d_tile + at(i0, j0), ldc, layout);
     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> a_frag;
     wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> b_frag;
     wmma::load_matrix_sync(a_frag, a_tile + (a_rows ? i0 * kGemmK + k0 : i0 + k0 * kGemmM),
@@ -119,8 +123,9 @@ __global__ void wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b,
     wmma::load_matrix_sync(b_frag, b + (b_rows ? k0 * kGemmN + j0 : k0 + j0 * kGemmK),
                            b_rows ? kGemmN : kGemmK);
     wmma::mma_sync(acc, a_frag, b_frag, acc);
+    __syncwarp();
+    wmma::store_matrix_sync(d_tile + at(i0, j0), acc, ldc, layout);
   }
-  wmma::store_matrix_sync(d_tile + at(i0, j0), acc, ldc, layout);
   if (sync_after_store) __syncthreads();
   for (int e = threadIdx.x; e < kGemmM * kGemmN; e += blockDim.x) {
     d[e] = d_tile[at(e / kGemmN, e % kGemmN)];

@@ -29,6 +29,8 @@ class SharedMemory;
 // was never written, or on a race with another thread since the last barrier.
 void* shared_read(SharedMemory& memory, int64_t i);
 void* shared_write(SharedMemory& memory, int64_t i);
+// Element i, checked against the bounds only (for WMMA loads, see mma.h).
+const void* shared_peek(SharedMemory& memory, int64_t i);
 
 // Throws: index `index` of a global array of `count` elements is out of range.
 [[noreturn]] void global_out_of_range(int64_t index, int64_t count);
@@ -208,6 +210,11 @@ template <typename T>
 struct pointee<GlobalPtr<T>> {
   using type = T;
 };
+
+template <typename P>
+struct is_shared_pointer : std::false_type {};
+template <typename T>
+struct is_shared_pointer<SharedPtr<T>> : std::true_type {};
 
 }  // namespace emulation
 }  // namespace ik
