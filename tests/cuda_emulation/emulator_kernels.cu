@@ -93,9 +93,9 @@ __global__ void dynamic_regions_kernel(GlobalPtr<const float> x, GlobalPtr<float
 // and reloaded at every k step, then the block copies the region to d (row-major), after a
 // barrier unless `sync_after_store` is false.
 template <typename T, typename LayoutA, typename LayoutB>
-__global__ void wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b,
-                                 GlobalPtr<const float> c, bool c_col_major,
-                                 bool sync_after_store, GlobalPtr<float> d) {
+__global__ void __launch_bounds__(4 * 32)
+    wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b, GlobalPtr<const float> c,
+                     bool c_col_major, bool sync_after_store, GlobalPtr<float> d) {
   IK_SHARED(T, a_tile, kGemmM * kGemmK);
   IK_DYNAMIC_SHARED(float, d_tile, 0, kGemmM * kGemmN);
   constexpr bool a_rows = std::is_same<LayoutA, wmma::row_major>::value;
@@ -135,7 +135,7 @@ __global__ void wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b,
 // A WMMA load from 16 bytes into a shared array: CUDA requires 32-byte alignment.
 __global__ void wmma_misaligned_kernel() {
   IK_SHARED(__half, tile, 2 * 256);
-  for (int e = threadIdx.x; e < 2 * 256; e += blockDim.x) tile[e] = __half(0.0f);
+  for (int e = threadIdx.x; e < 2 * 256; e += blockDim.x) tile[e] = __float2half(0.0f);
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a_frag;
   wmma::load_matrix_sync(a_frag, tile + 8, 16);

@@ -33,6 +33,9 @@
 #define __forceinline__ inline
 // A no-aliasing hint only, and kernels' GlobalPtr parameters are classes here.
 #define __restrict__
+// Hints to nvcc's register allocation.
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
 
 // ---------------------------------------------------------------------------------------
 // Runtime types
