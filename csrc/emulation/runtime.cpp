@@ -324,6 +324,11 @@ size_t shared_base_offset(const SharedMemory& memory) { return memory.base_offse
 
 const char* shared_name(const SharedMemory& memory) { return memory.name; }
 
+void null_shared_access() {
+  fail(thread_name(running("a shared-memory access")) + " accesses shared memory through a null "
+       "pointer");
+}
+
 void global_out_of_range(int64_t index, int64_t count) {
   const std::string where = current_fiber ? thread_name(*current_fiber) : std::string("the host");
   fail(where + " accesses global memory at index " + std::to_string(index) +

@@ -90,7 +90,7 @@ std::remove_const_t<typename pointee<Ptr>::type> tile_element(const Ptr& p, int6
   if constexpr (is_shared_pointer<Ptr>::value) {
     if (e % kWarpSize != lane()) {
       T value;
-      std::memcpy(&value, shared_peek(*p.memory_, p.offset_ + i), sizeof(T));
+      std::memcpy(&value, shared_peek(p.memory(), p.offset_ + i), sizeof(T));
       return value;
     }
   }
