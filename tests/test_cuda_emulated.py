@@ -239,7 +239,7 @@ def test_emulated_fused_diif_backward(emulated, shape, case, slice_ensemble, dty
 #: activation and every layer's gradient to the half type (products accumulate in fp32),
 #: so errors are a few of the type's rounding steps; bias gradients sum the rounded
 #: gradients of every row (measured: fp16 below 3e-3, bf16 below 3e-2).
-HALF_TOLERANCES = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+BACKWARD_HALF_TOLERANCES = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -256,7 +256,7 @@ def test_emulated_fused_diif_backward_half_types(emulated, shape, case, slice_en
     grad_out = torch.randn_like(torch.ops.implicit_kernels.diif_decode(*ref)).to(dtype)
     got = emulated_backward_fused(emulated, grad_out, args)
     expected = torch.ops.implicit_kernels.diif_decode_backward(grad_out.float(), *ref)
-    tol = HALF_TOLERANCES[dtype]
+    tol = BACKWARD_HALF_TOLERANCES[dtype]
     for i, (g, e) in enumerate(zip(flat(got), flat(expected), strict=True)):
         assert g.dtype == dtype, f"gradient {i}: dtype {g.dtype}"
         scale = max(1.0, float(e.abs().max()))
