@@ -148,6 +148,81 @@ def test_emulated_train_variants_equal_cpu_operators(emulated, decoder, case, dt
                                 backward)
 
 
+# The fused DIIF forward (csrc/cuda/diif_fused.cu): the plain diif_decode on the emulated
+# kernels runs it for decoders at most 256 wide (test_emulated_kernels_equal_cpu_operators
+# covers its cases at width 8); these cover wider and deeper decoders, tiles of rows, pixel
+# subsets and the half types' tensor-core path.
+HALF_TOLERANCES = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def diif_args(slice_ensemble, case, feat, hidden=8, coarse_layers=2, pixels=None):
+    """``diif_decode``'s arguments for the case's output grid (or ``pixels``), with random
+    parameters of ``feat``'s dtype: ``coarse_layers`` coarse Linears of width ``hidden``."""
+    size = CASES[case]
+    raw = diif_params(CHANNELS, hidden, feat.dtype, slice_ensemble, coarse_layers)
+    params = F._diif_params(raw, feat, slice_ensemble)
+    prepare = diif.prepare_diif if slice_ensemble else diif.prepare_diif_without_ensemble
+    if pixels is None:
+        pixels = geometry.grid_pixels(size, BATCH)
+    slicing = geometry.SLICINGS[list(CASES).index(case) % len(geometry.SLICINGS)]
+    return (*diif.op_inputs(prepare(feat, params)), pixels.contiguous(), *size, slicing,
+            slice_ensemble)
+
+
+def cast(args, dtype):
+    """``args`` with every floating tensor (lists included) converted to ``dtype``."""
+    def one(a):
+        if isinstance(a, list):
+            return [one(x) for x in a]
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+    return tuple(one(a) for a in args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_ensemble"])
+@pytest.mark.parametrize("hidden, coarse_layers", [(48, 2), (64, 1), (24, 3)])
+def test_fused_forward_wide_and_deep_decoders(emulated, slice_ensemble, hidden, coarse_layers,
+                                              dtype):
+    """Widths that are not multiples of 16 (padded), one to three coarse layers, more rows
+    and pixels than one tile (×2.3 over batch 2: 198 pixels, 90 slices)."""
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR, dtype=dtype)
+        args = diif_args(slice_ensemble, "x2.3", feat, hidden, coarse_layers)
+        assert_matches(emulated.diif_decode(*args), torch.ops.implicit_kernels.diif_decode(*args))
+
+
+@pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_ensemble"])
+def test_fused_forward_of_a_pixel_subset_equals_the_full_call(emulated, slice_ensemble):
+    """Each pixel's output depends only on its own slice's rows, whichever tile they fall in:
+    a shuffled subset of the pixels gives bit for bit the same rows as the whole grid."""
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR)
+        full_args = diif_args(slice_ensemble, "x2_by_x3", feat, hidden=24)
+        full = emulated.diif_decode(*full_args)
+        keep = torch.randperm(full.shape[1])[:45]
+        pixels = full_args[10][:, keep]
+        subset = emulated.diif_decode(*full_args[:10], pixels.contiguous(), *full_args[11:])
+        assert torch.equal(subset, full[:, keep])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_ensemble"])
+def test_fused_forward_half_types(emulated, slice_ensemble, case, dtype):
+    """The tensor-core path against the CPU float32 operator on the same inputs rounded to
+    ``dtype``: each layer's activations are rounded to ``dtype`` (G too), so the outputs
+    (about 0.3 in size) agree to HALF_TOLERANCES, absolute and relative: about 6 times
+    the largest difference seen over seeds and cases."""
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR).to(dtype).float()
+        args = cast(diif_args(slice_ensemble, case, feat, hidden=24), dtype)
+        got = emulated.diif_decode(*args)
+        assert got.dtype == dtype
+        expected = torch.ops.implicit_kernels.diif_decode(*cast(args, torch.float32))
+        tol = HALF_TOLERANCES[dtype]
+        torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol)
+
+
 # --- The fused DIIF backward (csrc/cuda/diif_fused_backward.cu) --------------------------
 
 #: Decoder shapes of the fused backward's cases: the first layer's width, the coarse
@@ -197,15 +272,6 @@ def diif_backward_args(shape, size, dtype, slice_ensemble, slicing="linear", shu
             pixels, *size, slicing, slice_ensemble)
 
 
-def cast_args(args, dtype):
-    """``args`` with every floating tensor (in lists too) cast to ``dtype``."""
-    def cast(a):
-        if isinstance(a, list):
-            return [cast(t) for t in a]
-        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-    return tuple(cast(a) for a in args)
-
-
 def emulated_backward_fused(emulated, grad_out, args):
     """The emulated ``diif_decode_backward``, asserting it ran the fused kernels: the
     unfused backward takes each ReLU's gradient with ``threshold_backward``, the fused one
@@ -252,7 +318,7 @@ def test_emulated_fused_diif_backward_half_types(emulated, shape, case, slice_en
     flipped a ReLU would change a gradient by a whole term, not a rounding error."""
     args = diif_backward_args(shape, CASES[case], dtype, slice_ensemble, shuffle=case == "x2.3",
                               active=True)
-    ref = cast_args(args, torch.float32)
+    ref = cast(args, torch.float32)
     grad_out = torch.randn_like(torch.ops.implicit_kernels.diif_decode(*ref)).to(dtype)
     got = emulated_backward_fused(emulated, grad_out, args)
     expected = torch.ops.implicit_kernels.diif_decode_backward(grad_out.float(), *ref)

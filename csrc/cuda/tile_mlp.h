@@ -23,14 +23,11 @@
 
 #include "ik/common.h"
 #include "launch.h"
+#include "tile_sizes.h"
 
 namespace ik {
 namespace cuda {
 
-constexpr int kTileRows = 32;
-constexpr int kTileThreads = 256;
-constexpr int kMaxWidth = 256;
-constexpr int kWidthAlign = 16;
 // Shared activations' row stride: the widest layer plus this many elements, so the rows
 // of a WMMA fragment load fall in different shared-memory banks.
 constexpr int kRowPad = 8;
@@ -47,11 +44,20 @@ constexpr bool kUsesTensorCores =
 template <typename T>
 using AccumulateOf = typename std::conditional<kUsesTensorCores<T>, float, T>::type;
 
+// The launch bounds of a kernel of tiles: kTileThreads threads, and the registers one block
+// per multiprocessor allows (nothing to declare in the emulation).
+#if defined(IK_EMULATE_CUDA)
+#define IK_TILE_KERNEL_BOUNDS
+#else
+#define IK_TILE_KERNEL_BOUNDS __launch_bounds__(::ik::cuda::kTileThreads, 1)
+#endif
+
 // Row stride of shared activation tiles whose widths are at most `width`.
 IK_HD int tile_ld(int width) { return width + kRowPad; }
 
-// A 16-byte aligned size (offsets into the dynamic shared memory).
-IK_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+// `bytes` rounded up to an offset into the dynamic shared memory where any tile may start
+// (WMMA needs 256-bit aligned pointers; IK_DYNAMIC_SHARED 16-byte offsets).
+IK_HD int64_t shared_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
 
 // One Linear layer of a tile MLP: weight (n_out, n_in) row-major, bias (n_out).
 template <typename T>
