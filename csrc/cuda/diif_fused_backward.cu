@@ -19,8 +19,8 @@ namespace diif {
 namespace {
 
 using cuda::AccumulateOf;
-using cuda::GlobalPtr;
 using cuda::global;
+using cuda::GlobalPtr;
 using cuda::kMaxWidth;
 using cuda::kTileRows;
 using cuda::kTileThreads;
@@ -68,7 +68,7 @@ struct CoarseArgs {
 // accumulator tile (Acc), both kTileRows x ld.
 template <typename T>
 IK_HD int64_t accumulator_offset(int ld) {
-  return cuda::align16(static_cast<int64_t>(kTileRows) * ld * sizeof(T));
+  return cuda::shared_align(static_cast<int64_t>(kTileRows) * ld * sizeof(T));
 }
 
 template <typename T, typename Acc>
@@ -78,10 +78,10 @@ int64_t shared_bytes(int ld) {
 
 // The place of a chain's layer j in the packed parameters and the per-row buffers.
 struct LayerAt {
-  int64_t in, out;     // padded widths
-  int64_t weight;      // offset of its (out, in) weight in the packed weights
-  int64_t bias;        // offset of its bias in the packed biases
-  int64_t act, grad;   // offsets of its (rows, in) input and (rows, out) output gradient
+  int64_t in, out;    // padded widths
+  int64_t weight;     // offset of its (out, in) weight in the packed weights
+  int64_t bias;       // offset of its bias in the packed biases
+  int64_t act, grad;  // offsets of its (rows, in) input and (rows, out) output gradient
 };
 
 __device__ inline LayerAt layer_at(SharedPtr<const int> widths, int j, int64_t rows) {
@@ -154,10 +154,9 @@ __device__ void chain_forward(const Chain<T>& chain, SharedPtr<const int> widths
 // only with `store_last`); on return `acc` holds the gradient of layer 0's pre-ReLU input
 // (zero on rows past the tile's end).  Layer j's ReLU mask is its stored input > 0.
 template <typename T, typename Acc>
-__device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> widths,
-                               const Tile& tile, bool store_last, SharedPtr<T> g,
-                               SharedPtr<Acc> acc, int ld, GlobalPtr<const T> acts,
-                               GlobalPtr<T> grads) {
+__device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> widths, const Tile& tile,
+                               bool store_last, SharedPtr<T> g, SharedPtr<Acc> acc, int ld,
+                               GlobalPtr<const T> acts, GlobalPtr<T> grads) {
   for (int j = chain.layers - 1; j >= 0; --j) {
     const LayerAt l = layer_at(widths, j, tile.rows);
     if (store_last || j + 1 < chain.layers) store_rows<T>(g, ld, l.out, tile, grads, l.grad);
@@ -165,8 +164,8 @@ __device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> width
     tile_linear<T, Acc>(g, ld, chain.weights + l.weight, true, l.out, l.in, acc, ld);
     for (int64_t e = threadIdx.x; e < kTileRows * l.in; e += kTileThreads) {
       const int64_t r = e / l.in, k = e - r * l.in;
-      const bool on = r < tile.valid &&
-                      static_cast<Acc>(acts[l.act + (tile.row0 + r) * l.in + k]) > Acc(0);
+      bool on = false;
+      if (r < tile.valid) on = static_cast<Acc>(acts[l.act + (tile.row0 + r) * l.in + k]) > Acc(0);
       const Acc v = on ? static_cast<Acc>(acc[r * ld + k]) : Acc(0);
       if (j > 0) {
         g[r * ld + k] = static_cast<T>(v);
@@ -179,7 +178,8 @@ __device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> width
 }
 
 template <typename T, typename Acc>
-__global__ void fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainShape shape) {
+__global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain,
+                                                           ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
   IK_SHARED(int64_t, block, kTileRows);
   IK_SHARED(Acc, geometry, kTileRows * 6);
@@ -237,8 +237,8 @@ __global__ void fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainSh
 }
 
 template <typename T, typename Acc>
-__global__ void coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
-                                       ChainShape shape) {
+__global__ void IK_TILE_KERNEL_BOUNDS coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
+                                                             ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
   IK_SHARED(int64_t, corner, kTileRows);
   IK_SHARED(Acc, coords, kTileRows * kCoordInputs);
@@ -272,8 +272,8 @@ __global__ void coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
   const int64_t df = widths[chain.layers];
   for (int64_t e = threadIdx.x; e < kTileRows * df; e += kTileThreads) {
     const int64_t r = e / df, k = e - r * df;
-    act[r * a.ld + k] = static_cast<T>(r < tile.valid ? a.grad_g[(tile.row0 + r) * df + k]
-                                                       : Acc(0));
+    act[r * a.ld + k] =
+        static_cast<T>(r < tile.valid ? a.grad_g[(tile.row0 + r) * df + k] : Acc(0));
   }
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, false, act, acc, a.ld, a.acts, a.grads);
@@ -282,7 +282,6 @@ __global__ void coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
     a.grad_pre[(tile.row0 + r) * a.width + c] = static_cast<T>(acc[r * a.ld + c]);
   }
 }
-
 
 template <typename T>
 Chain<T> chain_of(const ChainParams& p, const ChainShape& shape) {
@@ -325,9 +324,9 @@ cudaError_t fine_backward_as(const FineBackwardCall& c, const ChainShape& shape,
                            global(static_cast<T*>(c.grad_z), c.n * z_width),
                            global(static_cast<Acc*>(c.grad_g), slices * z_width)};
   const int64_t bytes = shared_bytes<T, Acc>(ld);
-  cudaError_t err = cudaFuncSetAttribute(fine_backward_kernel<T, Acc>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes));
+  cudaError_t err =
+      cudaFuncSetAttribute(fine_backward_kernel<T, Acc>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
   IK_LAUNCH(tiles_for(c.n), kTileThreads, bytes, stream, fine_backward_kernel<T, Acc>)(
       a, chain_of<T>(params, shape), shape);
@@ -353,9 +352,9 @@ cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& sh
       global(static_cast<T*>(c.grads), chain_grad_count(shape, c.rows, false)),
       global(static_cast<T*>(c.grad_pre), c.rows * c.width)};
   const int64_t bytes = shared_bytes<T, Acc>(ld);
-  cudaError_t err = cudaFuncSetAttribute(coarse_backward_kernel<T, Acc>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes));
+  cudaError_t err =
+      cudaFuncSetAttribute(coarse_backward_kernel<T, Acc>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
   if (err != cudaSuccess) return err;
   IK_LAUNCH(tiles_for(c.rows), kTileThreads, bytes, stream, coarse_backward_kernel<T, Acc>)(
       a, chain_of<T>(params, shape), shape);
@@ -363,10 +362,6 @@ cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& sh
 }
 
 }  // namespace
-
-int64_t padded_width(int64_t width) { return (width + kWidthAlign - 1) / kWidthAlign * kWidthAlign; }
-
-int64_t widest_fused_width() { return kMaxWidth; }
 
 int64_t chain_weight_count(const ChainShape& shape) {
   int64_t count = 0;
@@ -393,22 +388,23 @@ int64_t chain_grad_count(const ChainShape& shape, int64_t rows, bool with_last) 
 
 int chain_widest(const ChainShape& shape) {
   int widest = 0;
-  for (int j = 0; j <= shape.layers; ++j) widest = shape.width[j] > widest ? shape.width[j] : widest;
+  for (int j = 0; j <= shape.layers; ++j)
+    widest = shape.width[j] > widest ? shape.width[j] : widest;
   return widest;
 }
 
 // One launcher per kernel, dispatched on the decode's dtype.
-#define IK_DISPATCH_DTYPE(type, F, ...)                          \
-  switch (type) {                                                \
-    case DType::kFloat32:                                        \
-      return F<float, float>(__VA_ARGS__);                       \
-    case DType::kFloat64:                                        \
-      return F<double, double>(__VA_ARGS__);                     \
-    case DType::kFloat16:                                        \
-      return F<__half, float>(__VA_ARGS__);                      \
-    case DType::kBFloat16:                                       \
-      return F<__nv_bfloat16, float>(__VA_ARGS__);               \
-  }                                                              \
+#define IK_DISPATCH_DTYPE(type, F, ...)            \
+  switch (type) {                                  \
+    case DType::kFloat32:                          \
+      return F<float, float>(__VA_ARGS__);         \
+    case DType::kFloat64:                          \
+      return F<double, double>(__VA_ARGS__);       \
+    case DType::kFloat16:                          \
+      return F<__half, float>(__VA_ARGS__);        \
+    case DType::kBFloat16:                         \
+      return F<__nv_bfloat16, float>(__VA_ARGS__); \
+  }                                                \
   return cudaErrorInvalidValue
 
 cudaError_t launch_fine_backward(const FineBackwardCall& call, const ChainShape& shape,

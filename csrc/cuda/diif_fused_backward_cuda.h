@@ -17,7 +17,7 @@ namespace diif {
 constexpr int kMaxChainLayers = 16;
 
 // A chain of Linear layers, each taking a ReLU'd input: layer j maps width[j] to
-// width[j + 1] features, widths padded to multiples of kWidthAlign (tile_mlp.h).  Its
+// width[j + 1] features, widths padded to multiples of kWidthAlign (tile_sizes.h).  Its
 // parameters are packed end to end, zero-padded: weights (width[j + 1], width[j]) row-major,
 // biases (width[j + 1]).  The kernels' per-row buffers hold, end to end, every layer's
 // input (rows, width[j]) ("acts") and every layer's output gradient (rows, width[j + 1])
@@ -31,11 +31,6 @@ struct ChainParams {
   const void* weights;
   const void* biases;
 };
-
-// A width padded as the kernels' tiles need (a multiple of kWidthAlign, tile_mlp.h), and
-// the widest a chain may be (kMaxWidth).
-int64_t padded_width(int64_t width);
-int64_t widest_fused_width();
 
 // Elements of the packed weights, packed biases, and acts and grads of `rows` rows
 // (grads with or without the last layer's).

@@ -10,6 +10,7 @@
 #include "../diif_fused_backward.h"
 #include "../poison.h"
 #include "diif_fused_backward_cuda.h"
+#include "tile_sizes.h"
 
 namespace ik {
 namespace diif {
@@ -18,6 +19,10 @@ namespace {
 constexpr const char* kOp = "implicit_kernels::diif_decode_backward";
 
 void check_launch(cudaError_t err, const char* step) { cuda::check_launch(err, kOp, step); }
+
+int64_t padded_width(int64_t width) {
+  return (width + cuda::kWidthAlign - 1) / cuda::kWidthAlign * cuda::kWidthAlign;
+}
 
 // `t` zero-padded to `sizes` (t itself when it has them), contiguous.
 at::Tensor zero_padded(const at::Tensor& t, at::IntArrayRef sizes) {
@@ -99,7 +104,7 @@ void layer_gradients(const std::vector<LayerBlocks>& blocks, size_t layers,
 
 bool fits(const std::vector<at::Tensor>& weights) {
   for (const auto& w : weights) {
-    if (w.size(0) > widest_fused_width() || w.size(1) > widest_fused_width()) return false;
+    if (w.size(0) > cuda::kMaxWidth || w.size(1) > cuda::kMaxWidth) return false;
   }
   return weights.size() <= static_cast<size_t>(kMaxChainLayers);
 }
