@@ -226,13 +226,26 @@ __global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, C
   }
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, true, act, acc, a.ld, a.acts, a.grads);
-  // grad_z per pixel, and its share w_t·grad_z to every vertex row of the pixel's slice.
   for (int64_t e = threadIdx.x; e < tile.valid * df; e += kTileThreads) {
     const int64_t r = e / df, j = e - r * df;
-    const Acc gz = acc[r * a.ld + j];
-    a.grad_z[(tile.row0 + r) * df + j] = static_cast<T>(gz);
-    for (int t = 0; t < v; ++t)
-      atomicAdd(&a.grad_g[(block[r] + t) * df + j], geometry[r * 6 + 2 + t] * gz);
+    a.grad_z[(tile.row0 + r) * df + j] = static_cast<T>(acc[r * a.ld + j]);
+  }
+  // Each pixel's share w_t·grad_z of every vertex row of its slice: one thread per channel
+  // and vertex walks the tile's pixels in order and sums a run of pixels of one slice
+  // (a slice's pixels are consecutive in a raster decode) before its one atomic add.
+  for (int64_t e = threadIdx.x; e < v * df; e += kTileThreads) {
+    const int64_t t = e / df, j = e - t * df;
+    int64_t row = block[0];
+    Acc sum = Acc(0);
+    for (int r = 0; r < tile.valid; ++r) {
+      if (block[r] != row) {
+        atomicAdd(&a.grad_g[(row + t) * df + j], sum);
+        row = block[r];
+        sum = Acc(0);
+      }
+      sum += geometry[r * 6 + 2 + t] * static_cast<Acc>(acc[r * a.ld + j]);
+    }
+    atomicAdd(&a.grad_g[(row + t) * df + j], sum);
   }
 }
 
