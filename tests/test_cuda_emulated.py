@@ -155,18 +155,18 @@ def test_emulated_train_variants_equal_cpu_operators(emulated, decoder, case, dt
 HALF_TOLERANCES = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-def diif_args(slice_ensemble, case, feat, hidden=8, coarse_layers=2, pixels=None):
-    """``diif_decode``'s arguments for the case's output grid (or ``pixels``), with random
-    parameters of ``feat``'s dtype: ``coarse_layers`` coarse Linears of width ``hidden``."""
+def diif_args(slice_ensemble, case, feat, hidden=8, coarse_layers=2, slicing=None):
+    """``diif_decode``'s arguments for the case's output grid, with random parameters of
+    ``feat``'s dtype: ``coarse_layers`` coarse Linears of width ``hidden``; the case's
+    slicing unless given."""
     size = CASES[case]
     raw = diif_params(CHANNELS, hidden, feat.dtype, slice_ensemble, coarse_layers)
     params = F._diif_params(raw, feat, slice_ensemble)
     prepare = diif.prepare_diif if slice_ensemble else diif.prepare_diif_without_ensemble
-    if pixels is None:
-        pixels = geometry.grid_pixels(size, BATCH)
-    slicing = geometry.SLICINGS[list(CASES).index(case) % len(geometry.SLICINGS)]
-    return (*diif.op_inputs(prepare(feat, params)), pixels.contiguous(), *size, slicing,
-            slice_ensemble)
+    if slicing is None:
+        slicing = geometry.SLICINGS[list(CASES).index(case) % len(geometry.SLICINGS)]
+    return (*diif.op_inputs(prepare(feat, params)), geometry.grid_pixels(size, BATCH), *size,
+            slicing, slice_ensemble)
 
 
 def cast(args, dtype):
@@ -192,16 +192,22 @@ def test_fused_forward_wide_and_deep_decoders(emulated, slice_ensemble, hidden, 
 
 
 @pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_ensemble"])
-def test_fused_forward_of_a_pixel_subset_equals_the_full_call(emulated, slice_ensemble):
+@pytest.mark.parametrize("case, slicing", [("x1", "linear"), ("x3", "constant")])
+def test_fused_forward_of_a_pixel_subset_equals_the_full_call(emulated, slice_ensemble, case,
+                                                              slicing):
     """Each pixel's output depends only on its own slice's rows, whichever tile they fall in:
-    a shuffled subset of the pixels gives bit for bit the same rows as the whole grid."""
+    the pixels of a random half of the LR rows, shuffled, give bit for bit the rows of the
+    whole grid.  Whole groups keep the pixels per slice, so both calls blend on the same
+    side: in H's space at ×1 (a pixel per slice, 4 vertices), after fine_wh at ×3 (9)."""
     with torch.no_grad():
         feat = torch.randn(BATCH, CHANNELS, *LR)
-        full_args = diif_args(slice_ensemble, "x2_by_x3", feat, hidden=24)
-        full = emulated.diif_decode(*full_args)
-        keep = torch.randperm(full.shape[1])[:45]
-        pixels = full_args[10][:, keep]
-        subset = emulated.diif_decode(*full_args[:10], pixels.contiguous(), *full_args[11:])
+        args = diif_args(slice_ensemble, case, feat, hidden=24, slicing=slicing)
+        full = emulated.diif_decode(*args)
+        pixels, scale = args[10], CASES[case][0] // LR[0]
+        lr_rows = torch.randperm(LR[0])[:LR[0] // 2]
+        keep = torch.isin(pixels[0, :, 0] // scale, lr_rows).nonzero()[:, 0]
+        keep = keep[torch.randperm(len(keep))]
+        subset = emulated.diif_decode(*args[:10], pixels[:, keep].contiguous(), *args[11:])
         assert torch.equal(subset, full[:, keep])
 
 

@@ -1,9 +1,10 @@
 // The fused DIIF forward (docs/diif.md): two kernels per call, whose activations stay in
 // shared memory (csrc/cuda/diif_tiles.h) and whose only global writes are G and the output.
 //   coarse_kernel: a block per kTileRows slice-vertex rows: relu(pre), the coarse layers,
-//                  then G = fine_wh·H to global memory;
-//   fine_kernel:   a block per kTileRows pixels: relu(blend of G), the fine layers, the
-//                  output rows.
+//                  then G = fine_wh·H (or H, where the blend is in H's space) to global
+//                  memory;
+//   fine_kernel:   a block per kTileRows pixels: relu(blend), the fine layers, the output
+//                  rows.
 // Shared memory per block: the activation tile (kTileRows × ld of T) and the accumulator
 // tile (kTileRows × ld of the accumulation type), dynamic; the SIMT products' weight stage
 // and the fine stage's per-pixel geometry, static.
@@ -30,18 +31,26 @@ int64_t shared_bytes(int ld) {
   return acc_offset<T>(ld) + int64_t(kTileRows) * ld * sizeof(AccumulateOf<T>);
 }
 
+// Writes the rows' G = fine_wh·H (R, fine_width) into `vertex_rows`, or their H (R, hidden)
+// where fine_wh is null (the fine kernel blends in H's space).
 template <typename T>
 __global__ void IK_TILE_KERNEL_BOUNDS
     coarse_kernel(CoarseTiles<T> p, GlobalPtr<const T> fine_wh, int hidden, int fine_width,
-                  GlobalPtr<T> g, int ld) {
+                  GlobalPtr<T> vertex_rows, int ld) {
   using Acc = AccumulateOf<T>;
   IK_DYNAMIC_SHARED(T, act, 0, kTileRows * ld);
   IK_DYNAMIC_SHARED(Acc, acc, acc_offset<T>(ld), kTileRows * ld);
   const int64_t row0 = int64_t(blockIdx.x) * kTileRows;
+  const int rows = tile_rows(row0, p.rows);
   coarse_tile_forward<T>(p, row0, act, 0, acc, ld);
-  cuda::tile_linear<T, Acc>(act, ld, fine_wh, false, hidden, fine_width, acc, ld);
-  cuda::tile_store<T, Acc>(acc, ld, GlobalPtr<const T>(), tile_rows(row0, p.rows), fine_width,
-                           g + row0 * fine_width, fine_width);
+  if (fine_wh) {
+    cuda::tile_linear<T, Acc>(act, ld, fine_wh, false, hidden, fine_width, acc, ld);
+    cuda::tile_store<T, Acc>(acc, ld, GlobalPtr<const T>(), rows, fine_width,
+                             vertex_rows + row0 * fine_width, fine_width);
+  } else {
+    cuda::tile_store<T, T>(act, ld, GlobalPtr<const T>(), rows, hidden,
+                           vertex_rows + row0 * hidden, hidden);
+  }
 }
 
 template <typename T>
@@ -90,7 +99,10 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
   c.b0 = global(static_cast<const T*>(f.b0), int64_t(f.width));
   for (int l = 0; l < f.coarse_count; ++l) c.layers[l] = tile_layer<T>(f.coarse[l]);
   c.count = f.coarse_count;
-  const int64_t g_count = f.rows * f.fine_width;
+  const int vertex_width = f.hidden_blend ? f.hidden : f.fine_width;
+  const int64_t vertex_count = f.rows * vertex_width;
+  const GlobalPtr<const T> fine_wh =
+      global(static_cast<const T*>(f.fine_wh), int64_t(f.fine_width) * f.hidden);
   const int coarse_ld = stage_ld(f.width, f.coarse, f.coarse_count, f.fine_width);
   const int64_t coarse_bytes = shared_bytes<T>(coarse_ld);
   cudaError_t err = cudaFuncSetAttribute(coarse_kernel<T>,
@@ -98,8 +110,8 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
                                          static_cast<int>(coarse_bytes));
   if (err != cudaSuccess) return err;
   IK_LAUNCH(tiles_for(f.rows), kTileThreads, coarse_bytes, stream, coarse_kernel<T>)(
-      c, global(static_cast<const T*>(f.fine_wh), int64_t(f.fine_width) * f.hidden), f.hidden,
-      f.fine_width, global(static_cast<T*>(f.g), g_count), coarse_ld);
+      c, f.hidden_blend ? GlobalPtr<const T>() : fine_wh, f.hidden, f.fine_width,
+      global(static_cast<T*>(f.vertex_rows), vertex_count), coarse_ld);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
@@ -108,13 +120,16 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
   p.dims = f.dims;
   p.pixels = global(f.pixels, 2 * f.n);
   p.slice_of = global(f.slice_of, f.n);
-  p.g = global(static_cast<const T*>(f.g), g_count);
   p.width = f.fine_width;
+  p.hidden_blend = f.hidden_blend;
+  p.vertex_rows = global(static_cast<const T*>(f.vertex_rows), vertex_count);
+  p.hidden = f.hidden;
+  p.wh = fine_wh;
   p.wd = global(static_cast<const T*>(f.fine_wd), int64_t(f.fine_width) * 2);
   p.b0 = global(static_cast<const T*>(f.fine_b0), int64_t(f.fine_width));
   for (int l = 0; l < f.fine_count; ++l) p.layers[l] = tile_layer<T>(f.fine[l]);
   p.count = f.fine_count;
-  const int fine_ld = stage_ld(f.fine_width, f.fine, f.fine_count, 0);
+  const int fine_ld = stage_ld(f.fine_width, f.fine, f.fine_count, f.hidden);
   const int64_t fine_bytes = shared_bytes<T>(fine_ld);
   err = cudaFuncSetAttribute(fine_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(fine_bytes));

@@ -43,7 +43,10 @@ struct FusedForward {
   int coarse_count;
   const void* fine_wh;         // (fine_width, hidden), hidden the coarse stage's last width
   int hidden, fine_width;
-  void* g;                     // (R, fine_width) workspace: fine_wh·H per row
+  // Whether the pixels blend H (then multiply by fine_wh) instead of G = fine_wh·H: the
+  // same map, cheaper when a call has fewer pixels than rows (docs/diif.md).
+  bool hidden_blend;
+  void* vertex_rows;           // workspace: (R, hidden) H with hidden_blend, else (R, fine_width) G
   // Fine stage, per pixel.
   int64_t n;
   const int64_t* pixels;       // (n, 2)

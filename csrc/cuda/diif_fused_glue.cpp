@@ -87,9 +87,11 @@ at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w
   f.fine_wh = pad(st.fine_wh, {fine_width, hidden});
   f.hidden = static_cast<int>(hidden);
   f.fine_width = static_cast<int>(fine_width);
-  const at::Tensor g = empty_poisoned({f.rows, fine_width}, corner_proj.options());
-  f.g = g.data_ptr();
   f.n = sl.pixels.size(0);
+  f.hidden_blend = f.n < f.rows;
+  const at::Tensor vertex_rows =
+      empty_poisoned({f.rows, f.hidden_blend ? hidden : fine_width}, corner_proj.options());
+  f.vertex_rows = vertex_rows.data_ptr();
   f.pixels = sl.pixels.data_ptr<int64_t>();
   f.slice_of = sl.slice_of.data_ptr<int64_t>();
   f.fine_wd = pad(st.fine_wd, {fine_width, 2});

@@ -5,6 +5,9 @@
 //     pre = corner_proj[corner] + w_coord·coords + b0   (in the accumulation type)
 //   fine_tile_forward:   kTileRows pixels -> relu(z), the fine layers -> the output's product
 //     z = fine_b0 + fine_wd·d + Σ_t w_t(d)·G[slice·V + t]   (G = fine_wh·H per row)
+//     or, with hidden_blend, fine_b0 + fine_wd·d + fine_wh·Σ_t w_t(d)·H[slice·V + t]
+//     (the same linear map: one fine_wh product per pixel instead of one per row, taken
+//     when a call has fewer pixels than rows)
 // Activations live in shared memory (csrc/cuda/tile_mlp.h); widths are padded to
 // kWidthAlign with zero weights and biases.
 #pragma once
@@ -38,8 +41,13 @@ struct FineTiles {
   Dims dims;
   cuda::GlobalPtr<const int64_t> pixels;    // (n, 2)
   cuda::GlobalPtr<const int64_t> slice_of;  // (n,)
-  cuda::GlobalPtr<const T> g;               // (R, width) fine_wh·H per slice-vertex row
   int width;                                // the padded width of the fine first layer
+  // Per slice-vertex row, what the pixels blend: G (R, width), or with hidden_blend H
+  // (R, hidden), then multiplied by wh (width, hidden).
+  bool hidden_blend;
+  cuda::GlobalPtr<const T> vertex_rows;
+  int hidden;
+  cuda::GlobalPtr<const T> wh;
   cuda::GlobalPtr<const T> wd, b0;          // (width, 2), (width,)
   cuda::TileLayer<T> layers[kMaxFusedLayers];
   int count;
@@ -87,37 +95,62 @@ __device__ void fine_tile_forward(const FineTiles<T>& p, int64_t row0, cuda::Sha
                                   int64_t act_stride, cuda::SharedPtr<cuda::AccumulateOf<T>> acc,
                                   int ld) {
   using Acc = cuda::AccumulateOf<T>;
-  // Per pixel of the tile: offset d, vertex weights and the first row of its slice in g.
-  IK_SHARED(Acc, geometry, cuda::kTileRows * (2 + kVertices));
-  IK_SHARED(int64_t, first_row, cuda::kTileRows);
+  constexpr int kGeometry = 2 + kVertices;  // d, then the vertex weights
+  IK_SHARED(Acc, geometry, cuda::kTileRows * kGeometry);
+  IK_SHARED(int64_t, first_row, cuda::kTileRows);  // the pixel's slice's first vertex row
   const int rows = tile_rows(row0, p.n), vertices = vertex_count(p.dims);
   const int r0 = threadIdx.x;
   if (r0 < rows) {
     const int64_t q = row0 + r0;
-    Acc offset[2], weight[kVertices];
+    Acc offset[2], weight[kVertices] = {};
     pixel_offset_weights<Acc>(p.pixels[2 * q], p.pixels[2 * q + 1], p.dims, offset, weight);
 #pragma unroll
-    for (int k = 0; k < 2; ++k) geometry[r0 * (2 + kVertices) + k] = offset[k];
+    for (int k = 0; k < 2; ++k) geometry[r0 * kGeometry + k] = offset[k];
 #pragma unroll
     for (int t = 0; t < kVertices; ++t) {
-      if (t < vertices) geometry[r0 * (2 + kVertices) + 2 + t] = weight[t];
+      if (t < vertices) geometry[r0 * kGeometry + 2 + t] = weight[t];
     }
     first_row[r0] = p.slice_of[q] * vertices;
   }
   __syncthreads();
+  // Each element of the tile reads its row's geometry (registers, fixed indices).
+  const auto row_geometry = [&](int r, Acc offset[2], Acc weight[kVertices]) {
+#pragma unroll
+    for (int k = 0; k < 2; ++k) offset[k] = geometry[r * kGeometry + k];
+#pragma unroll
+    for (int t = 0; t < kVertices; ++t) {
+      weight[t] = t < vertices ? Acc(geometry[r * kGeometry + 2 + t]) : Acc(0);
+    }
+  };
+  if (p.hidden_blend) {
+    // act = Σ_t w_t H_t, then acc = wh·act.
+    for (int e = threadIdx.x; e < cuda::kTileRows * p.hidden; e += cuda::kTileThreads) {
+      const int r = e / p.hidden, c = e - r * p.hidden;
+      Acc mix = Acc(0);
+      if (r < rows) {
+        Acc offset[2], weight[kVertices];
+        row_geometry(r, offset, weight);
+        mix = add_vertex_sum<Acc>(mix, c, p.hidden, vertices,
+                                  p.vertex_rows + first_row[r] * p.hidden, weight);
+      }
+      act[r * ld + c] = static_cast<T>(mix);
+    }
+    __syncthreads();
+    cuda::tile_linear<T, Acc>(act, ld, p.wh, false, p.hidden, p.width, acc, ld);
+  }
   for (int e = threadIdx.x; e < cuda::kTileRows * p.width; e += cuda::kTileThreads) {
     const int r = e / p.width, o = e - r * p.width;
     Acc z = Acc(0);
     if (r < rows) {
       Acc offset[2], weight[kVertices];
-#pragma unroll
-      for (int k = 0; k < 2; ++k) offset[k] = geometry[r * (2 + kVertices) + k];
-#pragma unroll
-      for (int t = 0; t < kVertices; ++t) {
-        weight[t] = t < vertices ? Acc(geometry[r * (2 + kVertices) + 2 + t]) : Acc(0);
+      row_geometry(r, offset, weight);
+      z = offset_channel<Acc>(o, p.wd, p.b0, offset);
+      if (p.hidden_blend) {
+        z += acc[r * ld + o];
+      } else {
+        z = add_vertex_sum<Acc>(z, o, p.width, vertices, p.vertex_rows + first_row[r] * p.width,
+                                weight);
       }
-      z = blend_channel<Acc>(o, p.width, vertices, p.g + first_row[r] * p.width, p.wd, p.b0,
-                             offset, weight);
     }
     act[r * ld + o] = static_cast<T>(z < Acc(0) ? Acc(0) : z);
   }

@@ -3,7 +3,7 @@
 // activations in shared memory and runs a Linear over them:
 //   tile_linear:   out[r][o] = Σ_k in[r][k]·W(o, k)      (Acc, shared)
 //   tile_bias_act: act[r][o] = T(relu?(acc[r][o] + b[o])) (T, shared)
-//   tile_store:    dst[r][o] = T(acc[r][o] + b[o])         (T, global; rows < a count)
+//   tile_store:    dst[r][o] = T(src[r][o] + b[o])         (T, global; rows < a count)
 // Widths are multiples of kWidthAlign (the glue zero-pads weights and biases, so padded
 // channels stay exactly 0 through every ReLU) and at most kMaxWidth.
 //
@@ -211,14 +211,16 @@ __device__ void tile_bias_act(SharedPtr<const Acc> acc, int ld_acc, GlobalPtr<co
   __syncthreads();
 }
 
-// dst[r·ld_dst + o] = T(acc[r][o] + bias[o]) for r < rows, o < n (rows ≤ kTileRows; bias
-// may be null): a tile's result rows to global memory.
-template <typename T, typename Acc>
-__device__ void tile_store(SharedPtr<const Acc> acc, int ld_acc, GlobalPtr<const T> bias, int rows,
+// dst[r·ld_dst + o] = T(src[r][o] + bias[o]) for r < rows, o < n (rows ≤ kTileRows; bias
+// may be null), summed in AccumulateOf<T>: a tile's result rows to global memory.  Src: the
+// accumulation type (an accumulator tile) or T (an activation tile).
+template <typename T, typename Src>
+__device__ void tile_store(SharedPtr<const Src> src, int ld_src, GlobalPtr<const T> bias, int rows,
                            int n, GlobalPtr<T> dst, int64_t ld_dst) {
+  using Acc = AccumulateOf<T>;
   for (int e = threadIdx.x; e < rows * n; e += kTileThreads) {
     const int r = e / n, o = e - r * n;
-    Acc x = acc[r * ld_acc + o];
+    Acc x = static_cast<Acc>(static_cast<Src>(src[r * ld_src + o]));
     if (static_cast<bool>(bias)) x += static_cast<Acc>(bias[o]);
     dst[r * ld_dst + o] = static_cast<T>(x);
   }
