@@ -138,21 +138,14 @@ Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const Trac
 #if defined(IK_CUDA_KERNELS)
 CornerLayer corner_layer(const Decoder& d) { return {d.corner_proj, d.w_coord, d.b0}; }
 
-// G = fine_wh·H of every slice-vertex row, the coarse stage's forward.
-at::Tensor slice_vertex_g(const Decoder& d, const Slices& sl) {
-  const int64_t rows = sl.coords.size(0);
-  at::Tensor pre = at::empty({rows, d.corner_proj.size(3)}, d.corner_proj.options());
-  first_layer(d, sl)(0, rows, pre);
-  const at::Tensor hidden = mlp_forward(d.stages.coarse, pre.relu_(), nullptr);
-  return at::mm(hidden, d.stages.fine_wh.t());
-}
-
 // The gradients on the fused backward kernels (csrc/diif_fused_backward.h).
 Grads fused_gradients(const Decoder& d, const Slices& sl, const Dims& dims,
                       const at::Tensor& grad_out) {
   StageGrads g;
-  const at::Tensor grad = stages_backward_fused(d.stages, corner_layer(d), sl, dims,
-                                                slice_vertex_g(d, sl), grad_out, &g);
+  const at::Tensor g_rows =
+      fused_slice_vertex_g(d.corner_proj, d.w_coord, d.b0, d.stages, sl, dims);
+  const at::Tensor grad =
+      stages_backward_fused(d.stages, corner_layer(d), sl, dims, g_rows, grad_out, &g);
   return gradients_from(d, sl, grad, g);
 }
 #endif

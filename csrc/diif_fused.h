@@ -20,6 +20,12 @@ bool fused_forward_fits(const Stages& st, int64_t width);
 at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w_coord,
                               const at::Tensor& b0, const Stages& st, const Slices& sl,
                               const Dims& dims);
+
+// G = fine_wh·H (R, fine width padded to kWidthAlign) of the call's slice-vertex rows: the
+// coarse kernel alone, for the fused backward's recompute (csrc/diif_fused_backward.h).
+at::Tensor fused_slice_vertex_g(const at::Tensor& corner_proj, const at::Tensor& w_coord,
+                                const at::Tensor& b0, const Stages& st, const Slices& sl,
+                                const Dims& dims);
 #endif
 
 }  // namespace diif

@@ -21,13 +21,13 @@ struct CornerLayer {
 };
 
 // Whether stages_backward_fused takes these stages: tensors on the CUDA kernels
-// (runs_cuda_kernels), every layer at most widest_fused_width() wide and at most
-// kMaxChainLayers layers per stage.
+// (runs_cuda_kernels) and a decoder the fused forward takes (fused_forward_fits), whose
+// coarse kernel recomputes G.
 bool fused_backward_applies(const Stages& st, const CornerLayer& first);
 
-// stages_backward of DIIF from `g` (S·V, df), G = fine_wh·H of every slice-vertex row (the
-// coarse stage's forward output): fills `grads` and returns the gradient of the first
-// pre-activation (S·V, width), as stages_backward.
+// stages_backward of DIIF from `g` (S·V, df or df padded), G = fine_wh·H of every
+// slice-vertex row (fused_slice_vertex_g): fills `grads` and returns the gradient of the
+// first pre-activation (S·V, width), as stages_backward.
 at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, const Slices& sl,
                                  const Dims& dims, const at::Tensor& g, const at::Tensor& grad_out,
                                  StageGrads* grads);

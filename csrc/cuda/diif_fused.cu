@@ -114,6 +114,7 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
       global(static_cast<T*>(f.vertex_rows), vertex_count), coarse_ld);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
+  if (f.n == 0) return cudaSuccess;  // G alone (FusedForward::n)
 
   FineTiles<T> p;
   p.n = f.n;
@@ -142,7 +143,7 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_diif_fused_forward(const FusedForward& f, cudaStream_t stream) {
-  if (f.rows == 0 || f.n == 0) return cudaSuccess;
+  if (f.rows == 0) return cudaSuccess;
   switch (f.type) {
     case DType::kFloat32:
       return forward_as<float>(f, stream);

@@ -7,14 +7,15 @@
 
 #include <cstdint>
 
+#include "diif_fused_cuda.h"
 #include "ik/diif_decode.h"
 #include "launch.h"
 
 namespace ik {
 namespace diif {
 
-// Layers a chain may have (more keep the unfused path).
-constexpr int kMaxChainLayers = 16;
+// Layers a chain may have: a fused stage's (the coarse chain adds fine_wh).
+constexpr int kMaxChainLayers = kMaxFusedLayers + 1;
 
 // A chain of Linear layers, each taking a ReLU'd input: layer j maps width[j] to
 // width[j + 1] features, widths padded to multiples of kWidthAlign (tile_sizes.h).  Its

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../cuda_glue.h"
+#include "../diif_fused.h"
 #include "../diif_fused_backward.h"
 #include "../poison.h"
 #include "diif_fused_backward_cuda.h"
@@ -102,20 +103,10 @@ void layer_gradients(const std::vector<LayerBlocks>& blocks, size_t layers,
   }
 }
 
-bool fits(const std::vector<at::Tensor>& weights) {
-  for (const auto& w : weights) {
-    if (w.size(0) > cuda::kMaxWidth || w.size(1) > cuda::kMaxWidth) return false;
-  }
-  return weights.size() <= static_cast<size_t>(kMaxChainLayers);
-}
-
 }  // namespace
 
 bool fused_backward_applies(const Stages& st, const CornerLayer& first) {
-  if (!runs_cuda_kernels(first.corner_proj)) return false;
-  std::vector<at::Tensor> coarse = st.coarse.weights;
-  coarse.push_back(st.fine_wh);
-  return fits(coarse) && fits(st.fine.weights);
+  return runs_cuda_kernels(first.corner_proj) && fused_forward_fits(st, first.corner_proj.size(-1));
 }
 
 at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, const Slices& sl,

@@ -59,7 +59,8 @@ struct FusedForward {
   int out_dim;
 };
 
-// The coarse kernel (slice-vertex rows -> g), then the fine kernel (pixels -> out).
+// The coarse kernel (slice-vertex rows -> g), then the fine kernel (pixels -> out); with
+// n = 0 the coarse kernel alone (G for a backward's recompute, hidden_blend false).
 cudaError_t launch_diif_fused_forward(const FusedForward& f, cudaStream_t stream);
 
 }  // namespace diif

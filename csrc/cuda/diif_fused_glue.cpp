@@ -60,9 +60,12 @@ bool fused_forward_fits(const Stages& st, int64_t width) {
   return fits;
 }
 
-at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w_coord,
-                              const at::Tensor& b0, const Stages& st, const Slices& sl,
-                              const Dims& dims) {
+namespace {
+
+// The fused kernels on the call's slices: the output (n, out), or with `g_only` the coarse
+// kernel alone and its G (R, padded fine width).
+at::Tensor run_fused(const at::Tensor& corner_proj, const at::Tensor& w_coord, const at::Tensor& b0,
+                     const Stages& st, const Slices& sl, const Dims& dims, bool g_only) {
   const cuda::DeviceGuard guard(corner_proj.device());
   const int64_t width = corner_proj.size(3), fine_width = padded(st.fine_wh.size(0));
   const int64_t hidden = padded(st.fine_wh.size(1));
@@ -87,8 +90,8 @@ at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w
   f.fine_wh = pad(st.fine_wh, {fine_width, hidden});
   f.hidden = static_cast<int>(hidden);
   f.fine_width = static_cast<int>(fine_width);
-  f.n = sl.pixels.size(0);
-  f.hidden_blend = f.n < f.rows;
+  f.n = g_only ? 0 : sl.pixels.size(0);
+  f.hidden_blend = !g_only && f.n < f.rows;
   const at::Tensor vertex_rows =
       empty_poisoned({f.rows, f.hidden_blend ? hidden : fine_width}, corner_proj.options());
   f.vertex_rows = vertex_rows.data_ptr();
@@ -105,7 +108,21 @@ at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w
   f.out_dim = static_cast<int>(out_dim);
   cuda::check_launch(launch_diif_fused_forward(f, cuda::stream_of(corner_proj)), kOp,
                      "fused forward");
-  return out;
+  return g_only ? vertex_rows : out;
+}
+
+}  // namespace
+
+at::Tensor fused_forward_cuda(const at::Tensor& corner_proj, const at::Tensor& w_coord,
+                              const at::Tensor& b0, const Stages& st, const Slices& sl,
+                              const Dims& dims) {
+  return run_fused(corner_proj, w_coord, b0, st, sl, dims, false);
+}
+
+at::Tensor fused_slice_vertex_g(const at::Tensor& corner_proj, const at::Tensor& w_coord,
+                                const at::Tensor& b0, const Stages& st, const Slices& sl,
+                                const Dims& dims) {
+  return run_fused(corner_proj, w_coord, b0, st, sl, dims, true);
 }
 
 }  // namespace diif
