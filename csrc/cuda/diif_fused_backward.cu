@@ -12,7 +12,7 @@
 #include <cuda_fp16.h>
 
 #include "diif_fused_backward_cuda.h"
-#include "tile_mlp.h"
+#include "diif_tiles.h"
 
 namespace ik {
 namespace diif {
@@ -36,29 +36,23 @@ struct Chain {
   int layers;
 };
 
-// FineBackwardCall with typed, sized arrays (Acc: the accumulation type).
+// FineBackwardCall with typed, sized arrays (Acc: the accumulation type); the first
+// layer's inputs as the fused forward's fine kernel takes them (its layers unused).
 template <typename T, typename Acc>
 struct FineArgs {
-  GlobalPtr<const int64_t> pixels, slice_of;
-  int64_t n;
-  Dims dims;
-  GlobalPtr<const T> g;  // (S·V, width[0])
-  GlobalPtr<const T> wd, b0, grad_out;
+  FineTiles<T> first;
+  GlobalPtr<const T> grad_out;
   int64_t out_dim;
   int ld;  // the shared tiles' row stride: the chain's widest layer
   GlobalPtr<T> acts, grads, grad_z;
   GlobalPtr<Acc> grad_g;
 };
 
-// CoarseBackwardCall with typed, sized arrays.
+// CoarseBackwardCall with typed, sized arrays; the first layer's inputs as the fused
+// forward's coarse kernel takes them (its layers unused).
 template <typename T, typename Acc>
 struct CoarseArgs {
-  GlobalPtr<const T> corner_proj;
-  int64_t width;  // corner_proj's, unpadded
-  GlobalPtr<const int64_t> corners;
-  GlobalPtr<const Acc> coords;
-  int64_t rows;
-  GlobalPtr<const T> w_coord, b0;  // (width[0], kCoordInputs), (width[0],)
+  CoarseTiles<T> first;
   GlobalPtr<const Acc> grad_g;
   int ld;
   GlobalPtr<T> acts, grads, grad_pre;
@@ -181,40 +175,23 @@ template <typename T, typename Acc>
 __global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain,
                                                            ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
-  IK_SHARED(int64_t, block, kTileRows);
-  IK_SHARED(Acc, geometry, kTileRows * 6);
+  IK_SHARED(int64_t, first_row, kTileRows);  // the pixel's slice's first vertex row
+  IK_SHARED(Acc, vertex_weight, kTileRows * kVertices);
   IK_DYNAMIC_SHARED(T, act, 0, kTileRows * a.ld);
   IK_DYNAMIC_SHARED(Acc, acc, accumulator_offset<T>(a.ld), kTileRows * a.ld);
   load_widths(shape, widths);
-  const Tile tile = tile_of_block(a.n);
-  const int v = vertex_count(a.dims);
+  const Tile tile = tile_of_block(a.first.n);
+  const int v = vertex_count(a.first.dims);
   if (static_cast<int>(threadIdx.x) < tile.valid) {
     const int64_t p = tile.row0 + threadIdx.x;
-    Acc offset[2], weight[4];
-    pixel_offset_weights<Acc>(a.pixels[2 * p], a.pixels[2 * p + 1], a.dims, offset, weight);
-    block[threadIdx.x] = a.slice_of[p] * v;
-    geometry[threadIdx.x * 6] = offset[0];
-    geometry[threadIdx.x * 6 + 1] = offset[1];
+    Acc offset[2], weight[kVertices] = {};
+    pixel_offset_weights<Acc>(a.first.pixels[2 * p], a.first.pixels[2 * p + 1], a.first.dims,
+                              offset, weight);
+    first_row[threadIdx.x] = a.first.slice_of[p] * v;
 #pragma unroll
-    for (int t = 0; t < kVertices; ++t) {
-      if (t < v) geometry[threadIdx.x * 6 + 2 + t] = weight[t];
-    }
+    for (int t = 0; t < kVertices; ++t) vertex_weight[threadIdx.x * kVertices + t] = weight[t];
   }
-  __syncthreads();
-  // relu(z), z = b0 + wd·d + Σ_t w_t G[slice·V + t] (docs/diif.md, equal form 3).
-  const int64_t df = widths[0];
-  for (int64_t e = threadIdx.x; e < kTileRows * df; e += kTileThreads) {
-    const int64_t r = e / df, j = e - r * df;
-    Acc z = Acc(0);
-    if (r < tile.valid) {
-      z = static_cast<Acc>(a.b0[j]) + static_cast<Acc>(a.wd[2 * j]) * geometry[r * 6] +
-          static_cast<Acc>(a.wd[2 * j + 1]) * geometry[r * 6 + 1];
-      for (int t = 0; t < v; ++t)
-        z += geometry[r * 6 + 2 + t] * static_cast<Acc>(a.g[(block[r] + t) * df + j]);
-    }
-    act[r * a.ld + j] = static_cast<T>(z > Acc(0) ? z : Acc(0));
-  }
-  __syncthreads();
+  fine_tile_input<T>(a.first, tile.row0, act, acc, a.ld);  // relu(z)
   chain_forward<T, Acc>(chain, widths, tile, act, acc, a.ld, a.acts);
   // The incoming gradient, zero-padded.
   const int64_t out = widths[chain.layers];
@@ -226,6 +203,7 @@ __global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, C
   }
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, true, act, acc, a.ld, a.acts, a.grads);
+  const int64_t df = widths[0];
   for (int64_t e = threadIdx.x; e < tile.valid * df; e += kTileThreads) {
     const int64_t r = e / df, j = e - r * df;
     a.grad_z[(tile.row0 + r) * df + j] = static_cast<T>(acc[r * a.ld + j]);
@@ -235,15 +213,15 @@ __global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, C
   // (a slice's pixels are consecutive in a raster decode) before its one atomic add.
   for (int64_t e = threadIdx.x; e < v * df; e += kTileThreads) {
     const int64_t t = e / df, j = e - t * df;
-    int64_t row = block[0];
+    int64_t row = first_row[0];
     Acc sum = Acc(0);
     for (int r = 0; r < tile.valid; ++r) {
-      if (block[r] != row) {
+      if (first_row[r] != row) {
         atomicAdd(&a.grad_g[(row + t) * df + j], sum);
-        row = block[r];
+        row = first_row[r];
         sum = Acc(0);
       }
-      sum += geometry[r * 6 + 2 + t] * static_cast<Acc>(acc[r * a.ld + j]);
+      sum += vertex_weight[r * kVertices + t] * static_cast<Acc>(acc[r * a.ld + j]);
     }
     atomicAdd(&a.grad_g[(row + t) * df + j], sum);
   }
@@ -253,33 +231,11 @@ template <typename T, typename Acc>
 __global__ void IK_TILE_KERNEL_BOUNDS coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
                                                              ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
-  IK_SHARED(int64_t, corner, kTileRows);
-  IK_SHARED(Acc, coords, kTileRows * kCoordInputs);
   IK_DYNAMIC_SHARED(T, act, 0, kTileRows * a.ld);
   IK_DYNAMIC_SHARED(Acc, acc, accumulator_offset<T>(a.ld), kTileRows * a.ld);
   load_widths(shape, widths);
-  const Tile tile = tile_of_block(a.rows);
-  if (static_cast<int>(threadIdx.x) < tile.valid) {
-    const int64_t r = tile.row0 + threadIdx.x;
-    corner[threadIdx.x] = a.corners[r];
-    for (int k = 0; k < kCoordInputs; ++k)
-      coords[threadIdx.x * kCoordInputs + k] = a.coords[r * kCoordInputs + k];
-  }
-  __syncthreads();
-  // relu(pre), pre = (b0 + w_coord·coords) + corner_proj[corner] (as the CPU operator).
-  const int64_t width = widths[0];
-  for (int64_t e = threadIdx.x; e < kTileRows * width; e += kTileThreads) {
-    const int64_t r = e / width, c = e - r * width;
-    Acc pre = Acc(0);
-    if (r < tile.valid) {
-      pre = static_cast<Acc>(a.b0[c]);
-      for (int k = 0; k < kCoordInputs; ++k)
-        pre += static_cast<Acc>(a.w_coord[c * kCoordInputs + k]) * coords[r * kCoordInputs + k];
-      if (c < a.width) pre += static_cast<Acc>(a.corner_proj[corner[r] * a.width + c]);
-    }
-    act[r * a.ld + c] = static_cast<T>(pre > Acc(0) ? pre : Acc(0));
-  }
-  __syncthreads();
+  const Tile tile = tile_of_block(a.first.rows);
+  coarse_tile_input<T>(a.first, tile.row0, act, a.ld);  // relu(pre)
   chain_forward<T, Acc>(chain, widths, tile, act, acc, a.ld, a.acts);
   // grad_G, the gradient of the chain's last layer (fine_wh), in T.
   const int64_t df = widths[chain.layers];
@@ -290,9 +246,10 @@ __global__ void IK_TILE_KERNEL_BOUNDS coarse_backward_kernel(CoarseArgs<T, Acc> 
   }
   __syncthreads();
   chain_backward<T, Acc>(chain, widths, tile, false, act, acc, a.ld, a.acts, a.grads);
-  for (int64_t e = threadIdx.x; e < tile.valid * a.width; e += kTileThreads) {
-    const int64_t r = e / a.width, c = e - r * a.width;
-    a.grad_pre[(tile.row0 + r) * a.width + c] = static_cast<T>(acc[r * a.ld + c]);
+  const int64_t width = a.first.corner_width;
+  for (int64_t e = threadIdx.x; e < tile.valid * width; e += kTileThreads) {
+    const int64_t r = e / width, c = e - r * width;
+    a.grad_pre[(tile.row0 + r) * width + c] = static_cast<T>(acc[r * a.ld + c]);
   }
 }
 
@@ -317,25 +274,50 @@ unsigned int tiles_for(int64_t rows) {
   return static_cast<unsigned int>((rows + kTileRows - 1) / kTileRows);
 }
 
+// The first layers' inputs as the fused forward's kernels take them (diif_tiles.h).
+template <typename T>
+FineTiles<T> fine_first(const FineBackwardCall& c, int width) {
+  FineTiles<T> p{};
+  p.n = c.n;
+  p.dims = c.dims;
+  p.pixels = global(c.pixels, 2 * c.n);
+  p.slice_of = global(c.slice_of, c.n);
+  p.width = width;
+  p.hidden_blend = false;
+  p.vertex_rows = global(static_cast<const T*>(c.g), c.slice_rows * width);
+  p.wd = global(static_cast<const T*>(c.wd), int64_t(width) * 2);
+  p.b0 = global(static_cast<const T*>(c.b0), int64_t(width));
+  return p;
+}
+
+template <typename T>
+CoarseTiles<T> coarse_first(const CoarseBackwardCall& c, int width) {
+  using Acc = AccumulateOf<T>;
+  CoarseTiles<T> p{};
+  p.rows = c.rows;
+  p.coords = global(static_cast<const Acc*>(c.coords), c.rows * kCoordInputs);
+  p.corners = global(c.corners, c.rows);
+  p.corner_proj = global(static_cast<const T*>(c.corner_proj), c.corner_rows * c.width);
+  p.corner_width = static_cast<int>(c.width);
+  p.width = width;
+  p.w_coord = global(static_cast<const T*>(c.w_coord), int64_t(width) * kCoordInputs);
+  p.b0 = global(static_cast<const T*>(c.b0), int64_t(width));
+  return p;
+}
+
 template <typename T, typename Acc>
 cudaError_t fine_backward_as(const FineBackwardCall& c, const ChainShape& shape,
                              const ChainParams& params, cudaStream_t stream) {
   const int ld = cuda::tile_ld(chain_widest(shape));
-  const int64_t z_width = shape.width[0], slices = c.slice_rows;
-  const FineArgs<T, Acc> a{global(c.pixels, 2 * c.n),
-                           global(c.slice_of, c.n),
-                           c.n,
-                           c.dims,
-                           global(static_cast<const T*>(c.g), slices * z_width),
-                           global(static_cast<const T*>(c.wd), 2 * z_width),
-                           global(static_cast<const T*>(c.b0), z_width),
+  const int64_t z_width = shape.width[0];
+  const FineArgs<T, Acc> a{fine_first<T>(c, shape.width[0]),
                            global(static_cast<const T*>(c.grad_out), c.n * c.out_dim),
                            c.out_dim,
                            ld,
                            global(static_cast<T*>(c.acts), chain_act_count(shape, c.n)),
                            global(static_cast<T*>(c.grads), chain_grad_count(shape, c.n, true)),
                            global(static_cast<T*>(c.grad_z), c.n * z_width),
-                           global(static_cast<Acc*>(c.grad_g), slices * z_width)};
+                           global(static_cast<Acc*>(c.grad_g), c.slice_rows * z_width)};
   const int64_t bytes = shared_bytes<T, Acc>(ld);
   cudaError_t err =
       cudaFuncSetAttribute(fine_backward_kernel<T, Acc>,
@@ -352,13 +334,7 @@ cudaError_t coarse_backward_as(const CoarseBackwardCall& c, const ChainShape& sh
   const int ld = cuda::tile_ld(chain_widest(shape));
   const int64_t g_width = shape.width[shape.layers];
   const CoarseArgs<T, Acc> a{
-      global(static_cast<const T*>(c.corner_proj), c.corner_rows * c.width),
-      c.width,
-      global(c.corners, c.rows),
-      global(static_cast<const Acc*>(c.coords), c.rows * kCoordInputs),
-      c.rows,
-      global(static_cast<const T*>(c.w_coord), shape.width[0] * kCoordInputs),
-      global(static_cast<const T*>(c.b0), shape.width[0]),
+      coarse_first<T>(c, shape.width[0]),
       global(static_cast<const Acc*>(c.grad_g), c.rows * g_width),
       ld,
       global(static_cast<T*>(c.acts), chain_act_count(shape, c.rows)),

@@ -1,6 +1,7 @@
 // The fused DIIF decode's work per tile of rows (docs/diif.md, "Equal, cheaper forms"), as
-// device functions the fused kernels share (the forward, csrc/cuda/diif_fused.cu, and a
-// backward's recompute of the activations):
+// device functions the fused kernels share (the forward, csrc/cuda/diif_fused.cu, and the
+// backward's recompute of the activations, csrc/cuda/diif_fused_backward.cu, which runs
+// the first activations, coarse_tile_input and fine_tile_input, then its own layers):
 //   coarse_tile_forward: kTileRows slice-vertex rows -> relu(pre), the coarse layers -> H
 //     pre = corner_proj[corner] + w_coord·coords + b0   (in the accumulation type)
 //   fine_tile_forward:   kTileRows pixels -> relu(z), the fine layers -> the output's product
@@ -58,13 +59,11 @@ IK_HD int tile_rows(int64_t row0, int64_t total) {
   return total - row0 < cuda::kTileRows ? static_cast<int>(total - row0) : cuda::kTileRows;
 }
 
-// The coarse stage of rows row0.. (kTileRows; rows past p.rows are zero): relu(pre) in
-// act, layer l's output in act + (l + 1)·act_stride, so H is at act + p.count·act_stride.
-// acc: the accumulator tile; every tile is kTileRows × ld.
+// The coarse stage's first activation relu(pre) of rows row0.. (kTileRows; rows past
+// p.rows are zero) in act (kTileRows × ld).
 template <typename T>
-__device__ void coarse_tile_forward(const CoarseTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
-                                    int64_t act_stride, cuda::SharedPtr<cuda::AccumulateOf<T>> acc,
-                                    int ld) {
+__device__ void coarse_tile_input(const CoarseTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
+                                  int ld) {
   using Acc = cuda::AccumulateOf<T>;
   const int rows = tile_rows(row0, p.rows);
   for (int e = threadIdx.x; e < cuda::kTileRows * p.width; e += cuda::kTileThreads) {
@@ -83,17 +82,25 @@ __device__ void coarse_tile_forward(const CoarseTiles<T>& p, int64_t row0, cuda:
     act[r * ld + o] = static_cast<T>(pre < Acc(0) ? Acc(0) : pre);
   }
   __syncthreads();
-  cuda::tile_mlp_forward<T, Acc>(p.layers, p.count, /*relu_last=*/true, act, act_stride, acc, ld,
-                                 /*store_last=*/true);
 }
 
-// The fine stage of pixels row0.. (kTileRows; rows past p.n are zero): relu(z) in act,
-// the hidden layers' outputs in act + l·act_stride (l = 1 .. count - 1), and the last
-// layer's product (before its bias) in acc.
+// The coarse stage of rows row0.. (kTileRows; rows past p.rows are zero): relu(pre) in
+// act, layer l's output in act + (l + 1)·act_stride, so H is at act + p.count·act_stride.
+// acc: the accumulator tile; every tile is kTileRows × ld.
 template <typename T>
-__device__ void fine_tile_forward(const FineTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
-                                  int64_t act_stride, cuda::SharedPtr<cuda::AccumulateOf<T>> acc,
-                                  int ld) {
+__device__ void coarse_tile_forward(const CoarseTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
+                                    int64_t act_stride, cuda::SharedPtr<cuda::AccumulateOf<T>> acc,
+                                    int ld) {
+  coarse_tile_input<T>(p, row0, act, ld);
+  cuda::tile_mlp_forward<T, cuda::AccumulateOf<T>>(p.layers, p.count, /*relu_last=*/true, act,
+                                                   act_stride, acc, ld, /*store_last=*/true);
+}
+
+// The fine stage's first activation relu(z) of pixels row0.. (kTileRows; rows past p.n
+// are zero) in act; acc (the accumulator tile) is overwritten.  Tiles are kTileRows × ld.
+template <typename T>
+__device__ void fine_tile_input(const FineTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
+                                cuda::SharedPtr<cuda::AccumulateOf<T>> acc, int ld) {
   using Acc = cuda::AccumulateOf<T>;
   constexpr int kGeometry = 2 + kVertices;  // d, then the vertex weights
   IK_SHARED(Acc, geometry, cuda::kTileRows * kGeometry);
@@ -155,8 +162,18 @@ __device__ void fine_tile_forward(const FineTiles<T>& p, int64_t row0, cuda::Sha
     act[r * ld + o] = static_cast<T>(z < Acc(0) ? Acc(0) : z);
   }
   __syncthreads();
-  cuda::tile_mlp_forward<T, Acc>(p.layers, p.count, /*relu_last=*/false, act, act_stride, acc, ld,
-                                 /*store_last=*/false);
+}
+
+// The fine stage of pixels row0.. (kTileRows; rows past p.n are zero): relu(z) in act,
+// the hidden layers' outputs in act + l·act_stride (l = 1 .. count - 1), and the last
+// layer's product (before its bias) in acc.
+template <typename T>
+__device__ void fine_tile_forward(const FineTiles<T>& p, int64_t row0, cuda::SharedPtr<T> act,
+                                  int64_t act_stride, cuda::SharedPtr<cuda::AccumulateOf<T>> acc,
+                                  int ld) {
+  fine_tile_input<T>(p, row0, act, acc, ld);
+  cuda::tile_mlp_forward<T, cuda::AccumulateOf<T>>(p.layers, p.count, /*relu_last=*/false, act,
+                                                   act_stride, acc, ld, /*store_last=*/false);
 }
 
 }  // namespace diif
