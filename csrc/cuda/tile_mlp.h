@@ -44,13 +44,8 @@ template <typename T>
 using AccumulateOf = typename std::conditional<kUsesTensorCores<T>, float, T>::type;
 
 // The launch bounds of a kernel of tiles: kTileThreads threads, and the registers that
-// `min_blocks` blocks per multiprocessor allow (nothing to declare in the emulation).
-// IK_TILE_KERNEL_BOUNDS: one block.
-#if defined(IK_EMULATE_CUDA)
-#define IK_TILE_LAUNCH_BOUNDS(min_blocks)
-#else
+// `min_blocks` blocks per multiprocessor allow.  IK_TILE_KERNEL_BOUNDS: one block.
 #define IK_TILE_LAUNCH_BOUNDS(min_blocks) __launch_bounds__(::ik::cuda::kTileThreads, min_blocks)
-#endif
 #define IK_TILE_KERNEL_BOUNDS IK_TILE_LAUNCH_BOUNDS(1)
 
 // Row stride of shared activation tiles whose widths are at most `width`: 8 elements more,
