@@ -7,7 +7,8 @@
 //                  rows.
 // Shared memory per block: the activation tile (kTileRows × ld of T) and the accumulator
 // tile (kTileRows × ld of the accumulation type), dynamic; the SIMT products' weight stage
-// and the fine stage's per-pixel geometry, static.
+// and the fine stage's per-pixel geometry, static.  Launch bounds of two blocks per
+// multiprocessor (at most 128 registers a thread).
 #include "diif_tiles.h"
 
 namespace ik {
@@ -34,7 +35,7 @@ int64_t shared_bytes(int ld) {
 // Writes the rows' G = fine_wh·H (R, fine_width) into `vertex_rows`, or their H (R, hidden)
 // where fine_wh is null (the fine kernel blends in H's space).
 template <typename T>
-__global__ void IK_TILE_KERNEL_BOUNDS
+__global__ void IK_TILE_LAUNCH_BOUNDS(2)
     coarse_kernel(CoarseTiles<T> p, GlobalPtr<const T> fine_wh, int hidden, int fine_width,
                   GlobalPtr<T> vertex_rows, int ld) {
   using Acc = AccumulateOf<T>;
@@ -54,7 +55,7 @@ __global__ void IK_TILE_KERNEL_BOUNDS
 }
 
 template <typename T>
-__global__ void IK_TILE_KERNEL_BOUNDS
+__global__ void IK_TILE_LAUNCH_BOUNDS(2)
     fine_kernel(FineTiles<T> p, GlobalPtr<T> out, int out_dim, int ld) {
   using Acc = AccumulateOf<T>;
   IK_DYNAMIC_SHARED(T, act, 0, kTileRows * ld);

@@ -28,32 +28,29 @@
 namespace ik {
 namespace cuda {
 
-// Shared activations' row stride: the widest layer plus this many elements, so the rows
-// of a WMMA fragment load fall in different shared-memory banks.
-constexpr int kRowPad = 8;
-// Input channels of the weights staged per step of the SIMT product (16 KiB of float or
-// double).
-template <typename T>
-constexpr int kStageK = 16 * 4 / static_cast<int>(sizeof(T));
-
 template <typename T>
 constexpr bool kUsesTensorCores =
     std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+
+// Input channels of the weights staged per step of the SIMT product (16 KiB of float or
+// double), and the stage's row stride: one element more than a row, so that the stage's
+// fill (consecutive threads on consecutive channels k of one output o) hits distinct banks.
+template <typename T>
+constexpr int kStageK = 16 * 4 / static_cast<int>(sizeof(T));
+constexpr int kStageLd = kMaxWidth + 1;
 
 // The type products accumulate in: float for the half types.
 template <typename T>
 using AccumulateOf = typename std::conditional<kUsesTensorCores<T>, float, T>::type;
 
-// The launch bounds of a kernel of tiles: kTileThreads threads, and the registers one block
-// per multiprocessor allows (nothing to declare in the emulation).
-#if defined(IK_EMULATE_CUDA)
-#define IK_TILE_KERNEL_BOUNDS
-#else
-#define IK_TILE_KERNEL_BOUNDS __launch_bounds__(::ik::cuda::kTileThreads, 1)
-#endif
+// The launch bounds of a kernel of tiles: kTileThreads threads, and the registers that
+// `min_blocks` blocks per multiprocessor allow.  IK_TILE_KERNEL_BOUNDS: one block.
+#define IK_TILE_LAUNCH_BOUNDS(min_blocks) __launch_bounds__(::ik::cuda::kTileThreads, min_blocks)
+#define IK_TILE_KERNEL_BOUNDS IK_TILE_LAUNCH_BOUNDS(1)
 
-// Row stride of shared activation tiles whose widths are at most `width`.
-IK_HD int tile_ld(int width) { return width + kRowPad; }
+// Row stride of shared activation tiles whose widths are at most `width`: 8 elements more,
+// so that the 16 rows of a WMMA fragment load fall in different shared-memory banks.
+IK_HD int tile_ld(int width) { return width + 8; }
 
 // `bytes` rounded up to an offset into the dynamic shared memory where any tile may start
 // (WMMA needs 256-bit aligned pointers; IK_DYNAMIC_SHARED 16-byte offsets).
@@ -77,7 +74,7 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
   constexpr int kRowsPerWarp = kTileRows / (kTileThreads / kWarp);
   constexpr int kColsPerLane = kMaxWidth / kWarp;
   constexpr int kStep = kStageK<T>;
-  IK_SHARED(T, stage, kStep * kMaxWidth);  // stage[kk][o] = W(o, k0 + kk)
+  IK_SHARED(T, stage, kStep * kStageLd);  // stage[kk][o] = W(o, k0 + kk)
   const int lane = threadIdx.x % kWarp, row0 = (threadIdx.x / kWarp) * kRowsPerWarp;
   T acc[kRowsPerWarp][kColsPerLane];
 #pragma unroll
@@ -93,11 +90,11 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
       if (w_transposed) {
         kk = e / n_out;
         o = e - kk * n_out;
-        stage[kk * kMaxWidth + o] = w[static_cast<int64_t>(k0 + kk) * n_out + o];
+        stage[kk * kStageLd + o] = w[static_cast<int64_t>(k0 + kk) * n_out + o];
       } else {
         o = e / steps;
         kk = e - o * steps;
-        stage[kk * kMaxWidth + o] = w[static_cast<int64_t>(o) * n_in + k0 + kk];
+        stage[kk * kStageLd + o] = w[static_cast<int64_t>(o) * n_in + k0 + kk];
       }
     }
     __syncthreads();
@@ -109,7 +106,7 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
       for (int j = 0; j < kColsPerLane; ++j) {
         const int o = lane + j * kWarp;
         if (o < n_out) {
-          const T wo = stage[kk * kMaxWidth + o];
+          const T wo = stage[kk * kStageLd + o];
 #pragma unroll
           for (int i = 0; i < kRowsPerWarp; ++i) acc[i][j] += x[i] * wo;
         }

@@ -75,6 +75,14 @@ __global__ void neighbour_sum_overrun_kernel(GlobalPtr<const float> x, int n,
   if (i < n) out[i] = x[i] + x[i + 1];
 }
 
+// values[n - 1 - t] · factors[(t + 1) % n]: a device function taking shared arrays, T
+// deduced from a SharedPtr<float> as from a float*.
+template <typename T>
+__device__ T reversed_times_next(cuda::SharedPtr<const T> values,
+                                 cuda::SharedPtr<const int> factors, int n, int t) {
+  return values[n - 1 - t] * static_cast<T>(factors[(t + 1) % n]);
+}
+
 // Two typed regions of the dynamic shared memory: floats, then ints.
 // out[t] = x[kBlock - 1 - t] · ((t + 1) % kBlock % 3 + 1), read back from the regions.
 __global__ void dynamic_regions_kernel(GlobalPtr<const float> x, GlobalPtr<float> out) {
@@ -84,7 +92,7 @@ __global__ void dynamic_regions_kernel(GlobalPtr<const float> x, GlobalPtr<float
   values[t] = x[t];
   factors[t] = t % 3 + 1;
   __syncthreads();
-  out[t] = values[kBlock - 1 - t] * static_cast<float>(factors[(t + 1) % kBlock]);
+  out[t] = reversed_times_next(values, factors, kBlock, t);
 }
 
 // d = c + a·b (kGemmM × kGemmK by kGemmK × kGemmN) by one block of 4 warps, warp w on
