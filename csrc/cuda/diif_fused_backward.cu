@@ -172,8 +172,8 @@ __device__ void chain_backward(const Chain<T>& chain, SharedPtr<const int> width
 }
 
 template <typename T, typename Acc>
-__global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain,
-                                                           ChainShape shape) {
+__global__ void IK_TILE_LAUNCH_BOUNDS(2)
+    fine_backward_kernel(FineArgs<T, Acc> a, Chain<T> chain, ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
   IK_SHARED(int64_t, first_row, kTileRows);  // the pixel's slice's first vertex row
   IK_SHARED(Acc, vertex_weight, kTileRows * kVertices);
@@ -228,8 +228,8 @@ __global__ void IK_TILE_KERNEL_BOUNDS fine_backward_kernel(FineArgs<T, Acc> a, C
 }
 
 template <typename T, typename Acc>
-__global__ void IK_TILE_KERNEL_BOUNDS coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain,
-                                                             ChainShape shape) {
+__global__ void IK_TILE_LAUNCH_BOUNDS(2)
+    coarse_backward_kernel(CoarseArgs<T, Acc> a, Chain<T> chain, ChainShape shape) {
   IK_SHARED(int, widths, kMaxChainLayers + 1);
   IK_DYNAMIC_SHARED(T, act, 0, kTileRows * a.ld);
   IK_DYNAMIC_SHARED(Acc, acc, accumulator_offset<T>(a.ld), kTileRows * a.ld);
