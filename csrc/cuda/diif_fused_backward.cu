@@ -1,8 +1,9 @@
 // The fused DIIF decode's backward (docs/diif.md, "The fused CUDA backward"): two kernels,
-// each per tile of kTileRows rows, that recompute their tile's activations, keep them in
-// shared memory and carry the gradient back through the layers on chip.  Weight gradients
-// are left to the caller as GEMMs over the per-row buffers the kernels write (each layer's
-// input activation and output gradient).
+// each per tile of kTileRows rows, that recompute their tile's activations layer by layer
+// in shared memory and carry the gradient back through the layers on chip.  Weight
+// gradients are left to the caller as GEMMs over the per-row buffers the kernels write
+// (each layer's input activation and output gradient); a layer's ReLU mask is read back
+// from its input's buffer, so a block holds two tiles whatever the depth.
 //   fine kernel   (pixels):            z = blend(G) -> fine layers -> back to grad_z;
 //                                      grad_G[slice·V + t] += w_t grad_z (atomics)
 //   coarse kernel (slice-vertex rows): pre = corner_proj[corner] + w_coord·coords + b0
