@@ -66,7 +66,7 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
                                f"implicit_kernels::hiif_level0{suffix}/hiif_levels{suffix}")
     b, n = coord.shape[:2]
     if n == 0:
-        return coord.new_zeros(b, 0, 3)
+        return torch_hiif.empty_output(coord, feat, inp, params)
     step = n if chunk_size is None else max(1, chunk_size // b)
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
     norm = n if normalizer == "n" else math.sqrt(n)
