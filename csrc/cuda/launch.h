@@ -1,7 +1,27 @@
 // Launch helpers shared by every CUDA kernel file (torch-free, so .cu files compile with
 // nvcc alone): the element types launchers take, the grid-stride loop geometry, and the
-// two constructs the host-compiler emulation (csrc/emulation) replaces: launches and
-// shared memory.  Kernel files use IK_LAUNCH and IK_SHARED, never <<<...>>> or __shared__.
+// constructs the host-compiler emulation (csrc/emulation) replaces with checked ones:
+//
+// * IK_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...): a launch;
+// * IK_SHARED(type, name, count): a block's static shared array;
+// * IK_DYNAMIC_SHARED(type, name, offset_bytes, count): `type* name`, a typed region of
+//   the launch's dynamic shared memory, `count` elements from `offset_bytes` (a multiple
+//   of 16; of 32 where WMMA loads or stores it);
+// * SharedPtr<T>: a pointer into shared memory (device functions take shared arrays as
+//   SharedPtr<T> or SharedPtr<const T>; IK_SHARED and IK_DYNAMIC_SHARED names convert);
+// * GlobalPtr<T>: a pointer into a global array; kernels take their arrays as GlobalPtr,
+//   made on the host by global(ptr, count).
+//
+// Under nvcc these are plain CUDA: `<<<...>>>`, `__shared__`, `extern __shared__` and
+// `T*`.  In the emulation every shared access is checked (bounds, reads of what no thread
+// wrote, races between barriers), every GlobalPtr access against its array's [0, count),
+// a dynamic region against the launch's dynamic bytes; a failed check fails the launch,
+// with its message in cudaGetErrorString(cudaGetLastError()).  Kernel files use these,
+// never <<<...>>> or __shared__.
+//
+// Portable use: index and offset the pointers (`p[i]`, `p + n`), never take an element's
+// address (`&p[i]` is a raw pointer under nvcc, not in the emulation); call templates taking
+// `SharedPtr<const T>`/`GlobalPtr<const T>` as with `const T*`.
 #pragma once
 
 #include <cuda_runtime.h>  // in emulated builds, csrc/emulation/include's
@@ -12,8 +32,17 @@
 // kernel<<<grid, block, shared_bytes, stream>>>, the kernel last (a template-id's commas).
 #define IK_LAUNCH(grid, block, shared_bytes, stream, ...) \
   __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
-// A block's shared array.
-#define IK_SHARED(type, name, count) __shared__ type name[count]
+// A block's shared array, aligned for WMMA's loads and stores.
+#define IK_SHARED(type, name, count) __shared__ __align__(32) type name[count]
+
+#if defined(__CUDACC__)
+// The launch's dynamic shared memory (one declaration for every kernel: declarations of
+// it with different alignments may not meet in one translation unit).
+extern __shared__ __align__(128) unsigned char ik_dynamic_shared[];
+#endif
+// A typed region of the launch's dynamic shared memory.
+#define IK_DYNAMIC_SHARED(type, name, offset_bytes, count) \
+  type* name = reinterpret_cast<type*>(ik_dynamic_shared + (offset_bytes))
 #endif
 
 namespace ik {
@@ -23,6 +52,28 @@ namespace ik {
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 namespace cuda {
+
+#if defined(IK_EMULATE_CUDA)
+using ::ik::emulation::GlobalPtr;  // csrc/emulation/include/ik_checked_pointers.h
+using ::ik::emulation::SharedPtr;
+
+// A checked pointer to the `count` elements at `ptr` (null: an empty array).
+template <typename T>
+GlobalPtr<T> global(T* ptr, int64_t count) {
+  return {ptr, count};
+}
+#else
+template <typename T>
+using GlobalPtr = T*;
+template <typename T>
+using SharedPtr = T*;
+
+// `ptr`; in the emulation, a pointer checked against [ptr, ptr + count).
+template <typename T>
+inline T* global(T* ptr, int64_t) {
+  return ptr;
+}
+#endif
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;

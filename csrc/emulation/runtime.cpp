@@ -11,18 +11,23 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
 #include "ik_cuda_emulation.h"
+#include "mma.h"
 
 namespace ik {
 namespace emulation {
 
 // Per-thread stack: kernels keep small arrays; the C library's maths needs a few KiB.
 constexpr size_t kStackBytes = 256 << 10;
-// Static shared memory a block may declare (CUDA's limit without opt-in).
+// Static shared memory a block may declare, and dynamic shared memory a launch may ask
+// for without cudaFuncSetAttribute() (CUDA's limit without opt-in).
 constexpr size_t kSharedBytes = 48 << 10;
+// Shared memory a block may use in all with the opt-in (sm_90).
+constexpr size_t kMaxSharedBytes = 227 << 10;
 constexpr unsigned int kMaxThreads = 1024;
 
 // A fiber stack, with an inaccessible page below it so an overflow faults.
@@ -81,15 +86,17 @@ constexpr int kManyReaders = -2;
 
 class ik::emulation::SharedMemory {
  public:
-  SharedMemory(const char* name, size_t count, size_t element_size)
+  SharedMemory(const char* name, size_t count, size_t element_size, size_t base_offset)
       : name(name),
         count(count),
         element_size(element_size),
+        base_offset(base_offset),
         bytes(count * element_size),
         access(count) {}
 
   const char* name;
   size_t count, element_size;
+  size_t base_offset;  // in the dynamic shared memory; 0 for IK_SHARED arrays
   std::vector<unsigned char> bytes;
   std::vector<Access> access;
 };
@@ -105,8 +112,10 @@ struct Block {
   std::vector<Warp> warps;
   ucontext_t scheduler;
   uint64_t epoch = 1;
-  size_t shared_bytes = 0;
+  size_t shared_bytes = 0;   // IK_SHARED arrays' total
+  size_t dynamic_bytes = 0;  // the launch's dynamic shared memory
   std::unordered_map<const SharedSite*, std::unique_ptr<SharedMemory>> shared;
+  std::map<size_t, std::unique_ptr<SharedMemory>> dynamic;  // by offset
 };
 
 thread_local Block* current_block = nullptr;
@@ -114,6 +123,8 @@ thread_local Fiber* current_fiber = nullptr;
 thread_local std::vector<std::unique_ptr<Stack>> stacks;
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local std::string last_error_detail;
+// Kernels' cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) values.
+thread_local std::unordered_map<const void*, size_t> max_dynamic_shared_bytes;
 
 std::string coordinates(const uint3& i) {
   std::ostringstream s;
@@ -163,7 +174,8 @@ void release_barrier(Block& b) {
   const Fiber* finished = nullptr;
   for (Fiber& f : b.fibers) {
     if (f.state == State::kAtShuffle) {
-      fail(thread_name(f) + " waits at a warp shuffle that lanes of its warp never reach");
+      fail(thread_name(f) +
+           " waits at a warp shuffle or WMMA call that lanes of its warp never reach");
     }
     if (f.state == State::kAtBarrier) ++waiting;
     if (f.state == State::kFinished && finished == nullptr) finished = &f;
@@ -179,6 +191,7 @@ void release_barrier(Block& b) {
 void run_block(Block& b) {
   b.epoch = 1;
   b.shared.clear();
+  b.dynamic.clear();
   b.shared_bytes = 0;
   for (Warp& w : b.warps) w.arrived = 0;
   for (Fiber& f : b.fibers) {
@@ -260,12 +273,61 @@ SharedMemory& shared_memory(const SharedSite& site, size_t count, size_t element
       fail(thread_name(f) + ": shared memory '" + site.name + "' takes the block's total to " +
            std::to_string(b.shared_bytes) + " bytes, over " + std::to_string(kSharedBytes));
     }
-    memory = std::make_unique<SharedMemory>(site.name, count, element_size);
+    if (b.shared_bytes + b.dynamic_bytes > kMaxSharedBytes) {
+      fail(thread_name(f) + ": shared memory '" + site.name + "' takes the block's total with " +
+           "the launch's " + std::to_string(b.dynamic_bytes) + " dynamic bytes over " +
+           std::to_string(kMaxSharedBytes));
+    }
+    memory = std::make_unique<SharedMemory>(site.name, count, element_size, 0);
   } else if (memory->count != count || memory->element_size != element_size) {
     fail(thread_name(f) + " declares shared memory '" + site.name +
          "' with another size than its block's other threads");
   }
   return *memory;
+}
+
+SharedMemory& dynamic_shared_memory(const SharedSite& site, size_t offset_bytes, size_t count,
+                                    size_t element_size) {
+  Fiber& f = running("IK_DYNAMIC_SHARED");
+  Block& b = *current_block;
+  const size_t end = offset_bytes + count * element_size;
+  const std::string region = std::string("dynamic shared region '") + site.name + "' [" +
+                             std::to_string(offset_bytes) + ", " + std::to_string(end) + ")";
+  std::unique_ptr<SharedMemory>& memory = b.dynamic[offset_bytes];
+  if (memory && memory->count == count && memory->element_size == element_size) return *memory;
+  if (memory) {
+    fail(thread_name(f) + ": " + region + " redeclares region '" + memory->name +
+         "' at the same offset with another element size or count");
+  }
+  if (offset_bytes % 16 != 0) fail(thread_name(f) + ": " + region + " is not 16-byte aligned");
+  if (end > b.dynamic_bytes) {
+    fail(thread_name(f) + ": " + region + " ends past the launch's " +
+         std::to_string(b.dynamic_bytes) + " bytes of dynamic shared memory");
+  }
+  for (const auto& [start, other] : b.dynamic) {
+    if (other && start < end && offset_bytes < start + other->count * other->element_size) {
+      fail(thread_name(f) + ": " + region + " overlaps region '" + other->name + "' [" +
+           std::to_string(start) + ", " +
+           std::to_string(start + other->count * other->element_size) +
+           ") (each region is checked as an array of its own, so they must be disjoint)");
+    }
+  }
+  memory = std::make_unique<SharedMemory>(site.name, count, element_size, offset_bytes);
+  return *memory;
+}
+
+void wmma_warp_meet() { warp_exchange(0xffffffffu, 0, lane()); }
+
+void wmma_misuse(const std::string& what) { fail(thread_name(running("WMMA")) + ": " + what); }
+
+size_t shared_base_offset(const SharedMemory& memory) { return memory.base_offset; }
+
+const char* shared_name(const SharedMemory& memory) { return memory.name; }
+
+void global_out_of_range(int64_t index, int64_t count) {
+  const std::string where = current_fiber ? thread_name(*current_fiber) : std::string("the host");
+  fail(where + " accesses global memory at index " + std::to_string(index) +
+       ", outside the array's range [0, " + std::to_string(count) + ")");
 }
 
 namespace {
@@ -329,7 +391,7 @@ void* shared_write(SharedMemory& memory, int64_t index) {
   return memory.bytes.data() + i * memory.element_size;
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
               const std::function<void()>& thread) {
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || grid.x == 0 || grid.y == 0 || grid.z == 0) {
@@ -338,10 +400,16 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
                   ", block " + coordinates({block.x, block.y, block.z}));
     return;
   }
-  if (dynamic_shared_bytes != 0) {
-    set_error(cudaErrorInvalidConfiguration,
-              "dynamic shared memory is not emulated (declare it with IK_SHARED)");
-    return;
+  if (dynamic_shared_bytes > kSharedBytes) {
+    const auto opt_in = max_dynamic_shared_bytes.find(kernel);
+    if (opt_in == max_dynamic_shared_bytes.end() || opt_in->second < dynamic_shared_bytes) {
+      set_error(cudaErrorInvalidConfiguration,
+                "a launch asks for " + std::to_string(dynamic_shared_bytes) +
+                    " bytes of dynamic shared memory, over " + std::to_string(kSharedBytes) +
+                    " and over what its kernel's cudaFuncSetAttribute("
+                    "cudaFuncAttributeMaxDynamicSharedMemorySize) allows");
+      return;
+    }
   }
   if (current_block != nullptr) {
     set_error(cudaErrorLaunchFailure, "a kernel launched from inside a kernel");
@@ -350,6 +418,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
   while (stacks.size() < threads) stacks.push_back(std::make_unique<Stack>());
   Block b;
   b.body = &thread;
+  b.dynamic_bytes = dynamic_shared_bytes;
   b.fibers.resize(threads);
   b.warps.resize((threads + kWarpSize - 1) / kWarpSize);
   int linear = 0;
@@ -379,6 +448,18 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
     set_error(cudaErrorLaunchFailure, "a kernel thread threw a non-standard exception");
   }
   current_block = nullptr;
+}
+
+cudaError_t set_max_dynamic_shared_bytes(const void* kernel, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSharedBytes) {
+    set_error(cudaErrorInvalidValue,
+              "cudaFuncSetAttribute: " + std::to_string(bytes) +
+                  " bytes of dynamic shared memory, over the " + std::to_string(kMaxSharedBytes) +
+                  " a block may use");
+    return cudaErrorInvalidValue;
+  }
+  max_dynamic_shared_bytes[kernel] = static_cast<size_t>(bytes);
+  return cudaSuccess;
 }
 
 }  // namespace emulation

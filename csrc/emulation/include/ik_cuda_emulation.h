@@ -4,11 +4,12 @@
 // tests.  A launch runs every block in turn; a block's threads run as cooperative fibers
 // (csrc/emulation/runtime.cpp) that switch only at __syncthreads() and warp shuffles, so
 // barriers really wait for the whole block and a shuffle for the whole warp.  Shared
-// memory (IK_SHARED) is bounds-checked, and every access is checked against the barriers:
-// a thread reading what another wrote, or writing what another read or wrote, since the
-// last __syncthreads() is a race and fails the launch, whatever order the fibers run in.
-// A failed launch returns its error from cudaGetLastError(), with the reason in
-// cudaGetErrorString().
+// memory (IK_SHARED, IK_DYNAMIC_SHARED, through SharedPtr) is bounds-checked, and every
+// access is checked against the barriers: a thread reading what another wrote, or writing
+// what another read or wrote, since the last __syncthreads() is a race and fails the
+// launch, whatever order the fibers run in.  Global arrays passed as GlobalPtr are
+// bounds-checked (ik_checked_pointers.h); WMMA is emulated by mma.h.  A failed launch
+// returns its error from cudaGetLastError(), with the reason in cudaGetErrorString().
 #pragma once
 
 #if defined(__CUDACC__)
@@ -22,6 +23,8 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#include "ik_checked_pointers.h"
 
 // Execution-space qualifiers: every function is a host function here.
 #define __global__
@@ -84,8 +87,13 @@ int lane();
 
 // Runs `thread` as every thread of every block of a launch; a failure (an exception from
 // a thread, a deadlock at a barrier) becomes the launch's error.
-void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+// `kernel` identifies the kernel for its cudaFuncSetAttribute() opt-in to more than 48 KiB
+// of dynamic shared memory.
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
               const std::function<void()>& thread);
+
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes).
+cudaError_t set_max_dynamic_shared_bytes(const void* kernel, int bytes);
 
 template <typename T>
 T shuffle(unsigned int mask, T value, int source) {
@@ -99,59 +107,32 @@ T shuffle(unsigned int mask, T value, int source) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Shared memory (runtime.cpp): one allocation per IK_SHARED declaration and block.
+// Shared memory (runtime.cpp): one allocation per IK_SHARED declaration and block, one per
+// distinct IK_DYNAMIC_SHARED region and block.
 // ---------------------------------------------------------------------------------------
 
-// Identifies an IK_SHARED declaration (a static object per declaration site).
+// Identifies an IK_SHARED or IK_DYNAMIC_SHARED declaration (a static object per site).
 struct SharedSite {
   const char* name;
 };
-
-class SharedMemory;
 
 // The block's allocation of `site` (count elements of `element_size` bytes), made by the
 // first of its threads to reach the declaration.
 SharedMemory& shared_memory(const SharedSite& site, size_t count, size_t element_size);
 
-// Element i of a shared allocation, checked: throws if i is out of range, if the element
-// was never written, or on a race with another thread since the last barrier.
-void* shared_read(SharedMemory& memory, int64_t i);
-void* shared_write(SharedMemory& memory, int64_t i);
+// The block's region of the launch's dynamic shared memory at `offset_bytes` (count
+// elements of `element_size` bytes): fails unless offset_bytes is a multiple of 16 and the
+// region lies within the launch's dynamic bytes.  Declarations of the same region (offset,
+// count, element size) share its allocation; partly overlapping regions fail, since each
+// region is checked as an array of its own type.
+SharedMemory& dynamic_shared_memory(const SharedSite& site, size_t offset_bytes, size_t count,
+                                    size_t element_size);
 
-// One element of a shared array: reads and writes go through the checks.
-template <typename T>
-class SharedElement {
- public:
-  SharedElement(SharedMemory& memory, int64_t i) : memory_(memory), i_(i) {}
-  operator T() const {
-    T value;
-    std::memcpy(&value, shared_read(memory_, i_), sizeof(T));
-    return value;
-  }
-  SharedElement& operator=(const T& value) {
-    std::memcpy(shared_write(memory_, i_), &value, sizeof(T));
-    return *this;
-  }
-  SharedElement& operator=(const SharedElement& other) { return *this = static_cast<T>(other); }
-  SharedElement& operator+=(const T& value) { return *this = static_cast<T>(*this) + value; }
-
- private:
-  SharedMemory& memory_;
-  int64_t i_;
-};
-
-template <typename T>
-class SharedArray {
-  static_assert(std::is_trivially_copyable<T>::value, "shared memory holds plain values");
-
- public:
-  SharedArray(const SharedSite& site, size_t count)
-      : memory_(shared_memory(site, count, sizeof(T))) {}
-  SharedElement<T> operator[](int64_t i) const { return {memory_, i}; }
-
- private:
-  SharedMemory& memory_;
-};
+// The byte offset of element 0 of `memory` from a 32-byte aligned base (WMMA's alignment
+// check): a dynamic region's offset; 0 for IK_SHARED arrays (32-byte aligned under nvcc).
+size_t shared_base_offset(const SharedMemory& memory);
+// The name of `memory`'s declaration.
+const char* shared_name(const SharedMemory& memory);
 
 // ---------------------------------------------------------------------------------------
 // Launches
@@ -168,7 +149,8 @@ class Launch {
   template <typename... Args>
   void operator()(Args&&... args) const {
     const std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
-    run_grid(grid_, block_, shared_bytes_, [&] { std::apply(kernel_, values); });
+    run_grid(reinterpret_cast<const void*>(kernel_), grid_, block_, shared_bytes_,
+             [&] { std::apply(kernel_, values); });
   }
 
  private:
@@ -193,7 +175,27 @@ Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_
 // `__shared__ type name[count]`: a per-block, checked array.
 #define IK_SHARED(type, name, count)                               \
   static constexpr ::ik::emulation::SharedSite name##_site{#name}; \
-  const ::ik::emulation::SharedArray<type> name(name##_site, count)
+  const ::ik::emulation::SharedPtr<type> name(                     \
+      ::ik::emulation::shared_memory(name##_site, count, sizeof(type)), 0)
+
+// A typed region of the launch's dynamic shared memory, checked as IK_SHARED's arrays.
+#define IK_DYNAMIC_SHARED(type, name, offset_bytes, count)                          \
+  static constexpr ::ik::emulation::SharedSite name##_site{#name};                  \
+  ::ik::emulation::SharedPtr<type> name(                                            \
+      ::ik::emulation::dynamic_shared_memory(name##_site, offset_bytes, count, sizeof(type)), 0)
+
+enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+// Only the dynamic shared memory opt-in is emulated: fails above 227 KiB (sm_90's limit
+// per block; sm_80's is 163 KiB), and a launch asking for more than 48 KiB fails unless
+// its kernel opted in to at least that much.
+template <typename... Params>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute attribute,
+                                 int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return ::ik::emulation::set_max_dynamic_shared_bytes(reinterpret_cast<const void*>(kernel),
+                                                       value);
+}
 
 inline void __syncthreads() { ::ik::emulation::barrier(); }
 
