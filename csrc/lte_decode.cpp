@@ -12,10 +12,10 @@
 // The bilinear skip of the LR image is not part of the operator: the Python backend adds
 // it (one grid_sample of a 3-channel image, which also gives the image's gradient).
 // On CPU tensors the forward runs in tiles of member rows; on the CUDA kernels the plain
-// forward is one fused kernel (csrc/cuda/liif_fused.cu) when the MLP fits it.  The backward takes the
-// forward's record (lte_decode_train, then lte_decode_backward_saved) or recomputes the
-// forward (lte_decode_backward), and returns gradients for coef, freq, phase, w and b;
-// coord and cell are not differentiated (sampled coordinates are data).
+// forward is one fused kernel (csrc/cuda/liif_fused.cu) when the MLP fits it.  The
+// backward takes the forward's record (lte_decode_train, then lte_decode_backward_saved)
+// or recomputes the forward (lte_decode_backward), and returns gradients for coef, freq,
+// phase, w and b; coord and cell are not differentiated (sampled coordinates are data).
 #include <ATen/ATen.h>
 
 #include <string>

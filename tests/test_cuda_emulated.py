@@ -158,10 +158,10 @@ def test_emulated_train_variants_equal_cpu_operators(emulated, decoder, case, dt
 # at most 256 (the forward of the tests above runs it too, in float32 and float64).
 
 #: Half types against the float32 CPU operator on the same (rounded) inputs: the kernel
-#: rounds each layer's activations to the half type (float accumulation), about 2^-11
-#: (float16) or 2^-8 (bfloat16) relative per layer; measured errors on these outputs
-#: (magnitude ~0.5) are about a quarter of these bounds.
-HALF_TOLERANCES = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+#: rounds each layer's activations and the output to the half type (float accumulation).
+#: Measured on these tests' outputs (|out| < 0.45): float16 2e-4, bfloat16 1.3e-3 (the
+#: output's own rounding is up to 1e-3); the bounds are about four times that.
+HALF_TOLERANCES = {torch.float16: 1e-3, torch.bfloat16: 5e-3}
 
 
 def cast(values, dtype):
@@ -208,12 +208,12 @@ WIDE = {"liif": {"hidden": 48, "layers": 3}, "lte": {"hidden": 48, "channels": 2
                          ids=["fp32", "fp64", "bf16"])
 @pytest.mark.parametrize("decoder", ["liif", "lte"])
 def test_fused_forward_wide_over_tiles(emulated, decoder, dtype):
-    """Hidden 48, 37 queries per image of batch 2 (ten tiles of 8 queries, the last one
-    partly filled), queries on LR centres and edges."""
+    """Hidden 48, 70 queries per image of batch 2 (18 tiles of 8 queries, the last one
+    half filled), queries on LR centres and edges."""
     torch.manual_seed(1)
     with torch.no_grad():
         feat = torch.randn(BATCH, CHANNELS, *LR)
-        coord, cell = tie_queries(BATCH, 37, *LR)
+        coord, cell = tie_queries(BATCH, 70, *LR)
         name, args = query_decoder_op(decoder, feat, coord, cell, **WIDE[decoder])
         assert_forward_equals_cpu(emulated, name, cast(args, dtype))
 
@@ -226,11 +226,11 @@ def test_fused_forward_rows_are_independent(emulated, decoder, dtype):
     torch.manual_seed(2)
     with torch.no_grad():
         feat = torch.randn(BATCH, CHANNELS, *LR, dtype=dtype)
-        coord, cell = cast(tie_queries(BATCH, 30, *LR), dtype)
+        coord, cell = cast(tie_queries(BATCH, 60, *LR), dtype)
         name, args = query_decoder_op(decoder, feat, coord, cell, hidden=16)
         op = getattr(emulated, name)
         full = op(*args)
-        rows = torch.randperm(30)[:11]
+        rows = torch.randperm(60)[:21]
         part = op(*args[:-2], coord[:, rows].contiguous(), cell[:, rows].contiguous())
         assert torch.equal(part, full[:, rows])
 
@@ -241,6 +241,6 @@ def test_wider_than_fused_kernel_runs_unfused(emulated, decoder):
     torch.manual_seed(3)
     with torch.no_grad():
         feat = torch.randn(BATCH, CHANNELS, *LR)
-        coord, cell = tie_queries(BATCH, 6, *LR)
+        coord, cell = tie_queries(BATCH, 54, *LR)
         name, args = query_decoder_op(decoder, feat, coord, cell, hidden=257)
         assert_forward_equals_cpu(emulated, name, args)

@@ -66,8 +66,8 @@ __device__ void find_members(const DeviceQueries<T>& q, int64_t first, const Til
     index_t index[kMembers];
     Acc inputs[kMembers * kCoordInputs], weight[kMembers];
     query_members<Acc>(p, static_cast<Acc>(q.coord[2 * p]), static_cast<Acc>(q.coord[2 * p + 1]),
-                       static_cast<Acc>(q.cell[2 * p]), static_cast<Acc>(q.cell[2 * p + 1]),
-                       q.dims, index, inputs, weight);
+                       static_cast<Acc>(q.cell[2 * p]), static_cast<Acc>(q.cell[2 * p + 1]), q.dims,
+                       index, inputs, weight);
     const int row = kMembers * threadIdx.x;
     for (int t = 0; t < kMembers; ++t) {
       s.index[row + t] = index[t];
@@ -89,8 +89,8 @@ __device__ void row_inputs(const TileMembers<Acc>& s, int r, Acc x[kCoordInputs]
 // Steps 3 and 4: the MLP on the input tile `act` (ld columns), then the blend of the
 // tile's queries first.. into out (n x mlp.out).
 template <typename T, typename Acc>
-__device__ void mlp_and_blend(const DeviceMlp<T>& mlp, SharedPtr<T> act, SharedPtr<Acc> acc,
-                              int ld, const TileMembers<Acc>& s, int64_t first, int64_t n,
+__device__ void mlp_and_blend(const DeviceMlp<T>& mlp, SharedPtr<T> act, SharedPtr<Acc> acc, int ld,
+                              const TileMembers<Acc>& s, int64_t first, int64_t n,
                               GlobalPtr<T> out) {
   cuda::tile_mlp_forward<T, Acc>(mlp.layer, mlp.layers, /*relu_last=*/false, act,
                                  /*act_stride=*/0, acc, ld, /*store_last=*/false);
@@ -120,20 +120,32 @@ int shared_bytes(int ld) {
   return act_bytes<T>(ld) + kTileRows * ld * static_cast<int>(sizeof(Acc));
 }
 
-// The shared state of one block; declared by each kernel (IK_SHARED is per function).
-#define IK_FUSED_TILE_SHARED(T, Acc, ld)                         \
-  IK_SHARED(int64_t, member_index, kTileRows);                   \
-  IK_SHARED(Acc, member_inputs, kTileRows* kCoordInputs);        \
-  IK_SHARED(Acc, member_weight, kTileRows);                      \
-  IK_DYNAMIC_SHARED(T, act, 0, kTileRows*(ld));                  \
-  IK_DYNAMIC_SHARED(Acc, acc, act_bytes<T>(ld), kTileRows*(ld)); \
-  const TileMembers<Acc> members{member_index, member_inputs, member_weight}
+// A block's shared memory: the tile's members, its activation tile `act` (T) and
+// accumulator tile `acc` (Acc), kTileRows x ld each (the launch's dynamic shared memory).
+template <typename T, typename Acc>
+struct TileShared {
+  TileMembers<Acc> members;
+  SharedPtr<T> act;
+  SharedPtr<Acc> acc;
+};
+
+template <typename T, typename Acc>
+__device__ TileShared<T, Acc> tile_shared(int ld) {
+  IK_SHARED(int64_t, member_index, kTileRows);
+  IK_SHARED(Acc, member_inputs, kTileRows * kCoordInputs);
+  IK_SHARED(Acc, member_weight, kTileRows);
+  IK_DYNAMIC_SHARED(T, act, 0, kTileRows * ld);
+  IK_DYNAMIC_SHARED(Acc, acc, act_bytes<T>(ld), kTileRows * ld);
+  return {{member_index, member_inputs, member_weight}, act, acc};
+}
 
 template <typename T, typename Acc>
 __global__ void liif_fused_kernel(GlobalPtr<const T> proj, int d, GlobalPtr<const T> w_rc,
                                   GlobalPtr<const T> b0, DeviceQueries<T> q, DeviceMlp<T> mlp,
                                   int ld, GlobalPtr<T> out) {
-  IK_FUSED_TILE_SHARED(T, Acc, ld);
+  const TileShared<T, Acc> tile = tile_shared<T, Acc>(ld);
+  const TileMembers<Acc>& members = tile.members;
+  const SharedPtr<T> act = tile.act;
   const int in = mlp.layer[0].n_in;
   for (int64_t first = static_cast<int64_t>(blockIdx.x) * kTileQueries; first < q.n;
        first += static_cast<int64_t>(gridDim.x) * kTileQueries) {
@@ -148,7 +160,7 @@ __global__ void liif_fused_kernel(GlobalPtr<const T> proj, int d, GlobalPtr<cons
                 : static_cast<T>(0.0f);
     }
     __syncthreads();
-    mlp_and_blend<T, Acc>(mlp, act, acc, ld, members, first, q.n, out);
+    mlp_and_blend<T, Acc>(mlp, act, tile.acc, ld, members, first, q.n, out);
   }
 }
 
@@ -158,7 +170,9 @@ template <typename T, typename Acc>
 __global__ void lte_fused_kernel(GlobalPtr<const T> coef, GlobalPtr<const T> freq, int m,
                                  GlobalPtr<const T> phase_w, DeviceQueries<T> q, DeviceMlp<T> mlp,
                                  int ld, GlobalPtr<T> out) {
-  IK_FUSED_TILE_SHARED(T, Acc, ld);
+  const TileShared<T, Acc> tile = tile_shared<T, Acc>(ld);
+  const TileMembers<Acc>& members = tile.members;
+  const SharedPtr<T> act = tile.act;
   const int columns = mlp.layer[0].n_in - m;
   for (int64_t first = static_cast<int64_t>(blockIdx.x) * kTileQueries; first < q.n;
        first += static_cast<int64_t>(gridDim.x) * kTileQueries) {
@@ -175,11 +189,9 @@ __global__ void lte_fused_kernel(GlobalPtr<const T> coef, GlobalPtr<const T> fre
       }
     }
     __syncthreads();
-    mlp_and_blend<T, Acc>(mlp, act, acc, ld, members, first, q.n, out);
+    mlp_and_blend<T, Acc>(mlp, act, tile.acc, ld, members, first, q.n, out);
   }
 }
-
-#undef IK_FUSED_TILE_SHARED
 
 // The device view of `mlp` and the tiles' leading dimension (for the widest width).
 template <typename T>
@@ -225,11 +237,10 @@ unsigned int tile_blocks(int64_t n) {
   return static_cast<unsigned int>(min_val<int64_t>(tiles, 65535));
 }
 
-// Sets the kernel's dynamic shared memory limit when the tiles need more than the default.
+// Raises the kernel's dynamic shared memory limit to `bytes`: the default is 48 KiB less
+// the static shared memory (the SIMT product's weight stage takes 16 KiB).
 template <typename Kernel>
 cudaError_t allow_shared(Kernel kernel, int bytes) {
-  constexpr int kDefaultShared = 48 * 1024;
-  if (bytes <= kDefaultShared) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 

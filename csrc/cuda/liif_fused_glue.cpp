@@ -74,10 +74,9 @@ at::Tensor liif_fused_forward_cuda(const at::Tensor& proj, const at::Tensor& w_r
   const PaddedMlp mlp = pad(rest, d);
   const at::Tensor c = coord.contiguous(), s = cell.contiguous();
   at::Tensor out = empty_poisoned({coord.size(0), coord.size(1), mlp.shape.out}, proj.options());
-  check_launch(launch_liif_fused(proj.data_ptr(), d, w_rc.data_ptr(), b0.data_ptr(),
-                                 queries_of(proj, c, s), mlp.shape,
-                                 dtype_of(proj.scalar_type(), kOp), out.data_ptr(),
-                                 stream_of(proj)),
+  check_launch(launch_liif_fused(
+                   proj.data_ptr(), d, w_rc.data_ptr(), b0.data_ptr(), queries_of(proj, c, s),
+                   mlp.shape, dtype_of(proj.scalar_type(), kOp), out.data_ptr(), stream_of(proj)),
                kOp, "liif_fused");
   return out;
 }
@@ -92,8 +91,7 @@ at::Tensor lte_fused_forward_cuda(const at::Tensor& coef, const at::Tensor& freq
   at::Tensor out = empty_poisoned({coord.size(0), coord.size(1), mlp.shape.out}, coef.options());
   check_launch(launch_lte_fused(coef.data_ptr(), freq.data_ptr(), width / 2, phase.data_ptr(),
                                 queries_of(coef, c, s), mlp.shape,
-                                dtype_of(coef.scalar_type(), kOp), out.data_ptr(),
-                                stream_of(coef)),
+                                dtype_of(coef.scalar_type(), kOp), out.data_ptr(), stream_of(coef)),
                kOp, "lte_fused");
   return out;
 }
