@@ -3,8 +3,9 @@
 backward, equals the real CPU operators (``torch.ops.implicit_kernels``, themselves tested
 against the reference), for DIIF, DIIF w/o se, DLTE, LIIF, LTE and HIIF; integer,
 non-integer and asymmetric scales, queries on LR pixel centres and edges, batch 2,
-float32 and float64.  The emulated build takes a few minutes on two cores, once per
-source change (cached).
+float32 and float64; the fused LIIF and LTE forward also in float16 and bfloat16 (its
+tensor-core path), wider, over many tiles, and row by row.  The emulated build takes a
+few minutes on two cores, once per source change (cached).
 
 Skipped without a host C++ compiler or without the real extension."""
 import pytest
