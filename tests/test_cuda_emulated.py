@@ -188,7 +188,7 @@ def assert_forward_equals_cpu(emulated, name, args):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("case", ["x2.3", "x2_by_x3", "edges"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("decoder", ["liif", "lte"])
 def test_fused_forward_half_types(emulated, decoder, case, dtype):
     """Tensor-core (WMMA) forward: float16/bfloat16 maps, parameters and queries."""
