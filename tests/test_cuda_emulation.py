@@ -78,3 +78,92 @@ def test_half_conversions_round_to_nearest_even(driver, tmp_path):
     for got, dtype in zip(rounded, (torch.float16, torch.bfloat16)):
         expected = x.to(dtype).float()
         assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), dtype
+
+
+def test_global_read_past_the_end_fails(driver):
+    """A GlobalPtr access one past its array's end fails the launch, naming the index."""
+    proc = run(driver, "global_overrun")
+    assert proc.returncode == 1
+    assert ("thread (231, 0, 0) of block (3, 0, 0) accesses global memory at index 1000, "
+            "outside the array's range [0, 1000)") in proc.stdout
+
+
+def test_dynamic_shared_regions(driver):
+    """A float and an int region of the dynamic shared memory, written and read back."""
+    proc = run(driver, "dynamic_regions")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    t = np.arange(256)
+    expected = INPUTS[:256][::-1] * ((t + 1) % 256 % 3 + 1)
+    assert [float(v) for v in proc.stdout.split()] == list(expected)
+
+
+def test_dynamic_shared_region_past_the_launch_bytes_fails(driver):
+    proc = run(driver, "dynamic_too_small")
+    assert proc.returncode == 1
+    assert ("dynamic shared region 'factors' [1024, 2048) ends past the launch's 2000 bytes"
+            in proc.stdout)
+
+
+def test_dynamic_shared_over_48_kib_needs_the_opt_in(driver):
+    """Like CUDA: over 48 KiB of dynamic shared memory only after cudaFuncSetAttribute,
+    which accepts at most 227 KiB."""
+    assert run(driver, "dynamic_opt_in").returncode == 0
+    proc = run(driver, "dynamic_no_opt_in")
+    assert proc.returncode == 1
+    assert "asks for 65536 bytes of dynamic shared memory, over 49152" in proc.stdout
+    proc = run(driver, "dynamic_opt_in_too_large")
+    assert proc.returncode == 1 and "invalid argument" in proc.stdout
+
+
+def gemm_reference(a, b, c):
+    """c + a·b in float32, the products (exact) added in k order as the emulated WMMA adds
+    them."""
+    d = c.clone()
+    for k in range(a.shape[1]):
+        d += torch.outer(a[:, k], b[k])
+    return d
+
+
+def gemm_inputs(dtype, seed):
+    """a (32 × 48), b (48 × 32) rounded to dtype, c (32 × 32), as float32."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(32, 48, generator=gen).to(dtype).float()
+    b = torch.randn(48, 32, generator=gen).to(dtype).float()
+    return a, b, torch.randn(32, 32, generator=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("layouts", ["row row row", "col row col", "row col row", "col col col",
+                                     "row row col", "col col row"])
+def test_wmma_gemm(driver, tmp_path, dtype, layouts):
+    """d = c + a·b by 4 warps of WMMA fragments, with a from static shared memory, b and c
+    from global memory, each warp's accumulator stored to and reloaded from dynamic shared
+    memory at every k step (a warp reusing its own tile is no race): every layout of a, b
+    and the accumulator, K of three 16-steps, equal to the float reference."""
+    a, b, c = gemm_inputs(dtype, seed=sum(map(ord, layouts)))
+    source, result = tmp_path / "abc.bin", tmp_path / "d.bin"
+    source.write_bytes(torch.cat([a.flatten(), b.flatten(), c.flatten()]).numpy().tobytes())
+    name = "float16" if dtype == torch.float16 else "bfloat16"
+    proc = run(driver, "wmma", name, *layouts.split(), "sync", str(source), str(result))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    d = torch.from_numpy(np.fromfile(result, np.float32)).view(32, 32)
+    expected = gemm_reference(a, b, c)
+    assert torch.equal(d, expected), (d - expected).abs().max()
+
+
+def test_wmma_store_read_without_barrier_fails(driver, tmp_path):
+    """A warp's stored tile read by other threads with no __syncthreads() between."""
+    a, b, c = gemm_inputs(torch.float16, seed=0)
+    source = tmp_path / "abc.bin"
+    source.write_bytes(torch.cat([a.flatten(), b.flatten(), c.flatten()]).numpy().tobytes())
+    proc = run(driver, "wmma", "float16", "row", "row", "row", "nosync", str(source),
+               str(tmp_path / "d.bin"))
+    assert proc.returncode == 1
+    assert "reads d_tile[" in proc.stdout
+
+
+def test_wmma_misaligned_pointer_fails(driver):
+    proc = run(driver, "wmma_misaligned")
+    assert proc.returncode == 1
+    assert ("load_matrix_sync: the pointer to element 8 of shared 'tile' is not 32-byte aligned"
+            in proc.stdout)

@@ -13,6 +13,8 @@ namespace hiif {
 namespace {
 
 using cuda::blocks_for;
+using cuda::global;
+using cuda::GlobalPtr;
 using cuda::grid_index;
 using cuda::grid_stride;
 using cuda::kThreads;
@@ -28,11 +30,13 @@ __device__ inline Acc warp_sum(Acc v) {
 
 template <typename T, typename Acc>
 __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restrict__ row_sums,
-                                  const T* __restrict__ w_extra, const T* __restrict__ coord,
-                                  const T* __restrict__ cell, int64_t n, int64_t q, int64_t h,
-                                  int64_t w, bool public_centres, int64_t hidden, int64_t channels,
-                                  T* __restrict__ u, int64_t* __restrict__ rows,
-                                  Acc* __restrict__ aux) {
+                                  const T* __restrict__ w_extra,
+                                  GlobalPtr<const T> __restrict__ coord,
+                                  GlobalPtr<const T> __restrict__ cell, int64_t n, int64_t q,
+                                  int64_t h, int64_t w, bool public_centres, int64_t hidden,
+                                  int64_t channels, GlobalPtr<T> __restrict__ u,
+                                  GlobalPtr<int64_t> __restrict__ rows,
+                                  GlobalPtr<Acc> __restrict__ aux) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
   // Whole warps share a query, so the loop bound is uniform across a warp.
@@ -55,9 +59,10 @@ __global__ void level0_sum_kernel(const T* __restrict__ maps, const T* __restric
 }
 
 template <typename T, typename Acc>
-__global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict__ coord, int64_t n,
-                                   int64_t c, int64_t h, int64_t w, bool public_centres, int level,
-                                   T* __restrict__ y, Acc* __restrict__ rstd) {
+__global__ void level_input_kernel(GlobalPtr<const T> __restrict__ x,
+                                   GlobalPtr<const T> __restrict__ coord, int64_t n, int64_t c,
+                                   int64_t h, int64_t w, bool public_centres, int level,
+                                   GlobalPtr<T> __restrict__ y, GlobalPtr<Acc> __restrict__ rstd) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = grid_stride() / kWarp;
   const int64_t width = c + 2;
@@ -66,7 +71,7 @@ __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict_
     local_of<Acc>(static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]), h, w,
                   public_centres, &ly, &lx);
     const Acc by = level_bit(ly, level), bx = level_bit(lx, level);
-    const T* in = x + p * c;
+    const GlobalPtr<const T> in = x + p * c;
     Acc sum = 0;
     for (int64_t j = lane; j < c; j += kWarp) sum += static_cast<Acc>(in[j]);
     const Acc mean = (warp_sum(sum) + by + bx) / static_cast<Acc>(width);
@@ -78,7 +83,7 @@ __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict_
     const Acc var = (warp_sum(sq) + (by - mean) * (by - mean) + (bx - mean) * (bx - mean)) /
                     static_cast<Acc>(width);
     const Acc r = Acc(1) / sqrt_val(var + static_cast<Acc>(kLnEps));
-    T* out = y + p * width;
+    const GlobalPtr<T> out = y + p * width;
     for (int64_t j = lane; j < c; j += kWarp)
       out[j] = static_cast<T>((static_cast<Acc>(in[j]) - mean) * r);
     if (lane == 0) {
@@ -90,8 +95,9 @@ __global__ void level_input_kernel(const T* __restrict__ x, const T* __restrict_
 }
 
 template <typename T>
-__global__ void codes_kernel(const T* __restrict__ coord, int64_t n, int64_t h, int64_t w,
-                             bool public_centres, int levels, T* __restrict__ bits) {
+__global__ void codes_kernel(GlobalPtr<const T> __restrict__ coord, int64_t n, int64_t h,
+                             int64_t w, bool public_centres, int levels,
+                             GlobalPtr<T> __restrict__ bits) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     T ly, lx;
     local_of<T>(coord[2 * p], coord[2 * p + 1], h, w, public_centres, &ly, &lx);
@@ -112,8 +118,9 @@ cudaError_t level0_sum_as(const void* maps, const void* row_sums, const void* w_
                           int64_t* rows, void* aux, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level0_sum_kernel<T, Acc>)(
       static_cast<const T*>(maps), static_cast<const T*>(row_sums), static_cast<const T*>(w_extra),
-      static_cast<const T*>(coord), static_cast<const T*>(cell), n, q, h, w, public_centres, hidden,
-      channels, static_cast<T*>(u), rows, static_cast<Acc*>(aux));
+      global(static_cast<const T*>(coord), 2 * n), global(static_cast<const T*>(cell), 2 * n), n,
+      q, h, w, public_centres, hidden, channels, global(static_cast<T*>(u), n * hidden),
+      global(rows, 4 * n), global(static_cast<Acc*>(aux), n * kAuxWidth));
   return cudaGetLastError();
 }
 
@@ -122,8 +129,9 @@ cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t 
                            int64_t w, bool public_centres, int level, void* y, void* rstd,
                            cudaStream_t stream) {
   IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level_input_kernel<T, Acc>)(
-      static_cast<const T*>(x), static_cast<const T*>(coord), n, c, h, w, public_centres, level,
-      static_cast<T*>(y), static_cast<Acc*>(rstd));
+      global(static_cast<const T*>(x), n * c), global(static_cast<const T*>(coord), 2 * n), n, c,
+      h, w, public_centres, level, global(static_cast<T*>(y), n * (c + 2)),
+      global(static_cast<Acc*>(rstd), n));
   return cudaGetLastError();
 }
 
@@ -176,12 +184,12 @@ cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, boo
   if (n == 0) return cudaSuccess;
   if (type == DType::kFloat64) {
     IK_LAUNCH(blocks_for(n), kThreads, 0, stream, codes_kernel<double>)(
-        static_cast<const double*>(coord), n, h, w, public_centres, levels,
-        static_cast<double*>(bits));
+        global(static_cast<const double*>(coord), 2 * n), n, h, w, public_centres, levels,
+        global(static_cast<double*>(bits), 2 * n * levels));
   } else if (type == DType::kFloat32) {
     IK_LAUNCH(blocks_for(n), kThreads, 0, stream, codes_kernel<float>)(
-        static_cast<const float*>(coord), n, h, w, public_centres, levels,
-        static_cast<float*>(bits));
+        global(static_cast<const float*>(coord), 2 * n), n, h, w, public_centres, levels,
+        global(static_cast<float*>(bits), 2 * n * levels));
   } else {
     return cudaErrorInvalidValue;
   }

@@ -12,6 +12,11 @@
 // * GlobalPtr<T>: a pointer into a global array; kernels take their arrays as GlobalPtr,
 //   made on the host by global(ptr, count).
 //
+// Launches asking for over 48 KiB of dynamic shared memory need the kernel's
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first
+// (at most 227 KiB on sm_90, 163 KiB on sm_80).  Tensor-core tiles: `#include <mma.h>`,
+// nvcuda::wmma (csrc/emulation/include/mma.h says what the emulation supports).
+//
 // Under nvcc these are plain CUDA: `<<<...>>>`, `__shared__`, `extern __shared__` and
 // `T*`.  In the emulation every shared access is checked (bounds, reads of what no thread
 // wrote, races between barriers), every GlobalPtr access against its array's [0, count),
@@ -19,9 +24,10 @@
 // with its message in cudaGetErrorString(cudaGetLastError()).  Kernel files use these,
 // never <<<...>>> or __shared__.
 //
-// Portable use: index and offset the pointers (`p[i]`, `p + n`), never take an element's
-// address (`&p[i]` is a raw pointer under nvcc, not in the emulation); call templates taking
-// `SharedPtr<const T>`/`GlobalPtr<const T>` as with `const T*`.
+// Portable use: index and offset the pointers (`p[i]`, `p + n`, `atomicAdd(p + i, v)` for a
+// GlobalPtr); never take a shared element's address (`&p[i]` is a raw pointer under nvcc,
+// a proxy's address in the emulation); call templates taking `SharedPtr<const T>` or
+// `GlobalPtr<const T>` as with `const T*` (a SharedPtr<T> argument deduces T).
 #pragma once
 
 #include <cuda_runtime.h>  // in emulated builds, csrc/emulation/include's

@@ -12,14 +12,17 @@ namespace liif {
 namespace {
 
 using cuda::blocks_for;
+using cuda::global;
+using cuda::GlobalPtr;
 using cuda::grid_index;
 using cuda::grid_stride;
 using cuda::kThreads;
 
 // One thread per query: its 4 members' geometry.
 template <typename T, typename Acc>
-__global__ void members_kernel(const T* __restrict__ coord, const T* __restrict__ cell, int64_t n,
-                               Dims dims, int64_t* __restrict__ index, Acc* __restrict__ inputs,
+__global__ void members_kernel(GlobalPtr<const T> __restrict__ coord,
+                               GlobalPtr<const T> __restrict__ cell, int64_t n, Dims dims,
+                               int64_t* __restrict__ index, Acc* __restrict__ inputs,
                                Acc* __restrict__ weights) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     query_members<Acc>(p, static_cast<Acc>(coord[2 * p]), static_cast<Acc>(coord[2 * p + 1]),
@@ -33,10 +36,10 @@ __global__ void members_kernel(const T* __restrict__ coord, const T* __restrict_
 // consecutive channels of the same projection row.
 template <typename T, typename Acc>
 __global__ void liif_first_layer_kernel(const T* __restrict__ proj,
-                                        const int64_t* __restrict__ index,
+                                        GlobalPtr<const int64_t> __restrict__ index,
                                         const Acc* __restrict__ inputs, const T* __restrict__ w_rc,
                                         const T* __restrict__ b0, int64_t rows, int64_t d,
-                                        bool relu, T* __restrict__ x) {
+                                        bool relu, GlobalPtr<T> __restrict__ x) {
   for (int64_t e = grid_index(); e < rows * d; e += grid_stride()) {
     const int64_t r = e / d, j = e - r * d;
     x[e] = static_cast<T>(
@@ -48,7 +51,7 @@ __global__ void liif_first_layer_kernel(const T* __restrict__ proj,
 template <typename T, typename Acc>
 __global__ void lte_features_kernel(const T* __restrict__ coef, const T* __restrict__ freq,
                                     const T* __restrict__ phase_w,
-                                    const int64_t* __restrict__ index,
+                                    GlobalPtr<const int64_t> __restrict__ index,
                                     const Acc* __restrict__ inputs, int ends, int64_t rows,
                                     int64_t m, T* __restrict__ x) {
   const int64_t stride = 2 * ends + 2;
@@ -64,9 +67,9 @@ __global__ void lte_features_kernel(const T* __restrict__ coef, const T* __restr
 template <typename T, typename Acc>
 __global__ void lte_features_backward_kernel(
     const T* __restrict__ grad_x, const T* __restrict__ coef, const T* __restrict__ freq,
-    const T* __restrict__ phase_w, const int64_t* __restrict__ index,
+    const T* __restrict__ phase_w, GlobalPtr<const int64_t> __restrict__ index,
     const Acc* __restrict__ inputs, int ends, int64_t n, int64_t m, Acc* __restrict__ grad_coef,
-    Acc* __restrict__ grad_freq, Acc* __restrict__ grad_phi) {
+    Acc* __restrict__ grad_freq, GlobalPtr<Acc> __restrict__ grad_phi) {
   const int64_t stride = 2 * ends + 2;
   for (int64_t e = grid_index(); e < n * m; e += grid_stride()) {
     const int64_t p = e / m, i = e - p * m;
@@ -85,8 +88,8 @@ template <typename T, typename Acc>
 cudaError_t members_as(const void* coord, const void* cell, int64_t n, Dims dims, int64_t* index,
                        void* inputs, void* weights, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(n), kThreads, 0, stream, members_kernel<T, Acc>)(
-      static_cast<const T*>(coord), static_cast<const T*>(cell), n, dims, index,
-      static_cast<Acc*>(inputs), static_cast<Acc*>(weights));
+      global(static_cast<const T*>(coord), 2 * n), global(static_cast<const T*>(cell), 2 * n), n,
+      dims, index, static_cast<Acc*>(inputs), static_cast<Acc*>(weights));
   return cudaGetLastError();
 }
 
@@ -95,8 +98,9 @@ cudaError_t first_layer_as(const void* proj, const int64_t* index, const void* i
                            const void* w_rc, const void* b0, int64_t rows, int64_t d, bool relu,
                            void* x, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(rows * d), kThreads, 0, stream, liif_first_layer_kernel<T, Acc>)(
-      static_cast<const T*>(proj), index, static_cast<const Acc*>(inputs),
-      static_cast<const T*>(w_rc), static_cast<const T*>(b0), rows, d, relu, static_cast<T*>(x));
+      static_cast<const T*>(proj), global(index, rows), static_cast<const Acc*>(inputs),
+      static_cast<const T*>(w_rc), static_cast<const T*>(b0), rows, d, relu,
+      global(static_cast<T*>(x), rows * d));
   return cudaGetLastError();
 }
 
@@ -106,7 +110,7 @@ cudaError_t features_as(const void* coef, const void* freq, const void* phase_w,
                         void* x, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(rows * m), kThreads, 0, stream, lte_features_kernel<T, Acc>)(
       static_cast<const T*>(coef), static_cast<const T*>(freq), static_cast<const T*>(phase_w),
-      index, static_cast<const Acc*>(inputs), ends, rows, m, static_cast<T*>(x));
+      global(index, rows), static_cast<const Acc*>(inputs), ends, rows, m, static_cast<T*>(x));
   return cudaGetLastError();
 }
 
@@ -117,8 +121,9 @@ cudaError_t features_backward_as(const void* grad_x, const void* coef, const voi
                                  void* grad_phi, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(n * m), kThreads, 0, stream, lte_features_backward_kernel<T, Acc>)(
       static_cast<const T*>(grad_x), static_cast<const T*>(coef), static_cast<const T*>(freq),
-      static_cast<const T*>(phase_w), index, static_cast<const Acc*>(inputs), ends, n, m,
-      static_cast<Acc*>(grad_coef), static_cast<Acc*>(grad_freq), static_cast<Acc*>(grad_phi));
+      static_cast<const T*>(phase_w), global(index, kMembers * n), static_cast<const Acc*>(inputs),
+      ends, n, m, static_cast<Acc*>(grad_coef), static_cast<Acc*>(grad_freq),
+      global(static_cast<Acc*>(grad_phi), n * m));
   return cudaGetLastError();
 }
 

@@ -316,13 +316,18 @@ SharedMemory& dynamic_shared_memory(const SharedSite& site, size_t offset_bytes,
   return *memory;
 }
 
-void wmma_warp_meet() { warp_exchange(0xffffffffu, 0, lane()); }
+void warp_meet(unsigned int mask) { warp_exchange(mask, 0, lane()); }
 
 void wmma_misuse(const std::string& what) { fail(thread_name(running("WMMA")) + ": " + what); }
 
 size_t shared_base_offset(const SharedMemory& memory) { return memory.base_offset; }
 
 const char* shared_name(const SharedMemory& memory) { return memory.name; }
+
+void null_shared_access() {
+  fail(thread_name(running("a shared-memory access")) + " accesses shared memory through a null "
+       "pointer");
+}
 
 void global_out_of_range(int64_t index, int64_t count) {
   const std::string where = current_fiber ? thread_name(*current_fiber) : std::string("the host");
@@ -369,6 +374,11 @@ void* shared_read(SharedMemory& memory, int64_t index) {
   } else if (a.reader != f.linear) {
     a.reader = kManyReaders;
   }
+  return memory.bytes.data() + i * memory.element_size;
+}
+
+const void* shared_peek(SharedMemory& memory, int64_t index) {
+  const size_t i = checked_index(memory, index, running("a shared-memory read"));
   return memory.bytes.data() + i * memory.element_size;
 }
 

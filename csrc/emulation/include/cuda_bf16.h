@@ -25,3 +25,6 @@ struct __nv_bfloat16 {
     return static_cast<uint16_t>((f + 0x7fffu + ((f >> 16) & 1u)) >> 16);
   }
 };
+
+inline __nv_bfloat16 __float2bfloat16(float value) { return __nv_bfloat16(value); }
+inline float __bfloat162float(__nv_bfloat16 value) { return static_cast<float>(value); }

@@ -57,3 +57,6 @@ struct __half {
     return value;
   }
 };
+
+inline __half __float2half(float value) { return __half(value); }
+inline float __half2float(__half value) { return static_cast<float>(value); }

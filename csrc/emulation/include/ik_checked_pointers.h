@@ -29,6 +29,11 @@ class SharedMemory;
 // was never written, or on a race with another thread since the last barrier.
 void* shared_read(SharedMemory& memory, int64_t i);
 void* shared_write(SharedMemory& memory, int64_t i);
+// Element i, checked against the bounds only (for WMMA loads, see mma.h).
+const void* shared_peek(SharedMemory& memory, int64_t i);
+
+// Throws: an access through a null SharedPtr.
+[[noreturn]] void null_shared_access();
 
 // Throws: index `index` of a global array of `count` elements is out of range.
 [[noreturn]] void global_out_of_range(int64_t index, int64_t count);
@@ -112,7 +117,7 @@ class SharedPtr<const T> : public PointerArithmetic<SharedPtr<const T>> {
 
   T operator[](int64_t i) const {
     T value;
-    std::memcpy(&value, shared_read(*memory_, offset_ + i), sizeof(T));
+    std::memcpy(&value, shared_read(memory(), offset_ + i), sizeof(T));
     return value;
   }
   T operator*() const { return (*this)[0]; }
@@ -122,7 +127,11 @@ class SharedPtr<const T> : public PointerArithmetic<SharedPtr<const T>> {
   }
   friend bool operator!=(const SharedPtr& a, const SharedPtr& b) { return !(a == b); }
 
-  // The allocation and element offset (for the emulation's own checks).
+  // The allocation, checked, and element offset (for the emulation's own checks).
+  SharedMemory& memory() const {
+    if (memory_ == nullptr) null_shared_access();
+    return *memory_;
+  }
   SharedMemory* memory_ = nullptr;
   int64_t offset_ = 0;
 };
@@ -135,7 +144,7 @@ class SharedPtr : public SharedPtr<const T>, public PointerArithmetic<SharedPtr<
 
   using SharedPtr<const T>::SharedPtr;
 
-  SharedElement<T> operator[](int64_t i) const { return {*this->memory_, this->offset_ + i}; }
+  SharedElement<T> operator[](int64_t i) const { return {this->memory(), this->offset_ + i}; }
   SharedElement<T> operator*() const { return (*this)[0]; }
 };
 
@@ -208,6 +217,11 @@ template <typename T>
 struct pointee<GlobalPtr<T>> {
   using type = T;
 };
+
+template <typename P>
+struct is_shared_pointer : std::false_type {};
+template <typename T>
+struct is_shared_pointer<SharedPtr<T>> : std::true_type {};
 
 }  // namespace emulation
 }  // namespace ik

@@ -31,6 +31,11 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+// A no-aliasing hint only, and kernels' GlobalPtr parameters are classes here.
+#define __restrict__
+// Hints to nvcc's register allocation.
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
 
 // ---------------------------------------------------------------------------------------
 // Runtime types
@@ -84,6 +89,9 @@ uint64_t warp_exchange(unsigned int mask, uint64_t bits, int source);
 
 // The calling thread's lane within its warp.
 int lane();
+
+// Suspends the calling thread until the lanes of its warp in `mask` have arrived.
+void warp_meet(unsigned int mask);
 
 // Runs `thread` as every thread of every block of a launch; a failure (an exception from
 // a thread, a deadlock at a barrier) becomes the launch's error.
@@ -199,6 +207,11 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(Params...), cudaFuncAttribute at
 
 inline void __syncthreads() { ::ik::emulation::barrier(); }
 
+// A meeting point of the warp's lanes in `mask`.  The race checker knows only
+// __syncthreads(): accesses of different threads of a warp on either side of a __syncwarp()
+// still race, except for WMMA tiles a warp reloads or overwrites (mma.h).
+inline void __syncwarp(unsigned int mask = 0xffffffffu) { ::ik::emulation::warp_meet(mask); }
+
 template <typename T>
 T __shfl_xor_sync(unsigned int mask, T value, int lane_mask) {
   return ::ik::emulation::shuffle(mask, value, ::ik::emulation::lane() ^ lane_mask);
@@ -217,4 +230,8 @@ T atomicAdd(T* address, T value) {
   const T old = *address;
   *address = old + value;
   return old;
+}
+template <typename T>
+T atomicAdd(const ::ik::emulation::GlobalPtr<T>& address, T value) {
+  return atomicAdd(&address[0], value);
 }

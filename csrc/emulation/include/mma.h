@@ -6,7 +6,11 @@
 // element-wise steps after a store.  mma_sync multiplies in float (the half types' products
 // are exact in float) and adds the products to the accumulator in k order.  A store is
 // spread over the warp (lane l writes elements l, l + 32, ...), so the race checker sees one
-// writer per element.  Each *_sync call is a meeting point of the whole warp, as on the GPU.
+// writer per element; a load from shared memory reads every element in every lane, but only
+// lane l's reads of elements l, l + 32, ... count for the race checker, so a warp may store
+// a tile back where it loaded it (the collective ops order its lanes) while other warps'
+// accesses without a barrier are still races.  Each call is a meeting point of the whole
+// warp, as on the GPU.
 //
 // Pointers may be raw, SharedPtr or GlobalPtr (accesses checked as theirs), of exactly the
 // fragment's element type; they must be 32-byte aligned and ldm a multiple of 16 bytes,
@@ -14,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -30,7 +35,8 @@ namespace emulation {
 constexpr int kTile = 16;
 constexpr int kTileElements = kTile * kTile;
 
-// Byte offset of a pointer from a 32-byte aligned base, for the alignment check.
+// Byte offset of a pointer from a 32-byte aligned base, for the alignment check, and
+// where it points, for its message.
 template <typename T>
 uintptr_t aligned_offset(T* p) {
   return reinterpret_cast<uintptr_t>(p);
@@ -43,6 +49,20 @@ template <typename T>
 uintptr_t aligned_offset(const GlobalPtr<T>& p) {
   return reinterpret_cast<uintptr_t>(p.address());
 }
+template <typename T>
+std::string pointer_name(T*) {
+  return "the pointer";
+}
+template <typename T>
+std::string pointer_name(const SharedPtr<T>& p) {
+  return p.memory_ ? "the pointer to element " + std::to_string(p.offset_) + " of shared '" +
+                         shared_name(*p.memory_) + "'"
+                   : "a null pointer";
+}
+template <typename T>
+std::string pointer_name(const GlobalPtr<T>& p) {
+  return "the pointer to element " + std::to_string(p.offset_) + " of a global array";
+}
 
 // CUDA's requirements on a WMMA pointer of `Element`s and its leading dimension.
 template <typename Element, typename Ptr>
@@ -51,7 +71,7 @@ void check_wmma_pointer(const char* call, const Ptr& p, unsigned ldm) {
   static_assert(std::is_same<std::remove_const_t<Pointee>, Element>::value,
                 "a WMMA pointer must point to the fragment's element type");
   if (aligned_offset(p) % 32 != 0) {
-    wmma_misuse(std::string(call) + ": the pointer is not 32-byte aligned");
+    wmma_misuse(std::string(call) + ": " + pointer_name(p) + " is not 32-byte aligned");
   }
   if (ldm * sizeof(Element) % 16 != 0 || ldm < kTile) {
     wmma_misuse(std::string(call) + ": ldm " + std::to_string(ldm) +
@@ -60,7 +80,22 @@ void check_wmma_pointer(const char* call, const Ptr& p, unsigned ldm) {
 }
 
 // Makes the calling lane wait for its warp's other lanes (a WMMA call is warp-wide).
-void wmma_warp_meet();
+inline void wmma_warp_meet() { warp_meet(0xffffffffu); }
+
+// Element i of a WMMA load's tile at p: a checked read in the lane that owns the element
+// (i % 32), a read checked against the bounds only in the others.
+template <typename Ptr>
+std::remove_const_t<typename pointee<Ptr>::type> tile_element(const Ptr& p, int64_t i, int e) {
+  using T = std::remove_const_t<typename pointee<Ptr>::type>;
+  if constexpr (is_shared_pointer<Ptr>::value) {
+    if (e % kWarpSize != lane()) {
+      T value;
+      std::memcpy(&value, shared_peek(p.memory(), p.offset_ + i), sizeof(T));
+      return value;
+    }
+  }
+  return static_cast<T>(p[i]);
+}
 
 }  // namespace emulation
 }  // namespace ik
@@ -107,8 +142,9 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const Ptr& p, uns
   ::ik::emulation::check_wmma_pointer<T>("load_matrix_sync", p, ldm);
   ::ik::emulation::wmma_warp_meet();
   const bool row = std::is_same<Layout, row_major>::value;
-  for (int r = 0; r < 16; ++r) {
-    for (int c = 0; c < 16; ++c) f.x[16 * r + c] = p[row ? r * ldm + c : r + c * ldm];
+  for (int e = 0; e < ::ik::emulation::kTileElements; ++e) {
+    const int r = e / 16, c = e % 16;
+    f.x[e] = ::ik::emulation::tile_element(p, row ? r * ldm + c : r + c * ldm, e);
   }
 }
 
@@ -117,10 +153,10 @@ void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const Ptr& p,
                       layout_t layout) {
   ::ik::emulation::check_wmma_pointer<float>("load_matrix_sync", p, ldm);
   ::ik::emulation::wmma_warp_meet();
-  for (int r = 0; r < 16; ++r) {
-    for (int c = 0; c < 16; ++c) {
-      f.x[16 * r + c] = p[layout == mem_row_major ? r * ldm + c : r + c * ldm];
-    }
+  for (int e = 0; e < ::ik::emulation::kTileElements; ++e) {
+    const int r = e / 16, c = e % 16;
+    f.x[e] = ::ik::emulation::tile_element(p, layout == mem_row_major ? r * ldm + c : r + c * ldm,
+                                           e);
   }
 }
 
