@@ -139,58 +139,59 @@ __device__ TileShared<T, Acc> tile_shared(int ld) {
   return {{member_index, member_inputs, member_weight}, act, acc};
 }
 
+// Every tile of the block: members, the input tile, then the MLP and the blend.  The input
+// step writes a row's `columns` columns: input(members, r, c, row) writes column c (or, for
+// LTE, a pair of columns) of member row r into `row` (act's row r).
+template <typename T, typename Acc, typename Input>
+__device__ void decode_tiles(const DeviceQueries<T>& q, const DeviceMlp<T>& mlp, int ld,
+                             int columns, GlobalPtr<T> out, const Input& input) {
+  const TileShared<T, Acc> tile = tile_shared<T, Acc>(ld);
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kTileQueries; first < q.n;
+       first += static_cast<int64_t>(gridDim.x) * kTileQueries) {
+    find_members<T, Acc>(q, first, tile.members);
+    for (int e = threadIdx.x; e < kTileRows * columns; e += kTileThreads) {
+      const int r = e / columns;
+      input(tile.members, r, e - r * columns, tile.act + r * ld);
+    }
+    __syncthreads();
+    mlp_and_blend<T, Acc>(mlp, tile.act, tile.acc, ld, tile.members, first, q.n, out);
+  }
+}
+
+// LIIF's input column j: the first layer's channel j after its ReLU (0 past d).
 template <typename T, typename Acc>
 __global__ void liif_fused_kernel(GlobalPtr<const T> proj, int d, GlobalPtr<const T> w_rc,
                                   GlobalPtr<const T> b0, DeviceQueries<T> q, DeviceMlp<T> mlp,
                                   int ld, GlobalPtr<T> out) {
-  const TileShared<T, Acc> tile = tile_shared<T, Acc>(ld);
-  const TileMembers<Acc>& members = tile.members;
-  const SharedPtr<T> act = tile.act;
-  const int in = mlp.layer[0].n_in;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kTileQueries; first < q.n;
-       first += static_cast<int64_t>(gridDim.x) * kTileQueries) {
-    find_members<T, Acc>(q, first, members);
-    for (int e = threadIdx.x; e < kTileRows * in; e += kTileThreads) {
-      const int r = e / in, j = e - r * in;
-      Acc x[kCoordInputs];
-      row_inputs<Acc>(members, r, x);
-      act[r * ld + j] =
-          j < d ? static_cast<T>(first_layer<Acc>(j, proj + members.index[r] * d, w_rc, b0, x,
-                                                  /*relu=*/true))
-                : static_cast<T>(0.0f);
-    }
-    __syncthreads();
-    mlp_and_blend<T, Acc>(mlp, act, tile.acc, ld, members, first, q.n, out);
-  }
+  decode_tiles<T, Acc>(q, mlp, ld, mlp.layer[0].n_in, out,
+                       [&](const TileMembers<Acc>& members, int r, int j, SharedPtr<T> row) {
+                         Acc x[kCoordInputs];
+                         row_inputs<Acc>(members, r, x);
+                         row[j] =
+                             j < d ? static_cast<T>(first_layer<Acc>(j, proj + members.index[r] * d,
+                                                                     w_rc, b0, x, /*relu=*/true))
+                                   : static_cast<T>(0.0f);
+                       });
 }
 
-// The Fourier features' columns per row are handled in pairs: thread column c < m writes
-// pair c (columns c and m + c), c ≥ m the padded column m + c.
+// LTE's input in pairs: column c < m writes Fourier pair c (columns c and m + c), c ≥ m the
+// padded column m + c.
 template <typename T, typename Acc>
 __global__ void lte_fused_kernel(GlobalPtr<const T> coef, GlobalPtr<const T> freq, int m,
                                  GlobalPtr<const T> phase_w, DeviceQueries<T> q, DeviceMlp<T> mlp,
                                  int ld, GlobalPtr<T> out) {
-  const TileShared<T, Acc> tile = tile_shared<T, Acc>(ld);
-  const TileMembers<Acc>& members = tile.members;
-  const SharedPtr<T> act = tile.act;
-  const int columns = mlp.layer[0].n_in - m;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * kTileQueries; first < q.n;
-       first += static_cast<int64_t>(gridDim.x) * kTileQueries) {
-    find_members<T, Acc>(q, first, members);
-    for (int e = threadIdx.x; e < kTileRows * columns; e += kTileThreads) {
-      const int r = e / columns, c = e - r * columns;
-      if (c < m) {
-        Acc x[kCoordInputs];
-        row_inputs<Acc>(members, r, x);
-        const int64_t pixel = members.index[r] * 2 * m;
-        lte::fourier_feature<Acc, T>(c, m, coef + pixel, freq + pixel, phase_w, x, act + r * ld);
-      } else {
-        act[r * ld + m + c] = static_cast<T>(0.0f);
-      }
-    }
-    __syncthreads();
-    mlp_and_blend<T, Acc>(mlp, act, tile.acc, ld, members, first, q.n, out);
-  }
+  decode_tiles<T, Acc>(q, mlp, ld, mlp.layer[0].n_in - m, out,
+                       [&](const TileMembers<Acc>& members, int r, int c, SharedPtr<T> row) {
+                         if (c < m) {
+                           Acc x[kCoordInputs];
+                           row_inputs<Acc>(members, r, x);
+                           const int64_t pixel = members.index[r] * 2 * m;
+                           lte::fourier_feature<Acc, T>(c, m, coef + pixel, freq + pixel, phase_w,
+                                                        x, row);
+                         } else {
+                           row[m + c] = static_cast<T>(0.0f);
+                         }
+                       });
 }
 
 // The device view of `mlp` and the tiles' leading dimension (for the widest width).
