@@ -26,7 +26,10 @@ struct PaddedMlp {
   FusedMlp shape;
 };
 
+// t zero-padded to `sizes` (t itself when it has them: the papers' widths need only the
+// output layer padded).
 at::Tensor padded_to(const at::Tensor& t, at::IntArrayRef sizes) {
+  if (t.sizes() == sizes) return t;
   at::Tensor out = at::zeros(sizes, t.options());
   at::Tensor part = out;
   for (int64_t d = 0; d < t.dim(); ++d) part = part.narrow(d, 0, t.size(d));
