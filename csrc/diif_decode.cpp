@@ -10,6 +10,9 @@
 // distinct slice and vertex t (csrc/diif_stages.h does the rest):
 //   pre_t   = corner_proj[v_t] + w_coord·[rel_first, rel_last, cell]_t + b0
 // No per-pixel wide input is formed; the slice stage runs once per slice, not per pixel.
+// Where the CUDA kernels run (runs_cuda_kernels), the plain decode of a decoder at most 256
+// wide is two fused kernels (csrc/diif_fused.h); the _train operators and the backward
+// run the stages of csrc/diif_stages.h.
 // The backward recomputes the forward of the call's pixels (nothing is saved between
 // the two but the inputs) and returns gradients for every tensor input but `pixels`.
 #include <ATen/ATen.h>
@@ -17,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "diif_fused.h"
 #include "diif_stages.h"
 #include "library.h"
 
@@ -93,6 +97,12 @@ at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
   const int64_t out_dim = d.stages.fine.weights.back().size(0);
   if (flat.size(0) == 0) return at::empty({b, q, out_dim}, corner_proj.options());
   const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(corner_proj) && fused_forward_fits(d.stages, d.corner_proj.size(3))) {
+    return fused_forward_cuda(d.corner_proj, d.w_coord, d.b0, d.stages, sl, dims)
+        .view({b, q, out_dim});
+  }
+#endif
   return stages_forward(d.stages, sl, dims, d.corner_proj.size(3), first_layer(d, sl), false)
       .out.view({b, q, out_dim});
 }

@@ -63,7 +63,7 @@ at::Tensor blend_cpu(const at::Tensor& pixels, const at::Tensor& slice_of, const
     // is already several hundred kilobytes of work.
     at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
-        scalar_t offset[2], weight[4];
+        scalar_t offset[2], weight[4] = {};  // without the ensemble only weight[0] is set
         pixel_offset_weights<scalar_t>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
         const scalar_t* block = gp + slice[p] * v * df;
         scalar_t* row = zp + p * df;

@@ -44,11 +44,11 @@ __global__ void blend_kernel(GlobalPtr<const int64_t> __restrict__ pixels,
                              const T* __restrict__ bias, GlobalPtr<T> __restrict__ z) {
   for (int64_t e = grid_index(); e < n * df; e += grid_stride()) {
     const int64_t p = e / df, j = e - p * df;
-    Acc offset[2], weight[4];
+    Acc offset[2], weight[4] = {};
     pixel_offset_weights<Acc>(pixels[2 * p], pixels[2 * p + 1], dims, offset, weight);
     const int v = vertex_count(dims);
     const T* block = g + slice_of[p] * v * df;
-    z[e] = static_cast<T>(blend_channel<Acc, T>(j, df, v, block, wd, bias, offset, weight));
+    z[e] = static_cast<T>(blend_channel<Acc>(j, df, v, block, wd, bias, offset, weight));
   }
 }
 

@@ -3,7 +3,7 @@
 // activations in shared memory and runs a Linear over them:
 //   tile_linear:   out[r][o] = Σ_k in[r][k]·W(o, k)      (Acc, shared)
 //   tile_bias_act: act[r][o] = T(relu?(acc[r][o] + b[o])) (T, shared)
-//   tile_store:    dst[r][o] = T(acc[r][o] + b[o])         (T, global; rows < a count)
+//   tile_store:    dst[r][o] = T(src[r][o] + b[o])         (T, global; rows < a count)
 // Widths are multiples of kWidthAlign (the glue zero-pads weights and biases, so padded
 // channels stay exactly 0 through every ReLU) and at most kMaxWidth.
 //
@@ -23,35 +23,38 @@
 
 #include "ik/common.h"
 #include "launch.h"
+#include "tile_sizes.h"
 
 namespace ik {
 namespace cuda {
-
-constexpr int kTileRows = 32;
-constexpr int kTileThreads = 256;
-constexpr int kMaxWidth = 256;
-constexpr int kWidthAlign = 16;
-// Shared activations' row stride: the widest layer plus this many elements, so the rows
-// of a WMMA fragment load fall in different shared-memory banks.
-constexpr int kRowPad = 8;
-// Input channels of the weights staged per step of the SIMT product (16 KiB of float or
-// double).
-template <typename T>
-constexpr int kStageK = 16 * 4 / static_cast<int>(sizeof(T));
 
 template <typename T>
 constexpr bool kUsesTensorCores =
     std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
 
+// Input channels of the weights staged per step of the SIMT product (16 KiB of float or
+// double), and the stage's row stride: one element more than a row, so that the stage's
+// fill (consecutive threads on consecutive channels k of one output o) hits distinct banks.
+template <typename T>
+constexpr int kStageK = 16 * 4 / static_cast<int>(sizeof(T));
+constexpr int kStageLd = kMaxWidth + 1;
+
 // The type products accumulate in: float for the half types.
 template <typename T>
 using AccumulateOf = typename std::conditional<kUsesTensorCores<T>, float, T>::type;
 
-// Row stride of shared activation tiles whose widths are at most `width`.
-IK_HD int tile_ld(int width) { return width + kRowPad; }
+// The launch bounds of a kernel of tiles: kTileThreads threads, and the registers that
+// `min_blocks` blocks per multiprocessor allow.  IK_TILE_KERNEL_BOUNDS: one block.
+#define IK_TILE_LAUNCH_BOUNDS(min_blocks) __launch_bounds__(::ik::cuda::kTileThreads, min_blocks)
+#define IK_TILE_KERNEL_BOUNDS IK_TILE_LAUNCH_BOUNDS(1)
 
-// A 16-byte aligned size (offsets into the dynamic shared memory).
-IK_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+// Row stride of shared activation tiles whose widths are at most `width`: 8 elements more,
+// so that the 16 rows of a WMMA fragment load fall in different shared-memory banks.
+IK_HD int tile_ld(int width) { return width + 8; }
+
+// `bytes` rounded up to an offset into the dynamic shared memory where any tile may start
+// (WMMA needs 256-bit aligned pointers; IK_DYNAMIC_SHARED 16-byte offsets).
+IK_HD int64_t shared_align(int64_t bytes) { return (bytes + 127) / 128 * 128; }
 
 // One Linear layer of a tile MLP: weight (n_out, n_in) row-major, bias (n_out).
 template <typename T>
@@ -71,7 +74,7 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
   constexpr int kRowsPerWarp = kTileRows / (kTileThreads / kWarp);
   constexpr int kColsPerLane = kMaxWidth / kWarp;
   constexpr int kStep = kStageK<T>;
-  IK_SHARED(T, stage, kStep * kMaxWidth);  // stage[kk][o] = W(o, k0 + kk)
+  IK_SHARED(T, stage, kStep * kStageLd);  // stage[kk][o] = W(o, k0 + kk)
   const int lane = threadIdx.x % kWarp, row0 = (threadIdx.x / kWarp) * kRowsPerWarp;
   T acc[kRowsPerWarp][kColsPerLane];
 #pragma unroll
@@ -87,11 +90,11 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
       if (w_transposed) {
         kk = e / n_out;
         o = e - kk * n_out;
-        stage[kk * kMaxWidth + o] = w[static_cast<int64_t>(k0 + kk) * n_out + o];
+        stage[kk * kStageLd + o] = w[static_cast<int64_t>(k0 + kk) * n_out + o];
       } else {
         o = e / steps;
         kk = e - o * steps;
-        stage[kk * kMaxWidth + o] = w[static_cast<int64_t>(o) * n_in + k0 + kk];
+        stage[kk * kStageLd + o] = w[static_cast<int64_t>(o) * n_in + k0 + kk];
       }
     }
     __syncthreads();
@@ -103,7 +106,7 @@ __device__ void tile_linear_simt(SharedPtr<const T> in, int ld_in, GlobalPtr<con
       for (int j = 0; j < kColsPerLane; ++j) {
         const int o = lane + j * kWarp;
         if (o < n_out) {
-          const T wo = stage[kk * kMaxWidth + o];
+          const T wo = stage[kk * kStageLd + o];
 #pragma unroll
           for (int i = 0; i < kRowsPerWarp; ++i) acc[i][j] += x[i] * wo;
         }
@@ -205,14 +208,16 @@ __device__ void tile_bias_act(SharedPtr<const Acc> acc, int ld_acc, GlobalPtr<co
   __syncthreads();
 }
 
-// dst[r·ld_dst + o] = T(acc[r][o] + bias[o]) for r < rows, o < n (rows ≤ kTileRows; bias
-// may be null): a tile's result rows to global memory.
-template <typename T, typename Acc>
-__device__ void tile_store(SharedPtr<const Acc> acc, int ld_acc, GlobalPtr<const T> bias, int rows,
+// dst[r·ld_dst + o] = T(src[r][o] + bias[o]) for r < rows, o < n (rows ≤ kTileRows; bias
+// may be null), summed in AccumulateOf<T>: a tile's result rows to global memory.  Src: the
+// accumulation type (an accumulator tile) or T (an activation tile).
+template <typename T, typename Src>
+__device__ void tile_store(SharedPtr<const Src> src, int ld_src, GlobalPtr<const T> bias, int rows,
                            int n, GlobalPtr<T> dst, int64_t ld_dst) {
+  using Acc = AccumulateOf<T>;
   for (int e = threadIdx.x; e < rows * n; e += kTileThreads) {
     const int r = e / n, o = e - r * n;
-    Acc x = acc[r * ld_acc + o];
+    Acc x = static_cast<Acc>(static_cast<Src>(src[r * ld_src + o]));
     if (static_cast<bool>(bias)) x += static_cast<Acc>(bias[o]);
     dst[r * ld_dst + o] = static_cast<T>(x);
   }

@@ -96,17 +96,37 @@ IK_HD void pixel_offset_weights(index_t r, index_t c, const Dims& d, T offset[2]
   }
 }
 
+// z + Σ_t weight[t] * rows[t * df + j]: channel j of the slice-ensemble sum of a pixel's
+// `vertices` rows (`df` wide, consecutive).  Acc accumulates (float for half element
+// types). Ptr: a pointer to the elements, or anything indexed like one (the CUDA kernels'
+// checked global pointers).
+template <typename Acc, typename Ptr>
+IK_HD Acc add_vertex_sum(Acc z, index_t j, index_t df, int vertices, Ptr rows,
+                         const Acc weight[4]) {
+  // A fixed trip count keeps `weight` in registers on the GPU.
+#pragma unroll
+  for (int t = 0; t < kVertices; ++t) {
+    if (t < vertices) z += weight[t] * static_cast<Acc>(rows[t * df + j]);
+  }
+  return z;
+}
+
+// bias[j] + wd[j, 0] * dy + wd[j, 1] * dx: channel j of the fine stage's first layer's
+// offset part.
+template <typename Acc, typename Ptr>
+IK_HD Acc offset_channel(index_t j, Ptr wd, Ptr bias, const Acc offset[2]) {
+  return static_cast<Acc>(bias[j]) + static_cast<Acc>(wd[2 * j]) * offset[0] +
+         static_cast<Acc>(wd[2 * j + 1]) * offset[1];
+}
+
 // Fine stage's first pre-activation of one pixel, channel j:
 // z[j] = bias[j] + wd[j, 0] * dy + wd[j, 1] * dx + Σ_t weight[t] * g[t * df + j]
-// (g: the pixel's slice's `vertices` x df block of W_h·H_t). Acc accumulates (float for
-// half T).
-template <typename Acc, typename T>
-IK_HD Acc blend_channel(index_t j, index_t df, int vertices, const T* g, const T* wd, const T* bias,
+// (g: the pixel's slice's `vertices` x df block of W_h·H_t).
+template <typename Acc, typename Ptr>
+IK_HD Acc blend_channel(index_t j, index_t df, int vertices, Ptr g, Ptr wd, Ptr bias,
                         const Acc offset[2], const Acc weight[4]) {
-  Acc z = static_cast<Acc>(bias[j]) + static_cast<Acc>(wd[2 * j]) * offset[0] +
-          static_cast<Acc>(wd[2 * j + 1]) * offset[1];
-  for (int t = 0; t < vertices; ++t) z += weight[t] * static_cast<Acc>(g[t * df + j]);
-  return z;
+  return add_vertex_sum<Acc>(offset_channel<Acc>(j, wd, bias, offset), j, df, vertices, g,
+                             weight);
 }
 
 }  // namespace diif
