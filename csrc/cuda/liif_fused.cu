@@ -112,7 +112,7 @@ __device__ void mlp_and_blend(const DeviceMlp<T>& mlp, SharedPtr<T> act, SharedP
 // Bytes of the dynamic shared memory: the activation tile, then the accumulator tile.
 template <typename T>
 __host__ __device__ int act_bytes(int ld) {
-  return static_cast<int>(cuda::align16(kTileRows * ld * static_cast<int64_t>(sizeof(T))));
+  return static_cast<int>(cuda::shared_align(kTileRows * ld * static_cast<int64_t>(sizeof(T))));
 }
 
 template <typename T, typename Acc>
