@@ -18,8 +18,9 @@
 #       report)                                     -> diif.json, bench.txt, report files
 #     - one compute-sanitizer case of the CUDA DIIF operator -> sanitizer.txt
 #   fused:   bash scripts/gpu_session.sh fused   (one call, ~9 min; builds if needed)
-#     - the fused CUDA C++ kernels' tests natively: tests/test_cuda_emulated.py (the tests
-#       the emulation runs in CI, here on the GPU) and the CUDA operator tests
+#     - the fused CUDA C++ kernels' tests natively: tests/test_cuda_emulated.py's "gpu"
+#       half (the tests the emulation runs in CI, here on the GPU) and the CUDA operator
+#       tests
 #                                                   -> fused_tests.txt
 #     - DIIF timed: cuda against triton, torch, torch+compile and reference, bf16 and
 #       float32, the 90×160 → ×16 headline and 180×320 → ×4 and ×12 forward, ×4
@@ -92,8 +93,10 @@ case "${1:-}" in
 fused)
     built || { step build; build || { tail -30 "$OUT/build.log"; exit 1; }; }
     step "fused kernels' tests, natively"
-    timeout 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_emulated.py \
-        tests/test_ops_cuda.py tests/test_ops_cuda_liif_lte.py >"$OUT/fused_tests.txt" 2>&1
+    { timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_emulated.py \
+          -k gpu
+      timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py \
+          tests/test_ops_cuda_liif_lte.py; } >"$OUT/fused_tests.txt" 2>&1
     tail -15 "$OUT/fused_tests.txt"
     step "fused kernels timed against the other backends"
     timeout 300 python3 -m pytest bench/test_diif.py bench/test_liif_lte.py -q \

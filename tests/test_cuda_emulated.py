@@ -3,9 +3,12 @@
 backward, equals the real CPU operators (``torch.ops.implicit_kernels``, themselves tested
 against the reference), for DIIF, DIIF w/o se, DLTE, LIIF, LTE and HIIF; integer,
 non-integer and asymmetric scales, queries on LR pixel centres and edges, batch 2,
-float32 and float64; the fused DIIF, LIIF and LTE forward kernels also in float16 and
-bfloat16 (their tensor-core path), wider and deeper, over many tiles, and row by row.  The emulated build takes a
-few minutes on two cores, once per source change (cached).
+float32 and float64; the fused DIIF, LIIF and LTE kernels also in float16 and bfloat16
+(their tensor-core path), wider and deeper, over many tiles, and row by row.  The emulated
+build takes a few minutes on two cores, once per source change (cached).
+
+On a machine with a GPU and a CUDA build every test runs a second time on the GPU (the
+``gpu`` parameter of the ``emulated`` fixture): the same kernels, natively.
 
 Skipped without a host C++ compiler or without the real extension."""
 import pytest
@@ -33,9 +36,34 @@ CASES = {"x1": (4, 5), "x2": (8, 10), "x3": (12, 15), "x2.3": (9, 11), "x2_by_x3
 DECODERS = ("diif", "diif_without_ensemble", "dlte", "liif", "lte", "hiif")
 
 
-@pytest.fixture(scope="module")
-def emulated():
-    """``torch.ops.implicit_kernels_emulated``: the operators on the emulated CUDA kernels."""
+class OnTheGpu:
+    """The real extension's operators on a GPU, with CPU arguments and results, so the
+    tests of the emulated kernels check the same kernels natively on a GPU machine."""
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.implicit_kernels, name)
+        return lambda *args: to_device(op(*to_device(args, "cuda")), "cpu")
+
+
+def to_device(values, device):
+    """``values`` (tensors, lists, tuples, other arguments) with every tensor on ``device``."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device)
+    if isinstance(values, (list, tuple)):
+        return type(values)(to_device(v, device) for v in values)
+    return values
+
+
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def emulated(request):
+    """The operators with CUDA kernels, taking and returning CPU tensors:
+    ``torch.ops.implicit_kernels_emulated`` (the kernels compiled by the host compiler
+    against the emulation) or, on a machine with a GPU and a CUDA build, the real
+    extension's operators run on the GPU."""
+    if request.param == "gpu":
+        if not (torch.cuda.is_available() and _extension.with_cuda()):
+            pytest.skip("needs a GPU and the extension built with CUDA")
+        return OnTheGpu()
     from emulated_build import emulated_operators, host_compiler
     if host_compiler() is None:
         pytest.skip("no host C++ compiler")
