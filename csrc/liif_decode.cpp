@@ -10,7 +10,8 @@
 //   x_t     = relu(proj[pixel_t] + w_rel_cell·[rel_t, cell·(H, W)] + b0)
 //   out     = Σ_t weight_t · MLP(x_t)
 // On CPU tensors the forward runs in tiles of member rows and no (4n, D) activation
-// exists unless a backward needs it.  The backward takes the forward's record
+// exists unless a backward needs it; on the CUDA kernels the plain forward is one fused
+// kernel (csrc/cuda/liif_fused.cu) when the MLP fits it.  The backward takes the forward's record
 // (liif_decode_train, then liif_decode_backward_saved) or recomputes the forward of the
 // call (liif_decode_backward), and returns gradients for proj, w_rel_cell, b0, w and b.
 // coord and cell are not differentiated: LIIF trains on sampled coordinates, which are data.
@@ -104,6 +105,11 @@ at::Tensor liif_decode(const at::Tensor& proj, const at::Tensor& w_rel_cell, con
   const Decoder d = make_decoder(proj, w_rel_cell, b0, w, b);
   check_queries(d.proj, coord, cell, kOp);
   if (coord.size(1) == 0) return at::empty({coord.size(0), 0, out_dim(d)}, proj.options());
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(d.proj) && fused_forward_fits(d.rest, d.proj.size(3))) {
+    return liif_fused_forward_cuda(d.proj, d.w_rel_cell, d.b0, d.rest, coord, cell);
+  }
+#endif
   return run_forward(d, coord, cell, false).out;
 }
 

@@ -54,6 +54,22 @@ IK_LIIF_KERNELS(cuda)
 #endif
 #undef IK_LIIF_KERNELS
 
+#if defined(IK_CUDA_KERNELS)
+// The fused forward on the CUDA kernels (csrc/cuda/liif_fused_glue.cpp): one kernel from
+// the queries coord, cell (B, Q, 2) to the output (B, Q, o), with the activations on chip.
+// Whether it takes an MLP on `in`-wide inputs (widths, depth; ReLU between layers only).
+bool fused_forward_fits(const Mlp& mlp, int64_t in);
+// LIIF from proj (B, h, w, D), w_rc (D, 4), b0 (D) and the layers after the first, `rest`
+// (at least one).
+at::Tensor liif_fused_forward_cuda(const at::Tensor& proj, const at::Tensor& w_rc,
+                                   const at::Tensor& b0, const Mlp& rest, const at::Tensor& coord,
+                                   const at::Tensor& cell);
+// LTE from coef, freq (B, h, w, 2m), phase (m, 2) and the MLP `imnet`.
+at::Tensor lte_fused_forward_cuda(const at::Tensor& coef, const at::Tensor& freq,
+                                  const at::Tensor& phase, const Mlp& imnet,
+                                  const at::Tensor& coord, const at::Tensor& cell);
+#endif
+
 // The element-wise steps for one device.
 struct Kernels {
   decltype(&members_cpu) members;

@@ -11,10 +11,11 @@
 //   out     = Σ_t weight_t · MLP(x_t)
 // The bilinear skip of the LR image is not part of the operator: the Python backend adds
 // it (one grid_sample of a 3-channel image, which also gives the image's gradient).
-// On CPU tensors the forward runs in tiles of member rows.  The backward takes the
-// forward's record (lte_decode_train, then lte_decode_backward_saved) or recomputes the
-// forward (lte_decode_backward), and returns gradients for coef, freq, phase, w and b;
-// coord and cell are not differentiated (sampled coordinates are data).
+// On CPU tensors the forward runs in tiles of member rows; on the CUDA kernels the plain
+// forward is one fused kernel (csrc/cuda/liif_fused.cu) when the MLP fits it.  The
+// backward takes the forward's record (lte_decode_train, then lte_decode_backward_saved)
+// or recomputes the forward (lte_decode_backward), and returns gradients for coef, freq,
+// phase, w and b; coord and cell are not differentiated (sampled coordinates are data).
 #include <ATen/ATen.h>
 
 #include <string>
@@ -107,6 +108,11 @@ at::Tensor lte_decode(const at::Tensor& coef, const at::Tensor& freq, const at::
   const Decoder d = make_decoder(coef, freq, phase, w, b);
   liif::check_queries(d.coef, coord, cell, kOp);
   if (coord.size(1) == 0) return at::empty({coord.size(0), 0, out_dim(d)}, coef.options());
+#if defined(IK_CUDA_KERNELS)
+  if (runs_cuda_kernels(d.coef) && liif::fused_forward_fits(d.imnet, d.coef.size(3))) {
+    return liif::lte_fused_forward_cuda(d.coef, d.freq, d.phase, d.imnet, coord, cell);
+  }
+#endif
   return run_forward(d, coord, cell, false).out;
 }
 

@@ -6,19 +6,13 @@ layer (``implicit_kernels.apps``: ``weights``, ``upscale``, ``train``, ``evaluat
 ``export``, ...) and the other submodules load on first attribute access, so ``import
 implicit_kernels`` stays light.
 """
-import importlib
-
 from . import functional
 from . import functional as F
+from ._lazy import lazy_submodules
 
 __version__ = "0.1.0"
 __all__ = ["F", "functional", "__version__"]
 
 #: Submodules imported on first access as attributes of the package.
 _LAZY = ("apps", "backends", "cost", "geometry", "info")
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, _LAZY)

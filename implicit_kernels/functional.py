@@ -157,8 +157,10 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="
         cell_value = torch.tensor([2 / size[0], 2 / size[1]], device=feat.device, dtype=positions)
 
         def chunk(start, stop):
-            pix = _grid_chunk(size, start, stop, b, feat.device)
-            c = geometry.pixel_coord(pix, size, positions, centres)
+            # The int64 pixel indices (twice the coordinates' bytes) are dropped before
+            # the decode: with HIIF's global attention one call covers the whole grid.
+            c = geometry.pixel_coord(_grid_chunk(size, start, stop, b, feat.device), size,
+                                     positions, centres)
             return fn(c, cell_value.expand_as(c))
 
         return _grid(chunk, size, b, chunk_size, feat)

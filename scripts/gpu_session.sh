@@ -17,6 +17,15 @@
 #     - the bf16 headline benchmark of every GPU backend (pytest-benchmark JSON and its
 #       report)                                     -> diif.json, bench.txt, report files
 #     - one compute-sanitizer case of the CUDA DIIF operator -> sanitizer.txt
+#   fused:   bash scripts/gpu_session.sh fused   (one call, ~9 min; builds if needed)
+#     - the fused CUDA C++ kernels' tests natively: tests/test_cuda_emulated.py's "gpu"
+#       half (the tests the emulation runs in CI, here on the GPU) and the CUDA operator
+#       tests
+#                                                   -> fused_tests.txt
+#     - DIIF timed: cuda against triton, torch, torch+compile and reference, bf16 and
+#       float32, the 90×160 → ×16 headline and 180×320 → ×4 and ×12 forward, ×4
+#       forward+backward; LIIF and LTE forward at ×4
+#                                                   -> fused.json, fused_bench.txt, report files
 #
 # The Triton test glob leaves out the CPU-only files (the interpreter runner and the
 # sm_90 compile check, which need no GPU).
@@ -24,6 +33,13 @@ set -uo pipefail
 OUT=${OUT:-bench/results/gpu}
 PIN=${IK_TRITON_CONFIG_FOR_TESTS:-32,32,4,2}
 mkdir -p "$OUT"
+
+#: The fused call's benchmark selection (pytest -k over bench/cases.py's ids); torch.compile
+#: (a compilation per case) only for the bf16 DIIF headline.
+FUSED_CASES="(bfloat16 or float32) and not dlte and (cuda or triton or torch or reference) \
+and (not compile or (headline and bfloat16)) \
+and ((not fwd+bwd and ((diif and (headline or -x4- or -x12-)) or ((liif or lte) and -x4-))) \
+     or (fwd+bwd and diif and -x4-))"
 
 step() { echo "== $1 ($(date +%T))"; }
 
@@ -74,8 +90,23 @@ case "${1:-}" in
         tail -5 "$OUT/sanitizer.txt"
     fi
     ;;
+fused)
+    built || { step build; build || { tail -30 "$OUT/build.log"; exit 1; }; }
+    step "fused kernels' tests, natively"
+    { timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda_emulated.py \
+          -k gpu
+      timeout 90 python3 -m pytest -q -rs -p no:cacheprovider tests/test_ops_cuda.py \
+          tests/test_ops_cuda_liif_lte.py; } >"$OUT/fused_tests.txt" 2>&1
+    tail -15 "$OUT/fused_tests.txt"
+    step "fused kernels timed against the other backends"
+    timeout 300 python3 -m pytest bench/test_diif.py bench/test_liif_lte.py -q \
+        -p no:cacheprovider -k "$FUSED_CASES" --benchmark-json "$OUT/fused.json" \
+        >"$OUT/fused_bench.txt" 2>&1
+    tail -8 "$OUT/fused_bench.txt"
+    python3 -m bench.report "$OUT/fused.json" --out-dir "$OUT"
+    ;;
 *)
-    echo "usage: bash scripts/gpu_session.sh 1|2   (see the header)" >&2
+    echo "usage: bash scripts/gpu_session.sh 1|2|fused   (see the header)" >&2
     exit 2
     ;;
 esac

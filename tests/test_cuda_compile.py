@@ -1,7 +1,8 @@
 """CUDA sources compile for sm_80 and sm_90, without a GPU (needs only nvcc).
 
 * every ``csrc/cuda/*.cu`` is compiled with ``-Xptxas -v`` (registers and spills are
-  printed with ``pytest -s`` / on failure), and so are the CUDA emulation's test kernels
+  printed with ``pytest -s`` / on failure; no kernel may spill; ``python -m
+  bench.cuda_compile`` tabulates them), and so are the CUDA emulation's test kernels
   (the nvcc form of ``IK_LAUNCH`` and ``IK_SHARED``); kernel files use those macros;
 * a generated translation unit calls every ``ik/geometry.h`` function from a
   ``__global__`` kernel, proving the shared header is device code too;
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import cuda_compile
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
@@ -35,7 +38,6 @@ HEADERS = sorted((CSRC / "include").rglob("*.h")) + sorted((CSRC / "cuda").glob(
 #: the CUDA glue, the operators' orchestration (csrc/*_decode.cpp) and their host helpers.
 CUDA_HOST_SOURCES = (sorted((CSRC / "cuda").glob("*.cpp")) + sorted(CSRC.glob("*_decode.cpp"))
                      + [CSRC / "liif_ensemble.cpp"])
-ARCH_FLAGS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
 TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](ATen|torch|c10)/', re.MULTILINE)
 
 
@@ -96,9 +98,7 @@ template __global__ void geometry_kernel<double>(const double*, const long long*
 
 
 def nvcc_compile(source: Path, output: Path) -> subprocess.CompletedProcess:
-    cmd = [NVCC, "-std=c++17", "-I", str(CSRC / "include"), "-I", str(CSRC), *ARCH_FLAGS,
-           "-Xptxas", "-v",
-           "-c", str(source), "-o", str(output)]
+    cmd = cuda_compile.nvcc_command(NVCC, source, output)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     print(" ".join(cmd), proc.stdout, proc.stderr, sep="\n")  # ptxas usage, shown with -s
     assert proc.returncode == 0, f"nvcc failed on {source.name}:\n{proc.stderr}"
@@ -119,7 +119,12 @@ def test_geometry_header_compiles_in_a_kernel(tmp_path):
 @pytest.mark.parametrize("source", CU_FILES + [EMULATOR_TEST_KERNELS],
                          ids=[p.name for p in CU_FILES + [EMULATOR_TEST_KERNELS]])
 def test_cu_file_compiles(source, tmp_path):
-    nvcc_compile(source, tmp_path / (source.stem + ".o"))
+    """...for both architectures, every kernel without a spill to local memory."""
+    usages = cuda_compile.parse_ptxas(nvcc_compile(source, tmp_path / (source.stem + ".o")).stderr)
+    assert {u.arch for u in usages} == set(cuda_compile.ARCHS)
+    spilled = [f"{u.kernel} ({u.arch}): {u.spill_stores}/{u.spill_loads} B"
+               for u in usages if u.spills]
+    assert not spilled, "kernels spill registers: " + "; ".join(spilled)
 
 
 @pytest.mark.parametrize("source", CU_FILES, ids=[p.name for p in CU_FILES])
@@ -159,3 +164,30 @@ def test_cuda_host_code_syntax(source, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert proc.returncode == 0 and not errors, "\n".join(errors) or proc.stderr[-3000:]
+
+
+PTXAS_LOG = """\
+ptxas info    : Compiling entry function '_Z3fooPf' for 'sm_80'
+ptxas info    : Function properties for _Z3fooPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 1024 bytes smem, 360 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z3barPf' for 'sm_90'
+ptxas info    : Function properties for _Z3barPf
+    24 bytes stack frame, 16 bytes spill stores, 8 bytes spill loads
+ptxas info    : Used 255 registers, used 0 barriers, 360 bytes cmem[0]
+"""
+
+
+def test_ptxas_report_is_parsed_spills_included():
+    foo, bar = cuda_compile.parse_ptxas(PTXAS_LOG)
+    assert (foo.kernel, foo.arch, foo.registers, foo.shared_bytes, foo.spills) == \
+        ("_Z3fooPf", "sm_80", 40, 1024, False)
+    assert (bar.arch, bar.registers, bar.stack_bytes, bar.spill_stores, bar.spill_loads,
+            bar.spills) == ("sm_90", 255, 24, 16, 8, True)
+    # 256 threads: 40 registers -> 6 blocks by registers (8 by warps); 255 -> 1.
+    assert cuda_compile.blocks_per_sm(foo, 0) == 6
+    assert cuda_compile.blocks_per_sm(bar, 0) == 1
+    # 100 KiB of dynamic shared memory: one block on sm_80 (164 KiB), two on sm_90.
+    assert cuda_compile.blocks_per_sm(foo, 100 * 1024) == 1
+    bar.registers = 40
+    assert cuda_compile.blocks_per_sm(bar, 100 * 1024) == 2

@@ -3,8 +3,12 @@
 backward, equals the real CPU operators (``torch.ops.implicit_kernels``, themselves tested
 against the reference), for DIIF, DIIF w/o se, DLTE, LIIF, LTE and HIIF; integer,
 non-integer and asymmetric scales, queries on LR pixel centres and edges, batch 2,
-float32 and float64.  The emulated build takes a few minutes on two cores, once per
-source change (cached).
+float32 and float64; the fused DIIF, LIIF and LTE kernels also in float16 and bfloat16
+(their tensor-core path), wider and deeper, over many tiles, and row by row.  The emulated
+build takes a few minutes on two cores, once per source change (cached).
+
+On a machine with a GPU and a CUDA build every test runs a second time on the GPU (the
+``gpu`` parameter of the ``emulated`` fixture): the same kernels, natively.
 
 Skipped without a host C++ compiler or without the real extension."""
 import pytest
@@ -32,9 +36,34 @@ CASES = {"x1": (4, 5), "x2": (8, 10), "x3": (12, 15), "x2.3": (9, 11), "x2_by_x3
 DECODERS = ("diif", "diif_without_ensemble", "dlte", "liif", "lte", "hiif")
 
 
-@pytest.fixture(scope="module")
-def emulated():
-    """``torch.ops.implicit_kernels_emulated``: the operators on the emulated CUDA kernels."""
+class OnTheGpu:
+    """The real extension's operators on a GPU, with CPU arguments and results, so the
+    tests of the emulated kernels check the same kernels natively on a GPU machine."""
+
+    def __getattr__(self, name):
+        op = getattr(torch.ops.implicit_kernels, name)
+        return lambda *args: to_device(op(*to_device(args, "cuda")), "cpu")
+
+
+def to_device(values, device):
+    """``values`` (tensors, lists, tuples, other arguments) with every tensor on ``device``."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device)
+    if isinstance(values, (list, tuple)):
+        return type(values)(to_device(v, device) for v in values)
+    return values
+
+
+@pytest.fixture(scope="module", params=["emulated", "gpu"])
+def emulated(request):
+    """The operators with CUDA kernels, taking and returning CPU tensors:
+    ``torch.ops.implicit_kernels_emulated`` (the kernels compiled by the host compiler
+    against the emulation) or, on a machine with a GPU and a CUDA build, the real
+    extension's operators run on the GPU."""
+    if request.param == "gpu":
+        if not (torch.cuda.is_available() and _extension.with_cuda()):
+            pytest.skip("needs a GPU and the extension built with CUDA")
+        return OnTheGpu()
     from emulated_build import emulated_operators, host_compiler
     if host_compiler() is None:
         pytest.skip("no host C++ compiler")
@@ -68,18 +97,23 @@ def diif_family_ops(decoder, case, dtype, feat):
     return [("diif_decode", (*diif.op_inputs(p), pixels, *size, slicing, False))]
 
 
+def query_decoder_op(decoder, feat, coord, cell, **widths):
+    """LIIF or LTE with random parameters of ``feat``'s dtype and ``widths``
+    (``make_params``): ``(operator name, arguments)``."""
+    params = make_params(decoder, c=CHANNELS, dtype=feat.dtype, **widths)
+    if decoder == "liif":
+        p = liif.prepare_liif(feat, F._liif_params(params, feat))
+        return "liif_decode", (*liif.op_inputs(p), coord, cell)
+    p = lte.prepare_lte(feat, F._lte_params(params, feat))
+    return "lte_decode", (*lte.op_inputs(p), coord, cell)
+
+
 def query_ops(decoder, case, dtype, feat):
     """LIIF, LTE and HIIF: ``[(operator name, arguments)]``; HIIF's are the operators with
     CUDA kernels (level 0, the later levels, the codes)."""
     coord, cell = queries(case, dtype)
-    if decoder == "liif":
-        p = liif.prepare_liif(feat, F._liif_params(make_params("liif", c=CHANNELS, hidden=8,
-                                                               dtype=dtype), feat))
-        return [("liif_decode", (*liif.op_inputs(p), coord, cell))]
-    if decoder == "lte":
-        p = lte.prepare_lte(feat, F._lte_params(make_params("lte", c=CHANNELS, hidden=8,
-                                                             dtype=dtype), feat))
-        return [("lte_decode", (*lte.op_inputs(p), coord, cell))]
+    if decoder in ("liif", "lte"):
+        return [query_decoder_op(decoder, feat, coord, cell, hidden=8)]
     params = hiif_params(c_enc=CHANNELS, c_z=8, head_dim=4, hidden=8, levels=3, dtype=dtype)
     p = hiif.prepare_hiif(feat, F._hiif_params(params, feat))
     level0 = p["level0"]
@@ -148,11 +182,48 @@ def test_emulated_train_variants_equal_cpu_operators(emulated, decoder, case, dt
                                 backward)
 
 
+# The fused LIIF and LTE forward (csrc/cuda/liif_fused.cu): on the CUDA kernels,
+# liif_decode and lte_decode are one kernel per call when every width, padded to 16, is
+# at most 256 (the forward of the tests above runs it too, in float32 and float64).
+
+#: Half types against the float32 CPU operator on the same (rounded) inputs: the fused
+#: kernels round each layer's activations (DIIF's G too) and the output to the half type,
+#: accumulating in float.  Largest differences measured on these tests' outputs (|out| <
+#: 0.45) over seeds and cases: float16 2e-4, bfloat16 1.3e-3 (the output's own rounding is
+#: up to 1e-3); the bounds are about four to six times that, absolute and relative.
+HALF_TOLERANCES = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def cast(values, dtype):
+    """``values`` (tensors, lists, tuples, other arguments) with every floating tensor cast
+    to ``dtype``."""
+    if isinstance(values, torch.Tensor):
+        return values.to(dtype) if values.is_floating_point() else values
+    if isinstance(values, (list, tuple)):
+        return type(values)(cast(v, dtype) for v in values)
+    return values
+
+
+def assert_forward_equals_cpu(emulated, name, args):
+    """The emulated (fused) forward on ``args`` equals the CPU operator's: to the dtype's
+    tolerance for float32/float64; for a half type, within HALF_TOLERANCES of the float32
+    operator on the same values."""
+    got = getattr(emulated, name)(*args)
+    dtype = args[0].dtype
+    if dtype in HALF_TOLERANCES:
+        expected = getattr(torch.ops.implicit_kernels, name)(*cast(args, torch.float32))
+        assert got.dtype == dtype and torch.isfinite(got).all(), name
+        tol = HALF_TOLERANCES[dtype]
+        torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol)
+    else:
+        assert_matches(got, getattr(torch.ops.implicit_kernels, name)(*args), name)
+    return got
+
+
 # The fused DIIF forward (csrc/cuda/diif_fused.cu): the plain diif_decode on the emulated
 # kernels runs it for decoders at most 256 wide (test_emulated_kernels_equal_cpu_operators
 # covers its cases at width 8); these cover wider and deeper decoders, tiles of rows, pixel
 # subsets and the half types' tensor-core path.
-HALF_TOLERANCES = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 def diif_args(slice_ensemble, case, feat, hidden=8, coarse_layers=2, slicing=None):
@@ -167,15 +238,6 @@ def diif_args(slice_ensemble, case, feat, hidden=8, coarse_layers=2, slicing=Non
         slicing = geometry.SLICINGS[list(CASES).index(case) % len(geometry.SLICINGS)]
     return (*diif.op_inputs(prepare(feat, params)), geometry.grid_pixels(size, BATCH), *size,
             slicing, slice_ensemble)
-
-
-def cast(args, dtype):
-    """``args`` with every floating tensor (lists included) converted to ``dtype``."""
-    def one(a):
-        if isinstance(a, list):
-            return [one(x) for x in a]
-        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-    return tuple(one(a) for a in args)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -213,20 +275,76 @@ def test_fused_forward_of_a_pixel_subset_equals_the_full_call(emulated, slice_en
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("decoder", ["liif", "lte"])
+def test_fused_liif_lte_forward_half_types(emulated, decoder, case, dtype):
+    """Tensor-core (WMMA) forward: float16/bfloat16 maps, parameters and queries."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR)
+        coord, cell = queries(case, torch.float32)
+        name, args = query_decoder_op(decoder, feat, coord, cell, hidden=8)
+        assert_forward_equals_cpu(emulated, name, cast(args, dtype))
+
+
+#: Wider and deeper than the tests above: every width a multiple of 16 or not, hidden
+#: layers of 48 (three 16-column tiles), LTE's input 24 wide (padded to 32).
+WIDE = {"liif": {"hidden": 48, "layers": 3}, "lte": {"hidden": 48, "channels": 24}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize("decoder", ["liif", "lte"])
+def test_fused_forward_wide_over_tiles(emulated, decoder, dtype):
+    """Hidden 48, 70 queries per image of batch 2 (18 tiles of 8 queries, the last one
+    half filled), queries on LR centres and edges."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR)
+        coord, cell = tie_queries(BATCH, 70, *LR)
+        name, args = query_decoder_op(decoder, feat, coord, cell, **WIDE[decoder])
+        assert_forward_equals_cpu(emulated, name, cast(args, dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("decoder", ["liif", "lte"])
+def test_fused_forward_rows_are_independent(emulated, decoder, dtype):
+    """A subset of the queries, in another order, gives exactly the same rows as the full
+    call: a query's output does not depend on the others in its tile."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR, dtype=dtype)
+        coord, cell = cast(tie_queries(BATCH, 60, *LR), dtype)
+        name, args = query_decoder_op(decoder, feat, coord, cell, hidden=16)
+        op = getattr(emulated, name)
+        full = op(*args)
+        rows = torch.randperm(60)[:21]
+        part = op(*args[:-2], coord[:, rows].contiguous(), cell[:, rows].contiguous())
+        assert torch.equal(part, full[:, rows])
+
+
+@pytest.mark.parametrize("decoder", ["liif", "lte"])
+def test_wider_than_fused_kernel_runs_unfused(emulated, decoder):
+    """A hidden width over 256 (272 after padding) takes the unfused path: same values."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        feat = torch.randn(BATCH, CHANNELS, *LR)
+        coord, cell = tie_queries(BATCH, 54, *LR)
+        name, args = query_decoder_op(decoder, feat, coord, cell, hidden=257)
+        assert_forward_equals_cpu(emulated, name, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("slice_ensemble", [True, False], ids=["diif", "without_ensemble"])
-def test_fused_forward_half_types(emulated, slice_ensemble, case, dtype):
+def test_fused_diif_forward_half_types(emulated, slice_ensemble, case, dtype):
     """The tensor-core path against the CPU float32 operator on the same inputs rounded to
     ``dtype``: each layer's activations are rounded to ``dtype`` (G too), so the outputs
     (about 0.3 in size) agree to HALF_TOLERANCES, absolute and relative: about 6 times
     the largest difference seen over seeds and cases."""
     with torch.no_grad():
-        feat = torch.randn(BATCH, CHANNELS, *LR).to(dtype).float()
-        args = cast(diif_args(slice_ensemble, case, feat, hidden=24), dtype)
-        got = emulated.diif_decode(*args)
-        assert got.dtype == dtype
-        expected = torch.ops.implicit_kernels.diif_decode(*cast(args, torch.float32))
-        tol = HALF_TOLERANCES[dtype]
-        torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol)
+        feat = torch.randn(BATCH, CHANNELS, *LR)
+        assert_forward_equals_cpu(emulated, "diif_decode",
+                                  cast(diif_args(slice_ensemble, case, feat, hidden=24), dtype))
 
 
 # --- The fused DIIF backward (csrc/cuda/diif_fused_backward.cu) --------------------------

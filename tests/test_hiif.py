@@ -150,3 +150,16 @@ def test_attention_sums_over_chunks_add_in_fp32(monkeypatch):
                          chunk_size=1)
     expected = torch.tensor((1 + 255 / 256) / 256).to(torch.bfloat16)
     assert seen["mat"].dtype == torch.bfloat16 and seen["mat"].item() == expected.item()
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpu"])
+def test_no_queries_give_zero_gradients(backend):
+    """A decode of zero queries is a B×0×3 output a backward runs through: every gradient
+    zero (the other decoders behave so; HIIF's early return once cut the graph)."""
+    feat, inp = torch.randn(2, 8, 4, 5), torch.randn(2, 3, 4, 5)
+    empty = torch.zeros(2, 0, 2)
+    out, grads = decode_with_grads(backend, feat, inp, hiif_params(), size=None,
+                                   coord=empty, cell=empty)
+    assert out.shape == (2, 0, 3)
+    for name, grad in grads.items():
+        assert grad is not None and not grad.any(), name

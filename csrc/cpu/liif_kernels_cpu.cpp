@@ -92,8 +92,8 @@ at::Tensor lte_features_cpu(const at::Tensor& coef, const at::Tensor& freq,
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t pixel = idx[r] * width;
         for (int64_t i = 0; i < m; ++i) {
-          lte::fourier_feature<scalar_t>(i, m, cp + pixel, fp + pixel, pw, in + r * stride,
-                                         xp + r * width, ends);
+          lte::fourier_feature<scalar_t, scalar_t>(i, m, cp + pixel, fp + pixel, pw,
+                                                   in + r * stride, xp + r * width, ends);
         }
       }
     });

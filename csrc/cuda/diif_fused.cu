@@ -16,8 +16,8 @@ namespace diif {
 namespace {
 
 using cuda::AccumulateOf;
-using cuda::GlobalPtr;
 using cuda::global;
+using cuda::GlobalPtr;
 using cuda::kTileRows;
 using cuda::kTileThreads;
 
@@ -49,8 +49,8 @@ __global__ void IK_TILE_LAUNCH_BOUNDS(2)
     cuda::tile_store<T, Acc>(acc, ld, GlobalPtr<const T>(), rows, fine_width,
                              vertex_rows + row0 * fine_width, fine_width);
   } else {
-    cuda::tile_store<T, T>(act, ld, GlobalPtr<const T>(), rows, hidden,
-                           vertex_rows + row0 * hidden, hidden);
+    cuda::tile_store<T, T>(act, ld, GlobalPtr<const T>(), rows, hidden, vertex_rows + row0 * hidden,
+                           hidden);
   }
 }
 
@@ -106,9 +106,9 @@ cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
       global(static_cast<const T*>(f.fine_wh), int64_t(f.fine_width) * f.hidden);
   const int coarse_ld = stage_ld(f.width, f.coarse, f.coarse_count, f.fine_width);
   const int64_t coarse_bytes = shared_bytes<T>(coarse_ld);
-  cudaError_t err = cudaFuncSetAttribute(coarse_kernel<T>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(coarse_bytes));
+  cudaError_t err =
+      cudaFuncSetAttribute(coarse_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(coarse_bytes));
   if (err != cudaSuccess) return err;
   IK_LAUNCH(tiles_for(f.rows), kTileThreads, coarse_bytes, stream, coarse_kernel<T>)(
       c, f.hidden_blend ? GlobalPtr<const T>() : fine_wh, f.hidden, f.fine_width,

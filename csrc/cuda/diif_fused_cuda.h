@@ -30,32 +30,32 @@ struct FusedForward {
   DType type;
   Dims dims;
   // Coarse stage, per slice-vertex row.
-  int64_t rows;                // R
-  const void* coords;          // (R, kCoordInputs), the accumulation type (float for halves)
-  const int64_t* corners;      // (R,) rows of corner_proj
-  const void* corner_proj;     // (corner_rows, corner_width), corner_width unpadded
+  int64_t rows;             // R
+  const void* coords;       // (R, kCoordInputs), the accumulation type (float for halves)
+  const int64_t* corners;   // (R,) rows of corner_proj
+  const void* corner_proj;  // (corner_rows, corner_width), corner_width unpadded
   int64_t corner_rows;
   int corner_width;
-  int width;                   // first layer's padded width (≥ corner_width)
-  const void* w_coord;         // (width, kCoordInputs)
-  const void* b0;              // (width,)
+  int width;            // first layer's padded width (≥ corner_width)
+  const void* w_coord;  // (width, kCoordInputs)
+  const void* b0;       // (width,)
   FusedLayer coarse[kMaxFusedLayers];
   int coarse_count;
-  const void* fine_wh;         // (fine_width, hidden), hidden the coarse stage's last width
+  const void* fine_wh;  // (fine_width, hidden), hidden the coarse stage's last width
   int hidden, fine_width;
   // Whether the pixels blend H (then multiply by fine_wh) instead of G = fine_wh·H: the
   // same map, cheaper when a call has fewer pixels than rows (docs/diif.md).
   bool hidden_blend;
-  void* vertex_rows;           // workspace: (R, hidden) H with hidden_blend, else (R, fine_width) G
+  void* vertex_rows;  // workspace: (R, hidden) H with hidden_blend, else (R, fine_width) G
   // Fine stage, per pixel.
   int64_t n;
-  const int64_t* pixels;       // (n, 2)
-  const int64_t* slice_of;     // (n,) slice of each pixel
-  const void* fine_wd;         // (fine_width, 2)
-  const void* fine_b0;         // (fine_width,)
+  const int64_t* pixels;    // (n, 2)
+  const int64_t* slice_of;  // (n,) slice of each pixel
+  const void* fine_wd;      // (fine_width, 2)
+  const void* fine_b0;      // (fine_width,)
   FusedLayer fine[kMaxFusedLayers];
-  int fine_count;              // ≥ 1: the last layer has no ReLU
-  void* out;                   // (n, out_dim), out_dim ≤ the last layer's n_out
+  int fine_count;  // ≥ 1: the last layer has no ReLU
+  void* out;       // (n, out_dim), out_dim ≤ the last layer's n_out
   int out_dim;
 };
 

@@ -40,8 +40,7 @@ class Padded {
 
   FusedLayer layer(const at::Tensor& w, const at::Tensor& b) {
     const int64_t out = padded(w.size(0)), in = padded(w.size(1));
-    return {(*this)(w, {out, in}), (*this)(b, {out}), static_cast<int>(in),
-            static_cast<int>(out)};
+    return {(*this)(w, {out, in}), (*this)(b, {out}), static_cast<int>(in), static_cast<int>(out)};
   }
 
  private:

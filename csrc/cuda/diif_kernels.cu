@@ -54,8 +54,7 @@ __global__ void blend_kernel(GlobalPtr<const int64_t> __restrict__ pixels,
 
 template <typename T>
 __global__ void offset_weights_kernel(GlobalPtr<const int64_t> __restrict__ pixels, int64_t n,
-                                      Dims dims,
-                                      T* __restrict__ offsets, T* __restrict__ weights) {
+                                      Dims dims, T* __restrict__ offsets, T* __restrict__ weights) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     pixel_offset_weights<T>(pixels[2 * p], pixels[2 * p + 1], dims, offsets + 2 * p,
                             weights + vertex_count(dims) * p);
@@ -77,8 +76,8 @@ cudaError_t blend_as(const int64_t* pixels, const int64_t* slice_of, int64_t n, 
 cudaError_t launch_slice_keys(const int64_t* pixels, int64_t n, int64_t q, Dims dims,
                               Slicing slicing, int64_t* keys, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  IK_LAUNCH(blocks_for(n), kThreads, 0, stream, slice_keys_kernel)(
-      global(pixels, 2 * n), n, q, dims, slicing, global(keys, n));
+  IK_LAUNCH(blocks_for(n), kThreads, 0, stream, slice_keys_kernel)(global(pixels, 2 * n), n, q,
+                                                                   dims, slicing, global(keys, n));
   return cudaGetLastError();
 }
 
@@ -124,8 +123,7 @@ cudaError_t launch_offset_weights(const int64_t* pixels, int64_t n, Dims dims, D
         static_cast<double*>(weights));
   } else if (type == DType::kFloat32) {
     IK_LAUNCH(blocks_for(n), kThreads, 0, stream, offset_weights_kernel<float>)(
-        global(pixels, 2 * n), n, dims, static_cast<float*>(offsets),
-        static_cast<float*>(weights));
+        global(pixels, 2 * n), n, dims, static_cast<float*>(offsets), static_cast<float*>(weights));
   } else {
     return cudaErrorInvalidValue;
   }

@@ -38,7 +38,7 @@ struct CoarseTiles {
 // The fine stage of the pixels.
 template <typename T>
 struct FineTiles {
-  int64_t n;                                // pixels
+  int64_t n;  // pixels
   Dims dims;
   cuda::GlobalPtr<const int64_t> pixels;    // (n, 2)
   cuda::GlobalPtr<const int64_t> slice_of;  // (n,)
@@ -49,7 +49,7 @@ struct FineTiles {
   cuda::GlobalPtr<const T> vertex_rows;
   int hidden;
   cuda::GlobalPtr<const T> wh;
-  cuda::GlobalPtr<const T> wd, b0;          // (width, 2), (width,)
+  cuda::GlobalPtr<const T> wd, b0;  // (width, 2), (width,)
   cuda::TileLayer<T> layers[kMaxFusedLayers];
   int count;
 };

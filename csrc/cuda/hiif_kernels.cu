@@ -95,9 +95,8 @@ __global__ void level_input_kernel(GlobalPtr<const T> __restrict__ x,
 }
 
 template <typename T>
-__global__ void codes_kernel(GlobalPtr<const T> __restrict__ coord, int64_t n, int64_t h,
-                             int64_t w, bool public_centres, int levels,
-                             GlobalPtr<T> __restrict__ bits) {
+__global__ void codes_kernel(GlobalPtr<const T> __restrict__ coord, int64_t n, int64_t h, int64_t w,
+                             bool public_centres, int levels, GlobalPtr<T> __restrict__ bits) {
   for (int64_t p = grid_index(); p < n; p += grid_stride()) {
     T ly, lx;
     local_of<T>(coord[2 * p], coord[2 * p + 1], h, w, public_centres, &ly, &lx);
@@ -118,8 +117,8 @@ cudaError_t level0_sum_as(const void* maps, const void* row_sums, const void* w_
                           int64_t* rows, void* aux, cudaStream_t stream) {
   IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level0_sum_kernel<T, Acc>)(
       static_cast<const T*>(maps), static_cast<const T*>(row_sums), static_cast<const T*>(w_extra),
-      global(static_cast<const T*>(coord), 2 * n), global(static_cast<const T*>(cell), 2 * n), n,
-      q, h, w, public_centres, hidden, channels, global(static_cast<T*>(u), n * hidden),
+      global(static_cast<const T*>(coord), 2 * n), global(static_cast<const T*>(cell), 2 * n), n, q,
+      h, w, public_centres, hidden, channels, global(static_cast<T*>(u), n * hidden),
       global(rows, 4 * n), global(static_cast<Acc*>(aux), n * kAuxWidth));
   return cudaGetLastError();
 }
@@ -129,8 +128,8 @@ cudaError_t level_input_as(const void* x, const void* coord, int64_t n, int64_t 
                            int64_t w, bool public_centres, int level, void* y, void* rstd,
                            cudaStream_t stream) {
   IK_LAUNCH(blocks_for(warp_threads(n)), kThreads, 0, stream, level_input_kernel<T, Acc>)(
-      global(static_cast<const T*>(x), n * c), global(static_cast<const T*>(coord), 2 * n), n, c,
-      h, w, public_centres, level, global(static_cast<T*>(y), n * (c + 2)),
+      global(static_cast<const T*>(x), n * c), global(static_cast<const T*>(coord), 2 * n), n, c, h,
+      w, public_centres, level, global(static_cast<T*>(y), n * (c + 2)),
       global(static_cast<Acc*>(rstd), n));
   return cudaGetLastError();
 }

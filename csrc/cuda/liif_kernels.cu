@@ -43,7 +43,7 @@ __global__ void liif_first_layer_kernel(const T* __restrict__ proj,
   for (int64_t e = grid_index(); e < rows * d; e += grid_stride()) {
     const int64_t r = e / d, j = e - r * d;
     x[e] = static_cast<T>(
-        first_layer<Acc, T>(j, proj + index[r] * d, w_rc, b0, inputs + r * kCoordInputs, relu));
+        first_layer<Acc>(j, proj + index[r] * d, w_rc, b0, inputs + r * kCoordInputs, relu));
   }
 }
 

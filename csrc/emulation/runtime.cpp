@@ -7,11 +7,11 @@
 
 #include <array>
 #include <exception>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -325,7 +325,8 @@ size_t shared_base_offset(const SharedMemory& memory) { return memory.base_offse
 const char* shared_name(const SharedMemory& memory) { return memory.name; }
 
 void null_shared_access() {
-  fail(thread_name(running("a shared-memory access")) + " accesses shared memory through a null "
+  fail(thread_name(running("a shared-memory access")) +
+       " accesses shared memory through a null "
        "pointer");
 }
 
@@ -462,10 +463,9 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_b
 
 cudaError_t set_max_dynamic_shared_bytes(const void* kernel, int bytes) {
   if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSharedBytes) {
-    set_error(cudaErrorInvalidValue,
-              "cudaFuncSetAttribute: " + std::to_string(bytes) +
-                  " bytes of dynamic shared memory, over the " + std::to_string(kMaxSharedBytes) +
-                  " a block may use");
+    set_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(bytes) +
+                                         " bytes of dynamic shared memory, over the " +
+                                         std::to_string(kMaxSharedBytes) + " a block may use");
     return cudaErrorInvalidValue;
   }
   max_dynamic_shared_bytes[kernel] = static_cast<size_t>(bytes);

@@ -12,7 +12,7 @@ The kernel package (``implicit_kernels.functional``, the backends, ``geometry``,
 never imports this package.  Its modules load on first attribute access, as the kernel
 package's do.
 """
-import importlib
+from .._lazy import lazy_submodules
 
 try:
     import models  # noqa: F401  (the check; each module imports what it uses)
@@ -22,9 +22,4 @@ except ImportError as exc:
 
 #: Submodules imported on first access as attributes of the package.
 _LAZY = ("data", "demo", "evaluate", "export", "image16", "train", "upscale", "weights")
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__, _LAZY)

@@ -66,19 +66,32 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
                                f"implicit_kernels::hiif_level0{suffix}/hiif_levels{suffix}")
     b, n = coord.shape[:2]
     if n == 0:
-        return coord.new_zeros(b, 0, 3)
+        return torch_hiif.empty_output(coord, feat, inp, params)
     step = n if chunk_size is None else max(1, chunk_size // b)
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
     with whole_decode(b * n):
-        return _passes(coord, cell, params, chunks, mats, norm, size, suffix,
-                       centres) + bilinear_skip(inp, coord)
+        _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres)
+        # Each chunk's result, skip included, goes straight into the output: no list of
+        # chunk results, concatenation or whole-output skip beside it (at ×30 each would
+        # be the size of the output).
+        out = None
+        for s, e in chunks:
+            res = (_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
+                           centres) + bilinear_skip(inp, coord[:, s:e]))
+            if len(chunks) == 1:
+                return res
+            if out is None:
+                out = res.new_empty(b, n, 3)
+            out[:, s:e] = res
+        return out
 
 
-def _passes(coord, cell, params, chunks, mats, norm, size, suffix, centres):
-    """:func:`decode`'s passes over ``chunks``: the attention sums, then the decode."""
+def _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres):
+    """:func:`decode`'s first passes: each attention block's sums over every chunk, appended
+    to ``mats`` (a single chunk takes its own sums on the way instead)."""
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
             parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
@@ -87,8 +100,6 @@ def _passes(coord, cell, params, chunks, mats, norm, size, suffix, centres):
             # chunks' bits (float64 stays float64).
             acc = torch.promote_types(parts[0].dtype, torch.float32)
             mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
-    return torch.cat([_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
-                              centres) for s, e in chunks], dim=1)
 
 
 def _op(part, suffix):

@@ -59,6 +59,23 @@ def prepare_hiif(feat, params):
     }}
 
 
+def empty_output(coord, *inputs):
+    """The ``B×0×3`` result of a decode without queries.  It still depends on the decode's
+    ``inputs`` (tensors, or nests of dicts, lists and tuples of them), so a backward through
+    it gives zero gradients (as every other decoder's) instead of failing."""
+    anchor = sum(t.reshape(-1)[:0].sum() for t in _tensors(inputs) if t.requires_grad)
+    return coord.new_zeros(coord.shape[0], 0, 3) + anchor
+
+
+def _tensors(tree):
+    """The tensors of a nest of dicts, lists and tuples."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    items = tree.values() if isinstance(tree, dict) else tree
+    return [t for item in items if isinstance(item, (torch.Tensor, dict, list, tuple))
+            for t in _tensors(item)]
+
+
 def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centres="project"):
     """Decode queries with attention over all ``Q`` queries of each image.
 
@@ -78,7 +95,7 @@ def hiif(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", centre
     """
     b, n = coord.shape[:2]
     if n == 0:
-        return coord.new_zeros(b, 0, 3)
+        return empty_output(coord, feat, inp, params)
     step = n if chunk_size is None else max(1, chunk_size // b)
     # One chunk is decided from n's range alone, so a symbolic n (an ONNX export with a
     # dynamic query count) is not specialised by a Python range over it.

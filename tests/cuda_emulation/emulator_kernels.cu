@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(4 * 32)
     wmma_gemm_kernel(GlobalPtr<const T> a, GlobalPtr<const T> b, GlobalPtr<const float> c,
                      bool c_col_major, bool sync_after_store, GlobalPtr<float> d) {
   IK_SHARED(T, a_tile, kGemmM * kGemmK);
-  IK_DYNAMIC_SHARED(float, d_tile, 0, kGemmM * kGemmN);
+  IK_DYNAMIC_SHARED(float, d_tile, 0, kGemmM* kGemmN);
   constexpr bool a_rows = std::is_same<LayoutA, wmma::row_major>::value;
   constexpr bool b_rows = std::is_same<LayoutB, wmma::row_major>::value;
   // Element (i, j) of an M × N matrix in c's layout.
@@ -231,8 +231,8 @@ cudaError_t launch_wmma_gemm(HalfType type, const void* a, bool a_col_major, con
                              bool b_col_major, const float* c, bool c_col_major,
                              bool sync_after_store, float* d) {
   if (type == HalfType::kFloat16) {
-    launch_wmma_gemm_as<__half>(a, a_col_major, b, b_col_major, c, c_col_major,
-                                sync_after_store, d);
+    launch_wmma_gemm_as<__half>(a, a_col_major, b, b_col_major, c, c_col_major, sync_after_store,
+                                d);
   } else {
     launch_wmma_gemm_as<__nv_bfloat16>(a, a_col_major, b, b_col_major, c, c_col_major,
                                        sync_after_store, d);

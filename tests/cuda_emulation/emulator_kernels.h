@@ -32,8 +32,7 @@ constexpr int kDynamicRegionsBytes = 2 * 256 * 4;
 // out[t] = x[255 - t] · ((t + 1) % 256 % 3 + 1) for t < 256, through a float and an int
 // region of the launch's `dynamic_bytes` of dynamic shared memory; opt_in_bytes > 0 first
 // raises the kernel's limit with cudaFuncSetAttribute.
-cudaError_t launch_dynamic_regions(const float* x, float* out, int dynamic_bytes,
-                                   int opt_in_bytes);
+cudaError_t launch_dynamic_regions(const float* x, float* out, int dynamic_bytes, int opt_in_bytes);
 
 // The WMMA GEMM's sizes.
 constexpr int kGemmM = 32, kGemmN = 32, kGemmK = 48;

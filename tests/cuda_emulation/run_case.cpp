@@ -73,8 +73,7 @@ int convert(const char* in, const char* out) {
   const std::vector<float> x = read_floats(in);
   const int n = static_cast<int>(x.size());
   std::vector<float> rounded(2 * n);
-  const int status =
-      report(test::launch_convert(x.data(), n, rounded.data(), rounded.data() + n));
+  const int status = report(test::launch_convert(x.data(), n, rounded.data(), rounded.data() + n));
   write_floats(out, rounded);
   return status;
 }
@@ -130,11 +129,11 @@ int wmma_gemm(test::HalfType type, const char* const* layouts, bool sync_after_s
   for (int i = 0; i < 3; ++i) col[i] = std::strcmp(layouts[i], "col") == 0;
   const auto a = matrix<T>(x.data(), kGemmM, kGemmK, col[0]);
   const auto b = matrix<T>(x.data() + kGemmM * kGemmK, kGemmK, kGemmN, col[1]);
-  const auto c = matrix<float>(x.data() + kGemmM * kGemmK + kGemmK * kGemmN, kGemmM, kGemmN,
-                               col[2]);
+  const auto c =
+      matrix<float>(x.data() + kGemmM * kGemmK + kGemmK * kGemmN, kGemmM, kGemmN, col[2]);
   auto d = aligned<float>(kGemmM * kGemmN);
-  const int status = report(test::launch_wmma_gemm(type, a.get(), col[0], b.get(), col[1],
-                                                   c.get(), col[2], sync_after_store, d.get()));
+  const int status = report(test::launch_wmma_gemm(type, a.get(), col[0], b.get(), col[1], c.get(),
+                                                   col[2], sync_after_store, d.get()));
   write_floats(out, std::vector<float>(d.get(), d.get() + kGemmM * kGemmN));
   return status;
 }

@@ -187,9 +187,9 @@ Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_
       ::ik::emulation::shared_memory(name##_site, count, sizeof(type)), 0)
 
 // A typed region of the launch's dynamic shared memory, checked as IK_SHARED's arrays.
-#define IK_DYNAMIC_SHARED(type, name, offset_bytes, count)                          \
-  static constexpr ::ik::emulation::SharedSite name##_site{#name};                  \
-  ::ik::emulation::SharedPtr<type> name(                                            \
+#define IK_DYNAMIC_SHARED(type, name, offset_bytes, count)         \
+  static constexpr ::ik::emulation::SharedSite name##_site{#name}; \
+  ::ik::emulation::SharedPtr<type> name(                           \
       ::ik::emulation::dynamic_shared_memory(name##_site, offset_bytes, count, sizeof(type)), 0)
 
 enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };

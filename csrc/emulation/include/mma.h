@@ -155,8 +155,8 @@ void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const Ptr& p,
   ::ik::emulation::wmma_warp_meet();
   for (int e = 0; e < ::ik::emulation::kTileElements; ++e) {
     const int r = e / 16, c = e % 16;
-    f.x[e] = ::ik::emulation::tile_element(p, layout == mem_row_major ? r * ldm + c : r + c * ldm,
-                                           e);
+    f.x[e] =
+        ::ik::emulation::tile_element(p, layout == mem_row_major ? r * ldm + c : r + c * ldm, e);
   }
 }
 

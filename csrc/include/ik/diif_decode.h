@@ -125,8 +125,7 @@ IK_HD Acc offset_channel(index_t j, Ptr wd, Ptr bias, const Acc offset[2]) {
 template <typename Acc, typename Ptr>
 IK_HD Acc blend_channel(index_t j, index_t df, int vertices, Ptr g, Ptr wd, Ptr bias,
                         const Acc offset[2], const Acc weight[4]) {
-  return add_vertex_sum<Acc>(offset_channel<Acc>(j, wd, bias, offset), j, df, vertices, g,
-                             weight);
+  return add_vertex_sum<Acc>(offset_channel<Acc>(j, wd, bias, offset), j, df, vertices, g, weight);
 }
 
 }  // namespace diif

@@ -55,10 +55,11 @@ IK_HD void query_members(index_t p, T qy, T qx, T cy, T cx, const Dims& d, index
 // The first layer's output channel j of one member: proj_row[j] + b0[j] + w_rc[j]·x
 // (w_rc: D x 4, row-major; proj_row: the member's LR pixel's row of the projection),
 // followed by ReLU when `relu` (every layer but the MLP's last).  NaN stays NaN, as in
-// torch.relu.  Acc accumulates (float for half T).
-template <typename Acc, typename T>
-IK_HD Acc first_layer(index_t j, const T* proj_row, const T* w_rc, const T* b0,
-                      const Acc x[kCoordInputs], bool relu) {
+// torch.relu.  Acc accumulates (float for half T).  Row and Params point to T: pointers,
+// or the CUDA kernels' checked global pointers.
+template <typename Acc, typename Row, typename Params>
+IK_HD Acc first_layer(index_t j, Row proj_row, Params w_rc, Params b0, const Acc x[kCoordInputs],
+                      bool relu) {
   Acc z = static_cast<Acc>(b0[j]);
   for (int k = 0; k < kCoordInputs; ++k) z += static_cast<Acc>(w_rc[kCoordInputs * j + k]) * x[k];
   z += static_cast<Acc>(proj_row[j]);

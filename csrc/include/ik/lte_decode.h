@@ -26,9 +26,10 @@ IK_HD Acc pi() {
 }
 
 // phi_i of one member (see above); `in` = [ry, rx, sy, sx] of the member (`ends` = 1),
-// or `ends` offsets (y, x) then the scaled cell.
-template <typename Acc, typename T>
-IK_HD Acc phase_angle(index_t i, const T* freq_row, const T* phase_w, const Acc* in, int ends) {
+// or `ends` offsets (y, x) then the scaled cell.  Rows (here and below) point to the
+// storage type: pointers, or the CUDA kernels' checked global pointers.
+template <typename Acc, typename Rows>
+IK_HD Acc phase_angle(index_t i, Rows freq_row, Rows phase_w, const Acc* in, int ends) {
   const Acc* rel = in + 2 * (i % ends);
   const Acc cell = static_cast<Acc>(phase_w[2 * i]) * in[2 * ends] +
                    static_cast<Acc>(phase_w[2 * i + 1]) * in[2 * ends + 1];
@@ -36,10 +37,11 @@ IK_HD Acc phase_angle(index_t i, const T* freq_row, const T* phase_w, const Acc*
          static_cast<Acc>(freq_row[2 * i + 1]) * rel[1] + cell;
 }
 
-// Fourier feature pair i of one member: writes x_row[i] and x_row[m + i].
-template <typename Acc, typename T>
-IK_HD void fourier_feature(index_t i, index_t m, const T* coef_row, const T* freq_row,
-                           const T* phase_w, const Acc* in, T* x_row, int ends = 1) {
+// Fourier feature pair i of one member: writes x_row[i] and x_row[m + i] (x_row: a
+// pointer to T, or a shared-memory one).
+template <typename Acc, typename T, typename Rows, typename Out>
+IK_HD void fourier_feature(index_t i, index_t m, Rows coef_row, Rows freq_row, Rows phase_w,
+                           const Acc* in, Out x_row, int ends = 1) {
   Acc s, c;
   sin_cos(pi<Acc>() * phase_angle<Acc>(i, freq_row, phase_w, in, ends), &s, &c);
   x_row[i] = static_cast<T>(static_cast<Acc>(coef_row[i]) * c);
