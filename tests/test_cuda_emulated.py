@@ -355,6 +355,7 @@ DIIF_SHAPES = {
     "narrow": (8, (8, 8), (8, 8, 8, 3)),
     "no_coarse_layers_deep_fine": (8, (), (16, 8, 8, 8, 8, 3)),
     "wide": (48, (64, 48), (48, 64, 48, 3)),
+    "wider_than_tiles": (8, (264,), (16, 16, 3)),
 }
 
 
@@ -421,6 +422,18 @@ def test_emulated_fused_diif_backward(emulated, shape, case, slice_ensemble, dty
     grad_out = torch.randn_like(out)
     assert_same_results(emulated_backward_fused(emulated, grad_out, args),
                         torch.ops.implicit_kernels.diif_decode_backward(grad_out, *args),
+                        "diif_decode_backward")
+
+
+def test_emulated_diif_backward_wider_than_tiles_keeps_the_stages(emulated):
+    """A layer wider than the tiles (256) keeps the unfused backward, with the same
+    gradients as the CPU operator."""
+    args = diif_backward_args("wider_than_tiles", CASES["x2.3"], torch.float64, True)
+    grad_out = torch.randn_like(torch.ops.implicit_kernels.diif_decode(*args))
+    with torch.profiler.profile() as prof:
+        got = emulated.diif_decode_backward(grad_out, *args)
+    assert "aten::threshold_backward" in {e.name for e in prof.events()}
+    assert_same_results(got, torch.ops.implicit_kernels.diif_decode_backward(grad_out, *args),
                         "diif_decode_backward")
 
 
