@@ -4,7 +4,8 @@ backward, equals the real CPU operators (``torch.ops.implicit_kernels``, themsel
 against the reference), for DIIF, DIIF w/o se, DLTE, LIIF, LTE and HIIF; integer,
 non-integer and asymmetric scales, queries on LR pixel centres and edges, batch 2,
 float32 and float64; the fused DIIF, LIIF and LTE kernels also in float16 and bfloat16
-(their tensor-core path), wider and deeper, over many tiles, and row by row.  The emulated
+(their tensor-core path), wider and deeper, over many tiles, and row by row; the fused
+DIIF backward also by a float64 gradcheck.  The emulated
 build takes a few minutes on two cores, once per source change (cached).
 
 On a machine with a GPU and a CUDA build every test runs a second time on the GPU (the
