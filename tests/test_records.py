@@ -76,3 +76,17 @@ def test_no_record_without_gradients():
     with torch.no_grad(), _OpNames() as seen:
         F.diif_decode(feat, (6, 8), diif_params(c=4, hidden=16), backend="cpu")
     assert seen.names == {"diif_decode"}
+
+
+class _OnCuda:
+    """What keeps_record reads of a tensor, for a CUDA tensor on a machine without one."""
+    is_cuda = requires_grad = True
+
+
+def test_no_record_where_the_cuda_backward_is_fused():
+    """On CUDA tensors DIIF's backward recomputes the forward in its fused kernels, so the
+    decode runs the plain operator; LIIF keeps its record there, and DIIF on the CPU."""
+    cpu = torch.zeros(1, requires_grad=True)
+    assert not ops.keeps_record("implicit_kernels::diif_decode", 100, [_OnCuda()])
+    assert ops.keeps_record("implicit_kernels::diif_decode", 100, [cpu])
+    assert ops.keeps_record("implicit_kernels::liif_decode", 100, [_OnCuda()])
