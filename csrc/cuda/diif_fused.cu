@@ -86,7 +86,7 @@ unsigned int tiles_for(int64_t rows) {
 template <typename T>
 cudaError_t forward_as(const FusedForward& f, cudaStream_t stream) {
   using Acc = AccumulateOf<T>;
-  if (f.coarse_count > kMaxFusedLayers || f.fine_count < 1 || f.fine_count > kMaxFusedLayers) {
+  if (f.coarse_count > cuda::kMaxLayers || f.fine_count < 1 || f.fine_count > cuda::kMaxLayers) {
     return cudaErrorInvalidValue;
   }
   CoarseTiles<T> c;

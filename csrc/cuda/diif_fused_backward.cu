@@ -383,20 +383,6 @@ int chain_widest(const ChainShape& shape) {
   return widest;
 }
 
-// One launcher per kernel, dispatched on the decode's dtype.
-#define IK_DISPATCH_DTYPE(type, F, ...)            \
-  switch (type) {                                  \
-    case DType::kFloat32:                          \
-      return F<float, float>(__VA_ARGS__);         \
-    case DType::kFloat64:                          \
-      return F<double, double>(__VA_ARGS__);       \
-    case DType::kFloat16:                          \
-      return F<__half, float>(__VA_ARGS__);        \
-    case DType::kBFloat16:                         \
-      return F<__nv_bfloat16, float>(__VA_ARGS__); \
-  }                                                \
-  return cudaErrorInvalidValue
-
 cudaError_t launch_fine_backward(const FineBackwardCall& call, const ChainShape& shape,
                                  const ChainParams& chain, DType type, cudaStream_t stream) {
   if (!chain_fits(shape)) return cudaErrorInvalidValue;
@@ -410,7 +396,6 @@ cudaError_t launch_coarse_backward(const CoarseBackwardCall& call, const ChainSh
   if (call.rows == 0) return cudaSuccess;
   IK_DISPATCH_DTYPE(type, coarse_backward_as, call, shape, chain, stream);
 }
-#undef IK_DISPATCH_DTYPE
 
 }  // namespace diif
 }  // namespace ik

@@ -15,7 +15,7 @@ namespace ik {
 namespace diif {
 
 // Layers a chain may have: a fused stage's (the coarse chain adds fine_wh).
-constexpr int kMaxChainLayers = kMaxFusedLayers + 1;
+constexpr int kMaxChainLayers = cuda::kMaxLayers + 1;
 
 // A chain of Linear layers, each taking a ReLU'd input: layer j maps width[j] to
 // width[j + 1] features, widths padded to multiples of kWidthAlign (tile_sizes.h).  Its

@@ -21,10 +21,6 @@ constexpr const char* kOp = "implicit_kernels::diif_decode_backward";
 
 void check_launch(cudaError_t err, const char* step) { cuda::check_launch(err, kOp, step); }
 
-int64_t padded_width(int64_t width) {
-  return (width + cuda::kWidthAlign - 1) / cuda::kWidthAlign * cuda::kWidthAlign;
-}
-
 // `t` zero-padded to `sizes` (t itself when it has them), contiguous.
 at::Tensor zero_padded(const at::Tensor& t, at::IntArrayRef sizes) {
   if (t.sizes() == sizes) return t.contiguous();
@@ -54,7 +50,7 @@ PackedChain pack_chain(const std::vector<at::Tensor>& weights,
   c.width.push_back(weights.front().size(1));
   for (const auto& w : weights) c.width.push_back(w.size(0));
   for (size_t j = 0; j < c.width.size(); ++j) {
-    c.shape.width[j] = static_cast<int>(padded_width(c.width[j]));
+    c.shape.width[j] = static_cast<int>(cuda::padded_width(c.width[j]));
   }
   std::vector<at::Tensor> w_parts, b_parts;
   for (size_t j = 0; j < weights.size(); ++j) {

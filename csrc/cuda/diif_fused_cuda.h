@@ -9,6 +9,7 @@
 
 #include "ik/diif_decode.h"
 #include "launch.h"
+#include "tile_sizes.h"
 
 namespace ik {
 namespace diif {
@@ -19,9 +20,6 @@ struct FusedLayer {
   const void* b;
   int n_in, n_out;
 };
-
-// Linear layers a fused stage takes at most (after its first layer).
-constexpr int kMaxFusedLayers = 8;
 
 // One call's inputs, every array contiguous, every width a multiple of 16 and at most 256
 // (zero-padded weights and biases, see csrc/cuda/tile_mlp.h), of the element type `type`
@@ -39,7 +37,7 @@ struct FusedForward {
   int width;            // first layer's padded width (≥ corner_width)
   const void* w_coord;  // (width, kCoordInputs)
   const void* b0;       // (width,)
-  FusedLayer coarse[kMaxFusedLayers];
+  FusedLayer coarse[cuda::kMaxLayers];
   int coarse_count;
   const void* fine_wh;  // (fine_width, hidden), hidden the coarse stage's last width
   int hidden, fine_width;
@@ -53,7 +51,7 @@ struct FusedForward {
   const int64_t* slice_of;  // (n,) slice of each pixel
   const void* fine_wd;      // (fine_width, 2)
   const void* fine_b0;      // (fine_width,)
-  FusedLayer fine[kMaxFusedLayers];
+  FusedLayer fine[cuda::kMaxLayers];
   int fine_count;  // ≥ 1: the last layer has no ReLU
   void* out;       // (n, out_dim), out_dim ≤ the last layer's n_out
   int out_dim;

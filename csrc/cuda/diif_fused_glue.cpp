@@ -18,10 +18,6 @@ namespace {
 
 constexpr const char* kOp = "implicit_kernels::diif_decode";
 
-int64_t padded(int64_t n) {
-  return (n + cuda::kWidthAlign - 1) / cuda::kWidthAlign * cuda::kWidthAlign;
-}
-
 // The arrays a launch reads, padded; kept alive until the launch is queued.
 class Padded {
  public:
@@ -39,7 +35,7 @@ class Padded {
   }
 
   FusedLayer layer(const at::Tensor& w, const at::Tensor& b) {
-    const int64_t out = padded(w.size(0)), in = padded(w.size(1));
+    const int64_t out = cuda::padded_width(w.size(0)), in = cuda::padded_width(w.size(1));
     return {(*this)(w, {out, in}), (*this)(b, {out}), static_cast<int>(in), static_cast<int>(out)};
   }
 
@@ -51,8 +47,8 @@ class Padded {
 
 bool fused_forward_fits(const Stages& st, int64_t width) {
   bool fits = width <= cuda::kMaxWidth && st.fine_wh.size(0) <= cuda::kMaxWidth &&
-              st.coarse.weights.size() <= kMaxFusedLayers &&
-              st.fine.weights.size() <= kMaxFusedLayers;
+              st.coarse.weights.size() <= cuda::kMaxLayers &&
+              st.fine.weights.size() <= cuda::kMaxLayers;
   for (const auto* mlp : {&st.coarse, &st.fine}) {
     for (const auto& w : mlp->weights) fits = fits && w.size(0) <= cuda::kMaxWidth;
   }
@@ -66,8 +62,8 @@ namespace {
 at::Tensor run_fused(const at::Tensor& corner_proj, const at::Tensor& w_coord, const at::Tensor& b0,
                      const Stages& st, const Slices& sl, const Dims& dims, bool g_only) {
   const cuda::DeviceGuard guard(corner_proj.device());
-  const int64_t width = corner_proj.size(3), fine_width = padded(st.fine_wh.size(0));
-  const int64_t hidden = padded(st.fine_wh.size(1));
+  const int64_t width = corner_proj.size(3), fine_width = cuda::padded_width(st.fine_wh.size(0));
+  const int64_t hidden = cuda::padded_width(st.fine_wh.size(1));
   const int64_t out_dim = st.fine.weights.back().size(0);
   Padded pad;
   FusedForward f{};
@@ -79,7 +75,7 @@ at::Tensor run_fused(const at::Tensor& corner_proj, const at::Tensor& w_coord, c
   f.corner_proj = corner_proj.data_ptr();
   f.corner_rows = corner_proj.numel() / width;
   f.corner_width = static_cast<int>(width);
-  f.width = static_cast<int>(padded(width));
+  f.width = static_cast<int>(cuda::padded_width(width));
   f.w_coord = pad(w_coord, {f.width, kCoordInputs});
   f.b0 = pad(b0, {f.width});
   f.coarse_count = static_cast<int>(st.coarse.weights.size());

@@ -101,17 +101,7 @@ cudaError_t launch_blend(const int64_t* pixels, const int64_t* slice_of, int64_t
                          DType type, const void* g, int64_t df, const void* wd, const void* bias,
                          void* z, cudaStream_t stream) {
   if (n == 0 || df == 0) return cudaSuccess;
-  switch (type) {
-    case DType::kFloat32:
-      return blend_as<float, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
-    case DType::kFloat64:
-      return blend_as<double, double>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
-    case DType::kFloat16:
-      return blend_as<__half, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
-    case DType::kBFloat16:
-      return blend_as<__nv_bfloat16, float>(pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
-  }
-  return cudaErrorInvalidValue;
+  IK_DISPATCH_DTYPE(type, blend_as, pixels, slice_of, n, dims, g, df, wd, bias, z, stream);
 }
 
 cudaError_t launch_offset_weights(const int64_t* pixels, int64_t n, Dims dims, DType type,

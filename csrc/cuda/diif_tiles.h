@@ -31,7 +31,7 @@ struct CoarseTiles {
   int corner_width;                        // the unpadded width of corner_proj
   int width;                               // the padded width of the first layer
   cuda::GlobalPtr<const T> w_coord, b0;    // (width, kCoordInputs), (width,)
-  cuda::TileLayer<T> layers[kMaxFusedLayers];
+  cuda::TileLayer<T> layers[cuda::kMaxLayers];
   int count;
 };
 
@@ -50,7 +50,7 @@ struct FineTiles {
   int hidden;
   cuda::GlobalPtr<const T> wh;
   cuda::GlobalPtr<const T> wd, b0;  // (width, 2), (width,)
-  cuda::TileLayer<T> layers[kMaxFusedLayers];
+  cuda::TileLayer<T> layers[cuda::kMaxLayers];
   int count;
 };
 

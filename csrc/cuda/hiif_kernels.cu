@@ -141,41 +141,16 @@ cudaError_t launch_level0_sum(const void* maps, const void* row_sums, const void
                               int64_t w, bool public_centres, int64_t hidden, int64_t channels,
                               DType type, void* u, int64_t* rows, void* aux, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-#define IK_LEVEL0_SUM(T, Acc)                                                                     \
-  level0_sum_as<T, Acc>(maps, row_sums, w_extra, coord, cell, n, q, h, w, public_centres, hidden, \
-                        channels, u, rows, aux, stream)
-  switch (type) {
-    case DType::kFloat32:
-      return IK_LEVEL0_SUM(float, float);
-    case DType::kFloat64:
-      return IK_LEVEL0_SUM(double, double);
-    case DType::kFloat16:
-      return IK_LEVEL0_SUM(__half, float);
-    case DType::kBFloat16:
-      return IK_LEVEL0_SUM(__nv_bfloat16, float);
-  }
-#undef IK_LEVEL0_SUM
-  return cudaErrorInvalidValue;
+  IK_DISPATCH_DTYPE(type, level0_sum_as, maps, row_sums, w_extra, coord, cell, n, q, h, w,
+                    public_centres, hidden, channels, u, rows, aux, stream);
 }
 
 cudaError_t launch_level_input(const void* x, const void* coord, int64_t n, int64_t c, int64_t h,
                                int64_t w, bool public_centres, int level, DType type, void* y,
                                void* rstd, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-#define IK_LEVEL_INPUT(T, Acc) \
-  level_input_as<T, Acc>(x, coord, n, c, h, w, public_centres, level, y, rstd, stream)
-  switch (type) {
-    case DType::kFloat32:
-      return IK_LEVEL_INPUT(float, float);
-    case DType::kFloat64:
-      return IK_LEVEL_INPUT(double, double);
-    case DType::kFloat16:
-      return IK_LEVEL_INPUT(__half, float);
-    case DType::kBFloat16:
-      return IK_LEVEL_INPUT(__nv_bfloat16, float);
-  }
-#undef IK_LEVEL_INPUT
-  return cudaErrorInvalidValue;
+  IK_DISPATCH_DTYPE(type, level_input_as, x, coord, n, c, h, w, public_centres, level, y, rstd,
+                    stream);
 }
 
 cudaError_t launch_codes(const void* coord, int64_t n, int64_t h, int64_t w, bool public_centres,

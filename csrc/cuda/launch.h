@@ -51,6 +51,22 @@ extern __shared__ __align__(128) unsigned char ik_dynamic_shared[];
   type* name = reinterpret_cast<type*>(ik_dynamic_shared + (offset_bytes))
 #endif
 
+// `return fn<T, Acc>(args...)` for the storage type `type`: Acc is float for the half
+// types, else T; an unknown type returns cudaErrorInvalidValue.  (Files using it include
+// <cuda_fp16.h> and <cuda_bf16.h>.)
+#define IK_DISPATCH_DTYPE(type, fn, ...)            \
+  switch (type) {                                   \
+    case ::ik::DType::kFloat32:                     \
+      return fn<float, float>(__VA_ARGS__);         \
+    case ::ik::DType::kFloat64:                     \
+      return fn<double, double>(__VA_ARGS__);       \
+    case ::ik::DType::kFloat16:                     \
+      return fn<__half, float>(__VA_ARGS__);        \
+    case ::ik::DType::kBFloat16:                    \
+      return fn<__nv_bfloat16, float>(__VA_ARGS__); \
+  }                                                 \
+  return cudaErrorInvalidValue
+
 namespace ik {
 
 // Element types the kernels take: the storage type of activations; geometry and

@@ -31,13 +31,11 @@ using cuda::SharedPtr;
 
 constexpr int kTileQueries = kTileRows / kMembers;
 static_assert(kTileRows % kMembers == 0, "a tile holds whole queries");
-static_assert(kFusedWidthAlign == cuda::kWidthAlign && kFusedMaxWidth == cuda::kMaxWidth,
-              "the launchers' limits are tile_mlp.h's");
 
 // The MLP after the input step on the device (FusedMlp with checked pointers).
 template <typename T>
 struct DeviceMlp {
-  cuda::TileLayer<T> layer[kFusedMaxLayers];
+  cuda::TileLayer<T> layer[cuda::kMaxLayers];
   int layers;
   int out;
 };
@@ -212,13 +210,13 @@ DeviceMlp<T> device_mlp(const FusedMlp& mlp, int* ld) {
 }
 
 bool valid(const FusedMlp& mlp, const FusedQueries& q) {
-  if (mlp.layers < 1 || mlp.layers > kFusedMaxLayers || mlp.out < 1 ||
+  if (mlp.layers < 1 || mlp.layers > cuda::kMaxLayers || mlp.out < 1 ||
       mlp.out > mlp.width[mlp.layers] || q.dims.q < 1 || q.n % q.dims.q != 0) {
     return false;
   }
   for (int l = 0; l <= mlp.layers; ++l) {
     const int w = mlp.width[l];
-    if (w < kFusedWidthAlign || w > kFusedMaxWidth || w % kFusedWidthAlign != 0) return false;
+    if (w < cuda::kWidthAlign || w > cuda::kMaxWidth || w % cuda::kWidthAlign != 0) return false;
   }
   return true;
 }
@@ -288,43 +286,27 @@ cudaError_t lte_as(const void* coef, const void* freq, int64_t m, const void* ph
   return cudaGetLastError();
 }
 
-// Returns fn<T, Acc>(args...) for the storage type `type`.
-#define IK_FUSED_DISPATCH(type, fn, ...)            \
-  switch (type) {                                   \
-    case DType::kFloat32:                           \
-      return fn<float, float>(__VA_ARGS__);         \
-    case DType::kFloat64:                           \
-      return fn<double, double>(__VA_ARGS__);       \
-    case DType::kFloat16:                           \
-      return fn<__half, float>(__VA_ARGS__);        \
-    case DType::kBFloat16:                          \
-      return fn<__nv_bfloat16, float>(__VA_ARGS__); \
-  }                                                 \
-  return cudaErrorInvalidValue
-
 }  // namespace
 
 cudaError_t launch_liif_fused(const void* proj, int64_t d, const void* w_rc, const void* b0,
                               const FusedQueries& queries, const FusedMlp& mlp, DType type,
                               void* out, cudaStream_t stream) {
   if (queries.n == 0) return cudaSuccess;
-  if (!valid(mlp, queries) || d < 1 || fused_padded(d) != mlp.width[0]) {
+  if (!valid(mlp, queries) || d < 1 || cuda::padded_width(d) != mlp.width[0]) {
     return cudaErrorInvalidValue;
   }
-  IK_FUSED_DISPATCH(type, liif_as, proj, d, w_rc, b0, queries, mlp, out, stream);
+  IK_DISPATCH_DTYPE(type, liif_as, proj, d, w_rc, b0, queries, mlp, out, stream);
 }
 
 cudaError_t launch_lte_fused(const void* coef, const void* freq, int64_t m, const void* phase_w,
                              const FusedQueries& queries, const FusedMlp& mlp, DType type,
                              void* out, cudaStream_t stream) {
   if (queries.n == 0) return cudaSuccess;
-  if (!valid(mlp, queries) || m < 1 || fused_padded(2 * m) != mlp.width[0]) {
+  if (!valid(mlp, queries) || m < 1 || cuda::padded_width(2 * m) != mlp.width[0]) {
     return cudaErrorInvalidValue;
   }
-  IK_FUSED_DISPATCH(type, lte_as, coef, freq, m, phase_w, queries, mlp, out, stream);
+  IK_DISPATCH_DTYPE(type, lte_as, coef, freq, m, phase_w, queries, mlp, out, stream);
 }
-
-#undef IK_FUSED_DISPATCH
 
 }  // namespace liif
 }  // namespace ik

@@ -13,30 +13,23 @@
 
 #include "ik/liif_decode.h"
 #include "launch.h"
+#include "tile_sizes.h"
 
 namespace ik {
 namespace liif {
 
-// Limits of the fused forward (wider or deeper MLPs take the unfused path): widths padded
-// to multiples of kFusedWidthAlign, each at most kFusedMaxWidth, at most kFusedMaxLayers
-// Linear layers after the input step.  csrc/cuda/tile_mlp.h's kWidthAlign and kMaxWidth.
-constexpr int kFusedWidthAlign = 16;
-constexpr int kFusedMaxWidth = 256;
-constexpr int kFusedMaxLayers = 8;
-
-// A width padded to the fused kernels' alignment.
-inline int64_t fused_padded(int64_t width) {
-  return (width + kFusedWidthAlign - 1) / kFusedWidthAlign * kFusedWidthAlign;
-}
+// The fused forward takes MLPs of at most cuda::kMaxLayers Linear layers after the input
+// step, every width padded to cuda::kWidthAlign and at most cuda::kMaxWidth (tile_sizes.h);
+// others take the unfused path.
 
 // The MLP after the input step, zero-padded: layer l's weight is (width[l + 1], width[l])
-// row-major and its bias (width[l + 1]), every width a multiple of kFusedWidthAlign, so
+// row-major and its bias (width[l + 1]), every width a multiple of cuda::kWidthAlign, so
 // padded channels stay exactly 0 through the ReLUs.  ReLU between layers, none after the
 // last; `out` is the last layer's unpadded width (the output's).
 struct FusedMlp {
-  const void* weight[kFusedMaxLayers];
-  const void* bias[kFusedMaxLayers];
-  int width[kFusedMaxLayers + 1];
+  const void* weight[cuda::kMaxLayers];
+  const void* bias[cuda::kMaxLayers];
+  int width[cuda::kMaxLayers + 1];
   int layers;
   int out;
 };

@@ -41,9 +41,9 @@ PaddedMlp pad(const Mlp& mlp, int64_t in) {
   PaddedMlp p;
   p.shape.layers = static_cast<int>(mlp.weights.size());
   p.shape.out = static_cast<int>(mlp.weights.back().size(0));
-  p.shape.width[0] = static_cast<int>(fused_padded(in));
+  p.shape.width[0] = static_cast<int>(cuda::padded_width(in));
   for (int l = 0; l < p.shape.layers; ++l) {
-    const int64_t out = fused_padded(mlp.weights[l].size(0));
+    const int64_t out = cuda::padded_width(mlp.weights[l].size(0));
     p.shape.width[l + 1] = static_cast<int>(out);
     p.tensors.push_back(padded_to(mlp.weights[l], {out, p.shape.width[l]}));
     p.tensors.push_back(padded_to(mlp.biases[l], {out}));
@@ -61,10 +61,10 @@ FusedQueries queries_of(const at::Tensor& map, const at::Tensor& coord, const at
 }  // namespace
 
 bool fused_forward_fits(const Mlp& mlp, int64_t in) {
-  if (mlp.weights.empty() || mlp.weights.size() > kFusedMaxLayers || mlp.relu_last) return false;
-  if (fused_padded(in) > kFusedMaxWidth) return false;
+  if (mlp.weights.empty() || mlp.weights.size() > cuda::kMaxLayers || mlp.relu_last) return false;
+  if (cuda::padded_width(in) > cuda::kMaxWidth) return false;
   for (const at::Tensor& w : mlp.weights) {
-    if (fused_padded(w.size(0)) > kFusedMaxWidth) return false;
+    if (cuda::padded_width(w.size(0)) > cuda::kMaxWidth) return false;
   }
   return true;
 }

@@ -127,33 +127,19 @@ cudaError_t features_backward_as(const void* grad_x, const void* coef, const voi
   return cudaGetLastError();
 }
 
-// Returns fn<T, Acc>(args...) for the storage type `type`.
-#define IK_LIIF_DISPATCH(type, fn, ...)             \
-  switch (type) {                                   \
-    case DType::kFloat32:                           \
-      return fn<float, float>(__VA_ARGS__);         \
-    case DType::kFloat64:                           \
-      return fn<double, double>(__VA_ARGS__);       \
-    case DType::kFloat16:                           \
-      return fn<__half, float>(__VA_ARGS__);        \
-    case DType::kBFloat16:                          \
-      return fn<__nv_bfloat16, float>(__VA_ARGS__); \
-  }                                                 \
-  return cudaErrorInvalidValue
-
 }  // namespace
 
 cudaError_t launch_members(const void* coord, const void* cell, int64_t n, Dims dims, DType type,
                            int64_t* index, void* inputs, void* weights, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  IK_LIIF_DISPATCH(type, members_as, coord, cell, n, dims, index, inputs, weights, stream);
+  IK_DISPATCH_DTYPE(type, members_as, coord, cell, n, dims, index, inputs, weights, stream);
 }
 
 cudaError_t launch_liif_first_layer(const void* proj, const int64_t* index, const void* inputs,
                                     const void* w_rc, const void* b0, int64_t rows, int64_t d,
                                     bool relu, DType type, void* x, cudaStream_t stream) {
   if (rows == 0 || d == 0) return cudaSuccess;
-  IK_LIIF_DISPATCH(type, first_layer_as, proj, index, inputs, w_rc, b0, rows, d, relu, x, stream);
+  IK_DISPATCH_DTYPE(type, first_layer_as, proj, index, inputs, w_rc, b0, rows, d, relu, x, stream);
 }
 
 cudaError_t launch_lte_features(const void* coef, const void* freq, const void* phase_w,
@@ -161,7 +147,8 @@ cudaError_t launch_lte_features(const void* coef, const void* freq, const void* 
                                 int64_t m, DType type, void* x, cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
   if (ends < 1) return cudaErrorInvalidValue;
-  IK_LIIF_DISPATCH(type, features_as, coef, freq, phase_w, index, inputs, ends, rows, m, x, stream);
+  IK_DISPATCH_DTYPE(type, features_as, coef, freq, phase_w, index, inputs, ends, rows, m, x,
+                    stream);
 }
 
 cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, const void* freq,
@@ -171,11 +158,9 @@ cudaError_t launch_lte_features_backward(const void* grad_x, const void* coef, c
                                          void* grad_phi, cudaStream_t stream) {
   if (rows == 0 || m == 0) return cudaSuccess;
   if (ends < 1) return cudaErrorInvalidValue;
-  IK_LIIF_DISPATCH(type, features_backward_as, grad_x, coef, freq, phase_w, index, inputs, ends,
-                   rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
+  IK_DISPATCH_DTYPE(type, features_backward_as, grad_x, coef, freq, phase_w, index, inputs, ends,
+                    rows / kMembers, m, grad_coef, grad_freq, grad_phi, stream);
 }
-
-#undef IK_LIIF_DISPATCH
 
 }  // namespace liif
 }  // namespace ik
