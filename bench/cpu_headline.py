@@ -249,11 +249,33 @@ def markdown(head: dict, rows: list[dict], train_rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out_dir: Path, head: dict, rows: list[dict], train_rows: list[dict]) -> None:
+def save(out_dir: Path, head: dict, rows: list[dict], train_rows: list[dict]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {"header": head, "rows": rows, "train_rows": train_rows}
     (out_dir / f"{STEM}.json").write_text(json.dumps(data, indent=1) + "\n")
     (out_dir / f"{STEM}.md").write_text(markdown(head, rows, train_rows))
+
+
+def _key(row: dict) -> tuple:
+    return (row["decoder"], tuple(row["in_size"]), row["scale"], row["pass"], row["backend"])
+
+
+def merged(before: dict, head: dict, rows: list[dict], train_rows: list[dict]):
+    """``(head, rows, train_rows)`` of an earlier report ``before`` (its JSON) updated by a
+    run's: the run's rows replace those of the same decoder, input, scale, pass and
+    backend, the others are kept (rows in table order), training rows likewise; the header
+    is the run's, its date and commit followed by the earlier ones."""
+    new = {_key(r) for r in rows}
+    order = {d: i for i, d in enumerate(cost.DECODERS)}
+    rows = sorted([r for r in before["rows"] if _key(r) not in new] + rows,
+                  key=lambda r: (order.get(r["decoder"], len(order)), -r["in_size"][0],
+                                 r["scale"], PASSES.index(r["pass"]), r["backend"]))
+    ran = {t["backend"] for t in train_rows}
+    train_rows = [t for t in before["train_rows"] if t["backend"] not in ran] + train_rows
+    old = before["header"]
+    head = dict(head, date=f"{head['date']} (earlier rows: {old['date']})",
+                commit=f"{head['commit']} (earlier rows: {old['commit']})")
+    return head, rows, train_rows
 
 
 def _size(text: str) -> tuple:
@@ -283,12 +305,22 @@ def main(argv=None) -> int:
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training setting (as `train --set`), e.g. data.root=DIR")
     p.add_argument("--out-dir", default=str(RESULTS_DIR))
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the report in --out-dir that this run does not "
+                        "measure (a partial rerun)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     peak = machine.measure(args.threads)
     print(peak.describe(), flush=True)
     head = header(peak, args.repeat)
     out, rows, train_rows = Path(args.out_dir), [], []
+    before = json.loads((out / f"{STEM}.json").read_text()) if args.merge else None
+
+    def report():
+        """What to write: this run's rows, with --merge merged into the earlier report's."""
+        run = (head, rows, train_rows)
+        return merged(before, *run) if before else run
+
     for decoder in _list(args.decoders):
         for side, scale in map(_size, _list(args.sizes)):
             for pass_ in _list(args.passes):
@@ -297,7 +329,7 @@ def main(argv=None) -> int:
                                 torch.float32, pass_)
                     rows.append(measure(case, args.repeat, peak.gflops))
                     print(_line(rows[-1]) + _speedup_text(rows), flush=True)
-                    write(out, head, rows, train_rows)
+                    save(out, *report())
     if args.train_steps > 0:
         train_rows = time_train_steps(args.train_config, _list(args.train_backends),
                                       args.train_steps, args.train_set)
@@ -305,7 +337,7 @@ def main(argv=None) -> int:
             detail = (f"{t['seconds']:.3f} s/step, batch draw {t['sample_seconds']:.3f} s"
                       if t["status"] == "ok" else t["status"])
             print(f"train step {t['model']} {t['backend']:16} {detail}", flush=True)
-    write(out, head, rows, train_rows)
+    save(out, *report())
     print(f"wrote {out / (STEM + '.md')} and {out / (STEM + '.json')}")
     return 0
 

@@ -74,3 +74,25 @@ def test_a_backward_too_large_for_memory_is_skipped(tmp_path, monkeypatch):
                              "fwd+bwd")
     row = cpu_headline.measure(case, repeat=1, peak_gflops=None)
     assert row["status"].startswith("skipped: needs ~")
+
+
+def _row(decoder, side, scale, pass_, backend, seconds):
+    return {"decoder": decoder, "in_size": [side, side], "scale": scale, "pass": pass_,
+            "backend": backend, "seconds": seconds}
+
+
+def test_a_partial_rerun_merges_into_the_earlier_report():
+    """--merge: the rerun's rows replace the same cases, the others stay, in table order;
+    the header names both runs."""
+    before = {"header": {"date": "d0", "commit": "c0"},
+              "rows": [_row("liif", 64, 4, "fwd", "cpu", 1.0),
+                       _row("hiif", 64, 30, "fwd", "cpu", 2.0),
+                       _row("diif", 48, 4, "fwd", "cpu", 3.0)],
+              "train_rows": [{"backend": "cpu", "seconds": 0.5}]}
+    run = [_row("diif", 48, 4, "fwd", "cpu", 4.0), _row("diif", 64, 4, "fwd+bwd", "torch", 5.0)]
+    head, rows, train = cpu_headline.merged(before, {"date": "d1", "commit": "c1"}, run, [])
+    assert [(r["decoder"], r["in_size"][0], r["pass"], r["seconds"]) for r in rows] == [
+        ("liif", 64, "fwd", 1.0), ("diif", 64, "fwd+bwd", 5.0), ("diif", 48, "fwd", 4.0),
+        ("hiif", 64, "fwd", 2.0)]
+    assert train == before["train_rows"]
+    assert head["date"] == "d1 (earlier rows: d0)" and head["commit"].startswith("c1")
