@@ -92,20 +92,17 @@ at::Tensor diif_decode(const at::Tensor& corner_proj, const at::Tensor& w_coord,
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
-  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
-  const Slicing mode = parse_slicing(slicing, kOp);
-  const int64_t b = pixels.size(0), q = pixels.size(1);
-  const int64_t out_dim = d.stages.fine.weights.back().size(0);
-  if (flat.size(0) == 0) return at::empty({b, q, out_dim}, corner_proj.options());
-  const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+  const PixelCall c = pixel_call(pixels, corner_proj, dims, d.stages, slicing, kOp);
+  if (c.flat.size(0) == 0) return at::empty(c.out_shape(), corner_proj.options());
+  const Slices sl = make_slices(corner_proj, dims, c.flat, c.q, c.slicing);
 #if defined(IK_CUDA_KERNELS)
   if (runs_cuda_kernels(corner_proj) && fused_forward_fits(d.stages, d.corner_proj.size(3))) {
     return fused_forward_cuda(d.corner_proj, d.w_coord, d.b0, d.stages, sl, dims)
-        .view({b, q, out_dim});
+        .view(c.out_shape());
   }
 #endif
   return stages_forward(d.stages, sl, dims, d.corner_proj.size(3), first_layer(d, sl), false)
-      .out.view({b, q, out_dim});
+      .out.view(c.out_shape());
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
@@ -175,17 +172,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> diif_decode_train(
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
-  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
-  const Slicing mode = parse_slicing(slicing, kOp);
-  const int64_t b = pixels.size(0), q = pixels.size(1), width = corner_proj.size(3);
-  const int64_t out_dim = d.stages.fine.weights.back().size(0);
-  if (flat.size(0) == 0) {
-    return {at::empty({b, q, out_dim}, corner_proj.options()),
+  const PixelCall c = pixel_call(pixels, corner_proj, dims, d.stages, slicing, kOp);
+  const int64_t width = corner_proj.size(3);
+  if (c.flat.size(0) == 0) {
+    return {at::empty(c.out_shape(), corner_proj.options()),
             empty_record(d.stages, width, corner_proj)};
   }
-  const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+  const Slices sl = make_slices(corner_proj, dims, c.flat, c.q, c.slicing);
   const Trace tr = stages_forward(d.stages, sl, dims, width, first_layer(d, sl), true);
-  return {tr.out.view({b, q, out_dim}), pack_record(sl, tr, d.stages)};
+  return {tr.out.view(c.out_shape()), pack_record(sl, tr, d.stages)};
 }
 
 Grads diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_proj,
@@ -198,12 +193,10 @@ Grads diif_decode_backward(const at::Tensor& grad_out, const at::Tensor& corner_
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
-  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
-  const Slicing mode = parse_slicing(slicing, kOp);
-  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
-  check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
-  if (flat.size(0) == 0) return zero_gradients(d);
-  const Slices sl = make_slices(corner_proj, dims, flat, q, mode);
+  const PixelCall c = pixel_call(pixels, corner_proj, dims, d.stages, slicing, kOp);
+  check_grad_out(grad_out, corner_proj, c.out_shape(), kOp);
+  if (c.flat.size(0) == 0) return zero_gradients(d);
+  const Slices sl = make_slices(corner_proj, dims, c.flat, c.q, c.slicing);
 #if defined(IK_CUDA_KERNELS)
   if (fused_backward_applies(d.stages, corner_layer(d))) {
     return fused_gradients(d, sl, dims, grad_out);
@@ -226,14 +219,12 @@ Grads diif_decode_backward_saved(const at::Tensor& grad_out, at::TensorList save
   const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b, slice_ensemble);
   const Dims dims = dims_of(d, out_h, out_w, slice_ensemble);
-  const at::Tensor flat = check_pixels(pixels, corner_proj, corner_proj.size(0), dims, kOp);
-  parse_slicing(slicing, kOp);
-  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
-  check_grad_out(grad_out, corner_proj, {pixels.size(0), q, out_dim}, kOp);
-  if (flat.size(0) == 0) return zero_gradients(d);
+  const PixelCall c = pixel_call(pixels, corner_proj, dims, d.stages, slicing, kOp);
+  check_grad_out(grad_out, corner_proj, c.out_shape(), kOp);
+  if (c.flat.size(0) == 0) return zero_gradients(d);
   Slices sl;
   Trace tr;
-  unpack_record(saved, flat, d.stages, &sl, &tr);
+  unpack_record(saved, c.flat, d.stages, &sl, &tr);
   return gradients(d, sl, dims, tr, grad_out);
 }
 

@@ -98,8 +98,9 @@ Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w
   return Dims{h, w, out_h, out_w, slice_ensemble};
 }
 
-at::Tensor check_pixels(const at::Tensor& pixels, const at::Tensor& like, int64_t batch,
-                        const Dims& dims, const char* op) {
+PixelCall pixel_call(const at::Tensor& pixels, const at::Tensor& like, const Dims& dims,
+                     const Stages& st, c10::string_view slicing, const char* op) {
+  const int64_t batch = like.size(0);
   TORCH_CHECK(pixels.scalar_type() == at::kLong, op, ": pixels must be int64, got ",
               pixels.scalar_type());
   TORCH_CHECK(pixels.dim() == 3 && pixels.size(0) == batch && pixels.size(2) == 2, op,
@@ -112,7 +113,7 @@ at::Tensor check_pixels(const at::Tensor& pixels, const at::Tensor& like, int64_
                     hi[0].item<int64_t>() < dims.h_out && hi[1].item<int64_t>() < dims.w_out,
                 op, ": pixels must index inside the output (", dims.h_out, ", ", dims.w_out, ")");
   }
-  return flat;
+  return {flat, parse_slicing(slicing, op), batch, pixels.size(1), st.fine.weights.back().size(0)};
 }
 
 Slices make_slices(const at::Tensor& like, const Dims& dims, const at::Tensor& pixels, int64_t q,

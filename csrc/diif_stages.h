@@ -47,9 +47,21 @@ Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_
 Dims make_dims(int64_t batch, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
                bool slice_ensemble, const char* op);
 
-// `pixels` (batch, Q, 2) int64 on `like`'s device inside the output, as (B*Q, 2) contiguous.
-at::Tensor check_pixels(const at::Tensor& pixels, const at::Tensor& like, int64_t batch,
-                        const Dims& dims, const char* op);
+// One operator call's requested pixels and what follows from them: `flat`, the pixels
+// (B, Q, 2) as (B*Q, 2) contiguous; the batch `b` and pixels per image `q`; the parsed
+// slicing; `out_dim`, the fine stage's output width.
+struct PixelCall {
+  at::Tensor flat;
+  Slicing slicing;
+  int64_t b, q, out_dim;
+  // The call's output shape (b, q, out_dim).
+  std::vector<int64_t> out_shape() const { return {b, q, out_dim}; }
+};
+
+// Checks `pixels` ((batch, Q, 2) int64 on `like`'s device, inside the output; batch =
+// like.size(0)) and `slicing` for an operator of the stages `st`.
+PixelCall pixel_call(const at::Tensor& pixels, const at::Tensor& like, const Dims& dims,
+                     const Stages& st, c10::string_view slicing, const char* op);
 
 // The slices of one call's pixels (n, 2) (q per image).
 struct Slices {

@@ -28,6 +28,7 @@ namespace dlte {
 namespace {
 
 using diif::Dims;
+using diif::PixelCall;
 using diif::Slices;
 using diif::StageGrads;
 using diif::Stages;
@@ -96,15 +97,12 @@ at::Tensor dlte_decode(const at::Tensor& coef, const at::Tensor& freq, const at:
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
-  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
-  const auto mode = diif::parse_slicing(slicing, kOp);
-  const int64_t b = pixels.size(0), q = pixels.size(1);
-  const int64_t out_dim = d.stages.fine.weights.back().size(0);
-  if (flat.size(0) == 0) return at::empty({b, q, out_dim}, coef.options());
-  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
+  const PixelCall c = diif::pixel_call(pixels, coef, dims, d.stages, slicing, kOp);
+  if (c.flat.size(0) == 0) return at::empty(c.out_shape(), coef.options());
+  const Slices sl = diif::make_slices(coef, dims, c.flat, c.q, c.slicing);
   const at::Tensor x = features(d, sl);
   return diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), false)
-      .out.view({b, q, out_dim});
+      .out.view(c.out_shape());
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -178,21 +176,18 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> dlte_decode_train(
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
-  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
-  const auto mode = diif::parse_slicing(slicing, kOp);
-  const int64_t b = pixels.size(0), q = pixels.size(1);
-  const int64_t out_dim = d.stages.fine.weights.back().size(0);
-  if (flat.size(0) == 0) {
+  const PixelCall c = diif::pixel_call(pixels, coef, dims, d.stages, slicing, kOp);
+  if (c.flat.size(0) == 0) {
     std::vector<at::Tensor> record = diif::empty_record(d.stages, d.w0.size(0), coef);
     record.push_back(at::empty({0, d.w0.size(1)}, coef.options()));
-    return {at::empty({b, q, out_dim}, coef.options()), record};
+    return {at::empty(c.out_shape(), coef.options()), record};
   }
-  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
+  const Slices sl = diif::make_slices(coef, dims, c.flat, c.q, c.slicing);
   const at::Tensor x = features(d, sl);
   const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
   std::vector<at::Tensor> record = diif::pack_record(sl, tr, d.stages);
   record.push_back(x);
-  return {tr.out.view({b, q, out_dim}), record};
+  return {tr.out.view(c.out_shape()), record};
 }
 
 Grads dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef,
@@ -205,12 +200,10 @@ Grads dlte_decode_backward(const at::Tensor& grad_out, const at::Tensor& coef,
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
-  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
-  const auto mode = diif::parse_slicing(slicing, kOp);
-  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
-  check_grad_out(grad_out, coef, {pixels.size(0), q, out_dim}, kOp);
-  if (flat.size(0) == 0) return zero_gradients(d);
-  const Slices sl = diif::make_slices(coef, dims, flat, q, mode);
+  const PixelCall c = diif::pixel_call(pixels, coef, dims, d.stages, slicing, kOp);
+  check_grad_out(grad_out, coef, c.out_shape(), kOp);
+  if (c.flat.size(0) == 0) return zero_gradients(d);
+  const Slices sl = diif::make_slices(coef, dims, c.flat, c.q, c.slicing);
   const at::Tensor x = features(d, sl);
   const Trace tr = diif::stages_forward(d.stages, sl, dims, d.w0.size(0), first_layer(d, x), true);
   return gradients(d, sl, dims, x, tr, grad_out);
@@ -229,15 +222,13 @@ Grads dlte_decode_backward_saved(const at::Tensor& grad_out, at::TensorList save
   const Decoder d = make_decoder(coef, freq, phase, w0, b0, coarse_w, coarse_b, fine_wh, fine_wd,
                                  fine_b0, fine_w, fine_b);
   const Dims dims = dims_of(d, out_h, out_w);
-  const at::Tensor flat = diif::check_pixels(pixels, coef, coef.size(0), dims, kOp);
-  diif::parse_slicing(slicing, kOp);
-  const int64_t q = pixels.size(1), out_dim = d.stages.fine.weights.back().size(0);
-  check_grad_out(grad_out, coef, {pixels.size(0), q, out_dim}, kOp);
-  if (flat.size(0) == 0) return zero_gradients(d);
+  const PixelCall c = diif::pixel_call(pixels, coef, dims, d.stages, slicing, kOp);
+  check_grad_out(grad_out, coef, c.out_shape(), kOp);
+  if (c.flat.size(0) == 0) return zero_gradients(d);
   TORCH_CHECK(!saved.empty(), kOp, ": the record is empty");
   Slices sl;
   Trace tr;
-  diif::unpack_record(saved.slice(0, saved.size() - 1), flat, d.stages, &sl, &tr);
+  diif::unpack_record(saved.slice(0, saved.size() - 1), c.flat, d.stages, &sl, &tr);
   const at::Tensor& x = saved.back();
   TORCH_CHECK(x.dim() == 2 && x.size(0) == sl.coords.size(0) && x.size(1) == d.w0.size(1), kOp,
               ": the record's vertex features do not match it");

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../diif_stages.h"
 #include "../library.h"
 #include "../op_utils.h"
 #include "ik/geometry.h"
@@ -47,15 +48,6 @@ std::vector<int64_t> leading_shape(const at::Tensor& t, int64_t drop,
   return shape;
 }
 
-Slicing parse_slicing(c10::string_view slicing) {
-  const std::string s(slicing.data(), slicing.size());
-  if (s == "linear") return Slicing::kLinear;
-  if (s == "constant") return Slicing::kConstant;
-  if (s == "fixed4") return Slicing::kFixed4;
-  TORCH_CHECK(false, "diif_slices: slicing must be one of ('linear', 'constant', 'fixed4'), got '",
-              s, "'");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> diif_slices_cpu(const at::Tensor& pixels,
                                                                c10::IntArrayRef in_size,
                                                                c10::IntArrayRef out_size,
@@ -65,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> diif_slices_cpu(const at::Tensor&
               "diif_slices: pixels must be int64 output indices, got ", pixels.scalar_type());
   check_size(in_size, "diif_slices", "in_size");
   check_size(out_size, "diif_slices", "out_size");
-  const Slicing mode = parse_slicing(slicing);
+  const Slicing mode = diif::parse_slicing(slicing, "diif_slices");
 
   // Bound to a named local: the data pointer must outlive the loop (a temporary
   // .contiguous() would not).
