@@ -115,11 +115,7 @@ Grads gradients_from(const Decoder& d, const Slices& sl, const at::Tensor& grad,
                      const StageGrads& g) {
   const auto acc = accumulate_type(d.corner_proj.scalar_type());
   const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
-  const at::Tensor& map = d.corner_proj;
-  const at::Tensor grad_corner =
-      at::zeros({map.size(0) * map.size(1) * map.size(2), map.size(3)}, grad.options())
-          .index_add_(0, sl.corners, grad)
-          .view(map.sizes());
+  const at::Tensor grad_corner = scatter_rows_to_map(grad, sl.corners, d.corner_proj);
   return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
           g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
 }

@@ -129,14 +129,8 @@ Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const at::
   const at::Tensor cells =
       sl.coords.view({n_slices, diif::kVertices, diif::kCoordInputs}).select(1, 0).narrow(1, 4, 2);
   const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
-  auto scatter = [&](const at::Tensor& grad_rows, const at::Tensor& map) {
-    return at::zeros({map.size(0) * map.size(1) * map.size(2), map.size(3)}, grad_rows.options())
-        .index_add_(0, sl.corners, grad_rows)
-        .view(map.sizes())
-        .to(type);
-  };
-  return {scatter(grad_coef_rows, coef),
-          scatter(grad_freq_rows, freq),
+  return {scatter_rows_to_map(grad_coef_rows, sl.corners, coef),
+          scatter_rows_to_map(grad_freq_rows, sl.corners, freq),
           grad_phase,
           at::mm(grad_pre.t(), x),
           grad_pre.sum(0),

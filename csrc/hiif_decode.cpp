@@ -254,9 +254,7 @@ hiif_level0_backward(const at::Tensor& grad_out, const at::Tensor& maps, const a
       at::cat({weight.unsqueeze(2) * du.unsqueeze(1), grad_m.unsqueeze(2), grad_s.unsqueeze(2)}, 2)
           .to(type)
           .view({n * 4, hidden + 2});
-  const at::Tensor grad_maps = at::zeros({l.maps.numel() / (hidden + 2), hidden + 2}, g.options())
-                                   .index_add_(0, tr.rows.view({-1}), grad_rows)
-                                   .view(maps.sizes());
+  const at::Tensor grad_maps = scatter_rows_to_map(grad_rows, tr.rows.view({-1}), l.maps);
   return {grad_maps, grad_row_sums, grad_w_extra, grad_bias, grad_fc2_w, grad_fc2_b};
 }
 

@@ -67,11 +67,7 @@ at::Tensor blend_backward(const Ensemble& e, const at::Tensor& grad_out, at::Sca
 }
 
 at::Tensor scatter_rows(const Ensemble& e, const at::Tensor& rows, const at::Tensor& map) {
-  const int64_t d = map.size(3);
-  return at::zeros({map.numel() / d, d}, rows.options().dtype(e.inputs.scalar_type()))
-      .index_add_(0, e.index, rows.to(e.inputs.scalar_type()))
-      .to(map.scalar_type())
-      .view(map.sizes());
+  return scatter_rows_to_map(rows.to(e.inputs.scalar_type()), e.index, map);
 }
 
 namespace {

@@ -55,6 +55,18 @@ inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& like,
               grad_out.sizes());
 }
 
+// The gradient of a gather of rows from a channels-last map: out[index[r]] += rows[r] for
+// the rows (R, D) gathered at flat row `index` (R,) of `map` (..., D), accumulated in the
+// rows' dtype; returned in map's shape and dtype.
+inline at::Tensor scatter_rows_to_map(const at::Tensor& rows, const at::Tensor& index,
+                                      const at::Tensor& map) {
+  const int64_t d = map.size(-1);
+  return at::zeros({map.numel() / d, d}, rows.options())
+      .index_add_(0, index, rows)
+      .to(map.scalar_type())
+      .view(map.sizes());
+}
+
 // Positions that become indices (nearest LR pixel, hierarchy bits) must be finite: the
 // float -> int64 conversion of NaN or infinity is undefined behaviour.
 inline void check_finite(const at::Tensor& t, const char* op, const char* name) {
