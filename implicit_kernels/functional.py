@@ -24,7 +24,7 @@ import torch
 
 from . import _validate as check
 from . import backends, geometry
-from .ops import whole_decode
+from .ops import chunked
 
 #: Default number of queries (summed over the batch) per backend call.
 DEFAULT_CHUNK_SIZE = 1 << 14
@@ -167,7 +167,7 @@ def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="
     if coord is None or cell is None:
         raise ValueError("pass size=(H_out, W_out), or coord and cell for query decoding")
     coord, cell = check.queries(coord, cell, feat, positions)
-    return _chunked(lambda s, e: fn(coord[:, s:e], cell[:, s:e]), coord.shape[1], b,
+    return chunked(lambda s, e: fn(coord[:, s:e], cell[:, s:e]), coord.shape[1], b,
                     chunk_size, feat)
 
 
@@ -246,7 +246,7 @@ def _decode_pixels(fn, feat, size, pixels, chunk_size):
     b = feat.shape[0]
     if pixels is not None:
         pixels = check.pixels(pixels, feat, size)
-        return _chunked(lambda s, e: fn(pixels[:, s:e]), pixels.shape[1], b, chunk_size, feat)
+        return chunked(lambda s, e: fn(pixels[:, s:e]), pixels.shape[1], b, chunk_size, feat)
     return _grid(lambda s, e: fn(_grid_chunk(size, s, e, b, feat.device)), size, b,
                  chunk_size, feat)
 
@@ -275,37 +275,10 @@ def _grid_chunk(size, start, stop, batch, device):
     return geometry.raster_pixels(start, stop, size, batch, device)
 
 
-def _chunked(fn, q, batch, chunk_size, feat, channels_first=False):
-    """Call ``fn(start, stop) -> B×n×3`` over ``[0, q)`` in chunks of ``chunk_size``
-    queries over the batch (``None``: one call); return ``B×q×3``, or ``B×3×q`` when
-    ``channels_first``."""
-    if chunk_size is None:
-        step = max(q, 1)
-    else:
-        step = max(1, check.positive_int(chunk_size, "chunk_size") // batch)
-    shape = (batch, 3, q) if channels_first else (batch, q, 3)
-    check.output_memory(shape, feat.dtype, feat.device)
-    if q <= step:
-        # One chunk: no loop over a Python range and no copy, so a symbolic query count
-        # (an ONNX export with a dynamic Q) stays symbolic (decided from its range alone).
-        res = fn(0, q).to(feat.dtype)   # as the copy into ``out`` below casts
-        return res.transpose(1, 2).contiguous() if channels_first else res
-    out = feat.new_empty(shape)
-    with whole_decode(batch * q):
-        for start in range(0, q, step):
-            stop = min(q, start + step)
-            res = fn(start, stop)
-            if channels_first:
-                out[:, :, start:stop] = res.transpose(1, 2)
-            else:
-                out[:, start:stop] = res
-    return out
-
-
 def _grid(fn, size, batch, chunk_size, feat):
     """Decode every pixel of ``size`` with ``fn(start, stop)`` over raster positions;
     return ``B×3×H_out×W_out``."""
-    out = _chunked(fn, size[0] * size[1], batch, chunk_size, feat, channels_first=True)
+    out = chunked(fn, size[0] * size[1], batch, chunk_size, feat, channels_first=True)
     return out.view(batch, 3, size[0], size[1])
 
 

@@ -35,7 +35,7 @@ import torch
 from .. import _validate as check
 from ..reference.lte import bilinear_skip
 from ..torch_impl import hiif as torch_hiif
-from . import keeps_record, whole_decode
+from . import chunked, keeps_record, whole_decode
 from .liif import check_coordinates_constant
 
 NS = "implicit_kernels::"
@@ -74,19 +74,12 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
     mats = []
     with whole_decode(b * n):
         _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres)
-        # Each chunk's result, skip included, goes straight into the output: no list of
-        # chunk results, concatenation or whole-output skip beside it (at ×30 each would
-        # be the size of the output).
-        out = None
-        for s, e in chunks:
-            res = (_decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size, suffix,
-                           centres) + bilinear_skip(inp, coord[:, s:e]))
-            if len(chunks) == 1:
-                return res
-            if out is None:
-                out = res.new_empty(b, n, 3)
-            out[:, s:e] = res
-        return out
+    # Each chunk's result, skip included, goes straight into the output: no list of chunk
+    # results, concatenation or whole-output skip beside it (at ×30 each would be the
+    # size of the output).
+    return chunked(lambda s, e: _decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size,
+                                        suffix, centres) + bilinear_skip(inp, coord[:, s:e]),
+                   n, b, chunk_size, feat)
 
 
 def _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres):
