@@ -116,8 +116,7 @@ Grads gradients_from(const Decoder& d, const Slices& sl, const at::Tensor& grad,
   const auto acc = accumulate_type(d.corner_proj.scalar_type());
   const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
   const at::Tensor grad_corner = scatter_rows_to_map(grad, sl.corners, d.corner_proj);
-  return {grad_corner, grad_w_coord, grad.sum(0), g.coarse_w, g.coarse_b,
-          g.fine_wh,   g.fine_wd,    g.fine_b0,   g.fine_w,   g.fine_b};
+  return std::tuple_cat(std::make_tuple(grad_corner, grad_w_coord, grad.sum(0)), as_tuple(g));
 }
 
 // The gradients of every input but `pixels` from the forward's slices and record.
@@ -144,17 +143,9 @@ Grads fused_gradients(const Decoder& d, const Slices& sl, const Dims& dims,
 #endif
 
 Grads zero_gradients(const Decoder& d) {
-  StageGrads g = zero_stage_grads(d.stages);
-  return {at::zeros_like(d.corner_proj),
-          at::zeros_like(d.w_coord),
-          at::zeros_like(d.b0),
-          g.coarse_w,
-          g.coarse_b,
-          g.fine_wh,
-          g.fine_wd,
-          g.fine_b0,
-          g.fine_w,
-          g.fine_b};
+  return std::tuple_cat(std::make_tuple(at::zeros_like(d.corner_proj), at::zeros_like(d.w_coord),
+                                        at::zeros_like(d.b0)),
+                        as_tuple(zero_stage_grads(d.stages)));
 }
 
 // The forward with its record for the backward (implicit_kernels::diif_decode_train): a

@@ -243,5 +243,9 @@ StageGrads zero_stage_grads(const Stages& st) {
   return g;
 }
 
+StageGradTuple as_tuple(const StageGrads& g) {
+  return {g.coarse_w, g.coarse_b, g.fine_wh, g.fine_wd, g.fine_b0, g.fine_w, g.fine_b};
+}
+
 }  // namespace diif
 }  // namespace ik

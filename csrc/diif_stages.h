@@ -17,6 +17,7 @@
 #include <c10/util/string_view.h>
 
 #include <functional>
+#include <tuple>
 #include <vector>
 
 #include "diif_kernels.h"
@@ -133,6 +134,13 @@ at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims,
 
 // Zero gradients of the stages' parameters (a call without pixels).
 StageGrads zero_stage_grads(const Stages& st);
+
+// The stages' gradients in the operators' output order (coarse_w, coarse_b, fine_wh,
+// fine_wd, fine_b0, fine_w, fine_b): the tail of every DIIF-family backward's result.
+using StageGradTuple =
+    std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor,
+               std::vector<at::Tensor>, std::vector<at::Tensor>>;
+StageGradTuple as_tuple(const StageGrads& g);
 
 }  // namespace diif
 }  // namespace ik

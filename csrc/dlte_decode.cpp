@@ -129,34 +129,17 @@ Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const at::
   const at::Tensor cells =
       sl.coords.view({n_slices, diif::kVertices, diif::kCoordInputs}).select(1, 0).narrow(1, 4, 2);
   const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
-  return {scatter_rows_to_map(grad_coef_rows, sl.corners, coef),
-          scatter_rows_to_map(grad_freq_rows, sl.corners, freq),
-          grad_phase,
-          at::mm(grad_pre.t(), x),
-          grad_pre.sum(0),
-          g.coarse_w,
-          g.coarse_b,
-          g.fine_wh,
-          g.fine_wd,
-          g.fine_b0,
-          g.fine_w,
-          g.fine_b};
+  return std::tuple_cat(std::make_tuple(scatter_rows_to_map(grad_coef_rows, sl.corners, coef),
+                                        scatter_rows_to_map(grad_freq_rows, sl.corners, freq),
+                                        grad_phase, at::mm(grad_pre.t(), x), grad_pre.sum(0)),
+                        diif::as_tuple(g));
 }
 
 Grads zero_gradients(const Decoder& d) {
-  StageGrads g = diif::zero_stage_grads(d.stages);
-  return {at::zeros_like(d.coef),
-          at::zeros_like(d.freq),
-          at::zeros_like(d.phase),
-          at::zeros_like(d.w0),
-          at::zeros_like(d.b0),
-          g.coarse_w,
-          g.coarse_b,
-          g.fine_wh,
-          g.fine_wd,
-          g.fine_b0,
-          g.fine_w,
-          g.fine_b};
+  return std::tuple_cat(
+      std::make_tuple(at::zeros_like(d.coef), at::zeros_like(d.freq), at::zeros_like(d.phase),
+                      at::zeros_like(d.w0), at::zeros_like(d.b0)),
+      diif::as_tuple(diif::zero_stage_grads(d.stages)));
 }
 
 // The forward with its record for the backward (implicit_kernels::dlte_decode_train): DIIF's
