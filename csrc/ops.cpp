@@ -123,6 +123,9 @@ IK_LIBRARY(m) {
   // 0 where a probe cannot run on this CPU.
   m.def("probe_cpu_clock(int cycles) -> float");
   m.def("probe_fma_flops(str isa, int fmas) -> float");
+  // The CPU kernels' sin and cos of float angles (csrc/cpu/sin_cos_cpu.h), elementwise;
+  // an operator for its accuracy test.
+  m.def("sin_cos(Tensor angle) -> (Tensor, Tensor)");
 
   // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
   // pixel (channels last) to the output of the queries; coord and cell not differentiated.

@@ -13,6 +13,7 @@
 
 #include "../liif_kernels.h"
 #include "../poison.h"
+#include "sin_cos_cpu.h"
 #include "tiles.h"
 
 namespace ik {
@@ -137,37 +138,36 @@ InputTile liif_first_layer(const at::Tensor& proj, const at::Tensor& w_cols, con
   };
 }
 
-// π·phi (ik::lte::phase_angle) of member rows lo..hi into angle (hi - lo, m; rows may be
-// strided), and sin and cos of it into `sin` and `cos` (views of the same shape): ATen's vectorised
-// sin and cos over the tile, an order of magnitude faster than the scalar libm calls per pair.
+// sin and cos of π·phi (ik::lte::phase_angle) of member rows lo..hi into `sin` and `cos`
+// (hi - lo, m; rows contiguous, the row stride free), a row at a time while its angles are
+// in L1.
 template <typename T>
 void tile_sin_cos(const at::Tensor& freq, const at::Tensor& phase, const Ensemble& e, int64_t lo,
-                  int64_t hi, const at::Tensor& angle, at::Tensor sin, at::Tensor cos) {
+                  int64_t hi, const at::Tensor& sin, const at::Tensor& cos) {
   const int64_t width = freq.size(3), m = width / 2;
+  TORCH_INTERNAL_ASSERT(sin.stride(1) == 1 && cos.stride(1) == 1);
   const T* fp = freq.data_ptr<T>();
   const T* pw = phase.data_ptr<T>();
   const int64_t* idx = e.index.data_ptr<int64_t>();
   const T* in = e.inputs.data_ptr<T>();
-  T* ap = angle.data_ptr<T>();
+  std::vector<T> angle(m);
   for (int64_t r = lo; r < hi; ++r) {
     const T* f = fp + idx[r] * width;
     const T* x = in + r * kCoordInputs;
-    T* a = ap + (r - lo) * angle.stride(0);
-    for (int64_t i = 0; i < m; ++i) a[i] = lte::pi<T>() * lte::phase_angle<T>(i, f, pw, x, 1);
+    for (int64_t i = 0; i < m; ++i) angle[i] = lte::pi<T>() * lte::phase_angle<T>(i, f, pw, x, 1);
+    cpu::sin_cos_row(angle.data(), m, sin.data_ptr<T>() + (r - lo) * sin.stride(0),
+                     cos.data_ptr<T>() + (r - lo) * cos.stride(0));
   }
-  at::sin_out(sin, angle);
-  at::cos_out(cos, angle);
 }
 
 // LTE's Fourier features of member rows: x = coef[pixel] ⊙ [cos πphi, sin πphi]
-// (ik::lte::fourier_feature), the angles in x's sine half, then sin and cos in place.
+// (ik::lte::fourier_feature): sin and cos into x's halves, then the coefficients.
 template <typename T>
 InputTile lte_features(const at::Tensor& coef, const at::Tensor& freq, const at::Tensor& phase,
                        const Ensemble& e) {
   return [&coef, &freq, &phase, &e](int64_t lo, int64_t hi, at::Tensor x) {
     const int64_t width = coef.size(3), m = width / 2;
-    const at::Tensor angle = at::empty({hi - lo, m}, x.options());
-    tile_sin_cos<T>(freq, phase, e, lo, hi, angle, x.narrow(1, m, m), x.narrow(1, 0, m));
+    tile_sin_cos<T>(freq, phase, e, lo, hi, x.narrow(1, m, m), x.narrow(1, 0, m));
     const T* cp = coef.data_ptr<T>();
     const int64_t* idx = e.index.data_ptr<int64_t>();
     T* xp = x.data_ptr<T>();
@@ -263,10 +263,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_backward_tiles_cpu(
   AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "lte_backward_tiles_cpu", [&] {
     // sums: coef's and freq's rows (B*h*w, 2m) and the phase weight (m, 2).
     const auto backward = [&](int64_t lo, int64_t hi, at::Tensor grad, at::Tensor* acc) {
-      const at::Tensor angle = at::empty({hi - lo, 3, m}, grad.options());
-      tile_sin_cos<scalar_t>(freq, phase, e, lo, hi, angle.select(1, 0), angle.select(1, 1),
-                             angle.select(1, 2));
-      const scalar_t* sc = angle.data_ptr<scalar_t>();
+      const at::Tensor sin_cos = at::empty({hi - lo, 2, m}, grad.options());
+      tile_sin_cos<scalar_t>(freq, phase, e, lo, hi, sin_cos.select(1, 0), sin_cos.select(1, 1));
+      const scalar_t* sc = sin_cos.data_ptr<scalar_t>();
       const scalar_t* cp = coef.data_ptr<scalar_t>();
       const int64_t* idx = e.index.data_ptr<int64_t>();
       const scalar_t* in = e.inputs.data_ptr<scalar_t>();
@@ -278,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_backward_tiles_cpu(
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t pixel = idx[r] * width;
         const scalar_t* x = in + r * kCoordInputs;
-        const scalar_t* sin = sc + ((r - lo) * 3 + 1) * m;
+        const scalar_t* sin = sc + (r - lo) * 2 * m;
         const scalar_t* cos = sin + m;
         for (int64_t i = 0; i < m; ++i) {
           // d loss / d phi_i; phi's cell term is phase·(scaled cell), whose weight's
