@@ -6,7 +6,9 @@ forward+backward, through the ``cpu`` and ``torch`` backends; then one EDSR-base
 training step per backend (bench/train_step.py).  Per measurement:
 
 * time: best of ``--repeat`` runs (default 1: the large cases take minutes), after one
-  untimed run of the same decoder, pass and backend on a small size;
+  untimed run: of the case itself when it costs at most ``SAME_CASE_WARMUP_FLOP`` (a first
+  run at a new size pays page faults and cold caches, ~10 % of a one-second decode), else
+  of the same decoder, pass and backend on a small size (the longer runs amortise it);
 * GFLOP/s: 2 × the MACs the ``cpu`` backend's split forms perform in one forward
   (:func:`implicit_kernels.cost.fused_macs`, at ``F``'s default chunk), ×3 for
   forward+backward (a backward taken as two forwards), over the time; the same count for
@@ -51,8 +53,11 @@ from .train_step import DEFAULT_CONFIG, time_train_steps
 
 SIZES = ((64, 4), (64, 12), (64, 30), (48, 4), (48, 12))
 BACKENDS = ("cpu", "torch")
-#: The small decode of the untimed run before each case: input side and scale.
+#: The small decode of the untimed run before a case too long to run twice: input side
+#: and scale.
 WARMUP = (8, 2)
+#: Counted flop (the GFLOP/s numerator) up to which the untimed run is the case itself.
+SAME_CASE_WARMUP_FLOP = 500e9
 #: Largest side of the small decode whose saved bytes estimate a backward's memory.
 PROBE_SIDE = 4
 MEMORY_SHARE = 0.8
@@ -129,7 +134,9 @@ def measure(case: Case, repeat: int, peak_gflops) -> dict:
                                  f"({free / 1e9:,.1f} GB available)")
                 return row
         side, scale = WARMUP
-        _run_once(dataclasses.replace(case, in_size=(side, side), scale=(scale, scale)), model)
+        warmup = case if flop <= SAME_CASE_WARMUP_FLOP else dataclasses.replace(
+            case, in_size=(side, side), scale=(scale, scale))
+        _run_once(warmup, model)
         times = []
         for i in range(repeat):
             if i == 0:
@@ -204,9 +211,14 @@ def markdown(head: dict, rows: list[dict], train_rows: list[dict]) -> str:
     columns, then the training steps."""
     names = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
     names += sorted({r["backend"] for r in rows} - set(names))
-    fields = [("date", head["date"]), ("machine", head["machine"]), ("CPU", head["cpu"]),
+    earlier = head.get("earlier", [])
+    dates = "; ".join(e["date"] for e in earlier)
+    commits = "; ".join(e["commit"] for e in earlier)
+    fields = [("date", head["date"] + (f" (earlier rows: {dates})" if earlier else "")),
+              ("machine", head["machine"]), ("CPU", head["cpu"]),
               ("threads", head["threads"]), ("torch", head["torch"]),
-              ("commit", head["commit"]), ("best of", head["repeat"])]
+              ("commit", head["commit"] + (f" (earlier rows: {commits})" if earlier else "")),
+              ("best of", head["repeat"])]
     lines = [f"# Benchmark results: {STEM}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in fields]
     lines += ["", "fp32 FMA peak (bench/machine.py), factors found at run time:", "", "```",
@@ -264,7 +276,7 @@ def merged(before: dict, head: dict, rows: list[dict], train_rows: list[dict]):
     """``(head, rows, train_rows)`` of an earlier report ``before`` (its JSON) updated by a
     run's: the run's rows replace those of the same decoder, input, scale, pass and
     backend, the others are kept (rows in table order), training rows likewise; the header
-    is the run's, its date and commit followed by the earlier ones."""
+    is the run's, with the earlier runs' dates and commits (``earlier``)."""
     new = {_key(r) for r in rows}
     order = {d: i for i, d in enumerate(cost.DECODERS)}
     rows = sorted([r for r in before["rows"] if _key(r) not in new] + rows,
@@ -273,9 +285,8 @@ def merged(before: dict, head: dict, rows: list[dict], train_rows: list[dict]):
     ran = {t["backend"] for t in train_rows}
     train_rows = [t for t in before["train_rows"] if t["backend"] not in ran] + train_rows
     old = before["header"]
-    head = dict(head, date=f"{head['date']} (earlier rows: {old['date']})",
-                commit=f"{head['commit']} (earlier rows: {old['commit']})")
-    return head, rows, train_rows
+    earlier = [{"date": old["date"], "commit": old["commit"]}] + old.get("earlier", [])
+    return dict(head, earlier=earlier), rows, train_rows
 
 
 def _size(text: str) -> tuple:

@@ -95,4 +95,11 @@ def test_a_partial_rerun_merges_into_the_earlier_report():
         ("liif", 64, "fwd", 1.0), ("diif", 64, "fwd+bwd", 5.0), ("diif", 48, "fwd", 4.0),
         ("hiif", 64, "fwd", 2.0)]
     assert train == before["train_rows"]
-    assert head["date"] == "d1 (earlier rows: d0)" and head["commit"].startswith("c1")
+    assert head["date"] == "d1" and head["earlier"] == [{"date": "d0", "commit": "c0"}]
+    # A second rerun lists both earlier runs, flat, in the report's header.
+    head, _, _ = cpu_headline.merged({"header": head, "rows": rows, "train_rows": train},
+                                     {"date": "d2", "commit": "c2"}, [], [])
+    assert [e["date"] for e in head["earlier"]] == ["d1", "d0"]
+    text = cpu_headline.markdown(dict(head, machine="m", cpu="x", threads=2, torch="t",
+                                      repeat=1, peak_text=""), [], [])
+    assert "| d2 (earlier rows: d1; d0) |" in text and "| c2 (earlier rows: c1; c0) |" in text
