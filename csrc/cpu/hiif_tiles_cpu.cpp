@@ -3,6 +3,7 @@
 
 #include <ATen/Dispatch.h>
 
+#include "avx2_clone.h"
 #include "hiif_rows_cpu.h"
 
 namespace ik {
@@ -55,6 +56,47 @@ void level0_pre_rows(const at::Tensor& maps, const at::Tensor& row_sums, const a
   }
 }
 
+// Each of `rows` rows of kv holds a query's keys then values (2c); per head (d channels)
+// both are LayerNormed in place with their affine, and k̂ᵀv̂ (d, d) is added into s
+// (heads, d, d).
+template <typename T>
+inline void key_value_products(T* kv, int64_t rows, int64_t c, int64_t heads, int64_t d,
+                               const T* kw, const T* kb, const T* vw, const T* vb, T* s) {
+  // d as a constant where it is 16 (with_head_dim).
+  with_head_dim(d, [&](auto d) {
+    T* row = kv;
+    for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        T* key = row + hd * d;
+        T* value = row + c + hd * d;
+        normalise_row(key, d);
+        normalise_row(value, d);
+        for (int64_t e = 0; e < d; ++e) {
+          key[e] = key[e] * kw[e] + kb[e];
+          value[e] = value[e] * vw[e] + vb[e];
+        }
+        T* sh = s + hd * d * d;
+        for (int64_t a = 0; a < d; ++a) {
+          for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
+        }
+      }
+    }
+  });
+}
+
+// The float instance with an AVX2 clone: these loops took a tenth of the forward.
+IK_AVX2_CLONE void add_key_value_products(float* kv, int64_t rows, int64_t c, int64_t heads,
+                                          int64_t d, const float* kw, const float* kb,
+                                          const float* vw, const float* vb, float* s) {
+  key_value_products(kv, rows, c, heads, d, kw, kb, vw, vb, s);
+}
+
+void add_key_value_products(double* kv, int64_t rows, int64_t c, int64_t heads, int64_t d,
+                            const double* kw, const double* kb, const double* vw, const double* vb,
+                            double* s) {
+  key_value_products(kv, rows, c, heads, d, kw, kb, vw, vb, s);
+}
+
 }  // namespace
 
 at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
@@ -103,27 +145,8 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
         at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
-        scalar_t* s = sums[k][t->image].data_ptr<scalar_t>();
-        scalar_t* row = kv.data_ptr<scalar_t>();
-        // d as a constant where it is 16 (with_head_dim).
-        with_head_dim(d, [&](auto d) {
-          for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
-            for (int64_t hd = 0; hd < heads; ++hd) {
-              scalar_t* key = row + hd * d;
-              scalar_t* value = row + c + hd * d;
-              normalise_row(key, d);
-              normalise_row(value, d);
-              for (int64_t e = 0; e < d; ++e) {
-                key[e] = key[e] * kw[e] + kb[e];
-                value[e] = value[e] * vw[e] + vb[e];
-              }
-              scalar_t* sh = s + hd * d * d;
-              for (int64_t a = 0; a < d; ++a) {
-                for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
-              }
-            }
-          }
-        });
+        add_key_value_products(kv.data_ptr<scalar_t>(), rows, c, heads, d, kw, kb, vw, vb,
+                               sums[k][t->image].data_ptr<scalar_t>());
       }
     });
   });

@@ -2,8 +2,7 @@
 // scheme: reduce |x| to z in [-π/4, π/4] by an even multiple j of π/4 (π/4 split in three
 // parts so that j·part is exact while j < 2^16), evaluate the sine and cosine minimax
 // polynomials of z, and pick and sign them by j's octant; branch-free, so the loop
-// vectorises.  The extension is built without -march: on x86-64 the compiler also emits an
-// AVX2 clone, chosen at load time when the CPU has it.
+// vectorises, with an AVX2 clone (avx2_clone.h).
 #include "sin_cos_cpu.h"
 
 #include <ATen/ATen.h>
@@ -11,12 +10,7 @@
 #include <cmath>
 
 #include "../library.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define IK_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
-#else
-#define IK_AVX2_CLONE
-#endif
+#include "avx2_clone.h"
 
 namespace ik {
 namespace cpu {
