@@ -9,11 +9,50 @@
 
 #include "../diif_stages.h"
 #include "../poison.h"
+#include "avx2_clone.h"
 #include "tiles.h"
 
 namespace ik {
 namespace diif {
 namespace {
+
+// Σ_t weight[t] · rows[t] (v rows of `width`, `width` apart) into `dst`, added to it
+// when `add`.
+template <typename T>
+inline void mix_rows(T* dst, const T* rows, int v, int64_t width, const T* weight, bool add) {
+  for (int t = 0; t < v; ++t) {
+    const T* src = rows + t * width;
+    const T w = weight[t];
+    if (t == 0 && !add) {
+      for (int64_t j = 0; j < width; ++j) dst[j] = w * src[j];
+    } else {
+      for (int64_t j = 0; j < width; ++j) dst[j] += w * src[j];
+    }
+  }
+}
+
+// The fine stage's first layer, ReLU applied, for pixels lo..hi into z (rows of df):
+// b + W_d·d + Σ_t w_t G_t with G's rows `g` per slice, or, without g, b + W_d·d added to
+// the W_h·Σ_t w_t H_t already in z.  (AVX2 clone: passes over a tile in L2.)
+template <typename T>
+IK_AVX2_CLONE void fine_input_rows(T* z, const T* g, int64_t lo, int64_t hi, int64_t df,
+                                   const int64_t* pix, const int64_t* slice, const Dims& dims,
+                                   const T* b0, const T* wdy, const T* wdx) {
+  const int v = vertex_count(dims);
+  for (int64_t p = lo; p < hi; ++p) {
+    T offset[2], weight[4];
+    pixel_offset_weights<T>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
+    T* row = z + (p - lo) * df;
+    const T dy = offset[0], dx = offset[1];
+    if (g != nullptr) {
+      for (int64_t j = 0; j < df; ++j) row[j] = b0[j] + wdy[j] * dy + wdx[j] * dx;
+      mix_rows(row, g + slice[p] * v * df, v, df, weight, true);
+    } else {
+      for (int64_t j = 0; j < df; ++j) row[j] += b0[j] + wdy[j] * dy + wdx[j] * dx;
+    }
+    for (int64_t j = 0; j < df; ++j) row[j] = std::max(row[j], T(0));
+  }
+}
 
 template <typename T>
 void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
@@ -58,20 +97,6 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
     if (tr.hidden_blend) tr.hidden_mix = empty_poisoned({n, hidden}, options);
   }
   tr.out = empty_poisoned({n, out_dim}, options);
-  // Σ_t weight[t] · rows[t] (v rows of `width`, `stride` apart) into `dst`, added to it
-  // when `add`.
-  const auto mix_rows = [v](T* dst, const T* rows, int64_t width, int64_t stride, const T* weight,
-                            bool add) {
-    for (int t = 0; t < v; ++t) {
-      const T* src = rows + t * stride;
-      const T w = weight[t];
-      if (t == 0 && !add) {
-        for (int64_t j = 0; j < width; ++j) dst[j] = w * src[j];
-      } else {
-        for (int64_t j = 0; j < width; ++j) dst[j] += w * src[j];
-      }
-    }
-  };
   for_each_tile(n, std::max(widest(st.fine, df), hidden), options, record ? &tr.fine : nullptr,
                 [&](int64_t lo, int64_t hi, TileOutputs& outs) {
                   at::Tensor z = outs.at(0, lo, hi, df);
@@ -84,25 +109,13 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                     for (int64_t p = lo; p < hi; ++p) {
                       T offset[2], weight[4];
                       pixel_offset_weights<T>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
-                      mix_rows(mp + (p - lo) * hidden, hp + slice[p] * v * hidden, hidden, hidden,
+                      mix_rows(mp + (p - lo) * hidden, hp + slice[p] * v * hidden, v, hidden,
                                weight, false);
                     }
                     at::mm_out(z, mix, st.fine_wh.t());  // W_h once per pixel
                   }
-                  const T* gp = g_all.defined() ? g_all.data_ptr<T>() : nullptr;
-                  for (int64_t p = lo; p < hi; ++p) {
-                    T offset[2], weight[4];
-                    pixel_offset_weights<T>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
-                    T* row = zp + (p - lo) * df;
-                    const T dy = offset[0], dx = offset[1];
-                    if (gp != nullptr) {
-                      for (int64_t j = 0; j < df; ++j) row[j] = b0[j] + wdy[j] * dy + wdx[j] * dx;
-                      mix_rows(row, gp + slice[p] * v * df, df, df, weight, true);
-                    } else {
-                      for (int64_t j = 0; j < df; ++j) row[j] += b0[j] + wdy[j] * dy + wdx[j] * dx;
-                    }
-                    for (int64_t j = 0; j < df; ++j) row[j] = std::max(row[j], T(0));
-                  }
+                  fine_input_rows(zp, g_all.defined() ? g_all.data_ptr<T>() : nullptr, lo, hi, df,
+                                  pix, slice, dims, b0, wdy, wdx);
                   // With hidden_blend, scratch 1 held the mix: the first layer may overwrite it
                   // now.
                   mlp_tile(st.fine, z, outs, 1, lo, hi, tr.out);

@@ -6,15 +6,16 @@
 #include <utility>
 
 #include "../poison.h"
+#include "avx2_clone.h"
 
 namespace ik {
 
 namespace {
 
 // c = act(c + bias) on a contiguous (rows, cols) tile in one pass (NaN stays NaN, as in
-// torch.relu); no bias when `bias` is null.
+// torch.relu); no bias when `bias` is null.  (AVX2 clones: passes over a tile in L2.)
 template <typename T>
-void bias_act(T* c, const T* bias, int64_t rows, int64_t cols, bool relu) {
+IK_AVX2_CLONE void bias_act(T* c, const T* bias, int64_t rows, int64_t cols, bool relu) {
   for (int64_t r = 0; r < rows; ++r) {
     T* row = c + r * cols;
     if (bias != nullptr) {
@@ -30,7 +31,7 @@ void bias_act(T* c, const T* bias, int64_t rows, int64_t cols, bool relu) {
 // `out` is not positive (as PyTorch; none when `out` is null), and Σ_rows g added into
 // `bias_sum` (cols), in one pass.
 template <typename T>
-void bias_act_backward(T* g, const T* out, T* bias_sum, int64_t rows, int64_t cols) {
+IK_AVX2_CLONE void bias_act_backward(T* g, const T* out, T* bias_sum, int64_t rows, int64_t cols) {
   for (int64_t r = 0; r < rows; ++r) {
     T* row = g + r * cols;
     if (out != nullptr) {
