@@ -6,9 +6,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "../liif_kernels.h"
 #include "../poison.h"
+#include "sin_cos_cpu.h"
 
 namespace ik {
 namespace liif {
@@ -89,12 +91,13 @@ at::Tensor lte_features_cpu(const at::Tensor& coef, const at::Tensor& freq,
     const scalar_t* in = inputs.data_ptr<scalar_t>();
     scalar_t* xp = x.data_ptr<scalar_t>();
     at::parallel_for(0, rows, row_grain(width), [&](int64_t lo, int64_t hi) {
+      std::vector<scalar_t> angle(m);
       for (int64_t r = lo; r < hi; ++r) {
+        // ik::lte::fourier_feature, sin and cos a row at a time: x = coef ⊙ [cos, sin].
         const int64_t pixel = idx[r] * width;
-        for (int64_t i = 0; i < m; ++i) {
-          lte::fourier_feature<scalar_t, scalar_t>(i, m, cp + pixel, fp + pixel, pw,
-                                                   in + r * stride, xp + r * width, ends);
-        }
+        scalar_t* x = xp + r * width;
+        cpu::lte_member_sin_cos(fp + pixel, pw, in + r * stride, ends, m, angle.data(), x + m, x);
+        for (int64_t j = 0; j < width; ++j) x[j] *= cp[pixel + j];
       }
     });
   });
@@ -123,15 +126,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_features_backward_cpu(
     scalar_t* gphi = grad_phi.data_ptr<scalar_t>();
     // One task per query: it owns its members' rows and its row of grad_phi.
     at::parallel_for(0, n, row_grain(kMembers * width), [&](int64_t lo, int64_t hi) {
+      std::vector<scalar_t> scratch(3 * m);  // angle, sin, cos
+      scalar_t *sin = scratch.data() + m, *cos = sin + m;
       for (int64_t p = lo; p < hi; ++p) {
         scalar_t* g = gphi + p * m;
         for (int64_t i = 0; i < m; ++i) g[i] = 0;
         for (int t = 0; t < kMembers; ++t) {
           const int64_t r = kMembers * p + t, pixel = idx[r] * width;
+          cpu::lte_member_sin_cos(fp + pixel, pw, in + r * stride, ends, m, scratch.data(), sin,
+                                  cos);
           for (int64_t i = 0; i < m; ++i) {
-            g[i] += lte::fourier_feature_backward<scalar_t>(i, m, cp + pixel, fp + pixel, pw,
-                                                            in + r * stride, gx + r * width,
-                                                            gc + r * width, gf + r * width, ends);
+            g[i] += lte::fourier_pair_backward<scalar_t>(i, m, cp + pixel, sin[i], cos[i],
+                                                         in + r * stride, gx + r * width,
+                                                         gc + r * width, gf + r * width, ends);
           }
         }
       }

@@ -152,11 +152,9 @@ void tile_sin_cos(const at::Tensor& freq, const at::Tensor& phase, const Ensembl
   const T* in = e.inputs.data_ptr<T>();
   std::vector<T> angle(m);
   for (int64_t r = lo; r < hi; ++r) {
-    const T* f = fp + idx[r] * width;
-    const T* x = in + r * kCoordInputs;
-    for (int64_t i = 0; i < m; ++i) angle[i] = lte::pi<T>() * lte::phase_angle<T>(i, f, pw, x, 1);
-    cpu::sin_cos_row(angle.data(), m, sin.data_ptr<T>() + (r - lo) * sin.stride(0),
-                     cos.data_ptr<T>() + (r - lo) * cos.stride(0));
+    cpu::lte_member_sin_cos(fp + idx[r] * width, pw, in + r * kCoordInputs, 1, m, angle.data(),
+                            sin.data_ptr<T>() + (r - lo) * sin.stride(0),
+                            cos.data_ptr<T>() + (r - lo) * cos.stride(0));
   }
 }
 

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "ik/lte_decode.h"
+
 namespace ik {
 namespace cpu {
 
@@ -18,6 +20,18 @@ constexpr float kSinCosFastLimit = 8192.0f;
 
 void sin_cos_row(const float* angle, int64_t n, float* sin, float* cos);
 void sin_cos_row(const double* angle, int64_t n, double* sin, double* cos);
+
+// sin and cos of π·phi_i (ik::lte::phase_angle) for pairs i < m of one LTE member row
+// (its frequency row, the phase weight, its inputs with `ends` offsets) into sin and cos;
+// `angle` is m values of scratch.
+template <typename T>
+inline void lte_member_sin_cos(const T* freq_row, const T* phase_w, const T* in, int ends,
+                               int64_t m, T* angle, T* sin, T* cos) {
+  for (int64_t i = 0; i < m; ++i) {
+    angle[i] = lte::pi<T>() * lte::phase_angle<T>(i, freq_row, phase_w, in, ends);
+  }
+  sin_cos_row(angle, m, sin, cos);
+}
 
 }  // namespace cpu
 }  // namespace ik
