@@ -167,3 +167,26 @@ def test_hiif_refuses_coordinate_gradients():
     with pytest.raises(RuntimeError, match="does not differentiate coord or cell"):
         F.hiif_decode(feat, inp, None, params, coord=coord.requires_grad_(), cell=cell,
                       backend="cpu")
+
+
+def test_hiif_cpu_reruns_give_the_same_bits():
+    """With two threads, the per-thread attention sums and parameter gradients cover fixed
+    blocks of tiles: reruns give identical outputs and gradients (a shared tile queue gave
+    scheduling-dependent last bits)."""
+    feat, inp = inputs(b=2, h=12, w=13)
+    params = {k: v.requires_grad_() for k, v in hiif_params(c_z=64, head_dim=16,
+                                                            hidden=64).items()}
+    feat.requires_grad_()
+    leaves = [feat, *params.values()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(4):
+            out = F.hiif_decode(feat, inp, (60, 65), params, backend="cpu")
+            runs.append([out.detach()] + list(torch.autograd.grad(out.square().sum(), leaves)))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)

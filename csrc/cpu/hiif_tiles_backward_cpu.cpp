@@ -51,7 +51,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
     const T* kb = kln_b.data_ptr<T>();
     const T* vw = vln_w.data_ptr<T>();
     const T* vb = vln_b.data_ptr<T>();
-    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+    run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
       T* g_kw = acc[2].data_ptr<T>();
       T* g_kb = acc[3].data_ptr<T>();
@@ -60,7 +60,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
       const at::Tensor kv_buffer = at::empty({kTileRows * 2 * c}, x2.options());
       const at::Tensor grad_buffer = at::empty({kTileRows * 2 * c}, x2.options());
       std::vector<T> key(d), value(d);
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
         at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
@@ -144,12 +144,12 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   std::vector<at::Tensor> slots = zero_slots(workers, like);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_apply_backward_tiles", [&] {
     using T = scalar_t;
-    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+    run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
       auto buffer = [&](int64_t width) { return at::empty({kTileRows * width}, x2.options()); };
       const at::Tensor q_buf = buffer(c), r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
       const at::Tensor h_buf = buffer(hidden), a_buf = buffer(hidden), g_buf = buffer(hidden);
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows), go = go2.narrow(0, t->begin, rows);
         at::Tensor q = rows_of(q_buf, rows, c), r = rows_of(r_buf, rows, c);
@@ -256,7 +256,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_backward_tiles", [&] {
     using T = scalar_t;
     const T* cp = coord.data_ptr<T>();
-    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+    run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
       auto buffer = [&]() { return at::empty({kTileRows * widest}, x2.options()); };
       // Per level: the normalised input y, rstd, fc1's output h1 and fc2's output (the
@@ -271,7 +271,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
       const at::Tensor rstd_buf = at::empty({static_cast<int64_t>(count), kTileRows}, x2.options());
       const at::Tensor act_buf = buffer(), gact_buf = buffer(), gz_buf = buffer();
       at::Tensor grad_buf[2] = {buffer(), buffer()};
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         std::vector<at::Tensor> xs = {x2.narrow(0, t->begin, rows)}, ys, hs;
         for (size_t i = 0; i < count; ++i) {

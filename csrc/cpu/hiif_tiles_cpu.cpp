@@ -97,9 +97,9 @@ at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
   const std::vector<Tile> tiles = split_tiles(1, n);
   const at::Tensor fc2_wt = fc2_w.t();
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
-    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
       const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor pre = rows_of(buffer, rows, hidden);
         level0_pre_rows<scalar_t>(maps, row_sums, w_extra, bias, coord, cell, q, channels,
@@ -128,9 +128,9 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
     const scalar_t* kb = kln_b.data_ptr<scalar_t>();
     const scalar_t* vw = vln_w.data_ptr<scalar_t>();
     const scalar_t* vb = vln_b.data_ptr<scalar_t>();
-    run_workers(tiles, workers, [&](int64_t k, TileQueue& queue) {
+    run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       const at::Tensor buffer = at::empty({kTileRows * 2 * c}, x2.options());
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
         at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
@@ -158,10 +158,10 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
   const at::Tensor w1t = w1.t(), w2t = w2.t();
   at::Tensor out = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
-  run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+  run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
     const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
     const at::Tensor h_buffer = at::empty({kTileRows * hidden}, x2.options());
-    while (const Tile* t = queue.next()) {
+    while (const Tile* t = mine.next()) {
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
       at::Tensor r = rows_of(r_buffer, rows, c), hid = rows_of(h_buffer, rows, hidden);
@@ -194,12 +194,12 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   const std::vector<Tile> tiles = split_tiles(1, n);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_tiles", [&] {
     const scalar_t* cp = coord.data_ptr<scalar_t>();
-    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, TileQueue& queue) {
+    run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
       const at::Tensor y_buffer = at::empty({kTileRows * widest}, x2.options());
       const at::Tensor h_buffer = at::empty({kTileRows * widest}, x2.options());
       at::Tensor x_buffers[2] = {at::empty({kTileRows * widest}, x2.options()),
                                  at::empty({kTileRows * widest}, x2.options())};
-      while (const Tile* t = queue.next()) {
+      while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor x = x2.narrow(0, t->begin, rows);
         for (size_t i = 0; i < count; ++i) {

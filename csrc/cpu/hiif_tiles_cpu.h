@@ -3,8 +3,8 @@
 //
 // Why tiles: on a CPU the whole-chunk path runs each dense layer and each element-wise
 // step as its own sweep over (chunk x 256) activations, far larger than the caches.  Here
-// a chunk's rows are cut into tiles of about a hundred rows; each worker thread takes tiles
-// from a shared queue and pushes one tile through every layer of the operator while its
+// a chunk's rows are cut into tiles of a few hundred rows; each worker thread takes a fixed
+// block of tiles and pushes one tile through every layer of the operator while its
 // activations stay in L2: single-threaded GEMMs (ATen inside a parallel region, so MKL
 // runs on the calling thread) into the worker's own buffers, with bias, GELU and the
 // normalisations applied on the tile in place.  Per-worker sums (attention statistics,
@@ -18,7 +18,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <tuple>
 #include <vector>
 
@@ -56,34 +55,35 @@ inline int64_t worker_count(size_t tiles) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
 }
 
-// The tiles not yet taken: workers take the next one when they finish one, so a worker
-// whose core is busy with another process holds up only its current tile.
-class TileQueue {
+// One worker's tiles, a fixed block of the call's, in order.  A fixed split (rather than a
+// shared queue) keeps each worker's sums, and so the operator's result, the same from run
+// to run for a given thread count.
+class WorkerTiles {
  public:
-  explicit TileQueue(const std::vector<Tile>& tiles) : tiles_(tiles) {}
+  WorkerTiles(const std::vector<Tile>& tiles, size_t begin, size_t end)
+      : tiles_(tiles), next_(begin), end_(end) {}
   // The next tile, or null when none is left.
-  const Tile* next() {
-    const size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-    return i < tiles_.size() ? &tiles_[i] : nullptr;
-  }
+  const Tile* next() { return next_ < end_ ? &tiles_[next_++] : nullptr; }
 
  private:
   const std::vector<Tile>& tiles_;
-  std::atomic<size_t> next_{0};
+  size_t next_, end_;
 };
 
-// Runs work(worker, queue) on `workers` threads, each taking tiles from the shared queue
-// (the parameter-gradient and attention sums per worker therefore follow the scheduling:
-// they may differ between runs in the last bits).
+// Runs work(worker, its tiles) for workers 0..workers-1, worker k taking the k-th of
+// `workers` equal blocks of `tiles` (equal tiles: split_tiles), the workers on the
+// threads.
 template <typename F>
 void run_workers(const std::vector<Tile>& tiles, int64_t workers, const F& work) {
-  TileQueue queue(tiles);
   at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
     // Worker threads do not inherit the operator's dispatch state: keep their ATen calls
     // below autograd (the parameters may require grad; the operator is differentiated by
     // its backward, not by tracing these calls).
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t k = lo; k < hi; ++k) work(k, queue);
+    for (int64_t k = lo; k < hi; ++k) {
+      WorkerTiles mine(tiles, tiles.size() * k / workers, tiles.size() * (k + 1) / workers);
+      work(k, mine);
+    }
   });
 }
 
