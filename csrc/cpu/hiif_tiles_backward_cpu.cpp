@@ -3,6 +3,9 @@
 // gradients summed per worker, then over the workers.
 #include <ATen/Dispatch.h>
 
+#include <vector>
+
+#include "avx2_clone.h"
 #include "hiif_rows_cpu.h"
 #include "hiif_tiles_cpu.h"
 
@@ -25,6 +28,124 @@ at::Tensor sum_slot(const std::vector<at::Tensor>& slots, size_t per_worker, siz
   at::Tensor total = slots[i].clone();
   for (size_t k = per_worker + i; k < slots.size(); k += per_worker) total.add_(slots[k]);
   return total;
+}
+
+// The backwards' row loops over a tile (AVX2 clones: with the SSE2 baseline they were a
+// tenth of a small decode's backward).
+
+// The attention statistics S = Σ k̂ᵀv̂ per head: from dL/dS (g, and gt = its transpose, per
+// head d × d) to the gradients of a tile's raw keys and values.  kv's rows hold a query's
+// keys then values (2c) and are normalised in place; their gradients go to gkv (same
+// layout); the LayerNorm affine's gradients are added into g_kw, g_kb, g_vw, g_vb.
+template <typename T>
+IK_AVX2_CLONE void key_value_backward(T* kv, T* gkv, int64_t rows, int64_t c, int64_t heads,
+                                      int64_t d, const T* kw, const T* kb, const T* vw, const T* vb,
+                                      const T* g_image, const T* gt_image, T* g_kw, T* g_kb,
+                                      T* g_vw, T* g_vb) {
+  std::vector<T> key(d), value(d);
+  T* row = kv;
+  T* grow = gkv;
+  // d as a constant where it is 16 (with_head_dim).
+  with_head_dim(d, [&](auto d) {
+    for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        // The normalised key and value stay in kv; k̂, v̂ are their affine images.
+        T* kn = row + hd * d;
+        T* vn = row + c + hd * d;
+        const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
+        for (int64_t e = 0; e < d; ++e) {
+          key[e] = kn[e] * kw[e] + kb[e];
+          value[e] = vn[e] * vw[e] + vb[e];
+        }
+        // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a, both as sums of rows of
+        // G (Gᵀ for dk̂): contiguous inner loops without a running sum.
+        const T* g = g_image + hd * d * d;
+        const T* gt = gt_image + hd * d * d;
+        T* gk = grow + hd * d;
+        T* gv = grow + c + hd * d;
+        for (int64_t e = 0; e < d; ++e) gk[e] = gv[e] = 0;
+        for (int64_t a = 0; a < d; ++a) {
+          for (int64_t e = 0; e < d; ++e) {
+            gk[e] += gt[a * d + e] * value[a];
+            gv[e] += g[a * d + e] * key[a];
+          }
+        }
+        for (int64_t e = 0; e < d; ++e) {
+          g_kw[e] += gk[e] * kn[e];
+          g_kb[e] += gk[e];
+          g_vw[e] += gv[e] * vn[e];
+          g_vb[e] += gv[e];
+          gk[e] *= kw[e];
+          gv[e] *= vw[e];
+        }
+        normalise_row_backward(gk, kn, k_rstd, d);
+        normalise_row_backward(gv, vn, v_rstd, d);
+      }
+    }
+  });
+}
+
+// r = x + q·M per head (M: heads × d × d of one image) for a tile of rows × c.
+template <typename T>
+IK_AVX2_CLONE void add_head_products(const T* x, const T* q, const T* m, T* r, int64_t rows,
+                                     int64_t c, int64_t heads, int64_t d) {
+  // d as a constant where it is 16 (with_head_dim).
+  with_head_dim(d, [&](auto d) {
+    for (int64_t p = 0; p < rows * c; p += c) {
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        const T* mh = m + hd * d * d;
+        const int64_t o = p + hd * d;
+        for (int64_t e = 0; e < d; ++e) r[o + e] = x[o + e];
+        for (int64_t a = 0; a < d; ++a) {
+          for (int64_t e = 0; e < d; ++e) r[o + e] += q[o + a] * mh[a * d + e];
+        }
+      }
+    }
+  });
+}
+
+// Backward of add_head_products from dr: dM_h += q_hᵀ dr_h (into gm), dq_h = dr_h M_hᵀ
+// (into gq), with mt = M transposed per head.
+template <typename T>
+IK_AVX2_CLONE void head_products_backward(const T* q, const T* gr, const T* mt, T* gq, T* gm,
+                                          int64_t rows, int64_t c, int64_t heads, int64_t d) {
+  // d as a constant where it is 16 (with_head_dim).
+  with_head_dim(d, [&](auto d) {
+    for (int64_t p = 0; p < rows * c; p += c) {
+      for (int64_t hd = 0; hd < heads; ++hd) {
+        T* gmh = gm + hd * d * d;
+        const int64_t o = p + hd * d;
+        // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
+        const T* mth = mt + hd * d * d;
+        for (int64_t a = 0; a < d; ++a) gq[o + a] = 0;
+        for (int64_t e = 0; e < d; ++e) {
+          for (int64_t a = 0; a < d; ++a) {
+            gmh[e * d + a] += q[o + e] * gr[o + a];
+            gq[o + a] += mth[e * d + a] * gr[o + e];
+          }
+        }
+      }
+    }
+  });
+}
+
+// A later level's z = γ ⊙ y + β, y = normalised [x, bits] (c + 2 columns, rstd per row),
+// backward for a tile: from dz (gz, overwritten) to dx (gx, c columns: the bits are
+// constants), adding the norm's weight and bias gradients into gnw and gnb.
+template <typename T>
+IK_AVX2_CLONE void level_norm_backward(T* gz, const T* y, const T* rstd, const T* gamma, T* gnw,
+                                       T* gnb, T* gx, int64_t rows, int64_t c) {
+  for (int64_t p = 0; p < rows; ++p) {
+    T* gy = gz + p * (c + 2);
+    const T* yp = y + p * (c + 2);
+    for (int64_t j = 0; j < c + 2; ++j) {
+      gnw[j] += gy[j] * yp[j];
+      gnb[j] += gy[j];
+      gy[j] *= gamma[j];
+    }
+    normalise_row_backward(gy, yp, rstd[p], c + 2);
+    for (int64_t j = 0; j < c; ++j) gx[p * c + j] = gy[j];
+  }
 }
 
 }  // namespace
@@ -59,55 +180,15 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
       T* g_vb = acc[5].data_ptr<T>();
       const at::Tensor kv_buffer = at::empty({kTileRows * 2 * c}, x2.options());
       const at::Tensor grad_buffer = at::empty({kTileRows * 2 * c}, x2.options());
-      std::vector<T> key(d), value(d);
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
         at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
         at::addmm_out(kv, b_kv, x, w_kv_t);
-        const T* g_image = gs.data_ptr<T>() + t->image * heads * d * d;
-        const T* gt_image = gs_t.data_ptr<T>() + t->image * heads * d * d;
-        T* row = kv.data_ptr<T>();
-        T* grow = gkv.data_ptr<T>();
-        // d as a constant where it is 16 (with_head_dim).
-        with_head_dim(d, [&](auto d) {
-          for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
-            for (int64_t hd = 0; hd < heads; ++hd) {
-              // The normalised key and value stay in kv; k̂, v̂ are their affine images.
-              T* kn = row + hd * d;
-              T* vn = row + c + hd * d;
-              const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
-              for (int64_t e = 0; e < d; ++e) {
-                key[e] = kn[e] * kw[e] + kb[e];
-                value[e] = vn[e] * vw[e] + vb[e];
-              }
-              // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a.
-              const T* g = g_image + hd * d * d;
-              T* gk = grow + hd * d;
-              T* gv = grow + c + hd * d;
-              // Both as sums of rows of G (Gᵀ for dk̂): contiguous inner loops without a
-              // running sum.
-              const T* gt = gt_image + hd * d * d;
-              for (int64_t e = 0; e < d; ++e) gk[e] = gv[e] = 0;
-              for (int64_t a = 0; a < d; ++a) {
-                for (int64_t e = 0; e < d; ++e) {
-                  gk[e] += gt[a * d + e] * value[a];
-                  gv[e] += g[a * d + e] * key[a];
-                }
-              }
-              for (int64_t e = 0; e < d; ++e) {
-                g_kw[e] += gk[e] * kn[e];
-                g_kb[e] += gk[e];
-                g_vw[e] += gv[e] * vn[e];
-                g_vb[e] += gv[e];
-                gk[e] *= kw[e];
-                gv[e] *= vw[e];
-              }
-              normalise_row_backward(gk, kn, k_rstd, d);
-              normalise_row_backward(gv, vn, v_rstd, d);
-            }
-          }
-        });
+        const int64_t image = t->image * heads * d * d;
+        key_value_backward(kv.data_ptr<T>(), gkv.data_ptr<T>(), rows, c, heads, d, kw, kb, vw, vb,
+                           gs.data_ptr<T>() + image, gs_t.data_ptr<T>() + image, g_kw, g_kb, g_vw,
+                           g_vb);
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
         at::mm_out(gx, gkv, w_kv);
         acc[0].addmm_(gkv.t(), x);
@@ -160,24 +241,7 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         const T* mtp = m_t.data_ptr<T>() + t->image * heads * d * d;
         // Forward: r = x + q·M (per head), h1 = proj1(r), act = GELU(h1).
         at::addmm_out(q, bq, x, wq_t);
-        {
-          const T* xp = x.data_ptr<T>();
-          const T* qp = q.data_ptr<T>();
-          T* rp = r.data_ptr<T>();
-          // d as a constant where it is 16 (with_head_dim).
-          with_head_dim(d, [&](auto d) {
-            for (int64_t p = 0; p < rows * c; p += c) {
-              for (int64_t hd = 0; hd < heads; ++hd) {
-                const T* mh = mp + hd * d * d;
-                const int64_t o = p + hd * d;
-                for (int64_t e = 0; e < d; ++e) rp[o + e] = xp[o + e];
-                for (int64_t a = 0; a < d; ++a) {
-                  for (int64_t e = 0; e < d; ++e) rp[o + e] += qp[o + a] * mh[a * d + e];
-                }
-              }
-            }
-          });
-        }
+        add_head_products(x.data_ptr<T>(), q.data_ptr<T>(), mp, r.data_ptr<T>(), rows, c, heads, d);
         at::addmm_out(h1, b1, r, w1_t);
         at::gelu_out(act, h1);
         // out = x + proj2(act): proj2's gradients, then back through GELU and proj1.
@@ -188,31 +252,8 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         acc[3].addmm_(act.t(), r);
         acc[4].add_(act.sum(0));
         at::mm_out(gr, act, w1);
-        // r = x + q·M: dM_h += q_hᵀ dr_h, dq_h = dr_h M_hᵀ.
-        {
-          const T* qp = q.data_ptr<T>();
-          const T* grp = gr.data_ptr<T>();
-          T* gqp = gq.data_ptr<T>();
-          T* gm = acc[0].data_ptr<T>() + t->image * heads * d * d;
-          // d as a constant where it is 16 (with_head_dim).
-          with_head_dim(d, [&](auto d) {
-            for (int64_t p = 0; p < rows * c; p += c) {
-              for (int64_t hd = 0; hd < heads; ++hd) {
-                T* gmh = gm + hd * d * d;
-                const int64_t o = p + hd * d;
-                // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
-                const T* mth = mtp + hd * d * d;
-                for (int64_t a = 0; a < d; ++a) gqp[o + a] = 0;
-                for (int64_t e = 0; e < d; ++e) {
-                  for (int64_t a = 0; a < d; ++a) {
-                    gmh[e * d + a] += qp[o + e] * grp[o + a];
-                    gqp[o + a] += mth[e * d + a] * grp[o + e];
-                  }
-                }
-              }
-            }
-          });
-        }
+        head_products_backward(q.data_ptr<T>(), gr.data_ptr<T>(), mtp, gq.data_ptr<T>(),
+                               acc[0].data_ptr<T>() + t->image * heads * d * d, rows, c, heads, d);
         acc[1].addmm_(gq.t(), x);
         acc[2].add_(gq.sum(0));
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
@@ -319,24 +360,9 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
           // columns carry the gradient on.
           at::Tensor gx =
               i == 0 ? grad_x.narrow(0, t->begin, rows) : rows_of(grad_buf[i % 2], rows, c);
-          const T* gamma = l.norm_w.data_ptr<T>();
-          T* gnw = a[4].data_ptr<T>();
-          T* gnb = a[5].data_ptr<T>();
-          T* gzp = gz.data_ptr<T>();
-          const T* yp = ys[i].data_ptr<T>();
-          const T* rp = rstd_buf[i].data_ptr<T>();
-          T* gxp = gx.data_ptr<T>();
-          for (int64_t p = 0; p < rows; ++p) {
-            T* gy = gzp + p * (c + 2);
-            const T* y = yp + p * (c + 2);
-            for (int64_t j = 0; j < c + 2; ++j) {
-              gnw[j] += gy[j] * y[j];
-              gnb[j] += gy[j];
-              gy[j] *= gamma[j];
-            }
-            normalise_row_backward(gy, y, rp[p], c + 2);
-            for (int64_t j = 0; j < c; ++j) gxp[p * c + j] = gy[j];
-          }
+          level_norm_backward(gz.data_ptr<T>(), ys[i].data_ptr<T>(), rstd_buf[i].data_ptr<T>(),
+                              l.norm_w.data_ptr<T>(), a[4].data_ptr<T>(), a[5].data_ptr<T>(),
+                              gx.data_ptr<T>(), rows, c);
           go = gx;
         }
       }
