@@ -215,7 +215,30 @@ Grads diif_decode_backward_saved(const at::Tensor& grad_out, at::TensorList save
   return gradients(d, sl, dims, tr, grad_out);
 }
 
+// implicit_kernels::diif_decode_backward_is_fused: diif_decode_backward's choice above.
+bool diif_decode_backward_is_fused(const at::Tensor& corner_proj, const at::Tensor& w_coord,
+                                   const at::Tensor& b0, at::TensorList coarse_w,
+                                   at::TensorList coarse_b, const at::Tensor& fine_wh,
+                                   const at::Tensor& fine_wd, const at::Tensor& fine_b0,
+                                   at::TensorList fine_w, at::TensorList fine_b,
+                                   const at::Tensor& /*pixels*/, int64_t /*out_h*/,
+                                   int64_t /*out_w*/, c10::string_view /*slicing*/,
+                                   bool slice_ensemble) {
+#if defined(IK_CUDA_KERNELS)
+  const Decoder d = make_decoder(corner_proj, w_coord, b0, coarse_w, coarse_b, fine_wh, fine_wd,
+                                 fine_b0, fine_w, fine_b, slice_ensemble);
+  return fused_backward_applies(d.stages, corner_layer(d));
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+// A question about the arguments, not a computation on them: one kernel for every device.
+IK_LIBRARY_IMPL(CompositeExplicitAutograd, m) {
+  m.impl("diif_decode_backward_is_fused", &diif_decode_backward_is_fused);
+}
 
 IK_LIBRARY_IMPL(CPU, m) {
   m.impl("diif_decode", &diif_decode);

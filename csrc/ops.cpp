@@ -30,6 +30,14 @@ IK_LIBRARY(m) {
       " Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0, Tensor[] fine_w,"
       " Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
       " bool slice_ensemble) -> (Tensor, Tensor[])");
+  // Whether diif_decode_backward of this call runs the fused CUDA kernels (CUDA builds,
+  // decoders within their widths and depths): such a backward recomputes each tile on
+  // chip, so the call keeps no record (implicit_kernels/ops/__init__.py, keeps_record).
+  m.def(
+      "diif_decode_backward_is_fused(Tensor corner_proj, Tensor w_coord, Tensor b0,"
+      " Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh, Tensor fine_wd, Tensor fine_b0,"
+      " Tensor[] fine_w, Tensor[] fine_b, Tensor pixels, int out_h, int out_w, str slicing,"
+      " bool slice_ensemble) -> bool");
   m.def(
       "diif_decode_backward_saved(Tensor grad_out, Tensor[] saved, Tensor corner_proj,"
       " Tensor w_coord, Tensor b0, Tensor[] coarse_w, Tensor[] coarse_b, Tensor fine_wh,"

@@ -421,15 +421,20 @@ def test_emulated_fused_diif_backward(emulated, shape, case, slice_ensemble, dty
                               shuffle=case == "x2.3")
     out = torch.ops.implicit_kernels.diif_decode(*args)
     grad_out = torch.randn_like(out)
+    # The question a decode asks before keeping a record says so too; the CPU operator
+    # never fuses.
+    assert emulated.diif_decode_backward_is_fused(*args)
+    assert not torch.ops.implicit_kernels.diif_decode_backward_is_fused(*args)
     assert_same_results(emulated_backward_fused(emulated, grad_out, args),
                         torch.ops.implicit_kernels.diif_decode_backward(grad_out, *args),
                         "diif_decode_backward")
 
 
 def test_emulated_diif_backward_wider_than_tiles_keeps_the_stages(emulated):
-    """A layer wider than the tiles (256) keeps the unfused backward, with the same
-    gradients as the CPU operator."""
+    """A layer wider than the tiles (256) keeps the unfused backward (and says so, so that
+    its decodes keep their record), with the same gradients as the CPU operator."""
     args = diif_backward_args("wider_than_tiles", CASES["x2.3"], torch.float64, True)
+    assert not emulated.diif_decode_backward_is_fused(*args)  # so the decode keeps a record
     grad_out = torch.randn_like(torch.ops.implicit_kernels.diif_decode(*args))
     with torch.profiler.profile() as prof:
         got = emulated.diif_decode_backward(grad_out, *args)

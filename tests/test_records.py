@@ -83,10 +83,17 @@ class _OnCuda:
     is_cuda = requires_grad = True
 
 
-def test_no_record_where_the_cuda_backward_is_fused():
-    """On CUDA tensors DIIF's backward recomputes the forward in its fused kernels, so the
-    decode runs the plain operator; LIIF keeps its record there, and DIIF on the CPU."""
-    cpu = torch.zeros(1, requires_grad=True)
-    assert not ops.keeps_record("implicit_kernels::diif_decode", 100, [_OnCuda()])
-    assert ops.keeps_record("implicit_kernels::diif_decode", 100, [cpu])
+def test_no_record_where_the_cuda_backward_is_fused(monkeypatch):
+    """On CUDA tensors DIIF's backward recomputes the forward in its fused kernels where
+    its operator says it applies to the call's arguments; then the decode runs the plain
+    operator, else (a decoder too wide for the kernels) it keeps its record. LIIF keeps
+    its record there, and DIIF on the CPU without asking."""
+    diif, cpu = "implicit_kernels::diif_decode", torch.zeros(1, requires_grad=True)
+    asked = []
+    for fused in (True, False):
+        monkeypatch.setitem(ops.FUSED_CUDA_BACKWARD, diif,
+                            lambda *args, fused=fused: asked.append(args) or fused)
+        assert ops.keeps_record(diif, 100, [_OnCuda()], ("call", "args")) is not fused
+    assert asked == [("call", "args")] * 2
+    assert ops.keeps_record(diif, 100, [cpu], ("call", "args")) and len(asked) == 2
     assert ops.keeps_record("implicit_kernels::liif_decode", 100, [_OnCuda()])

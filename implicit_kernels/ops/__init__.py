@@ -77,23 +77,29 @@ def chunked(fn, q, batch, chunk_size, feat, channels_first=False):
     return out
 
 
-#: Operators whose backward on CUDA tensors is fused (csrc/cuda/diif_fused_backward.cu):
-#: it recomputes each tile's activations on chip, so a record would only add its memory
-#: and its round trip through device memory; on CUDA they never keep one.
-FUSED_CUDA_BACKWARD = frozenset({"implicit_kernels::diif_decode"})
+def _diif_backward_is_fused(*args) -> bool:
+    return torch.ops.implicit_kernels.diif_decode_backward_is_fused(*args)
 
 
-def keeps_record(op: str, queries: int, tensors) -> bool:
+#: Operators whose backward on CUDA tensors may be fused (csrc/cuda/diif_fused_backward.cu),
+#: each with the function that says, from a call's arguments, whether it is (the C++
+#: backward's own test): a fused backward recomputes each tile's activations on chip, so
+#: a record would only add its memory and its round trip through device memory.
+FUSED_CUDA_BACKWARD = {"implicit_kernels::diif_decode": _diif_backward_is_fused}
+
+
+def keeps_record(op: str, queries: int, tensors, args=()) -> bool:
     """Whether a call of ``op`` on ``queries`` queries (over the batch) runs its ``_train``
     variant, which also returns the forward's record so that the backward does not
     recompute the forward: the call needs gradients (a tensor of ``tensors`` requires
     grad), ``torch.compile`` is not tracing it (the record's sizes may be data-dependent),
-    the operator has one, its backward on these tensors is not a fused recompute
-    (``FUSED_CUDA_BACKWARD``), and neither the call nor the decode it belongs to
-    (:func:`whole_decode`) exceeds ``RECORD_MAX_QUERIES``."""
+    the operator has one, its backward on these CUDA tensors is not a fused recompute
+    (``FUSED_CUDA_BACKWARD``, asked with the call's ``args``), and neither the call nor
+    the decode it belongs to (:func:`whole_decode`) exceeds ``RECORD_MAX_QUERIES``."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
-    if op in FUSED_CUDA_BACKWARD and any(t.is_cuda for t in flat(tensors)):
+    fused = FUSED_CUDA_BACKWARD.get(op)
+    if fused and any(t.is_cuda for t in flat(tensors)) and fused(*args):
         return False
     return (max(queries, _DECODE_QUERIES.get()) <= RECORD_MAX_QUERIES
             and hasattr(torch.ops.implicit_kernels,

@@ -53,7 +53,7 @@ def call(op, args):
     """``op(*args)``, or its ``_train`` variant's output when the call needs gradients and
     its decode is small enough to keep the record (module docstring)."""
     tensors, pixels, _ = _split(args)
-    if keeps_record(op, pixels.shape[0] * pixels.shape[1], tensors):
+    if keeps_record(op, pixels.shape[0] * pixels.shape[1], tensors, args):
         return operator(op + "_train")(*args)[0]
     return operator(op)(*args)
 
