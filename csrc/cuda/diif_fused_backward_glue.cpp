@@ -21,16 +21,6 @@ constexpr const char* kOp = "implicit_kernels::diif_decode_backward";
 
 void check_launch(cudaError_t err, const char* step) { cuda::check_launch(err, kOp, step); }
 
-// `t` zero-padded to `sizes` (t itself when it has them), contiguous.
-at::Tensor zero_padded(const at::Tensor& t, at::IntArrayRef sizes) {
-  if (t.sizes() == sizes) return t.contiguous();
-  at::Tensor out = at::zeros(sizes, t.options());
-  at::Tensor part = out;
-  for (int64_t d = 0; d < t.dim(); ++d) part = part.narrow(d, 0, t.size(d));
-  part.copy_(t);
-  return out;
-}
-
 // A stage's layers as the kernels take them: widths padded, parameters zero-padded and
 // packed (ChainShape), and the unpadded widths.
 struct PackedChain {
@@ -55,8 +45,8 @@ PackedChain pack_chain(const std::vector<at::Tensor>& weights,
   std::vector<at::Tensor> w_parts, b_parts;
   for (size_t j = 0; j < weights.size(); ++j) {
     const int64_t in = c.shape.width[j], out = c.shape.width[j + 1];
-    w_parts.push_back(zero_padded(weights[j], {out, in}).view(-1));
-    b_parts.push_back(biases[j].defined() ? zero_padded(biases[j], {out})
+    w_parts.push_back(cuda::zero_padded(weights[j], {out, in}).view(-1));
+    b_parts.push_back(biases[j].defined() ? cuda::zero_padded(biases[j], {out})
                                           : at::zeros({out}, weights[j].options()));
   }
   c.weights = at::cat(w_parts);
@@ -125,9 +115,9 @@ at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, con
   const int64_t z_width = fine.shape.width[0];
   const at::Tensor grad_z = empty_poisoned({n, z_width}, options);
   const at::Tensor grad_g = at::zeros({rows, z_width}, options.dtype(acc));
-  const at::Tensor g_padded = zero_padded(g, {rows, z_width});
-  const at::Tensor wd = zero_padded(st.fine_wd, {z_width, 2});
-  const at::Tensor b0 = zero_padded(st.fine_b0, {z_width});
+  const at::Tensor g_padded = cuda::zero_padded(g, {rows, z_width});
+  const at::Tensor wd = cuda::zero_padded(st.fine_wd, {z_width, 2});
+  const at::Tensor b0 = cuda::zero_padded(st.fine_b0, {z_width});
   const FineBackwardCall fine_call{sl.pixels.data_ptr<int64_t>(),
                                    sl.slice_of.data_ptr<int64_t>(),
                                    n,
@@ -155,8 +145,8 @@ at::Tensor stages_backward_fused(const Stages& st, const CornerLayer& first, con
       empty_poisoned({chain_grad_count(coarse.shape, rows, false)}, options);
   const at::Tensor grad_pre = empty_poisoned({rows, width}, options);
   const int64_t pre_width = coarse.shape.width[0];
-  const at::Tensor w_coord = zero_padded(first.w_coord, {pre_width, kCoordInputs});
-  const at::Tensor coarse_b0 = zero_padded(first.b0, {pre_width});
+  const at::Tensor w_coord = cuda::zero_padded(first.w_coord, {pre_width, kCoordInputs});
+  const at::Tensor coarse_b0 = cuda::zero_padded(first.b0, {pre_width});
   const CoarseBackwardCall coarse_call{first.corner_proj.data_ptr(),
                                        first.corner_proj.numel() / width,
                                        width,

@@ -21,17 +21,10 @@ constexpr const char* kOp = "implicit_kernels::diif_decode";
 // The arrays a launch reads, padded; kept alive until the launch is queued.
 class Padded {
  public:
-  // `t` zero-padded to `sizes`, contiguous and 32-byte aligned (WMMA's weight loads).
+  // `t` as cuda::zero_padded to `sizes`.
   const void* operator()(const at::Tensor& t, at::IntArrayRef sizes) {
-    at::Tensor out = t.contiguous();
-    if (out.sizes() != sizes || reinterpret_cast<uintptr_t>(out.data_ptr()) % 32 != 0) {
-      out = at::zeros(sizes, t.options());
-      at::Tensor part = out;
-      for (int64_t d = 0; d < t.dim(); ++d) part = part.narrow(d, 0, t.size(d));
-      part.copy_(t);
-    }
-    kept_.push_back(out);
-    return out.data_ptr();
+    kept_.push_back(cuda::zero_padded(t, sizes));
+    return kept_.back().data_ptr();
   }
 
   FusedLayer layer(const at::Tensor& w, const at::Tensor& b) {

@@ -26,17 +26,6 @@ struct PaddedMlp {
   FusedMlp shape;
 };
 
-// t zero-padded to `sizes` (t itself when it has them: the papers' widths need only the
-// output layer padded).
-at::Tensor padded_to(const at::Tensor& t, at::IntArrayRef sizes) {
-  if (t.sizes() == sizes) return t;
-  at::Tensor out = at::zeros(sizes, t.options());
-  at::Tensor part = out;
-  for (int64_t d = 0; d < t.dim(); ++d) part = part.narrow(d, 0, t.size(d));
-  part.copy_(t);
-  return out;
-}
-
 PaddedMlp pad(const Mlp& mlp, int64_t in) {
   PaddedMlp p;
   p.shape.layers = static_cast<int>(mlp.weights.size());
@@ -45,8 +34,8 @@ PaddedMlp pad(const Mlp& mlp, int64_t in) {
   for (int l = 0; l < p.shape.layers; ++l) {
     const int64_t out = cuda::padded_width(mlp.weights[l].size(0));
     p.shape.width[l + 1] = static_cast<int>(out);
-    p.tensors.push_back(padded_to(mlp.weights[l], {out, p.shape.width[l]}));
-    p.tensors.push_back(padded_to(mlp.biases[l], {out}));
+    p.tensors.push_back(cuda::zero_padded(mlp.weights[l], {out, p.shape.width[l]}));
+    p.tensors.push_back(cuda::zero_padded(mlp.biases[l], {out}));
     p.shape.weight[l] = p.tensors[2 * l].data_ptr();
     p.shape.bias[l] = p.tensors[2 * l + 1].data_ptr();
   }
