@@ -57,7 +57,7 @@ BACKENDS = ("cpu", "torch")
 #: and scale.
 WARMUP = (8, 2)
 #: Counted flop (the GFLOP/s numerator) up to which the untimed run is the case itself
-#: (up to ~10 s of `torch` time; the headline takes ~5 minutes longer for it).
+#: (runs of up to ~25 s through `torch`; the headline takes ~5 minutes longer for it).
 SAME_CASE_WARMUP_FLOP = 1e12
 #: Largest side of the small decode whose saved bytes estimate a backward's memory.
 PROBE_SIDE = 4
