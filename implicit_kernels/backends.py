@@ -212,12 +212,15 @@ def choose(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
 
 def resolve_raster(name: str, decoder: str, feat: torch.Tensor, queries: int = 0,
                    grad: bool = False):
-    """The backend's optional grid-chunk hook for a pixel decoder (DIIF), or ``None``:
-    the module's ``raster_<decoder>(feat, size, params, slicing, chunk_size,
-    default_chunk) -> (decode, chunk_size)``, where ``decode(start, stop)`` decodes raster
-    positions ``[start, stop)`` of every image (``B×(stop-start)×3``) without the pixel
-    list's bookkeeping, and the chunk size may be the backend's own when
-    ``default_chunk`` (the caller left it at its default).  ``queries`` and ``grad``:
+    """The backend's optional grid hook for ``decoder``, or ``None``: the module's
+    ``raster_<decoder>``.  A pixel decoder's (DIIF) is ``raster_diif(feat, size, params,
+    slicing, chunk_size, default_chunk) -> (decode, chunk_size)``, where
+    ``decode(start, stop)`` decodes raster positions ``[start, stop)`` of every image
+    (``B×(stop-start)×3``) without the pixel list's bookkeeping, and the chunk size may be
+    the backend's own when ``default_chunk`` (the caller left it at its default).  HIIF's
+    is ``raster_hiif(feat, inp, size, params, positions, chunk_size, normalizer) ->
+    B×3×H×W``: the whole grid with global attention, each chunk's positions made from the
+    grid (in dtype ``positions``) instead of whole-grid ones.  ``queries`` and ``grad``:
     as :func:`resolve` (the same call must resolve to the same backend)."""
     return _chosen(name, decoder, feat, queries, grad).table["rasters"].get(decoder)
 

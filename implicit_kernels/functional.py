@@ -123,12 +123,17 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
     check.choice(level_codes, "level_codes", geometry.CENTRES)
     check.positive_int(chunk_size, "chunk_size")
     decoder = "hiif" if level_codes == "project" else "hiif_public_codes"
-    prepare, fn, positions = backends.resolve_queries(backend, decoder, feat,
-                                                      *_work(feat, size, coord, params, inp))
+    name = backends.choose(backend, decoder, feat, *_work(feat, size, coord, params, inp))
+    prepare, fn, positions = backends.resolve_queries(name, decoder, feat)
+    raster = backends.resolve_raster(name, decoder, feat)
     p = prepare(feat, p)
 
     def run(c, ce):
         return fn(feat, inp, c, ce, p, chunk_size=chunk_size, normalizer=normalizer)
+
+    def grid(size):
+        return raster(feat, inp, size, p, positions, chunk_size=chunk_size,
+                      normalizer=normalizer)
 
     if attention == "strip":
         if size is None:
@@ -140,30 +145,29 @@ def hiif_decode(feat, inp, size, params, *, coord=None, cell=None, normalizer="n
                               positions, level_codes)
     if strip_rows is not None:
         raise ValueError("strip_rows is only used with attention='strip'")
-    return _decode_coords(run, feat, size, coord, cell, None, positions, level_codes)
+    # With global attention one call covers the whole grid: a backend with a grid hook
+    # makes each chunk's positions itself, instead of whole-grid positions made here.
+    return _decode_coords(run, feat, size, coord, cell, None, positions, level_codes,
+                          None if raster is None else grid)
 
 
-def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="project"):
+def _decode_coords(fn, feat, size, coord, cell, chunk_size, positions, centres="project",
+                   grid=None):
     """Run ``fn(coord, cell) -> B×Q×3`` over a grid or a query list, in chunks of
     ``chunk_size`` queries over the batch (``None``: one call), with positions in dtype
     ``positions`` (``backends.resolve_queries``), grid positions rounded as ``centres``
-    (``geometry.CENTRES``)."""
+    (``geometry.CENTRES``); or in grid mode, where given, ``grid(size) -> B×3×H_out×W_out``
+    (a backend's grid hook, ``raster_<decoder>``) instead."""
     b = feat.shape[0]
     if size is not None:
         if coord is not None or cell is not None:
             raise ValueError("pass either size (grid mode) or coord and cell (query mode), "
                              "not both")
         size = check.output_size(size, feat)
-        cell_value = torch.tensor([2 / size[0], 2 / size[1]], device=feat.device, dtype=positions)
-
-        def chunk(start, stop):
-            # The int64 pixel indices (twice the coordinates' bytes) are dropped before
-            # the decode: with HIIF's global attention one call covers the whole grid.
-            c = geometry.pixel_coord(_grid_chunk(size, start, stop, b, feat.device), size,
-                                     positions, centres)
-            return fn(c, cell_value.expand_as(c))
-
-        return _grid(chunk, size, b, chunk_size, feat)
+        if grid is not None:
+            return grid(size)
+        return _grid(lambda start, stop: fn(*geometry.grid_positions(
+            start, stop, size, b, feat.device, positions, centres)), size, b, chunk_size, feat)
     if coord is None or cell is None:
         raise ValueError("pass size=(H_out, W_out), or coord and cell for query decoding")
     coord, cell = check.queries(coord, cell, feat, positions)

@@ -304,6 +304,17 @@ def raster_pixels(start: int, stop: int, size, batch: int, device=None) -> torch
     return pix.unsqueeze(0).expand(batch, -1, 2)
 
 
+def grid_positions(start: int, stop: int, size, batch: int, device=None,
+                   dtype=torch.float32, centres: str = "project"):
+    """Query positions ``(coord, cell)`` of raster positions ``[start, stop)`` of every image
+    of a ``size = (H, W)`` grid: the pixel centres (rounded as ``centres``) and the
+    output-pixel size ``(2/H, 2/W)``, each ``batch×(stop-start)×2`` (``cell`` an expanded
+    view).  A chunk's positions are the whole grid's at those positions, bit for bit."""
+    coord = pixel_coord(raster_pixels(start, stop, size, batch, device), size, dtype, centres)
+    cell = torch.tensor([2 / size[0], 2 / size[1]], device=device, dtype=dtype)
+    return coord, cell.expand_as(coord)
+
+
 def diif_rel(pixels: torch.Tensor, group: torch.Tensor, in_size, out_size, dtype) -> torch.Tensor:
     """Offset ``(x - v*) * (H, W)`` of output pixels from their group's LR centre (LIIF units)."""
     q = pixel_coord(pixels, out_size, dtype)

@@ -190,3 +190,81 @@ def test_hiif_cpu_reruns_give_the_same_bits():
     for run in runs[1:]:
         for a, b in zip(runs[0], run):
             assert torch.equal(a, b)
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: the operators' attention sums are then added in a fixed order, so two
+    decodes of the same queries agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("level_codes,dtype", [("project", torch.float32),
+                                               ("public", torch.float32),
+                                               ("project", torch.float64)])
+def test_hiif_grid_hook_equals_whole_grid_queries(one_thread, level_codes, dtype):
+    """The grid hook (positions made per chunk, results written channels-first) gives the
+    query decode of the whole grid's positions bit for bit, over chunks that end inside a
+    row (the old path of grid mode)."""
+    feat, inp = inputs(dtype=dtype)
+    params = hiif_params(dtype=dtype)
+    size = SIZES["x3_by_x5"]
+    coord = geometry.make_coord(size, dtype=dtype, centres=level_codes).reshape(1, -1, 2)
+    coord = coord.expand(feat.shape[0], -1, -1)
+    cell = torch.tensor([2 / size[0], 2 / size[1]], dtype=dtype).expand_as(coord)
+    for chunk_size in (None, 2 * 101):
+        kw = dict(level_codes=level_codes, backend="cpu", chunk_size=chunk_size or 1 << 14)
+        queries = F.hiif_decode(feat, inp, None, params, coord=coord, cell=cell, **kw)
+        grid = F.hiif_decode(feat, inp, size, params, **kw)
+        assert torch.equal(grid, queries.transpose(1, 2).reshape(grid.shape))
+
+
+@pytest.mark.parametrize("centres", geometry.CENTRES)
+def test_grid_positions_are_the_whole_grids(centres):
+    size = (7, 11)
+    whole = geometry.make_coord(size, centres=centres).reshape(-1, 2)
+    coord, cell = geometry.grid_positions(20, 53, size, 2, centres=centres)
+    assert torch.equal(coord, whole[20:53].expand(2, -1, -1))
+    assert torch.equal(cell, torch.tensor([2 / 7, 2 / 11]).expand(2, 33, 2))
+
+
+def test_hiif_prepared_maps_are_the_torch_maps_stacked():
+    from implicit_kernels.ops.hiif import prepare_hiif
+    from implicit_kernels.torch_impl.hiif import prepare_hiif as torch_prepare
+    feat, _ = inputs()
+    params = F._hiif_params(hiif_params(), feat)
+    maps = torch_prepare(feat, params)["level0"]["maps"]
+    assert torch.equal(prepare_hiif(feat, params)["level0"]["maps"],
+                       torch.stack(maps, dim=-1).permute(0, 2, 3, 4, 1))
+
+
+def test_hiif_grid_decode_makes_no_whole_grid_tensor():
+    """Grid mode with global attention holds nothing of the grid's size but the output:
+    no whole-grid positions, no queries-last result or channels-first copy (every tensor
+    an operator makes, counted by a dispatch mode)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    self.sizes.append((storage.nbytes(), storage.data_ptr()))
+            return out
+
+    feat, inp = inputs()
+    params = hiif_params()
+    size = (96, 112)  # ×16: the grid's positions are larger than the prepared maps
+    with torch.no_grad(), Largest() as mode:
+        out = F.hiif_decode(feat, inp, size, params, backend="cpu", chunk_size=256)
+    grid_positions = feat.shape[0] * size[0] * size[1] * 2 * feat.element_size()
+    large = {ptr for nbytes, ptr in mode.sizes if nbytes >= grid_positions}
+    assert large == {out.untyped_storage().data_ptr()}

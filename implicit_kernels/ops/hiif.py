@@ -33,6 +33,7 @@ import math
 import torch
 
 from .. import _validate as check
+from .. import geometry
 from ..reference.lte import bilinear_skip
 from ..torch_impl import hiif as torch_hiif
 from . import chunked, keeps_record, whole_decode
@@ -45,10 +46,16 @@ _ops = torch.ops.implicit_kernels
 def prepare_hiif(feat, params):
     """The torch backend's preparation, with level 0's maps as one contiguous
     ``B×H×W×4×(hidden+2)`` tensor (member ``t``'s row of each LR pixel)."""
-    prepared = torch_hiif.prepare_hiif(feat, params)
-    level0 = prepared["level0"]
-    maps = torch.stack(level0["maps"], dim=-1).permute(0, 2, 3, 4, 1).contiguous()
-    return {**prepared, "level0": {**level0, "maps": maps}}
+    level0, member_projection, mean, sq = torch_hiif.fold_level0(feat, params)
+    b, hidden = mean.shape[0], level0["row_sums"].shape[1]
+    maps = mean.new_empty(b, *mean.shape[-2:], 4, hidden + 2)
+    # Each member's projection is written into place as it is made: no list of the four
+    # maps, stack or permuted copy beside the result (each the size of the maps).
+    for t in range(4):
+        maps[..., t, :hidden] = member_projection(t).permute(0, 2, 3, 1)
+        maps[..., t, hidden] = mean[:, 0]
+        maps[..., t, hidden + 1] = sq[:, 0]
+    return {**params, "level0": {**level0, "maps": maps}}
 
 
 #: The public-centres mode needs only the feature-map preparation.
@@ -67,28 +74,60 @@ def decode(feat, inp, coord, cell, params, chunk_size=None, normalizer="n", suff
     b, n = coord.shape[:2]
     if n == 0:
         return torch_hiif.empty_output(coord, feat, inp, params)
+    return _decode_chunks(lambda s, e: (coord[:, s:e], cell[:, s:e]), n, feat, inp, params,
+                          chunk_size, normalizer, suffix, centres)
+
+
+def decode_grid(feat, inp, size, params, positions, chunk_size=None, normalizer="n",
+                suffix="", public_centres=False):
+    """:func:`decode` of every pixel of the grid ``size = (H_out, W_out)`` →
+    ``B×3×H_out×W_out``, its positions in dtype ``positions``, rounded as the operators'
+    ``public_centres`` flag rounds the LR centres (``geometry.CENTRES``).
+
+    Each pass makes a chunk's positions from the grid (``geometry.grid_positions``, the
+    whole grid's bit for bit) and the results go channels-first into the output: at ×30
+    whole-grid coordinates and a queries-last output (then a channels-first copy) would
+    each be the size of the output or more."""
+    b = feat.shape[0]
+    rounding = "public" if public_centres else "project"
+    return _decode_chunks(
+        lambda s, e: geometry.grid_positions(s, e, size, b, feat.device, positions, rounding),
+        size[0] * size[1], feat, inp, params, chunk_size, normalizer, suffix, (public_centres,),
+        channels_first=True).view(b, 3, *size)
+
+
+def _decode_chunks(chunk_positions, n, feat, inp, params, chunk_size, normalizer, suffix,
+                   centres, channels_first=False):
+    """:func:`decode`'s passes over ``n ≥ 1`` queries an image, ``chunk_positions(s, e)``
+    giving queries ``[s, e)``'s ``(coord, cell)`` (``B×(e-s)×2`` each) → ``B×n×3``, or
+    ``B×3×n`` when ``channels_first``."""
+    b = feat.shape[0]
     step = n if chunk_size is None else max(1, chunk_size // b)
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
     with whole_decode(b * n):
-        _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres)
+        _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres)
+
+    def decode_chunk(s, e):
+        coord, cell = chunk_positions(s, e)
+        return (_decode(coord, cell, params, mats, norm, size, suffix, centres)
+                + bilinear_skip(inp, coord))
+
     # Each chunk's result, skip included, goes straight into the output: no list of chunk
     # results, concatenation or whole-output skip beside it (at ×30 each would be the
     # size of the output).
-    return chunked(lambda s, e: _decode(coord[:, s:e], cell[:, s:e], params, mats, norm, size,
-                                        suffix, centres) + bilinear_skip(inp, coord[:, s:e]),
-                   n, b, chunk_size, feat)
+    return chunked(decode_chunk, n, b, chunk_size, feat, channels_first)
 
 
-def _attention_sums(coord, cell, params, chunks, mats, norm, suffix, centres):
+def _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres):
     """:func:`decode`'s first passes: each attention block's sums over every chunk, appended
     to ``mats`` (a single chunk takes its own sums on the way instead)."""
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
-            parts = [_stats(_features(coord[:, s:e], cell[:, s:e], params, mats, k, norm,
-                                      suffix, centres), block, suffix) for s, e in chunks]
+            parts = [_stats(_features(*chunk_positions(s, e), params, mats, k, norm, suffix,
+                                      centres), block, suffix) for s, e in chunks]
             # Summed in fp32 at least: a half-precision running sum loses the later
             # chunks' bits (float64 stays float64).
             acc = torch.promote_types(parts[0].dtype, torch.float32)

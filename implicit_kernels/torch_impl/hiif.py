@@ -39,6 +39,18 @@ from ..reference.lte import bilinear_skip
 def prepare_hiif(feat, params):
     """Add ``"level0"``: the per-LR-pixel maps ``[A_t, m, s]`` (four ``B×(hidden+2)×H×W``)
     and level 0's folded first layer (module docstring), computed once per public call."""
+    level0, member_projection, mean, sq = fold_level0(feat, params)
+    maps = [torch.cat([member_projection(t), mean, sq], dim=1) for t in range(4)]
+    return {**params, "level0": {**level0, "maps": maps}}
+
+
+def fold_level0(feat, params):
+    """Level 0's folded first layer (module docstring) and its per-LR-pixel pieces:
+    ``(level0, member_projection, mean, sq)`` with ``level0`` the ``"level0"`` entry without
+    its maps, ``member_projection(t)`` computing ``A_t`` (``B×hidden×H×W``) and ``mean``,
+    ``sq`` the codes' ``m`` and ``s`` (``B×1×H×W``).  A backend lays the maps out as it
+    reads them; the projections are made one at a time, so it need not hold all four in
+    another layout beside its own."""
     z = nnf.conv2d(feat, *params["z"], padding=1)
     c = z.shape[1]
     mean = z.mean(dim=1, keepdim=True)
@@ -48,15 +60,16 @@ def prepare_hiif(feat, params):
     (gamma, beta), (w1, b1) = level0["norm"], level0["fc1"]
     folded = w1 * gamma
     w_codes = folded[:, :4 * c].unflatten(1, (4, c))
-    maps = [torch.cat([nnf.conv2d(centred, w_codes[:, t, :, None, None]), mean, sq], dim=1)
-            for t in range(4)]
-    return {**params, "level0": {
-        "maps": maps,
+
+    def member_projection(t):
+        return nnf.conv2d(centred, w_codes[:, t, :, None, None])
+
+    return {
         "row_sums": w_codes.sum(dim=-1).t(),  # 4×hidden: W'_t 1
         "w_extra": folded[:, 4 * c:],  # hidden×4: cell (y, x), level-0 bits (y, x)
         "bias": nnf.linear(beta, w1, b1),
         "channels": c,
-    }}
+    }, member_projection, mean, sq
 
 
 def empty_output(coord, *inputs):
