@@ -200,12 +200,34 @@ at::Tensor hiif_level0(const at::Tensor& maps, const at::Tensor& row_sums,
   const int64_t out_dim = l.fc2_w.size(0);
   if (l.coord.size(0) == 0) return at::empty({l.batch, l.queries, out_dim}, maps.options());
   if (runs_cpu_tiles(maps)) {
-    return level0_tiles(l.maps, l.row_sums, l.w_extra, l.bias, l.fc2_w, l.fc2_b, l.coord, l.cell,
-                        l.queries, l.channels, l.public_centres)
-        .view({l.batch, l.queries, out_dim});
+    at::Tensor out = at::empty({l.coord.size(0), out_dim}, maps.options());
+    level0_tiles(l.maps, l.row_sums, l.w_extra, l.bias, l.fc2_w, l.fc2_b, l.coord, l.cell,
+                 l.queries, l.channels, l.public_centres, out);
+    return out.view({l.batch, l.queries, out_dim});
   }
   const Level0Trace tr = level0_forward(l);
   return at::addmm(l.fc2_b, at::gelu(tr.pre), l.fc2_w.t()).view({l.batch, l.queries, out_dim});
+}
+
+// hiif_level0 into `out` (B, Q, out), contiguous: the cpu backend's decode without
+// gradients reuses one buffer for every chunk instead of allocating a chunk's activations
+// anew (at ×30, glibc returned and re-faulted those pages on every chunk).
+void hiif_level0_out(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
+                     const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                     const at::Tensor& coord, const at::Tensor& cell, int64_t channels,
+                     bool public_centres, const at::Tensor& out) {
+  const Level0 l = make_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                               public_centres);
+  const std::vector<int64_t> shape = {l.batch, l.queries, l.fc2_w.size(0)};
+  check_given_output(out, maps, shape, "implicit_kernels::hiif_level0_out");
+  if (l.coord.size(0) == 0) return;
+  if (runs_cpu_tiles(maps)) {
+    level0_tiles(l.maps, l.row_sums, l.w_extra, l.bias, l.fc2_w, l.fc2_b, l.coord, l.cell,
+                 l.queries, l.channels, l.public_centres, out.view({-1, shape[2]}));
+  } else {
+    out.copy_(hiif_level0(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                          public_centres));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -449,10 +471,28 @@ at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat, cons
   const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
   if (a.x2.size(0) == 0) return at::empty(x.sizes(), x.options());
   if (runs_cpu_tiles(x)) {
-    return apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2).view(x.sizes());
+    at::Tensor out = at::empty(a.x2.sizes(), x.options());
+    apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2, out);
+    return out.view(x.sizes());
   }
   const ApplyTrace tr = apply_forward(a, x.size(0));
   return at::addmm(a.b2, at::gelu(tr.h1), a.w2.t()).add_(a.x2).view(x.sizes());
+}
+
+// hiif_attention_apply written over x (contiguous): as hiif_level0_out, for the decode
+// without gradients.
+void hiif_attention_apply_(const at::Tensor& x, const at::Tensor& mat, const at::Tensor& qkv_w,
+                           const at::Tensor& qkv_b, const at::Tensor& proj1_w,
+                           const at::Tensor& proj1_b, const at::Tensor& proj2_w,
+                           const at::Tensor& proj2_b) {
+  TORCH_CHECK(x.is_contiguous(), "implicit_kernels::hiif_attention_apply_: x must be contiguous");
+  const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
+  if (a.x2.size(0) == 0) return;
+  if (runs_cpu_tiles(x)) {
+    apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2, a.x2);
+  } else {
+    x.copy_(hiif_attention_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b));
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -725,6 +765,8 @@ void register_hiif_kernels(torch::Library& m) {
   m.impl("hiif_attention_stats", &hiif_attention_stats);
   m.impl("hiif_attention_stats_backward", &hiif_attention_stats_backward);
   m.impl("hiif_attention_apply", &hiif_attention_apply);
+  m.impl("hiif_level0_out", &hiif_level0_out);
+  m.impl("hiif_attention_apply_", &hiif_attention_apply_);
   m.impl("hiif_attention_apply_backward", &hiif_attention_apply_backward);
   m.impl("hiif_levels", &hiif_levels);
   m.impl("hiif_levels_backward", &hiif_levels_backward);

@@ -55,6 +55,17 @@ inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& like,
               grad_out.sizes());
 }
 
+// An output tensor an operator writes into (its `out` argument): `shape`, contiguous, with
+// the dtype and device of `like`.
+inline void check_given_output(const at::Tensor& out, const at::Tensor& like, at::IntArrayRef shape,
+                               const char* op) {
+  TORCH_CHECK(out.device() == like.device() && out.scalar_type() == like.scalar_type(), op,
+              ": out must be ", like.scalar_type(), " on ", like.device(), ", got ",
+              out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(out.sizes() == shape && out.is_contiguous(), op,
+              ": out must be contiguous with shape ", shape, ", got ", out.sizes());
+}
+
 // The gradient of a gather of rows from a channels-last map: out[index[r]] += rows[r] for
 // the rows (R, D) gathered at flat row `index` (R,) of `map` (..., D), accumulated in the
 // rows' dtype; returned in map's shape and dtype.

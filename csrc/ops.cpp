@@ -102,6 +102,15 @@ IK_LIBRARY(m) {
   m.def(
       "hiif_attention_apply(Tensor x, Tensor mat, Tensor qkv_w, Tensor qkv_b, Tensor proj1_w,"
       " Tensor proj1_b, Tensor proj2_w, Tensor proj2_b) -> Tensor");
+  // hiif_level0 into a given output and hiif_attention_apply over its input, for the cpu
+  // backend's decode without gradients (one activation buffer reused for every chunk).
+  m.def(
+      "hiif_level0_out(Tensor maps, Tensor row_sums, Tensor w_extra, Tensor bias, Tensor fc2_w,"
+      " Tensor fc2_b, Tensor coord, Tensor cell, int channels, bool public_centres,"
+      " Tensor(a!) out) -> ()");
+  m.def(
+      "hiif_attention_apply_(Tensor(a!) x, Tensor mat, Tensor qkv_w, Tensor qkv_b,"
+      " Tensor proj1_w, Tensor proj1_b, Tensor proj2_w, Tensor proj2_b) -> ()");
   m.def(
       "hiif_attention_apply_backward(Tensor grad_out, Tensor x, Tensor mat, Tensor qkv_w,"
       " Tensor qkv_b, Tensor proj1_w, Tensor proj1_b, Tensor proj2_w, Tensor proj2_b)"

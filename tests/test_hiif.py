@@ -136,7 +136,7 @@ def test_attention_sums_over_chunks_add_in_fp32(monkeypatch):
                   + [torch.full((1, 1, 1, 1), 1 / 256, dtype=torch.bfloat16)] * 255)
     seen = {}
 
-    def decode_chunk(coord, cell, params, mats, norm, size, suffix, centres=()):
+    def decode_chunk(coord, cell, params, mats, norm, size, suffix, centres=(), buffer=None):
         seen["mat"] = mats[0]
         return coord.new_zeros(*coord.shape[:2], 3)
 

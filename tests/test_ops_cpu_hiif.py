@@ -268,3 +268,37 @@ def test_hiif_grid_decode_makes_no_whole_grid_tensor():
     grid_positions = feat.shape[0] * size[0] * size[1] * 2 * feat.element_size()
     large = {ptr for nbytes, ptr in mode.sizes if nbytes >= grid_positions}
     assert large == {out.untyped_storage().data_ptr()}
+
+
+@pytest.mark.parametrize("chunk_size", [1 << 14, 70])
+def test_hiif_decode_without_grad_reuses_one_buffer_with_the_same_bits(chunk_size):
+    """Without autograd the cpu decode writes every chunk's level 0 and attention blocks into
+    one buffer (hiif_level0_out, hiif_attention_apply_; batch 2 and a short last chunk):
+    the same bits as the operators that return new tensors."""
+    feat, inp = inputs(b=2, h=5, w=6)
+    params = hiif_params(c_z=32, head_dim=8, hidden=32)
+    with torch.no_grad():
+        in_place = F.hiif_decode(feat, inp, (17, 13), params, backend="cpu",
+                                 chunk_size=chunk_size)
+    functional = F.hiif_decode(feat, inp, (17, 13), params, backend="cpu", chunk_size=chunk_size)
+    assert torch.equal(in_place, functional)
+
+
+def test_hiif_in_place_operators_opcheck_and_refuse_bad_outputs():
+    args = _op_samples()
+    level0, apply = args["hiif_level0"], args["hiif_attention_apply"]
+    expected = ops.hiif_level0(*level0)
+    out = torch.empty_like(expected)
+    torch.library.opcheck(ops.hiif_level0_out, (*level0, out))
+    ops.hiif_level0_out(*level0, out)
+    assert torch.equal(out, expected)
+    x = apply[0].clone()
+    torch.library.opcheck(ops.hiif_attention_apply_, (x.clone(), *apply[1:]))
+    ops.hiif_attention_apply_(x, *apply[1:])
+    assert torch.equal(x, ops.hiif_attention_apply(*apply))
+    with pytest.raises(RuntimeError, match="out must be contiguous with shape"):
+        ops.hiif_level0_out(*level0, out[:, :-1])
+    with pytest.raises(RuntimeError, match="out must be"):
+        ops.hiif_level0_out(*level0, out.double())
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        ops.hiif_attention_apply_(x.transpose(0, 1), *apply[1:])

@@ -88,12 +88,11 @@ IK_AVX2_CLONE void add_key_value_products(T* kv, int64_t rows, int64_t c, int64_
 
 }  // namespace
 
-at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
-                        const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
-                        const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
-                        int64_t q, int64_t channels, bool public_centres) {
-  const int64_t n = coord.size(0), hidden = row_sums.size(1), out_dim = fc2_w.size(0);
-  at::Tensor out = at::empty({n, out_dim}, maps.options());
+void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
+                  const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                  const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels,
+                  bool public_centres, const at::Tensor& out) {
+  const int64_t n = coord.size(0), hidden = row_sums.size(1);
   const std::vector<Tile> tiles = split_tiles(1, n);
   const at::Tensor fc2_wt = fc2_w.t();
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
@@ -110,7 +109,6 @@ at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
       }
     });
   });
-  return out;
 }
 
 at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_qkv,
@@ -142,9 +140,9 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
   return sums.sum(0);
 }
 
-at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat,
-                       const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& w1,
-                       const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, const at::Tensor& wq,
+                 const at::Tensor& bq, const at::Tensor& w1, const at::Tensor& b1,
+                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out) {
   const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
   const int64_t hidden = w1.size(0);
   // r = x + (x Wqᵀ + bq)·M = x·(I + Wqᵀ M) + bq·M with M block-diagonal per head: one
@@ -156,7 +154,6 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
   const at::Tensor mix_bias =
       at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
   const at::Tensor w1t = w1.t(), w2t = w2.t();
-  at::Tensor out = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
     const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
@@ -168,12 +165,11 @@ at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& ma
       at::addmm_out(r, mix_bias[t->image], x, mix[t->image]);
       at::addmm_out(hid, b1, r, w1t);
       at::gelu_(hid);
+      at::addmm_out(r, b2, hid, w2t);  // r is free again
       at::Tensor dst = out.narrow(0, t->begin, rows);
-      at::addmm_out(dst, b2, hid, w2t);
-      dst.add_(x);
+      at::add_out(dst, x, r);
     }
   });
-  return out;
 }
 
 at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,

@@ -115,22 +115,24 @@ inline FoldedFc1 folded_fc1(const LevelParams& l) {
   return {(l.fc1_w * l.norm_w).t(), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
 }
 
-// hiif_level0's forward: (n, out) from the maps (B, H, W, 4, hidden + 2), q rows per image.
-at::Tensor level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums,
-                        const at::Tensor& w_extra, const at::Tensor& bias, const at::Tensor& fc2_w,
-                        const at::Tensor& fc2_b, const at::Tensor& coord, const at::Tensor& cell,
-                        int64_t q, int64_t channels, bool public_centres);
+// hiif_level0's forward into `out` (n, out), contiguous, from the maps (B, H, W, 4,
+// hidden + 2), q rows per image.
+void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
+                  const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                  const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels,
+                  bool public_centres, const at::Tensor& out);
 
 // hiif_attention_stats: per image and head Σ k̂ᵀv̂ (B, heads, d, d).
 at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_qkv,
                        const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
                        const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads);
 
-// hiif_attention_apply: x + proj2(GELU(proj1(x + q·M))) (n, C); wq (C, C), bq (C,) the
+// hiif_attention_apply: x + proj2(GELU(proj1(x + q·M))) (n, C) into `out` (contiguous; may
+// be x2 itself: each tile reads its rows of x before writing them); wq (C, C), bq (C,) the
 // q rows of the head-interleaved projection, mat (B, heads, d, d).
-at::Tensor apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat,
-                       const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& w1,
-                       const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2);
+void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, const at::Tensor& wq,
+                 const at::Tensor& bq, const at::Tensor& w1, const at::Tensor& b1,
+                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out);
 
 // hiif_levels: levels 1..L-1 on x2 (n, C) -> (n, out).  With `saved`
 // (levels_saved_buffers), also keeps what levels_backward_tiles would otherwise recompute.

@@ -107,12 +107,13 @@ def _decode_chunks(chunk_positions, n, feat, inp, params, chunk_size, normalizer
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
+    buffer = _activation_buffer(feat, params, b * step, suffix)
     with whole_decode(b * n):
-        _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres)
+        _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres, buffer)
 
     def decode_chunk(s, e):
         coord, cell = chunk_positions(s, e)
-        return (_decode(coord, cell, params, mats, norm, size, suffix, centres)
+        return (_decode(coord, cell, params, mats, norm, size, suffix, centres, buffer)
                 + bilinear_skip(inp, coord))
 
     # Each chunk's result, skip included, goes straight into the output: no list of chunk
@@ -121,17 +122,35 @@ def _decode_chunks(chunk_positions, n, feat, inp, params, chunk_size, normalizer
     return chunked(decode_chunk, n, b, chunk_size, feat, channels_first)
 
 
-def _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres):
+def _activation_buffer(feat, params, rows, suffix):
+    """For a decode without autograd on CPU tensors (C++ operators, not traced), one buffer
+    for ``rows`` activation rows that every chunk's level 0 and attention blocks write into
+    (``hiif_level0_out``, ``hiif_attention_apply_``): ``buffer(B, m) -> B×m×C``, a view of
+    its start.  A fresh ``B×m×C`` per operator and chunk cost the memory of two and, at
+    ×30, glibc handed them back and faulted them in again for every chunk (~7 % of the
+    time).  ``None`` otherwise."""
+    if (suffix or feat.device.type != "cpu" or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()):
+        return None
+    width = params["levels"][0]["fc2"][0].shape[0]
+    storage = feat.new_empty(rows * width)
+    return lambda b, m: storage[:b * m * width].view(b, m, width)
+
+
+def _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres, buffer):
     """:func:`decode`'s first passes: each attention block's sums over every chunk, appended
     to ``mats`` (a single chunk takes its own sums on the way instead)."""
     if len(chunks) > 1:
         for k, block in enumerate(params["attention"]):
-            parts = [_stats(_features(*chunk_positions(s, e), params, mats, k, norm, suffix,
-                                      centres), block, suffix) for s, e in chunks]
-            # Summed in fp32 at least: a half-precision running sum loses the later
-            # chunks' bits (float64 stays float64).
-            acc = torch.promote_types(parts[0].dtype, torch.float32)
-            mats.append((sum(p.to(acc) for p in parts) / norm).to(parts[0].dtype))
+            # Summed as the chunks come (no list of every chunk's sums, which pinned heap
+            # pages between the chunks' temporaries), in fp32 at least: a half-precision
+            # running sum loses the later chunks' bits (float64 stays float64).
+            total = 0
+            for s, e in chunks:
+                part = _stats(_features(*chunk_positions(s, e), params, mats, k, norm, suffix,
+                                        centres, buffer), block, suffix)
+                total = total + part.to(torch.promote_types(part.dtype, torch.float32))
+            mats.append((total / norm).to(part.dtype))
 
 
 def _op(part, suffix):
@@ -143,17 +162,25 @@ def _stats(x, block, suffix=""):
                                           block["heads"])
 
 
-def _features(coord, cell, params, mats, stop, norm, suffix="", centres=()):
-    """Level 0 then attention blocks ``0..stop-1`` for a chunk (``B×m×C``).  Blocks
-    without a complete sum in ``mats`` use this chunk's (valid for a single chunk)."""
+def _features(coord, cell, params, mats, stop, norm, suffix="", centres=(), buffer=None):
+    """Level 0 then attention blocks ``0..stop-1`` for a chunk (``B×m×C``), in ``buffer``'s
+    view where given (:func:`_activation_buffer`).  Blocks without a complete sum in
+    ``mats`` use this chunk's (valid for a single chunk)."""
     level0 = params["level0"]
-    x = _op("level0", suffix)(level0["maps"], level0["row_sums"], level0["w_extra"],
-                              level0["bias"], *params["levels"][0]["fc2"], coord, cell,
-                              level0["channels"], *centres)
+    args = (level0["maps"], level0["row_sums"], level0["w_extra"], level0["bias"],
+            *params["levels"][0]["fc2"], coord, cell, level0["channels"], *centres)
+    if buffer is None:
+        x = _op("level0", suffix)(*args)
+    else:
+        x = buffer(*coord.shape[:2])
+        _ops.hiif_level0_out(*args, x)
     for i, block in enumerate(params["attention"][:stop]):
         mat = mats[i] if i < len(mats) else _stats(x, block, suffix) / norm
-        x = _op("attention_apply", suffix)(x, mat, *block["qkv"], *block["proj1"],
-                                           *block["proj2"])
+        weights = (*block["qkv"], *block["proj1"], *block["proj2"])
+        if buffer is None:
+            x = _op("attention_apply", suffix)(x, mat, *weights)
+        else:
+            _ops.hiif_attention_apply_(x, mat, *weights)
     return x
 
 
@@ -164,9 +191,10 @@ def level_lists(params):
     return [[blk[key][i] for blk in levels] for key in ("norm", "fc1", "fc2") for i in (0, 1)]
 
 
-def _decode(coord, cell, params, mats, norm, size, suffix="", centres=()):
+def _decode(coord, cell, params, mats, norm, size, suffix="", centres=(), buffer=None):
     """The whole decoder but the skip, for a chunk: ``B×m×3``."""
-    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres)
+    x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres,
+                  buffer)
     lists = level_lists(params)
     if suffix == "" and x.device.type == "cpu" and keeps_record(
             "implicit_kernels::hiif_levels", x.shape[0] * x.shape[1], [x, *lists]):
@@ -311,11 +339,19 @@ def _backward_levels_train(ctx, grad_out, grad_saved):
 
 def register_levels_train():
     """Fake implementations and autograd of ``implicit_kernels::hiif_levels_train`` (the C++
-    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only)."""
+    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only), and
+    fakes of the decode's in-place operators."""
     torch.library.register_fake(NS + "hiif_levels_train")(_fake_levels_train)
     torch.library.register_fake(NS + "hiif_levels_backward_saved")(_fake_levels_backward_saved)
     torch.library.register_autograd(NS + "hiif_levels_train", _backward_levels_train,
                                     setup_context=_setup_levels_train)
+    # The decode's in-place operators without gradients (_activation_buffer): nothing new.
+    for name in ("hiif_level0_out", "hiif_attention_apply_"):
+        torch.library.register_fake(NS + name)(_fake_in_place)
+
+
+def _fake_in_place(*args):
+    return None
 
 
 def register(suffix=""):
