@@ -107,7 +107,7 @@ def _decode_chunks(chunk_positions, n, feat, inp, params, chunk_size, normalizer
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
-    buffer = _activation_buffer(feat, params, b * step, suffix)
+    buffer = _activation_buffer(feat, params, b * min(step, n), suffix)
     with whole_decode(b * n):
         _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres, buffer)
 
