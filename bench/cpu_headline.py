@@ -9,14 +9,14 @@ training step per backend (bench/train_step.py).  Per measurement:
   untimed run: of the case itself when it costs at most ``SAME_CASE_WARMUP_FLOP`` (a first
   run at a new size pays page faults and cold caches, ~10 % of a one-second decode), else
   of the same decoder, pass and backend on a small size (the longer runs amortise it);
+* peak memory growth: during that untimed run of the case itself, else (sampled every
+  10 ms) during the first timed run;
 * GFLOP/s: 2 × the MACs the ``cpu`` backend's split forms perform in one forward
   (:func:`implicit_kernels.cost.fused_macs`, at ``F``'s default chunk), ×3 for
   forward+backward (a backward taken as two forwards), over the time; the same count for
   both backends, so rates compare the same work;
 * % of the machine's fp32 FMA peak (bench/machine.py: cores × FMA units × SIMD lanes × 2
   × clock, measured at run time);
-* peak memory growth during the first timed run (:class:`~implicit_kernels.apps.demo.
-  PeakMemory`);
 * the ``cpu`` backend's speed-up over ``torch`` (torch time / cpu time), in the table.
 
 Forward+backward keeps what autograd saves for the whole output (the ``torch`` backend:
@@ -59,6 +59,8 @@ WARMUP = (8, 2)
 #: Counted flop (the GFLOP/s numerator) up to which the untimed run is the case itself
 #: (runs of up to ~25 s through `torch`; the headline takes ~5 minutes longer for it).
 SAME_CASE_WARMUP_FLOP = 1e12
+#: Seconds between the memory samples of a timed run (the longer cases'): ~1 % of a core.
+LONG_RUN_SAMPLE_PERIOD = 0.01
 #: Largest side of the small decode whose saved bytes estimate a backward's memory.
 PROBE_SIDE = 4
 MEMORY_SHARE = 0.8
@@ -134,17 +136,19 @@ def measure(case: Case, repeat: int, peak_gflops) -> dict:
                 row["status"] = (f"skipped: needs ~{need / 1e9:,.1f} GB "
                                  f"({free / 1e9:,.1f} GB available)")
                 return row
-        side, scale = WARMUP
-        warmup = case if flop <= SAME_CASE_WARMUP_FLOP else dataclasses.replace(
-            case, in_size=(side, side), scale=(scale, scale))
-        _run_once(warmup, model)
-        times = []
-        for i in range(repeat):
-            if i == 0:
-                with PeakMemory(DEVICE) as mem:
-                    times.append(_run_once(case, model))
-            else:
-                times.append(_run_once(case, model))
+        if flop <= SAME_CASE_WARMUP_FLOP:
+            # The untimed first run is the case itself and measures the memory, so the timed
+            # runs go without the sampling thread (a third thread on two cores: 5–15 % slow).
+            with PeakMemory(DEVICE) as mem:
+                _run_once(case, model)
+            times = [_run_once(case, model) for _ in range(repeat)]
+        else:
+            side, scale = WARMUP
+            _run_once(dataclasses.replace(case, in_size=(side, side), scale=(scale, scale)), model)
+            # Too long to run twice: memory sampled in the first timed run, every 10 ms.
+            with PeakMemory(DEVICE, period=LONG_RUN_SAMPLE_PERIOD) as mem:
+                times = [_run_once(case, model)]
+            times += [_run_once(case, model) for _ in range(repeat - 1)]
     finally:
         for p in params:
             p.grad = None
