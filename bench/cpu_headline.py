@@ -22,7 +22,7 @@ training step per backend (bench/train_step.py).  Per measurement:
 Forward+backward keeps what autograd saves for the whole output (the ``torch`` backend:
 every activation; the ``cpu`` backend's operators save their inputs and recompute per
 chunk).  That is estimated first from the bytes autograd saves on a small decode with as
-many calls, scaled by output pixels and doubled; a case needing more than 80 % of the available
+many calls, scaled by output pixels and tripled; a case needing more than 80 % of the available
 memory is reported as skipped with the estimate instead of run.
 
 Each measurement prints one line as it ends and rewrites ``<out-dir>/cpu-headline.json``
@@ -64,6 +64,8 @@ LONG_RUN_SAMPLE_PERIOD = 0.01
 #: Largest side of the small decode whose saved bytes estimate a backward's memory.
 PROBE_SIDE = 4
 MEMORY_SHARE = 0.8
+#: A backward's peak over what autograd saves (backward_bytes).
+BACKWARD_FACTOR = 3
 STEM = "cpu-headline"
 
 
@@ -84,11 +86,12 @@ def _pixels(size) -> int:
 
 
 def backward_bytes(case: Case, model) -> int:
-    """Bytes a forward+backward of ``case`` would need: twice what autograd saves (the
-    saved activations, and the backward's gradients of as many at its peak) on a decode
-    of at most ``PROBE_SIDE``² LR pixels at the same scale, in as many backend calls,
-    times the ratio of output pixels (parameters counted once).  Without the factor 2 the
-    ``torch`` LIIF decode of 64×64 → ×12 was let run and exhausted a 24 GB machine."""
+    """Bytes a forward+backward of ``case`` would need: ``BACKWARD_FACTOR`` times what
+    autograd saves (the saved activations, and the backward's gradients and temporaries at
+    its peak) on a decode of at most ``PROBE_SIDE``² LR pixels at the same scale, in as
+    many backend calls, times the ratio of output pixels (parameters counted once).  With
+    a factor 1, then 2, the ``torch`` LIIF decode of 64×64 → ×12 (and with 2 the ``torch``
+    DIIF decode of 64×64 → ×30) was let run and exhausted a 24 GB machine."""
     side = min(PROBE_SIDE, *case.in_size)
     probe = dataclasses.replace(case, in_size=(side, side))
     ratio = _pixels(case.out_size) / _pixels(probe.out_size)
@@ -106,7 +109,7 @@ def backward_bytes(case: Case, model) -> int:
     img = torch.zeros(1, 3, side, side)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.decode(feat, img, probe.out_size, backend=case.backend, chunk_size=chunk)
-    return round(2 * sum(saved.values()) * ratio)
+    return round(BACKWARD_FACTOR * sum(saved.values()) * ratio)
 
 
 def _run_once(case: Case, model) -> float:
