@@ -49,9 +49,13 @@ def _decode_all():
 
 def record_operator_calls() -> dict:
     """``{operator name: args}`` of the first call of each operator in :func:`_decode_all`
-    (also used by the raw-operator fuzzing in test_fuzz.py)."""
-    with torch.no_grad(), _Recorder() as rec:
+    (also used by the raw-operator fuzzing in test_fuzz.py), run with autograd on (nothing
+    requires grad: the operators that return their result) and then without it (HIIF's
+    decode then writes into one buffer: ``hiif_level0_out``, ``hiif_attention_apply_``)."""
+    with _Recorder() as rec:
         _decode_all()
+        with torch.no_grad():
+            _decode_all()
     return rec.calls
 
 
