@@ -42,3 +42,4 @@ if _extension.available():
     torch.library.register_fake("implicit_kernels::hiif_codes")(ops.fake_codes)
     ops.register()
     ops.register_levels_train()
+    ops.register_in_place()

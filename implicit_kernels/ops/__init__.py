@@ -49,26 +49,35 @@ def whole_decode(queries: int):
         _DECODE_QUERIES.reset(token)
 
 
-def chunked(fn, q, batch, chunk_size, feat, channels_first=False):
-    """Call ``fn(start, stop) -> B×n×3`` over ``[0, q)`` in chunks of ``chunk_size``
-    queries over the batch (``None``: one call), the calls marked as one decode
-    (:func:`whole_decode`), each result written straight into the output; return ``B×q×3``
-    (in ``feat``'s dtype), or ``B×3×q`` when ``channels_first``."""
+def chunk_bounds(q, batch, chunk_size):
+    """The ranges ``[start, stop)`` of an image's ``q`` queries that a decode's calls take,
+    ``chunk_size`` queries over the batch a call (``None``: one call).  One call is decided
+    from q's range alone, without a Python range over it, so a symbolic query count (an
+    ONNX export with a dynamic Q) stays symbolic."""
     if chunk_size is None:
         step = max(q, 1)
     else:
         step = max(1, check.positive_int(chunk_size, "chunk_size") // batch)
+    if q <= step:
+        return [(0, q)]
+    return [(start, min(q, start + step)) for start in range(0, q, step)]
+
+
+def chunked(fn, q, batch, chunk_size, feat, channels_first=False):
+    """Call ``fn(start, stop) -> B×n×3`` over :func:`chunk_bounds`' ranges of ``[0, q)``,
+    the calls marked as one decode (:func:`whole_decode`), each result written straight
+    into the output; return ``B×q×3`` (in ``feat``'s dtype), or ``B×3×q`` when
+    ``channels_first``."""
+    bounds = chunk_bounds(q, batch, chunk_size)
     shape = (batch, 3, q) if channels_first else (batch, q, 3)
     check.output_memory(shape, feat.dtype, feat.device)
-    if q <= step:
-        # One chunk: no loop over a Python range and no copy, so a symbolic query count
-        # (an ONNX export with a dynamic Q) stays symbolic (decided from its range alone).
+    if len(bounds) == 1:
+        # One chunk: no copy.
         res = fn(0, q).to(feat.dtype)   # as the copy into ``out`` below casts
         return res.transpose(1, 2).contiguous() if channels_first else res
     out = feat.new_empty(shape)
     with whole_decode(batch * q):
-        for start in range(0, q, step):
-            stop = min(q, start + step)
+        for start, stop in bounds:
             res = fn(start, stop)
             if channels_first:
                 out[:, :, start:stop] = res.transpose(1, 2)

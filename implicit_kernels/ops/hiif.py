@@ -36,7 +36,7 @@ from .. import _validate as check
 from .. import geometry
 from ..reference.lte import bilinear_skip
 from ..torch_impl import hiif as torch_hiif
-from . import chunked, keeps_record, whole_decode
+from . import chunk_bounds, chunked, keeps_record, whole_decode
 from .liif import check_coordinates_constant
 
 NS = "implicit_kernels::"
@@ -102,12 +102,12 @@ def _decode_chunks(chunk_positions, n, feat, inp, params, chunk_size, normalizer
     giving queries ``[s, e)``'s ``(coord, cell)`` (``B×(e-s)×2`` each) → ``B×n×3``, or
     ``B×3×n`` when ``channels_first``."""
     b = feat.shape[0]
-    step = n if chunk_size is None else max(1, chunk_size // b)
-    chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
+    chunks = chunk_bounds(n, b, chunk_size)
     norm = n if normalizer == "n" else math.sqrt(n)
     size = feat.shape[-2:]
     mats = []
-    buffer = _activation_buffer(feat, params, b * min(step, n), suffix)
+    # The first chunk is the largest.
+    buffer = _activation_buffer(feat, params, b * (chunks[0][1] - chunks[0][0]), suffix)
     with whole_decode(b * n):
         _attention_sums(chunk_positions, params, chunks, mats, norm, suffix, centres, buffer)
 
@@ -339,19 +339,19 @@ def _backward_levels_train(ctx, grad_out, grad_saved):
 
 def register_levels_train():
     """Fake implementations and autograd of ``implicit_kernels::hiif_levels_train`` (the C++
-    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only), and
-    fakes of the decode's in-place operators."""
+    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only)."""
     torch.library.register_fake(NS + "hiif_levels_train")(_fake_levels_train)
     torch.library.register_fake(NS + "hiif_levels_backward_saved")(_fake_levels_backward_saved)
     torch.library.register_autograd(NS + "hiif_levels_train", _backward_levels_train,
                                     setup_context=_setup_levels_train)
-    # The decode's in-place operators without gradients (_activation_buffer): nothing new.
+
+
+def register_in_place():
+    """Fake implementations of the decode's in-place C++ operators without gradients
+    (:func:`_activation_buffer`): ``hiif_level0_out`` and ``hiif_attention_apply_`` return
+    nothing."""
     for name in ("hiif_level0_out", "hiif_attention_apply_"):
-        torch.library.register_fake(NS + name)(_fake_in_place)
-
-
-def _fake_in_place(*args):
-    return None
+        torch.library.register_fake(NS + name)(lambda *args: None)
 
 
 def register(suffix=""):
