@@ -113,8 +113,7 @@ using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Ten
 // first pre-activation (`grad`).
 Grads gradients_from(const Decoder& d, const Slices& sl, const at::Tensor& grad,
                      const StageGrads& g) {
-  const auto acc = accumulate_type(d.corner_proj.scalar_type());
-  const at::Tensor grad_w_coord = at::mm(grad.t().to(acc), sl.coords).to(grad.scalar_type());
+  const at::Tensor grad_w_coord = narrow_input_weight_grad(grad, sl.coords);
   const at::Tensor grad_corner = scatter_rows_to_map(grad, sl.corners, d.corner_proj);
   return std::tuple_cat(std::make_tuple(grad_corner, grad_w_coord, grad.sum(0)), as_tuple(g));
 }

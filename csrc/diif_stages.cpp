@@ -145,40 +145,52 @@ Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64
   return tr;
 }
 
-at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
-                           const at::Tensor& grad_out, StageGrads* grads) {
-  const auto type = st.fine_wh.scalar_type();
-  const auto acc = accumulate_type(type);
+// The fine stage's backward on whole tensors (CPU: fine_backward_cpu, in tiles).
+at::Tensor fine_backward(const Stages& st, const Trace& tr, const at::Tensor& grad_out,
+                         const at::Tensor& offsets, StageGrads* grads) {
   const int64_t out_dim = st.fine.weights.back().size(0);
-  // Fine stage, back to the blend's output z.
-  at::Tensor grad = grad_out.reshape({-1, out_dim}).to(type).contiguous();
+  at::Tensor grad = grad_out.reshape({-1, out_dim}).to(st.fine_wh.scalar_type()).contiguous();
   grad = mlp_backward(st.fine, grad, tr.fine, grads->fine_w, grads->fine_b);
   relu_backward_(grad, tr.fine.front());
-  // Blend: z = b + wd·d + Σ_t w_t W_h·H[slice, t].
-  at::Tensor offsets, weights;
-  std::tie(offsets, weights) = kernels_for(grad).offset_weights(sl.pixels, dims, acc);
   grads->fine_b0 = grad.sum(0);
-  grads->fine_wd = at::mm(grad.t().to(acc), offsets).to(type);
-  const int64_t v = vertex_count(dims), n_slices = sl.coords.size(0) / v;
+  grads->fine_wd = narrow_input_weight_grad(grad, offsets);
+  if (!tr.hidden_blend) return grad;
+  grads->fine_wh = at::mm(grad.t(), tr.hidden_mix);
+  return at::mm(grad, st.fine_wh);
+}
+
+at::Tensor stages_backward(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
+                           const at::Tensor& grad_out, StageGrads* grads) {
+  const bool tiles = runs_cpu_tiles(st.fine_wh);
+  at::Tensor offsets, weights;
+  std::tie(offsets, weights) =
+      kernels_for(st.fine_wh)
+          .offset_weights(sl.pixels, dims, accumulate_type(st.fine_wh.scalar_type()));
+  // Fine stage, back to the gradient of z (or of the hidden mix, with hidden_blend).
+  const at::Tensor per_pixel = tiles ? fine_backward_cpu(st, sl, dims, tr, grad_out, grads)
+                                     : fine_backward(st, tr, grad_out, offsets, grads);
   // Gradient of the per-pixel sum over vertices -> one per slice and vertex.
-  const auto per_slice_vertex = [&](const at::Tensor& g) {
-    if (g.is_cpu()) return scatter_vertex_rows_cpu(g, weights, sl.slice_of, n_slices, v);
-    const at::Tensor per_vertex = (weights.unsqueeze(2) * g.to(acc).unsqueeze(1)).to(type);
-    return at::zeros({n_slices, v, g.size(1)}, g.options())
-        .index_add_(0, sl.slice_of, per_vertex)
-        .view({n_slices * v, g.size(1)});
-  };
-  at::Tensor grad_hidden;
-  if (tr.hidden_blend) {
-    grads->fine_wh = at::mm(grad.t(), tr.hidden_mix);
-    grad_hidden = per_slice_vertex(at::mm(grad, st.fine_wh));
+  const int64_t v = vertex_count(dims), n_slices = sl.coords.size(0) / v;
+  at::Tensor per_slice;
+  if (per_pixel.is_cpu()) {
+    per_slice = scatter_vertex_rows_cpu(per_pixel, weights, sl.slice_of, n_slices, v);
   } else {
-    const at::Tensor grad_g = per_slice_vertex(grad);
-    grads->fine_wh = at::mm(grad_g.t(), tr.coarse.back());
-    grad_hidden = at::mm(grad_g, st.fine_wh);
+    const at::Tensor per_vertex =
+        (weights.unsqueeze(2) * per_pixel.to(weights.scalar_type()).unsqueeze(1))
+            .to(per_pixel.scalar_type());
+    per_slice = at::zeros({n_slices, v, per_pixel.size(1)}, per_pixel.options())
+                    .index_add_(0, sl.slice_of, per_vertex)
+                    .view({n_slices * v, per_pixel.size(1)});
   }
   // Coarse stage, back to its first pre-activation.
-  grad = mlp_backward(st.coarse, grad_hidden, tr.coarse, grads->coarse_w, grads->coarse_b);
+  if (tiles) return coarse_backward_cpu(st, tr, per_slice, grads);
+  at::Tensor grad_hidden = per_slice;
+  if (!tr.hidden_blend) {
+    grads->fine_wh = at::mm(per_slice.t(), tr.coarse.back());
+    grad_hidden = at::mm(per_slice, st.fine_wh);
+  }
+  at::Tensor grad =
+      mlp_backward(st.coarse, grad_hidden, tr.coarse, grads->coarse_w, grads->coarse_b);
   relu_backward_(grad, tr.coarse.front());
   return grad;
 }

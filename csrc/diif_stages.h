@@ -103,6 +103,26 @@ Trace stages_forward(const Stages& st, const Slices& sl, const Dims& dims, int64
 Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
                          const FirstLayer& first, bool record);
 
+// Gradients of the stages' parameters.
+struct StageGrads {
+  std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;
+  at::Tensor fine_wh, fine_wd, fine_b0;
+};
+
+// The fine stage's backward on CPU tensors in tiles (csrc/cpu/diif_stages_cpu.cpp): fills
+// the fine_w, fine_b, fine_b0 and fine_wd gradients (and fine_wh's with hidden_blend) and
+// returns the per-pixel gradient the slice-vertex scatter takes: of z before its bias and
+// offset terms (n, df), or with hidden_blend of the hidden mix (n, hidden).
+at::Tensor fine_backward_cpu(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
+                             const at::Tensor& grad_out, StageGrads* grads);
+
+// The coarse stage's backward on CPU tensors in tiles from the gradient per slice vertex
+// (R, ·) of G = W_h·H (of H itself with hidden_blend): fills the coarse_w, coarse_b and
+// (without hidden_blend) fine_wh gradients and returns the gradient of the first
+// pre-activation (R, width).
+at::Tensor coarse_backward_cpu(const Stages& st, const Trace& tr, const at::Tensor& per_slice,
+                               StageGrads* grads);
+
 // out[slice_of[p] * v + t] += weights[p, t] * g[p] for pixels p and vertices t: g (n, w),
 // weights (n, v); out (n_slices * v, w).  CPU: threads over column blocks, so no two
 // threads add into one element and no (n, v, w) product is formed.
@@ -120,12 +140,6 @@ std::vector<at::Tensor> empty_record(const Stages& st, int64_t width, const at::
 // The inverse of pack_record; `pixels` (n, 2) as the forward took them.
 void unpack_record(at::TensorList saved, const at::Tensor& pixels, const Stages& st, Slices* sl,
                    Trace* tr);
-
-// Gradients of the stages' parameters.
-struct StageGrads {
-  std::vector<at::Tensor> coarse_w, coarse_b, fine_w, fine_b;
-  at::Tensor fine_wh, fine_wd, fine_b0;
-};
 
 // Backward of stages_forward from grad_out (n, out): fills `grads` and returns the gradient
 // of `pre` (S * V, width).

@@ -128,7 +128,7 @@ Grads gradients(const Decoder& d, const Slices& sl, const Dims& dims, const at::
   const int64_t n_slices = grad_phi.size(0);
   const at::Tensor cells =
       sl.coords.view({n_slices, diif::kVertices, diif::kCoordInputs}).select(1, 0).narrow(1, 4, 2);
-  const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
+  const at::Tensor grad_phase = narrow_input_weight_grad(grad_phi, cells).to(type);
   return std::tuple_cat(std::make_tuple(scatter_rows_to_map(grad_coef_rows, sl.corners, coef),
                                         scatter_rows_to_map(grad_freq_rows, sl.corners, freq),
                                         grad_phase, at::mm(grad_pre.t(), x), grad_pre.sum(0)),

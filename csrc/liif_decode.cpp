@@ -134,7 +134,7 @@ Grads gradients(const Decoder& d, const Trace& tr, const at::Tensor& grad_out) {
   }
   // grad is now that of the first layer's pre-activation, per member row.
   const at::Tensor grad_b0 = grad.sum(0);
-  const at::Tensor grad_w_rel_cell = at::mm(grad.t().to(e.inputs.scalar_type()), e.inputs).to(type);
+  const at::Tensor grad_w_rel_cell = narrow_input_weight_grad(grad, e.inputs);
   return {scatter_rows(e, grad, d.proj), grad_w_rel_cell, grad_b0, grad_w, grad_b};
 }
 

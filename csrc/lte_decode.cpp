@@ -142,7 +142,7 @@ Grads gradients(const Decoder& d, const Trace& tr, const at::Tensor& grad_out) {
   const int64_t n = e.weights.size(0);
   const at::Tensor cells =
       e.inputs.view({n, liif::kMembers, liif::kCoordInputs}).select(1, 0).narrow(1, 2, 2);
-  const at::Tensor grad_phase = at::mm(grad_phi.t(), cells).to(type);
+  const at::Tensor grad_phase = narrow_input_weight_grad(grad_phi, cells).to(type);
   return {liif::scatter_rows(e, grad_coef_rows, d.coef),
           liif::scatter_rows(e, grad_freq_rows, d.freq), grad_phase, grad_w, grad_b};
 }

@@ -123,7 +123,100 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
   if (record) tr.fine.back() = tr.out;
 }
 
+// The backward of the fine stage's first layer on pixels lo..hi from g, the gradient of
+// relu(z) (rows of df): the ReLU's mask from its output `act` (as PyTorch), the masked
+// gradient of z written to `dst` (may be g), Σ g into b0_sum and Σ g·dy, Σ g·dx into the
+// two rows of wd_sum (2, df).
+template <typename T>
+IK_AVX2_CLONE void fine_input_backward_rows(T* dst, const T* g, const T* act, int64_t lo,
+                                            int64_t hi, int64_t df, const int64_t* pix,
+                                            const Dims& dims, T* b0_sum, T* wd_sum) {
+  for (int64_t p = lo; p < hi; ++p) {
+    T offset[2], weight[4];
+    pixel_offset_weights<T>(pix[2 * p], pix[2 * p + 1], dims, offset, weight);
+    const T dy = offset[0], dx = offset[1];
+    const T* gr = g + (p - lo) * df;
+    const T* a = act + (p - lo) * df;
+    T* d = dst + (p - lo) * df;
+    for (int64_t j = 0; j < df; ++j) {
+      const T x = a[j] > T(0) ? gr[j] : T(0);
+      d[j] = x;
+      b0_sum[j] += x;
+      wd_sum[j] += x * dy;
+      wd_sum[df + j] += x * dx;
+    }
+  }
+}
+
 }  // namespace
+
+at::Tensor fine_backward_cpu(const Stages& st, const Slices& sl, const Dims& dims, const Trace& tr,
+                             const at::Tensor& grad_out, StageGrads* grads) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto options = st.fine_wh.options();
+  const int64_t n = sl.pixels.size(0), df = st.fine_wh.size(0), hidden = st.fine_wh.size(1);
+  const int64_t out_dim = st.fine.weights.back().size(0);
+  const at::Tensor go = grad_out.reshape({n, out_dim}).to(st.fine_wh.scalar_type()).contiguous();
+  at::Tensor per_pixel = empty_poisoned({n, tr.hidden_blend ? hidden : df}, options);
+  std::vector<at::Tensor> like = {st.fine_b0, at::empty({2, df}, options)};  // b0, wdᵀ
+  if (tr.hidden_blend) like.push_back(st.fine_wh);
+  const int64_t* pix = sl.pixels.data_ptr<int64_t>();
+  const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
+    return outs.at(0, lo, hi, out_dim).copy_(go.narrow(0, lo, hi - lo));
+  };
+  AT_DISPATCH_FLOATING_TYPES(st.fine_wh.scalar_type(), "diif_fine_backward_cpu", [&] {
+    const scalar_t* act = tr.fine.front().data_ptr<scalar_t>();
+    const auto input_backward = [&](int64_t lo, int64_t hi, at::Tensor grad, at::Tensor* sums) {
+      scalar_t* g = grad.data_ptr<scalar_t>();
+      fine_input_backward_rows<scalar_t>(
+          tr.hidden_blend ? g : per_pixel.data_ptr<scalar_t>() + lo * df, g, act + lo * df, lo, hi,
+          df, pix, dims, sums[0].data_ptr<scalar_t>(), sums[1].data_ptr<scalar_t>());
+      if (tr.hidden_blend) {
+        sums[2].addmm_(grad.t(), tr.hidden_mix.narrow(0, lo, hi - lo));
+        at::Tensor rows = per_pixel.narrow(0, lo, hi - lo);
+        at::mm_out(rows, grad, st.fine_wh);
+      }
+    };
+    const std::vector<at::Tensor> sums = mlp_backward_tiles(
+        st.fine, n, df, tr.fine, output_grad, input_backward, like, grads->fine_w, grads->fine_b);
+    grads->fine_b0 = sums[0];
+    grads->fine_wd = sums[1].t().contiguous();
+    if (tr.hidden_blend) grads->fine_wh = sums[2];
+  });
+  return per_pixel;
+}
+
+at::Tensor coarse_backward_cpu(const Stages& st, const Trace& tr, const at::Tensor& per_slice,
+                               StageGrads* grads) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor& act = tr.coarse.front();  // relu(pre)
+  const int64_t rows = act.size(0), width = act.size(1), hidden = st.fine_wh.size(1);
+  // Masked in place by the tiles (with hidden_blend): a fresh result of the scatter.
+  const at::Tensor g = per_slice.contiguous();
+  at::Tensor grad = empty_poisoned({rows, width}, act.options());
+  std::vector<at::Tensor> like;
+  if (!tr.hidden_blend) like.push_back(st.fine_wh);
+  // The gradient of H on rows lo..hi: G's through W_h (whose weight gradient input_backward
+  // adds into the thread's sums[0]).
+  const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
+    if (tr.hidden_blend) return g.narrow(0, lo, hi - lo);
+    at::Tensor gh = outs.at(0, lo, hi, hidden);
+    at::mm_out(gh, g.narrow(0, lo, hi - lo), st.fine_wh);
+    return gh;
+  };
+  const auto input_backward = [&](int64_t lo, int64_t hi, at::Tensor gx, at::Tensor* sums) {
+    if (!tr.hidden_blend) {
+      sums[0].addmm_(g.narrow(0, lo, hi - lo).t(), tr.coarse.back().narrow(0, lo, hi - lo));
+    }
+    at::Tensor out = grad.narrow(0, lo, hi - lo);
+    at::threshold_backward_out(out, gx, act.narrow(0, lo, hi - lo), 0);
+  };
+  const std::vector<at::Tensor> sums =
+      mlp_backward_tiles(st.coarse, rows, width, tr.coarse, output_grad, input_backward, like,
+                         grads->coarse_w, grads->coarse_b);
+  if (!tr.hidden_blend) grads->fine_wh = sums[0];
+  return grad;
+}
 
 Trace stages_forward_cpu(const Stages& st, const Slices& sl, const Dims& dims, int64_t width,
                          const FirstLayer& first, bool record) {

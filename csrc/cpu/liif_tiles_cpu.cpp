@@ -22,11 +22,6 @@ namespace {
 
 // Writes the MLP's input of member rows lo..hi into x (hi - lo, in).
 using InputTile = std::function<void(int64_t lo, int64_t hi, at::Tensor x)>;
-// From the gradient of the MLP's input on member rows lo..hi (a scratch tile the call may
-// overwrite), adds the input step's gradients into its per-thread sums (`sums`, in the
-// order of the `like` list given with it).
-using InputTileBackward =
-    std::function<void(int64_t lo, int64_t hi, at::Tensor grad, at::Tensor* sums)>;
 
 int64_t out_width(const Mlp& mlp, int64_t in) {
   return mlp.weights.empty() ? in : mlp.weights.back().size(0);
@@ -67,41 +62,26 @@ template <typename T>
 std::vector<at::Tensor> members_backward(const Mlp& mlp, const Ensemble& e, int64_t in,
                                          const std::vector<at::Tensor>& record,
                                          const at::Tensor& grad_out,
-                                         const InputTileBackward& input_backward,
+                                         const TileInputBackward& input_backward,
                                          const std::vector<at::Tensor>& input_like,
                                          std::vector<at::Tensor>& grad_w,
                                          std::vector<at::Tensor>& grad_b) {
   const int64_t n = e.weights.size(0), rows = n * kMembers, out_dim = out_width(mlp, in);
   const at::Tensor go = grad_out.reshape({n, out_dim}).contiguous();
-  std::vector<at::Tensor> like = mlp_grad_like(mlp);
-  const size_t first = like.size();
-  like.insert(like.end(), input_like.begin(), input_like.end());
-  ThreadSums sums(like);
   const T* weight = e.weights.data_ptr<T>();
   const T* gp = go.data_ptr<T>();
-  for_each_tile(rows, widest(mlp, in), go.options(), nullptr,
-                [&](int64_t lo, int64_t hi, TileOutputs& outs) {
-                  std::vector<at::Tensor>& acc = sums.mine();
-                  // The blend's backward: member row r's prediction gradient is
-                  // w_r · grad_out[query of r].
-                  at::Tensor grad = outs.at(0, lo, hi, out_dim);
-                  T* g = grad.data_ptr<T>();
-                  for (int64_t r = lo; r < hi; ++r) {
-                    const T* src = gp + (r / kMembers) * out_dim;
-                    for (int64_t c = 0; c < out_dim; ++c)
-                      g[(r - lo) * out_dim + c] = weight[r] * src[c];
-                  }
-                  grad = mlp_tile_backward(mlp, grad, 0, record, lo, hi, outs, acc, 0);
-                  input_backward(lo, hi, grad, acc.data() + first);
-                });
-  std::vector<at::Tensor> total = sums.sum();
-  grad_w.clear();
-  grad_b.clear();
-  for (size_t i = 0; i < first / 2; ++i) {
-    grad_w.push_back(total[2 * i]);
-    grad_b.push_back(total[2 * i + 1]);
-  }
-  return std::vector<at::Tensor>(total.begin() + first, total.end());
+  // The blend's backward: member row r's prediction gradient is w_r · grad_out[query of r].
+  const auto member_grads = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
+    at::Tensor grad = outs.at(0, lo, hi, out_dim);
+    T* g = grad.data_ptr<T>();
+    for (int64_t r = lo; r < hi; ++r) {
+      const T* src = gp + (r / kMembers) * out_dim;
+      for (int64_t c = 0; c < out_dim; ++c) g[(r - lo) * out_dim + c] = weight[r] * src[c];
+    }
+    return grad;
+  };
+  return mlp_backward_tiles(mlp, rows, in, record, member_grads, input_backward, input_like, grad_w,
+                            grad_b);
 }
 
 // dst[j] += src[j] for j < width: a gathered row's gradient into its map row.

@@ -150,4 +150,32 @@ std::vector<at::Tensor> mlp_grad_like(const Mlp& mlp) {
   return like;
 }
 
+std::vector<at::Tensor> mlp_backward_tiles(const Mlp& mlp, int64_t rows, int64_t in,
+                                           const std::vector<at::Tensor>& record,
+                                           const TileGrad& grad_of,
+                                           const TileInputBackward& input_backward,
+                                           const std::vector<at::Tensor>& input_like,
+                                           std::vector<at::Tensor>& grad_w,
+                                           std::vector<at::Tensor>& grad_b) {
+  std::vector<at::Tensor> like = mlp_grad_like(mlp);
+  const size_t first = like.size();
+  like.insert(like.end(), input_like.begin(), input_like.end());
+  ThreadSums sums(like);
+  for_each_tile(rows, widest(mlp, in), record.front().options(), nullptr,
+                [&](int64_t lo, int64_t hi, TileOutputs& outs) {
+                  std::vector<at::Tensor>& acc = sums.mine();
+                  at::Tensor grad = grad_of(lo, hi, outs);
+                  grad = mlp_tile_backward(mlp, grad, 0, record, lo, hi, outs, acc, 0);
+                  input_backward(lo, hi, grad, acc.data() + first);
+                });
+  std::vector<at::Tensor> total = sums.sum();
+  grad_w.clear();
+  grad_b.clear();
+  for (size_t i = 0; i < first / 2; ++i) {
+    grad_w.push_back(total[2 * i]);
+    grad_b.push_back(total[2 * i + 1]);
+  }
+  return std::vector<at::Tensor>(total.begin() + first, total.end());
+}
+
 }  // namespace ik

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 #include "../mlp.h"
@@ -95,6 +96,27 @@ class ThreadSums {
 at::Tensor mlp_tile_backward(const Mlp& mlp, at::Tensor grad, size_t slot,
                              const std::vector<at::Tensor>& record, int64_t lo, int64_t hi,
                              TileOutputs& scratch, std::vector<at::Tensor>& sums, size_t first);
+
+// The gradient of an MLP's output on rows lo..hi, writable (the backward masks it in place):
+// outs.at(0, lo, hi, out) or rows of a tensor the caller owns.
+using TileGrad = std::function<at::Tensor(int64_t lo, int64_t hi, TileOutputs& outs)>;
+// The step before an MLP, backward, on rows lo..hi: `grad` is the gradient of the MLP's
+// input (a scratch tile the call may overwrite) and `sums` the calling thread's
+// accumulators, in the order of the `input_like` list given with it.
+using TileInputBackward =
+    std::function<void(int64_t lo, int64_t hi, at::Tensor grad, at::Tensor* sums)>;
+
+// The backward of `mlp` (input width `in`) on `rows` rows in tiles, in parallel over tiles:
+// each tile's output gradient from `grad_of`, then mlp_tile_backward over `record` (as
+// there), then `input_backward`.  Fills grad_w and grad_b and returns input_backward's
+// sums (over threads), shaped like `input_like`.
+std::vector<at::Tensor> mlp_backward_tiles(const Mlp& mlp, int64_t rows, int64_t in,
+                                           const std::vector<at::Tensor>& record,
+                                           const TileGrad& grad_of,
+                                           const TileInputBackward& input_backward,
+                                           const std::vector<at::Tensor>& input_like,
+                                           std::vector<at::Tensor>& grad_w,
+                                           std::vector<at::Tensor>& grad_b);
 
 // Zeros like each layer's weight and bias, interleaved (w0, b0, w1, b1, ...): the
 // accumulators mlp_tile_backward adds into.
