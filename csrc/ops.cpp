@@ -143,6 +143,10 @@ IK_LIBRARY(m) {
   // The CPU kernels' sin and cos of float angles (csrc/cpu/sin_cos_cpu.h), elementwise;
   // an operator for its accuracy test.
   m.def("sin_cos(Tensor angle) -> (Tensor, Tensor)");
+  // The CPU tiles' dense layer act(a·wᵀ + bias) (csrc/cpu/tiles.h, linear_tile) on a whole
+  // float32 matrix, and whether it ran on our kernel (csrc/cpu/tile_gemm.h) rather than
+  // ATen's GEMM; an operator for its accuracy test.
+  m.def("tile_linear(Tensor a, Tensor w, Tensor? bias, bool relu) -> (Tensor, bool)");
 
   // Fused LIIF decode (csrc/liif_decode.cpp): from the first layer's feature part per LR
   // pixel (channels last) to the output of the queries; coord and cell not differentiated.

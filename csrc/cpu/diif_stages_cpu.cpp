@@ -79,7 +79,8 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                     h_all.narrow(0, lo, hi - lo).copy_(h);
                   }
                   if (g_all.defined()) {
-                    linear_tile(h, st.fine_wh, at::Tensor(), false, g_all.narrow(0, lo, hi - lo));
+                    linear_tile(h, st.fine_wh, st.fine_wh_packed, at::Tensor(), false,
+                                g_all.narrow(0, lo, hi - lo));
                   }
                 });
   if (record) h_all = tr.coarse.back();
@@ -112,7 +113,8 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                       mix_rows(mp + (p - lo) * hidden, hp + slice[p] * v * hidden, v, hidden,
                                weight, false);
                     }
-                    at::mm_out(z, mix, st.fine_wh.t());  // W_h once per pixel
+                    // W_h once per pixel
+                    linear_tile(mix, st.fine_wh, st.fine_wh_packed, at::Tensor(), false, z);
                   }
                   fine_input_rows(zp, g_all.defined() ? g_all.data_ptr<T>() : nullptr, lo, hi, df,
                                   pix, slice, dims, b0, wdy, wdx);

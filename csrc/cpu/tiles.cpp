@@ -3,10 +3,13 @@
 
 #include <ATen/Dispatch.h>
 
+#include <tuple>
 #include <utility>
 
+#include "../library.h"
 #include "../poison.h"
 #include "avx2_clone.h"
+#include "tile_gemm.h"
 
 namespace ik {
 
@@ -44,8 +47,14 @@ IK_AVX2_CLONE void bias_act_backward(T* g, const T* out, T* bias_sum, int64_t ro
 
 }  // namespace
 
-void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& bias, bool relu,
-                 at::Tensor c) {
+void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed,
+                 const at::Tensor& bias, bool relu, at::Tensor c) {
+  if (packed.defined() && a.scalar_type() == at::kFloat && a.stride(1) == 1 && c.stride(1) == 1) {
+    tile_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), packed.data_ptr<float>(),
+              c.size(1), bias.defined() ? bias.data_ptr<float>() : nullptr, relu,
+              c.data_ptr<float>(), c.stride(0));
+    return;
+  }
   // The GEMM alone, then bias and ReLU in one pass: addmm_out would first broadcast the
   // bias into c, a strided copy that costs a sixth of a 256-wide GEMM.
   at::mm_out(c, a, w.t());
@@ -70,11 +79,34 @@ at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t firs
     const at::Tensor& w = mlp.weights[i];
     at::Tensor y = (i + 1 == n && last.defined()) ? last.narrow(0, lo, hi - lo)
                                                   : outs.at(first + i, lo, hi, w.size(0));
-    linear_tile(x, w, mlp.biases[i], i + 1 < n || mlp.relu_last, y);
+    linear_tile(x, w, mlp.packed[i], mlp.biases[i], i + 1 < n || mlp.relu_last, y);
     x = y;
   }
   return x;
 }
+
+namespace {
+
+// The operator tile_linear (csrc/ops.cpp): linear_tile on a whole matrix.
+std::tuple<at::Tensor, bool> tile_linear_op(const at::Tensor& a, const at::Tensor& w,
+                                            const c10::optional<at::Tensor>& bias, bool relu) {
+  TORCH_CHECK(a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
+              "tile_linear: a and w must be float32, got ", a.scalar_type(), " and ",
+              w.scalar_type());
+  TORCH_CHECK(a.dim() == 2 && w.dim() == 2 && a.size(1) == w.size(1),
+              "tile_linear: a (rows, in) and w (out, in) expected, got ", a.sizes(), " and ",
+              w.sizes());
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  TORCH_CHECK(
+      !b.defined() || (b.scalar_type() == at::kFloat && b.dim() == 1 && b.size(0) == w.size(0)),
+      "tile_linear: bias must be float32 (out,)");
+  const at::Tensor wc = w.contiguous(), packed = pack_tile_weight(wc);
+  at::Tensor c = empty_poisoned({a.size(0), w.size(0)}, a.options());
+  linear_tile(a.contiguous(), wc, packed, b, relu, c);
+  return {c, packed.defined()};
+}
+
+}  // namespace
 
 int64_t widest(const Mlp& mlp, int64_t in) {
   int64_t w = in;
@@ -177,5 +209,7 @@ std::vector<at::Tensor> mlp_backward_tiles(const Mlp& mlp, int64_t rows, int64_t
   }
   return std::vector<at::Tensor>(total.begin() + first, total.end());
 }
+
+IK_LIBRARY_IMPL(CPU, m) { m.impl("tile_linear", &tile_linear_op); }
 
 }  // namespace ik

@@ -24,9 +24,10 @@ namespace ik {
 constexpr int64_t kTileRows = 256;
 
 // c = act(a · wᵀ + b) on one tile: c (rows, out) and a (rows, in) contiguous; no bias when
-// `bias` is undefined.  Bias and ReLU are one pass over the tile while it is in cache.
-void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& bias, bool relu,
-                 at::Tensor c);
+// `bias` is undefined.  On our kernel (tile_gemm.h) when `packed`, w in its layout, is
+// defined; else ATen's GEMM, then bias and ReLU in one pass while the tile is in cache.
+void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed,
+                 const at::Tensor& bias, bool relu, at::Tensor c);
 
 // Where a tile's activations go: rows of the recorded trace when the backward needs them
 // (entry i of `record`, for i below its size), else two per-thread scratch tensors of
