@@ -162,6 +162,7 @@ at::Tensor fine_backward_cpu(const Stages& st, const Slices& sl, const Dims& dim
   at::Tensor per_pixel = empty_poisoned({n, tr.hidden_blend ? hidden : df}, options);
   std::vector<at::Tensor> like = {st.fine_b0, at::empty({2, df}, options)};  // b0, wdᵀ
   if (tr.hidden_blend) like.push_back(st.fine_wh);
+  const TileWeight wh_back = tile_weight(st.fine_wh.t());  // grad · W_h as a layer
   const int64_t* pix = sl.pixels.data_ptr<int64_t>();
   const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
     return outs.at(0, lo, hi, out_dim).copy_(go.narrow(0, lo, hi - lo));
@@ -175,8 +176,7 @@ at::Tensor fine_backward_cpu(const Stages& st, const Slices& sl, const Dims& dim
           df, pix, dims, sums[0].data_ptr<scalar_t>(), sums[1].data_ptr<scalar_t>());
       if (tr.hidden_blend) {
         sums[2].addmm_(grad.t(), tr.hidden_mix.narrow(0, lo, hi - lo));
-        at::Tensor rows = per_pixel.narrow(0, lo, hi - lo);
-        at::mm_out(rows, grad, st.fine_wh);
+        linear_tile(grad, wh_back, at::Tensor(), false, per_pixel.narrow(0, lo, hi - lo));
       }
     };
     const std::vector<at::Tensor> sums = mlp_backward_tiles(
@@ -198,12 +198,13 @@ at::Tensor coarse_backward_cpu(const Stages& st, const Trace& tr, const at::Tens
   at::Tensor grad = empty_poisoned({rows, width}, act.options());
   std::vector<at::Tensor> like;
   if (!tr.hidden_blend) like.push_back(st.fine_wh);
+  const TileWeight wh_back = tile_weight(st.fine_wh.t());  // G's gradient · W_h as a layer
   // The gradient of H on rows lo..hi: G's through W_h (whose weight gradient input_backward
   // adds into the thread's sums[0]).
   const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
     if (tr.hidden_blend) return g.narrow(0, lo, hi - lo);
     at::Tensor gh = outs.at(0, lo, hi, hidden);
-    at::mm_out(gh, g.narrow(0, lo, hi - lo), st.fine_wh);
+    linear_tile(g.narrow(0, lo, hi - lo), wh_back, at::Tensor(), false, gh);
     return gh;
   };
   const auto input_backward = [&](int64_t lo, int64_t hi, at::Tensor gx, at::Tensor* sums) {

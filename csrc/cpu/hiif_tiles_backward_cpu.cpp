@@ -157,7 +157,8 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
                      int64_t heads) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
   const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
-  const at::Tensor w_kv_t = w_kv.t();
+  // The forward's layer, and w_kv as the layer weight of the input gradient gkv·w_kv.
+  const TileWeight kv_layer = tile_weight(w_kv), kv_back = tile_weight(w_kv.t());
   const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
   const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
@@ -184,13 +185,13 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
         at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
-        at::addmm_out(kv, b_kv, x, w_kv_t);
+        linear_tile(x, kv_layer, b_kv, false, kv);
         const int64_t image = t->image * heads * d * d;
         key_value_backward(kv.data_ptr<T>(), gkv.data_ptr<T>(), rows, c, heads, d, kw, kb, vw, vb,
                            gs.data_ptr<T>() + image, gs_t.data_ptr<T>() + image, g_kw, g_kb, g_vw,
                            g_vb);
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
-        at::mm_out(gx, gkv, w_kv);
+        linear_tile(gkv, kv_back, at::Tensor(), false, gx);
         acc[0].addmm_(gkv.t(), x);
         acc[1].add_(gkv.sum(0));
       }
@@ -216,7 +217,9 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t hidden = w1.size(0);
   const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
   const at::Tensor m_t = m.transpose(2, 3).contiguous();
-  const at::Tensor wq_t = wq.t(), w1_t = w1.t(), w2_t = w2.t();
+  const TileWeight q_layer = tile_weight(wq), layer1 = tile_weight(w1);
+  // w2 and w1 as the layer weights of the input gradients go·w2 and dL/dh1·w1.
+  const TileWeight back2 = tile_weight(w2.t()), back1 = tile_weight(w1.t());
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t workers = worker_count(tiles.size());
@@ -240,18 +243,18 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
         const T* mp = m.data_ptr<T>() + t->image * heads * d * d;
         const T* mtp = m_t.data_ptr<T>() + t->image * heads * d * d;
         // Forward: r = x + q·M (per head), h1 = proj1(r), act = GELU(h1).
-        at::addmm_out(q, bq, x, wq_t);
+        linear_tile(x, q_layer, bq, false, q);
         add_head_products(x.data_ptr<T>(), q.data_ptr<T>(), mp, r.data_ptr<T>(), rows, c, heads, d);
-        at::addmm_out(h1, b1, r, w1_t);
+        linear_tile(r, layer1, b1, false, h1);
         at::gelu_out(act, h1);
         // out = x + proj2(act): proj2's gradients, then back through GELU and proj1.
         acc[5].addmm_(go.t(), act);
         acc[6].add_(go.sum(0));
-        at::mm_out(gact, go, w2);
+        linear_tile(go, back2, at::Tensor(), false, gact);
         at::gelu_backward_out(act, gact, h1);  // act now holds dL/dh1
         acc[3].addmm_(act.t(), r);
         acc[4].add_(act.sum(0));
-        at::mm_out(gr, act, w1);
+        linear_tile(act, back1, at::Tensor(), false, gr);
         head_products_backward(q.data_ptr<T>(), gr.data_ptr<T>(), mtp, gq.data_ptr<T>(),
                                acc[0].data_ptr<T>() + t->image * heads * d * d, rows, c, heads, d);
         acc[1].addmm_(gq.t(), x);
@@ -280,12 +283,17 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   const int64_t n = x2.size(0);
   const size_t count = levels.size();
   std::vector<FoldedFc1> fc1;
+  // fc2's layer, and fc2_w and fc1_w as the layer weights of the input gradients.
+  std::vector<TileWeight> fc2, fc2_back, fc1_back;
   int64_t widest = 0;
   // Per worker and level: fc2 weight and bias, Σ dh1ᵀ y (the folded fc1 weight's
   // gradient), fc1 bias, Σ dz ⊙ y and Σ dz (the norm's weight and bias) with z = γ ⊙ y + β.
   std::vector<at::Tensor> like;
   for (const LevelParams& l : levels) {
     fc1.push_back(folded_fc1(l));
+    fc2.push_back(tile_weight(l.fc2_w));
+    fc2_back.push_back(tile_weight(l.fc2_w.t()));
+    fc1_back.push_back(tile_weight(l.fc1_w.t()));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
     like.insert(like.end(), {l.fc2_w, l.fc2_b, l.fc1_w, l.fc1_b, l.norm_w, l.norm_b});
   }
@@ -329,7 +337,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
                                            static_cast<int64_t>(i + 1), public_centres,
                                            yp + p * (c + 2));
           }
-          if (saved == nullptr) at::addmm_out(hs[i], fc1[i].bias, ys[i], fc1[i].weight_t);
+          if (saved == nullptr) linear_tile(ys[i], fc1[i].weight, fc1[i].bias, false, hs[i]);
           if (i + 1 == count) break;
           if (saved != nullptr) {
             xs.push_back((*saved)[i].narrow(0, t->begin, rows));
@@ -338,7 +346,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
           at::Tensor act = rows_of(act_buf, rows, hidden);
           at::gelu_out(act, hs[i]);
           xs.push_back(rows_of(out_buf[i], rows, levels[i].fc2_w.size(0)));
-          at::addmm_out(xs.back(), levels[i].fc2_b, act, levels[i].fc2_w.t());
+          linear_tile(act, fc2[i], levels[i].fc2_b, false, xs.back());
         }
         at::Tensor go = go2.narrow(0, t->begin, rows);
         for (size_t i = count; i-- > 0;) {
@@ -351,11 +359,11 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
           at::gelu_out(act, hs[i]);
           a[0].addmm_(go.t(), act);
           a[1].add_(go.sum(0));
-          at::mm_out(gact, go, l.fc2_w);
+          linear_tile(go, fc2_back[i], at::Tensor(), false, gact);
           at::gelu_backward_out(act, gact, hs[i]);  // act now holds dL/dh1
           a[2].addmm_(act.t(), ys[i]);
           a[3].add_(act.sum(0));
-          at::mm_out(gz, act, l.fc1_w);
+          linear_tile(act, fc1_back[i], at::Tensor(), false, gz);
           // z = γ ⊙ y + β, y = normalised [x, bits]: the bits are constants, so only x's
           // columns carry the gradient on.
           at::Tensor gx =

@@ -94,7 +94,7 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
                   bool public_centres, const at::Tensor& out) {
   const int64_t n = coord.size(0), hidden = row_sums.size(1);
   const std::vector<Tile> tiles = split_tiles(1, n);
-  const at::Tensor fc2_wt = fc2_w.t();
+  const TileWeight fc2 = tile_weight(fc2_w);
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
       const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
@@ -105,7 +105,7 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
                                   public_centres, t->begin, t->end, pre.data_ptr<scalar_t>());
         at::gelu_(pre);
         at::Tensor dst = out.narrow(0, t->begin, rows);
-        at::addmm_out(dst, fc2_b, pre, fc2_wt);
+        linear_tile(pre, fc2, fc2_b, false, dst);
       }
     });
   });
@@ -115,7 +115,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
                        const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
                        const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
-  const at::Tensor w_kv_t = key_value_rows(w_qkv, heads).t();
+  const TileWeight w_kv = tile_weight(key_value_rows(w_qkv, heads));
   const at::Tensor b_kv = key_value_rows(b_qkv, heads);
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t workers = worker_count(tiles.size());
@@ -131,7 +131,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
-        at::addmm_out(kv, b_kv, x2.narrow(0, t->begin, rows), w_kv_t);
+        linear_tile(x2.narrow(0, t->begin, rows), w_kv, b_kv, false, kv);
         add_key_value_products(kv.data_ptr<scalar_t>(), rows, c, heads, d, kw, kb, vw, vb,
                                sums[k][t->image].data_ptr<scalar_t>());
       }
@@ -153,7 +153,9 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
       at::eye(c, x2.options());
   const at::Tensor mix_bias =
       at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
-  const at::Tensor w1t = w1.t(), w2t = w2.t();
+  const TileWeight fc1 = tile_weight(w1), fc2 = tile_weight(w2);
+  std::vector<TileWeight> mix_t;  // per image, mixᵀ as a layer weight
+  for (int64_t b = 0; b < batch; ++b) mix_t.push_back(tile_weight(mix[b].t()));
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
     const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
@@ -162,10 +164,10 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
       at::Tensor r = rows_of(r_buffer, rows, c), hid = rows_of(h_buffer, rows, hidden);
-      at::addmm_out(r, mix_bias[t->image], x, mix[t->image]);
-      at::addmm_out(hid, b1, r, w1t);
+      linear_tile(x, mix_t[t->image], mix_bias[t->image], false, r);
+      linear_tile(r, fc1, b1, false, hid);
       at::gelu_(hid);
-      at::addmm_out(r, b2, hid, w2t);  // r is free again
+      linear_tile(hid, fc2, b2, false, r);  // r is free again
       at::Tensor dst = out.narrow(0, t->begin, rows);
       at::add_out(dst, x, r);
     }
@@ -178,11 +180,11 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   const int64_t n = x2.size(0);
   const size_t count = levels.size();
   std::vector<FoldedFc1> fc1;
-  std::vector<at::Tensor> fc2_wt;
+  std::vector<TileWeight> fc2;
   int64_t widest = 0;
   for (const LevelParams& l : levels) {
     fc1.push_back(folded_fc1(l));
-    fc2_wt.push_back(l.fc2_w.t());
+    fc2.push_back(tile_weight(l.fc2_w));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
   }
   const int64_t out_dim = levels.back().fc2_w.size(0);
@@ -199,7 +201,7 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
         const int64_t rows = t->end - t->begin;
         at::Tensor x = x2.narrow(0, t->begin, rows);
         for (size_t i = 0; i < count; ++i) {
-          const int64_t c = x.size(1), hidden = fc1[i].weight_t.size(1);
+          const int64_t c = x.size(1), hidden = fc1[i].weight.w.size(0);
           at::Tensor y = rows_of(y_buffer, rows, c + 2), act = rows_of(h_buffer, rows, hidden);
           // fc1's output: in the tile buffer, GELU in place; or saved, GELU beside it.
           at::Tensor hid =
@@ -212,12 +214,12 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
                                           static_cast<int64_t>(i + 1), public_centres,
                                           yp + p * (c + 2));
           }
-          at::addmm_out(hid, fc1[i].bias, y, fc1[i].weight_t);
+          linear_tile(y, fc1[i].weight, fc1[i].bias, false, hid);
           at::gelu_out(act, hid);
           at::Tensor next = i + 1 == count     ? out.narrow(0, t->begin, rows)
-                            : saved == nullptr ? rows_of(x_buffers[i % 2], rows, fc2_wt[i].size(1))
+                            : saved == nullptr ? rows_of(x_buffers[i % 2], rows, fc2[i].w.size(0))
                                                : (*saved)[i].narrow(0, t->begin, rows);
-          at::addmm_out(next, levels[i].fc2_b, act, fc2_wt[i]);
+          linear_tile(act, fc2[i], levels[i].fc2_b, false, next);
           x = next;
         }
       }

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../op_utils.h"
+#include "tiles.h"
 
 namespace ik {
 namespace hiif {
@@ -108,11 +109,12 @@ struct LevelParams {
 // fc1 with the LayerNorm's affine folded in: fc1(γ ⊙ y + β) = (W diag γ) y + (W β + b);
 // the weight transposed (in, hidden) for y · Wᵀ.
 struct FoldedFc1 {
-  at::Tensor weight_t, bias;
+  TileWeight weight;  // (hidden, in)
+  at::Tensor bias;
 };
 
 inline FoldedFc1 folded_fc1(const LevelParams& l) {
-  return {(l.fc1_w * l.norm_w).t(), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
+  return {tile_weight(l.fc1_w * l.norm_w), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
 }
 
 // hiif_level0's forward into `out` (n, out), contiguous, from the maps (B, H, W, 4,

@@ -49,7 +49,8 @@ IK_AVX2_CLONE void bias_act_backward(T* g, const T* out, T* bias_sum, int64_t ro
 
 void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed,
                  const at::Tensor& bias, bool relu, at::Tensor c) {
-  if (packed.defined() && a.scalar_type() == at::kFloat && a.stride(1) == 1 && c.stride(1) == 1) {
+  if (packed.defined() && a.scalar_type() == at::kFloat && a.stride(1) == 1 && c.stride(1) == 1 &&
+      (!bias.defined() || bias.is_contiguous())) {
     tile_gemm(a.data_ptr<float>(), a.stride(0), a.size(0), a.size(1), packed.data_ptr<float>(),
               c.size(1), bias.defined() ? bias.data_ptr<float>() : nullptr, relu,
               c.data_ptr<float>(), c.stride(0));
@@ -83,6 +84,11 @@ at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t firs
     x = y;
   }
   return x;
+}
+
+TileWeight tile_weight(const at::Tensor& w) {
+  const at::Tensor wc = w.contiguous();
+  return {wc, pack_tile_weight(wc)};
 }
 
 namespace {
@@ -151,9 +157,10 @@ std::vector<at::Tensor> ThreadSums::sum() {
   return total;
 }
 
-at::Tensor mlp_tile_backward(const Mlp& mlp, at::Tensor grad, size_t slot,
-                             const std::vector<at::Tensor>& record, int64_t lo, int64_t hi,
-                             TileOutputs& scratch, std::vector<at::Tensor>& sums, size_t first) {
+at::Tensor mlp_tile_backward(const Mlp& mlp, const std::vector<TileWeight>& back, at::Tensor grad,
+                             size_t slot, const std::vector<at::Tensor>& record, int64_t lo,
+                             int64_t hi, TileOutputs& scratch, std::vector<at::Tensor>& sums,
+                             size_t first) {
   for (size_t i = mlp.weights.size(); i-- > 0;) {
     const at::Tensor& w = mlp.weights[i];
     // ReLU's derivative from its output, in place on the scratch gradient, and the bias
@@ -167,7 +174,7 @@ at::Tensor mlp_tile_backward(const Mlp& mlp, at::Tensor grad, size_t slot,
     });
     sums[first + 2 * i].addmm_(grad.t(), record[i].narrow(0, lo, hi - lo));
     at::Tensor next = scratch.at(++slot, lo, hi, w.size(1));
-    at::mm_out(next, grad, w);
+    linear_tile(grad, back[i], at::Tensor(), false, next);
     grad = next;
   }
   return grad;
@@ -193,11 +200,13 @@ std::vector<at::Tensor> mlp_backward_tiles(const Mlp& mlp, int64_t rows, int64_t
   const size_t first = like.size();
   like.insert(like.end(), input_like.begin(), input_like.end());
   ThreadSums sums(like);
+  std::vector<TileWeight> back;  // each weight as the layer weight of grad · w
+  for (const auto& w : mlp.weights) back.push_back(tile_weight(w.t()));
   for_each_tile(rows, widest(mlp, in), record.front().options(), nullptr,
                 [&](int64_t lo, int64_t hi, TileOutputs& outs) {
                   std::vector<at::Tensor>& acc = sums.mine();
                   at::Tensor grad = grad_of(lo, hi, outs);
-                  grad = mlp_tile_backward(mlp, grad, 0, record, lo, hi, outs, acc, 0);
+                  grad = mlp_tile_backward(mlp, back, grad, 0, record, lo, hi, outs, acc, 0);
                   input_backward(lo, hi, grad, acc.data() + first);
                 });
   std::vector<at::Tensor> total = sums.sum();

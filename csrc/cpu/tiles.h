@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "../mlp.h"
@@ -28,6 +29,17 @@ constexpr int64_t kTileRows = 256;
 // defined; else ATen's GEMM, then bias and ReLU in one pass while the tile is in cache.
 void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed,
                  const at::Tensor& bias, bool relu, at::Tensor c);
+
+// A layer weight (out, in), contiguous, with its tile-kernel packing (for operators that
+// keep their own weights rather than an Mlp).
+struct TileWeight {
+  at::Tensor w, packed;
+};
+TileWeight tile_weight(const at::Tensor& w);
+inline void linear_tile(const at::Tensor& a, const TileWeight& w, const at::Tensor& bias, bool relu,
+                        at::Tensor c) {
+  linear_tile(a, w.w, w.packed, bias, relu, std::move(c));
+}
 
 // Where a tile's activations go: rows of the recorded trace when the backward needs them
 // (entry i of `record`, for i below its size), else two per-thread scratch tensors of
@@ -93,10 +105,12 @@ class ThreadSums {
 // overwrites both scratch tensors): `record` is the forward's
 // (the input, then each layer's output, the last one's not needed), and each layer's weight
 // and bias gradients are added into sums[first + 2i] and sums[first + 2i + 1].  Returns
-// the gradient of the chain's input (in one of `outs`' scratch tensors).
-at::Tensor mlp_tile_backward(const Mlp& mlp, at::Tensor grad, size_t slot,
-                             const std::vector<at::Tensor>& record, int64_t lo, int64_t hi,
-                             TileOutputs& scratch, std::vector<at::Tensor>& sums, size_t first);
+// the gradient of the chain's input (in one of `outs`' scratch tensors).  `back` holds each
+// layer's weight w as the layer weight of grad · w (tile_weight(w.t())).
+at::Tensor mlp_tile_backward(const Mlp& mlp, const std::vector<TileWeight>& back, at::Tensor grad,
+                             size_t slot, const std::vector<at::Tensor>& record, int64_t lo,
+                             int64_t hi, TileOutputs& scratch, std::vector<at::Tensor>& sums,
+                             size_t first);
 
 // The gradient of an MLP's output on rows lo..hi, writable (the backward masks it in place):
 // outs.at(0, lo, hi, out) or rows of a tensor the caller owns.
