@@ -5,8 +5,6 @@
 #include <string>
 #include <tuple>
 
-#include "cpu/tile_gemm.h"
-
 namespace ik {
 namespace diif {
 namespace {
@@ -78,7 +76,6 @@ Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_
   TORCH_CHECK(fine_wd.dim() == 2 && fine_wd.size(0) == fine_wh.size(0) && fine_wd.size(1) == 2, op,
               ": fine_wd must be (", fine_wh.size(0), ", 2), got ", fine_wd.sizes());
   st.fine_wh = fine_wh.contiguous();
-  st.fine_wh_packed = runs_cpu_tiles(fine_wh) ? pack_tile_weight(st.fine_wh) : at::Tensor();
   st.fine_wd = fine_wd.contiguous();
   st.fine_b0 = fine_b0.contiguous();
   st.fine = make_mlp(fine_w, fine_b, fine_wh.size(0), /*relu_last=*/false, name + ": fine");

@@ -37,7 +37,6 @@ void check_like(const at::Tensor& like, const std::vector<at::Tensor>& ts, const
 struct Stages {
   Mlp coarse, fine;
   at::Tensor fine_wh, fine_wd, fine_b0;
-  at::Tensor fine_wh_packed;  // fine_wh for the CPU tile kernel, as Mlp::packed
 };
 
 Stages make_stages(const at::Tensor& like, int64_t width, at::TensorList coarse_w,

@@ -2,9 +2,6 @@
 
 #include <string>
 
-#include "cpu/tile_gemm.h"
-#include "op_utils.h"
-
 namespace ik {
 
 Mlp make_mlp(at::TensorList weights, at::TensorList biases, int64_t in, bool relu_last,
@@ -21,7 +18,6 @@ Mlp make_mlp(at::TensorList weights, at::TensorList biases, int64_t in, bool rel
                 w.size(0), ",), got ", b.sizes());
     mlp.weights.push_back(w.contiguous());
     mlp.biases.push_back(b.contiguous());
-    mlp.packed.push_back(runs_cpu_tiles(w) ? pack_tile_weight(w) : at::Tensor());
     in = w.size(0);
   }
   return mlp;

@@ -12,9 +12,6 @@ namespace ik {
 // consecutive layers; `relu_last` adds one after the last.
 struct Mlp {
   std::vector<at::Tensor> weights, biases;
-  // Per layer, the weight in the CPU tile kernel's layout (csrc/cpu/tile_gemm.h) where the
-  // operator runs in CPU tiles and the kernel applies; else undefined.
-  std::vector<at::Tensor> packed;
   bool relu_last = false;
 };
 

@@ -69,18 +69,19 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
   at::Tensor h_all =
       tr.hidden_blend && !record ? empty_poisoned({rows, hidden}, options) : at::Tensor();
   at::Tensor g_all = tr.hidden_blend ? at::Tensor() : empty_poisoned({rows, df}, options);
+  const std::vector<TileWeight> coarse = tile_layers(st.coarse), fine = tile_layers(st.fine);
+  const TileWeight wh = tile_weight(st.fine_wh);
   for_each_tile(rows, widest(st.coarse, width), options, record ? &tr.coarse : nullptr,
                 [&](int64_t lo, int64_t hi, TileOutputs& outs) {
                   at::Tensor x = outs.at(0, lo, hi, width);
                   first(lo, hi, x);
                   x.relu_();
-                  at::Tensor h = mlp_tile(st.coarse, x, outs, 1, lo, hi, h_all);
+                  at::Tensor h = mlp_tile(st.coarse, coarse, x, outs, 1, lo, hi, h_all);
                   if (st.coarse.weights.empty() && h_all.defined()) {
                     h_all.narrow(0, lo, hi - lo).copy_(h);
                   }
                   if (g_all.defined()) {
-                    linear_tile(h, st.fine_wh, st.fine_wh_packed, at::Tensor(), false,
-                                g_all.narrow(0, lo, hi - lo));
+                    linear_tile(h, wh, at::Tensor(), false, g_all.narrow(0, lo, hi - lo));
                   }
                 });
   if (record) h_all = tr.coarse.back();
@@ -114,13 +115,13 @@ void forward_tiles(const Stages& st, const Slices& sl, const Dims& dims, int64_t
                                weight, false);
                     }
                     // W_h once per pixel
-                    linear_tile(mix, st.fine_wh, st.fine_wh_packed, at::Tensor(), false, z);
+                    linear_tile(mix, wh, at::Tensor(), false, z);
                   }
                   fine_input_rows(zp, g_all.defined() ? g_all.data_ptr<T>() : nullptr, lo, hi, df,
                                   pix, slice, dims, b0, wdy, wdx);
                   // With hidden_blend, scratch 1 held the mix: the first layer may overwrite it
                   // now.
-                  mlp_tile(st.fine, z, outs, 1, lo, hi, tr.out);
+                  mlp_tile(st.fine, fine, z, outs, 1, lo, hi, tr.out);
                 });
   if (record) tr.fine.back() = tr.out;
 }

@@ -179,8 +179,8 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
       T* g_kb = acc[3].data_ptr<T>();
       T* g_vw = acc[4].data_ptr<T>();
       T* g_vb = acc[5].data_ptr<T>();
-      const at::Tensor kv_buffer = at::empty({kTileRows * 2 * c}, x2.options());
-      const at::Tensor grad_buffer = at::empty({kTileRows * 2 * c}, x2.options());
+      const at::Tensor kv_buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
+      const at::Tensor grad_buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
@@ -230,7 +230,9 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
     using T = scalar_t;
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
-      auto buffer = [&](int64_t width) { return at::empty({kTileRows * width}, x2.options()); };
+      auto buffer = [&](int64_t width) {
+        return at::empty({longest(tiles) * width}, x2.options());
+      };
       const at::Tensor q_buf = buffer(c), r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
       const at::Tensor h_buf = buffer(hidden), a_buf = buffer(hidden), g_buf = buffer(hidden);
       while (const Tile* t = mine.next()) {
@@ -307,7 +309,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
     const T* cp = coord.data_ptr<T>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
-      auto buffer = [&]() { return at::empty({kTileRows * widest}, x2.options()); };
+      auto buffer = [&]() { return at::empty({longest(tiles) * widest}, x2.options()); };
       // Per level: the normalised input y, rstd, fc1's output h1 and fc2's output (the
       // next level's input; the last level's is not needed).  h1 and fc2's outputs are
       // read from `saved` when given; y is recomputed from the level's input either way.
@@ -317,7 +319,8 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
         h_buf.push_back(buffer());
         out_buf.push_back(buffer());
       }
-      const at::Tensor rstd_buf = at::empty({static_cast<int64_t>(count), kTileRows}, x2.options());
+      const at::Tensor rstd_buf =
+          at::empty({static_cast<int64_t>(count), longest(tiles)}, x2.options());
       const at::Tensor act_buf = buffer(), gact_buf = buffer(), gz_buf = buffer();
       at::Tensor grad_buf[2] = {buffer(), buffer()};
       while (const Tile* t = mine.next()) {

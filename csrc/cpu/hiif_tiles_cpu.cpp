@@ -28,6 +28,12 @@ std::vector<Tile> split_tiles(int64_t batch, int64_t per_image) {
   return tiles;
 }
 
+int64_t longest(const std::vector<Tile>& tiles) {
+  int64_t rows = 0;
+  for (const Tile& t : tiles) rows = std::max(rows, t.end - t.begin);
+  return rows;
+}
+
 namespace {
 
 // Level 0 of rows [begin, end) up to fc2: pre = u · rstd + bias (rows, hidden), the
@@ -97,7 +103,7 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
   const TileWeight fc2 = tile_weight(fc2_w);
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-      const at::Tensor buffer = at::empty({kTileRows * hidden}, maps.options());
+      const at::Tensor buffer = at::empty({longest(tiles) * hidden}, maps.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor pre = rows_of(buffer, rows, hidden);
@@ -127,7 +133,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
     const scalar_t* vw = vln_w.data_ptr<scalar_t>();
     const scalar_t* vb = vln_b.data_ptr<scalar_t>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
-      const at::Tensor buffer = at::empty({kTileRows * 2 * c}, x2.options());
+      const at::Tensor buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
@@ -158,8 +164,8 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
   for (int64_t b = 0; b < batch; ++b) mix_t.push_back(tile_weight(mix[b].t()));
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-    const at::Tensor r_buffer = at::empty({kTileRows * c}, x2.options());
-    const at::Tensor h_buffer = at::empty({kTileRows * hidden}, x2.options());
+    const at::Tensor r_buffer = at::empty({longest(tiles) * c}, x2.options());
+    const at::Tensor h_buffer = at::empty({longest(tiles) * hidden}, x2.options());
     while (const Tile* t = mine.next()) {
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
@@ -193,10 +199,10 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_tiles", [&] {
     const scalar_t* cp = coord.data_ptr<scalar_t>();
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-      const at::Tensor y_buffer = at::empty({kTileRows * widest}, x2.options());
-      const at::Tensor h_buffer = at::empty({kTileRows * widest}, x2.options());
-      at::Tensor x_buffers[2] = {at::empty({kTileRows * widest}, x2.options()),
-                                 at::empty({kTileRows * widest}, x2.options())};
+      const at::Tensor y_buffer = at::empty({longest(tiles) * widest}, x2.options());
+      const at::Tensor h_buffer = at::empty({longest(tiles) * widest}, x2.options());
+      at::Tensor x_buffers[2] = {at::empty({longest(tiles) * widest}, x2.options()),
+                                 at::empty({longest(tiles) * widest}, x2.options())};
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor x = x2.narrow(0, t->begin, rows);

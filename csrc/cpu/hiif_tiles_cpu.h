@@ -43,13 +43,16 @@ struct Tile {
 };
 
 // Rows per tile: 256 x 256 fp32 activations are 256 KB, so a layer's input, output and
-// weights (256 KB) fit a core's L2 (1 MB here) together; 128 rows ran ~3 % slower (MKL
-// packs the weights once per GEMM call, so fewer, taller calls pack less).
+// weights (256 KB) fit a core's L2 (1 MB here) together; 128 rows ran ~3 % slower (on
+// ATen's GEMM, which packed the weights once per call).
 constexpr int64_t kTileRows = 256;
 
 // The tiles of `batch` blocks of `per_image` rows (at most kTileRows each), none
 // straddling two images.
 std::vector<Tile> split_tiles(int64_t batch, int64_t per_image);
+// The rows of the longest of `tiles`: what a worker's tile buffers hold (a small call's
+// buffers sized by kTileRows would be fresh pages to fault in on every call).
+int64_t longest(const std::vector<Tile>& tiles);
 
 // Workers (accumulator slots) for `tiles` tiles: one per thread, at most one per tile.
 inline int64_t worker_count(size_t tiles) {

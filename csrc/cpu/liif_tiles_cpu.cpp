@@ -37,11 +37,12 @@ at::Tensor members_forward(const Mlp& mlp, const Ensemble& e, int64_t in,
   at::Tensor out = empty_poisoned({n, out_dim}, options);
   const T* weight = e.weights.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  const std::vector<TileWeight> layers = tile_layers(mlp);
   for_each_tile(rows, widest(mlp, in), options, record,
                 [&](int64_t lo, int64_t hi, TileOutputs& outs) {
                   at::Tensor x = outs.at(0, lo, hi, in);
                   input(lo, hi, x);
-                  const at::Tensor preds = mlp_tile(mlp, x, outs, 1, lo, hi, at::Tensor());
+                  const at::Tensor preds = mlp_tile(mlp, layers, x, outs, 1, lo, hi, at::Tensor());
                   const T* pp = preds.data_ptr<T>();
                   for (int64_t p = lo / kMembers; p < hi / kMembers; ++p) {
                     const T* member = pp + (p * kMembers - lo) * out_dim;

@@ -134,8 +134,28 @@ at::Tensor pack_tile_weight(const at::Tensor& w) {
   }
   const int64_t out = w.size(0), in = w.size(1);
   if (out < kPanelCols) return w.detach().contiguous();  // narrow_gemm_avx2 reads w
-  // (out/16, 16, in) -> (out/16, in, 16): each panel's columns of wᵀ contiguous.
-  return w.detach().reshape({out / kPanelCols, kPanelCols, in}).transpose(1, 2).contiguous();
+  // (out/16, in, 16) with panel p's row k = w[16p..16p+15, k], from any strides, reading
+  // along w's contiguous dimension (ATen's copy of that strided view is a gather several
+  // times slower, and small calls pack every weight).
+  at::Tensor packed = at::empty({out / kPanelCols, in, kPanelCols}, w.options());
+  const at::Tensor src = w.detach();
+  const float* wp = src.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  const int64_t s0 = src.stride(0), s1 = src.stride(1);
+  for (int64_t p = 0; p < out / kPanelCols; ++p) {
+    const float* rows = wp + p * kPanelCols * s0;
+    float* panel = dst + p * in * kPanelCols;
+    if (s1 == 1) {  // rows of w contiguous
+      for (int64_t j = 0; j < kPanelCols; ++j) {
+        for (int64_t k = 0; k < in; ++k) panel[k * kPanelCols + j] = rows[j * s0 + k];
+      }
+    } else {
+      for (int64_t k = 0; k < in; ++k) {
+        for (int64_t j = 0; j < kPanelCols; ++j) panel[k * kPanelCols + j] = rows[j * s0 + k * s1];
+      }
+    }
+  }
+  return packed;
 #else
   (void)w;
   return at::Tensor();

@@ -69,26 +69,30 @@ void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& pac
 at::Tensor TileOutputs::at(size_t i, int64_t lo, int64_t hi, int64_t cols) {
   if (record != nullptr && i < record->size()) return (*record)[i].narrow(0, lo, hi - lo);
   at::Tensor& s = scratch[i % 2];
-  if (!s.defined()) s = at::empty({kTileRows, width}, options);
+  if (!s.defined()) s = at::empty({rows, width}, options);
   return s.view(-1).narrow(0, 0, (hi - lo) * cols).view({hi - lo, cols});
 }
 
-at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t first, int64_t lo,
-                    int64_t hi, const at::Tensor& last) {
+at::Tensor mlp_tile(const Mlp& mlp, const std::vector<TileWeight>& layers, at::Tensor x,
+                    TileOutputs& outs, size_t first, int64_t lo, int64_t hi,
+                    const at::Tensor& last) {
   const size_t n = mlp.weights.size();
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& w = mlp.weights[i];
     at::Tensor y = (i + 1 == n && last.defined()) ? last.narrow(0, lo, hi - lo)
                                                   : outs.at(first + i, lo, hi, w.size(0));
-    linear_tile(x, w, mlp.packed[i], mlp.biases[i], i + 1 < n || mlp.relu_last, y);
+    linear_tile(x, layers[i], mlp.biases[i], i + 1 < n || mlp.relu_last, y);
     x = y;
   }
   return x;
 }
 
-TileWeight tile_weight(const at::Tensor& w) {
-  const at::Tensor wc = w.contiguous();
-  return {wc, pack_tile_weight(wc)};
+TileWeight tile_weight(const at::Tensor& w) { return {w, pack_tile_weight(w)}; }
+
+std::vector<TileWeight> tile_layers(const Mlp& mlp) {
+  std::vector<TileWeight> layers;
+  for (const auto& w : mlp.weights) layers.push_back(tile_weight(w));
+  return layers;
 }
 
 namespace {

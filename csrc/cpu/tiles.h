@@ -30,12 +30,15 @@ constexpr int64_t kTileRows = 256;
 void linear_tile(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed,
                  const at::Tensor& bias, bool relu, at::Tensor c);
 
-// A layer weight (out, in), contiguous, with its tile-kernel packing (for operators that
-// keep their own weights rather than an Mlp).
+// A layer weight (out, in) (any strides) with its tile-kernel packing where the kernel
+// applies.  Packed on every call, small or not (~10 us a 256 x 256 weight): a result must
+// not depend on how a decode is split into calls.
 struct TileWeight {
   at::Tensor w, packed;
 };
 TileWeight tile_weight(const at::Tensor& w);
+// tile_weight of each layer of `mlp`.
+std::vector<TileWeight> tile_layers(const Mlp& mlp);
 inline void linear_tile(const at::Tensor& a, const TileWeight& w, const at::Tensor& bias, bool relu,
                         at::Tensor c) {
   linear_tile(a, w.w, w.packed, bias, relu, std::move(c));
@@ -43,10 +46,11 @@ inline void linear_tile(const at::Tensor& a, const TileWeight& w, const at::Tens
 
 // Where a tile's activations go: rows of the recorded trace when the backward needs them
 // (entry i of `record`, for i below its size), else two per-thread scratch tensors of
-// (kTileRows, width) used in turn (allocated on first use).
+// (rows, width) used in turn (allocated on first use).
 struct TileOutputs {
   const std::vector<at::Tensor>* record;  // full-height tensors, or nullptr
-  int64_t width;                          // the scratch tensors' columns
+  int64_t rows;                           // the scratch tensors' rows: the longest tile's
+  int64_t width;                          // and columns
   at::TensorOptions options;
   at::Tensor scratch[2];
 
@@ -55,9 +59,10 @@ struct TileOutputs {
 
 // Runs `mlp` on the tile x (rows lo..hi of the whole input), layer i's output into
 // outs.at(first + i); the last layer writes into rows lo..hi of `last` when it is defined.
-// Returns the last layer's output (x itself for an empty chain).
-at::Tensor mlp_tile(const Mlp& mlp, at::Tensor x, TileOutputs& outs, size_t first, int64_t lo,
-                    int64_t hi, const at::Tensor& last);
+// Returns the last layer's output (x itself for an empty chain).  `layers`: tile_layers(mlp).
+at::Tensor mlp_tile(const Mlp& mlp, const std::vector<TileWeight>& layers, at::Tensor x,
+                    TileOutputs& outs, size_t first, int64_t lo, int64_t hi,
+                    const at::Tensor& last);
 
 // Calls fn(lo, hi, outs) for every tile of `rows` rows, in parallel over tiles, with
 // per-thread scratch of `width` columns.
@@ -69,7 +74,7 @@ void for_each_tile(int64_t rows, int64_t width, const at::TensorOptions& options
     // The ops are called below autograd (the _out GEMMs refuse inputs that require grad
     // otherwise); the guard is per thread, so each worker sets it.
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    TileOutputs outs{record, width, options, {}};
+    TileOutputs outs{record, std::min(rows, kTileRows), width, options, {}};
     for (int64_t t = t0; t < t1; ++t) {
       fn(t * kTileRows, std::min(rows, (t + 1) * kTileRows), outs);
     }
