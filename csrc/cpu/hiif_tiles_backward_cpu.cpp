@@ -158,7 +158,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
   const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
   // The forward's layer, and w_kv as the layer weight of the input gradient gkv·w_kv.
-  const TileWeight kv_layer = tile_weight(w_kv), kv_back = tile_weight(w_kv.t());
+  const TileWeight kv_layer = hiif_weight(w_kv, n), kv_back = hiif_weight(w_kv.t(), n);
   const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
   const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
@@ -217,9 +217,9 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t hidden = w1.size(0);
   const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
   const at::Tensor m_t = m.transpose(2, 3).contiguous();
-  const TileWeight q_layer = tile_weight(wq), layer1 = tile_weight(w1);
+  const TileWeight q_layer = hiif_weight(wq, n), layer1 = hiif_weight(w1, n);
   // w2 and w1 as the layer weights of the input gradients go·w2 and dL/dh1·w1.
-  const TileWeight back2 = tile_weight(w2.t()), back1 = tile_weight(w1.t());
+  const TileWeight back2 = hiif_weight(w2.t(), n), back1 = hiif_weight(w1.t(), n);
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t workers = worker_count(tiles.size());
@@ -292,10 +292,10 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   // gradient), fc1 bias, Σ dz ⊙ y and Σ dz (the norm's weight and bias) with z = γ ⊙ y + β.
   std::vector<at::Tensor> like;
   for (const LevelParams& l : levels) {
-    fc1.push_back(folded_fc1(l));
-    fc2.push_back(tile_weight(l.fc2_w));
-    fc2_back.push_back(tile_weight(l.fc2_w.t()));
-    fc1_back.push_back(tile_weight(l.fc1_w.t()));
+    fc1.push_back(folded_fc1(l, n));
+    fc2.push_back(hiif_weight(l.fc2_w, n));
+    fc2_back.push_back(hiif_weight(l.fc2_w.t(), n));
+    fc1_back.push_back(hiif_weight(l.fc1_w.t(), n));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
     like.insert(like.end(), {l.fc2_w, l.fc2_b, l.fc1_w, l.fc1_b, l.norm_w, l.norm_b});
   }
