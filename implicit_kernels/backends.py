@@ -149,8 +149,9 @@ AUTO_ORDER = ["cuda", "cpu", "torch"]
 #: size); forward alone, "cpu" is at least as fast at every size.  Measured with
 #: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
 #: log-linearly between measured sizes, bench/NOTES.md): HIIF's backward still recomputes
-#: its attention blocks, and is ~10 % slower up to 4,096 queries.
-CPU_WITH_GRAD_FROM = {"hiif": 6_300}
+#: its attention blocks and pays per-call costs, 9-16 % slower up to 1,600 queries and
+#: even at 4,096.
+CPU_WITH_GRAD_FROM = {"hiif": 4_100}
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:
