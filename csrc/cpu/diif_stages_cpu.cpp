@@ -163,7 +163,8 @@ at::Tensor fine_backward_cpu(const Stages& st, const Slices& sl, const Dims& dim
   at::Tensor per_pixel = empty_poisoned({n, tr.hidden_blend ? hidden : df}, options);
   std::vector<at::Tensor> like = {st.fine_b0, at::empty({2, df}, options)};  // b0, wdᵀ
   if (tr.hidden_blend) like.push_back(st.fine_wh);
-  const TileWeight wh_back = tile_weight(st.fine_wh.t());  // grad · W_h as a layer
+  // grad · W_h as a layer: the per-pixel gradient of the hidden mix (hidden_blend only).
+  const TileWeight wh_back = tr.hidden_blend ? tile_weight(st.fine_wh.t()) : TileWeight{};
   const int64_t* pix = sl.pixels.data_ptr<int64_t>();
   const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {
     return outs.at(0, lo, hi, out_dim).copy_(go.narrow(0, lo, hi - lo));
@@ -199,7 +200,8 @@ at::Tensor coarse_backward_cpu(const Stages& st, const Trace& tr, const at::Tens
   at::Tensor grad = empty_poisoned({rows, width}, act.options());
   std::vector<at::Tensor> like;
   if (!tr.hidden_blend) like.push_back(st.fine_wh);
-  const TileWeight wh_back = tile_weight(st.fine_wh.t());  // G's gradient · W_h as a layer
+  // G's gradient · W_h as a layer (without hidden_blend: with it, H's gradient is given).
+  const TileWeight wh_back = tr.hidden_blend ? TileWeight{} : tile_weight(st.fine_wh.t());
   // The gradient of H on rows lo..hi: G's through W_h (whose weight gradient input_backward
   // adds into the thread's sums[0]).
   const auto output_grad = [&](int64_t lo, int64_t hi, TileOutputs& outs) {

@@ -163,6 +163,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const int64_t workers = worker_count(tiles.size());
   // Per worker: w_kv, b_kv, kln_w, kln_b, vln_w, vln_b.
   const std::vector<at::Tensor> like = {w_kv, b_kv, kln_w, kln_b, vln_w, vln_b};
@@ -179,8 +180,8 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
       T* g_kb = acc[3].data_ptr<T>();
       T* g_vw = acc[4].data_ptr<T>();
       T* g_vb = acc[5].data_ptr<T>();
-      const at::Tensor kv_buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
-      const at::Tensor grad_buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
+      const at::Tensor kv_buffer = at::empty({tile_rows * 2 * c}, x2.options());
+      const at::Tensor grad_buffer = at::empty({tile_rows * 2 * c}, x2.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
@@ -222,6 +223,7 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const TileWeight back2 = hiif_weight(w2.t(), n), back1 = hiif_weight(w1.t(), n);
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const int64_t workers = worker_count(tiles.size());
   // Per worker: mat, wq, bq, w1, b1, w2, b2.
   const std::vector<at::Tensor> like = {mat, wq, bq, w1, b1, w2, b2};
@@ -230,9 +232,7 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
     using T = scalar_t;
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
-      auto buffer = [&](int64_t width) {
-        return at::empty({longest(tiles) * width}, x2.options());
-      };
+      auto buffer = [&](int64_t width) { return at::empty({tile_rows * width}, x2.options()); };
       const at::Tensor q_buf = buffer(c), r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
       const at::Tensor h_buf = buffer(hidden), a_buf = buffer(hidden), g_buf = buffer(hidden);
       while (const Tile* t = mine.next()) {
@@ -302,6 +302,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   const at::Tensor go2 = grad_out.contiguous();
   at::Tensor grad_x = at::empty_like(x2);
   const std::vector<Tile> tiles = split_tiles(1, n);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const int64_t workers = worker_count(tiles.size());
   std::vector<at::Tensor> slots = zero_slots(workers, like);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_backward_tiles", [&] {
@@ -309,7 +310,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
     const T* cp = coord.data_ptr<T>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
-      auto buffer = [&]() { return at::empty({longest(tiles) * widest}, x2.options()); };
+      auto buffer = [&]() { return at::empty({tile_rows * widest}, x2.options()); };
       // Per level: the normalised input y, rstd, fc1's output h1 and fc2's output (the
       // next level's input; the last level's is not needed).  h1 and fc2's outputs are
       // read from `saved` when given; y is recomputed from the level's input either way.
@@ -319,8 +320,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
         h_buf.push_back(buffer());
         out_buf.push_back(buffer());
       }
-      const at::Tensor rstd_buf =
-          at::empty({static_cast<int64_t>(count), longest(tiles)}, x2.options());
+      const at::Tensor rstd_buf = at::empty({static_cast<int64_t>(count), tile_rows}, x2.options());
       const at::Tensor act_buf = buffer(), gact_buf = buffer(), gz_buf = buffer();
       at::Tensor grad_buf[2] = {buffer(), buffer()};
       while (const Tile* t = mine.next()) {

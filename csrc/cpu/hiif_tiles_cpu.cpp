@@ -100,10 +100,11 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
                   bool public_centres, const at::Tensor& out) {
   const int64_t n = coord.size(0), hidden = row_sums.size(1);
   const std::vector<Tile> tiles = split_tiles(1, n);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const TileWeight fc2 = hiif_weight(fc2_w, n);
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-      const at::Tensor buffer = at::empty({longest(tiles) * hidden}, maps.options());
+      const at::Tensor buffer = at::empty({tile_rows * hidden}, maps.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor pre = rows_of(buffer, rows, hidden);
@@ -124,6 +125,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
   const TileWeight w_kv = hiif_weight(key_value_rows(w_qkv, heads), n);
   const at::Tensor b_kv = key_value_rows(b_qkv, heads);
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const int64_t workers = worker_count(tiles.size());
   // Per worker and image: Σ k̂ᵀv̂ (heads, d, d).
   at::Tensor sums = at::zeros({workers, batch, heads, d, d}, x2.options());
@@ -133,7 +135,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
     const scalar_t* vw = vln_w.data_ptr<scalar_t>();
     const scalar_t* vb = vln_b.data_ptr<scalar_t>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
-      const at::Tensor buffer = at::empty({longest(tiles) * 2 * c}, x2.options());
+      const at::Tensor buffer = at::empty({tile_rows * 2 * c}, x2.options());
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor kv = rows_of(buffer, rows, 2 * c);
@@ -163,9 +165,10 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
   std::vector<TileWeight> mix_t;  // per image, mixᵀ as a layer weight
   for (int64_t b = 0; b < batch; ++b) mix_t.push_back(hiif_weight(mix[b].t(), n / batch));
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-    const at::Tensor r_buffer = at::empty({longest(tiles) * c}, x2.options());
-    const at::Tensor h_buffer = at::empty({longest(tiles) * hidden}, x2.options());
+    const at::Tensor r_buffer = at::empty({tile_rows * c}, x2.options());
+    const at::Tensor h_buffer = at::empty({tile_rows * hidden}, x2.options());
     while (const Tile* t = mine.next()) {
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
@@ -196,13 +199,14 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   const int64_t out_dim = levels.back().fc2_w.size(0);
   at::Tensor out = at::empty({n, out_dim}, x2.options());
   const std::vector<Tile> tiles = split_tiles(1, n);
+  const int64_t tile_rows = longest(tiles);  // each worker's buffers
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_tiles", [&] {
     const scalar_t* cp = coord.data_ptr<scalar_t>();
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
-      const at::Tensor y_buffer = at::empty({longest(tiles) * widest}, x2.options());
-      const at::Tensor h_buffer = at::empty({longest(tiles) * widest}, x2.options());
-      at::Tensor x_buffers[2] = {at::empty({longest(tiles) * widest}, x2.options()),
-                                 at::empty({longest(tiles) * widest}, x2.options())};
+      const at::Tensor y_buffer = at::empty({tile_rows * widest}, x2.options());
+      const at::Tensor h_buffer = at::empty({tile_rows * widest}, x2.options());
+      at::Tensor x_buffers[2] = {at::empty({tile_rows * widest}, x2.options()),
+                                 at::empty({tile_rows * widest}, x2.options())};
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         at::Tensor x = x2.narrow(0, t->begin, rows);

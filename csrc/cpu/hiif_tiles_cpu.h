@@ -109,8 +109,7 @@ struct LevelParams {
   at::Tensor norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b;
 };
 
-// fc1 with the LayerNorm's affine folded in: fc1(γ ⊙ y + β) = (W diag γ) y + (W β + b);
-// the weight transposed (in, hidden) for y · Wᵀ.
+// fc1 with the LayerNorm's affine folded in: fc1(γ ⊙ y + β) = (W diag γ) y + (W β + b).
 struct FoldedFc1 {
   TileWeight weight;  // (hidden, in)
   at::Tensor bias;
