@@ -302,3 +302,28 @@ def test_hiif_in_place_operators_opcheck_and_refuse_bad_outputs():
         ops.hiif_level0_out(*level0, out.double())
     with pytest.raises(RuntimeError, match="x must be contiguous"):
         ops.hiif_attention_apply_(x.transpose(0, 1), *apply[1:])
+
+
+@pytest.mark.parametrize("size", ["x2.7", "x3_by_x5"])
+def test_hiif_tile_kernel_sizes_match_reference(size):
+    """HIIF calls of at least two tiles of rows (2 images x 304 or 630 queries, the C = 32
+    decoder's widths multiples of 16) run their fp32 layers on the tile GEMM
+    (csrc/cpu/tile_gemm.h); values and every gradient equal the reference's at a
+    non-integer and an asymmetric scale."""
+    torch.manual_seed(7)
+    feat, inp = inputs()
+    params = hiif_params()
+    grad_out = None
+    results = {}
+    for backend in ("reference", "cpu"):
+        f = feat.clone().requires_grad_()
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        out = F.hiif_decode(f, inp, SIZES[size], p, backend=backend)
+        if grad_out is None:
+            grad_out = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [f, *p.values()], grad_out)
+        results[backend] = (out, grads)
+    assert results["cpu"][0].shape[0] * SIZES[size][0] * SIZES[size][1] >= 512
+    assert_matches(results["cpu"][0], results["reference"][0])
+    for name, got, want in zip(["feat", *params], results["cpu"][1], results["reference"][1]):
+        assert_matches(got, want, name)
