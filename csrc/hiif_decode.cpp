@@ -20,8 +20,9 @@
 // table of CUDA functions.  Each backward recomputes its operator's forward (nothing is
 // saved but the inputs) and returns gradients for every floating input but coord and cell
 // (positions are not differentiated: the reference's local coordinate and bits are
-// piecewise constant); except hiif_levels_train (CPU), which keeps the levels'
-// activations for hiif_levels_backward_saved when gradients are wanted.
+// piecewise constant); except the _train operators (CPU: hiif_attention_stats_train,
+// hiif_attention_apply_train, hiif_levels_train), which keep the activations their
+// _backward_saved operators read when gradients are wanted.
 #include <ATen/ATen.h>
 
 #include <string>
@@ -370,12 +371,45 @@ at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                              const at::Tensor& qkv_w, const at::Tensor& qkv_b,
-                              const at::Tensor& kln_w, const at::Tensor& kln_b,
-                              const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
+// hiif_attention_stats_train: hiif_attention_stats and the normalised keys and values its
+// backward would recompute (stats_record_buffers), for the cpu backend with gradients.
+// CPU tiles only.
+std::tuple<at::Tensor, Tensors> hiif_attention_stats_train(
+    const at::Tensor& x, const at::Tensor& qkv_w, const at::Tensor& qkv_b, const at::Tensor& kln_w,
+    const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
   const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
+  TORCH_CHECK(runs_cpu_tiles(x), kStats, "_train: CPU tensors only");
+  Tensors record = stats_record_buffers(s.x2, heads);
+  if (s.x2.size(0) == 0) return {at::zeros({x.size(0), heads, s.d, s.d}, x.options()), record};
+  return {stats_tiles(s.x2, x.size(0), s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
+                      vln_w.contiguous(), vln_b.contiguous(), heads, &record),
+          record};
+}
+
+// The record of a _backward_saved operator checked against `like` (its _train operator's
+// record for no rows): as many tensors, each (rows, like's width), of x's dtype and device.
+Tensors checked_record(at::TensorList record, const Tensors& like, int64_t rows,
+                       const at::Tensor& x, const char* op) {
+  TORCH_CHECK(record.size() == like.size(), op, "_backward_saved: saved must hold ", like.size(),
+              " tensors (", op, "_train's), got ", record.size());
+  Tensors checked;
+  for (size_t i = 0; i < record.size(); ++i) {
+    check_same(record[i], x, op, "saved");
+    check_shape(record[i], {rows, like[i].size(1)}, op, "saved");
+    checked.push_back(record[i].contiguous());
+  }
+  return checked;
+}
+
+using StatsGrads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// hiif_attention_stats' backward; `record`: hiif_attention_stats_train's (CPU tiles only),
+// or null to recompute it.
+StatsGrads stats_backward(const at::Tensor& grad_out, const at::Tensor& x, const Stats& s,
+                          const at::Tensor& qkv_w, const at::Tensor& qkv_b, const at::Tensor& kln_w,
+                          const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b,
+                          int64_t heads, const Tensors* record) {
   const at::Tensor& x2 = s.x2;
   const int64_t b = x.size(0), c = s.c, d = s.d;
   check_grad_out(grad_out, x, {b, heads, d, d}, kStats);
@@ -388,7 +422,7 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
   if (runs_cpu_tiles(x)) {
     const auto g =
         stats_backward_tiles(gs, x2, b, s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
-                             vln_w.contiguous(), vln_b.contiguous(), heads);
+                             vln_w.contiguous(), vln_b.contiguous(), heads, record);
     // The k and v rows' gradients back into the head-interleaved layout; q's rows are 0.
     const at::Tensor grad_qkv_w = at::zeros({heads, 3, d * c}, x.options());
     grad_qkv_w.narrow(1, 1, 2).copy_(std::get<1>(g).view({2, heads, d * c}).transpose(0, 1));
@@ -417,6 +451,27 @@ hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
           channel_sum(grad_k_hat),
           channel_sum(grad_v_hat * kv.v_norm),
           channel_sum(grad_v_hat)};
+}
+
+StatsGrads hiif_attention_stats_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                         const at::Tensor& qkv_w, const at::Tensor& qkv_b,
+                                         const at::Tensor& kln_w, const at::Tensor& kln_b,
+                                         const at::Tensor& vln_w, const at::Tensor& vln_b,
+                                         int64_t heads) {
+  const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
+  return stats_backward(grad_out, x, s, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads, nullptr);
+}
+
+StatsGrads hiif_attention_stats_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                               const at::Tensor& x, const at::Tensor& qkv_w,
+                                               const at::Tensor& qkv_b, const at::Tensor& kln_w,
+                                               const at::Tensor& kln_b, const at::Tensor& vln_w,
+                                               const at::Tensor& vln_b, int64_t heads) {
+  const Stats s = make_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads);
+  TORCH_CHECK(runs_cpu_tiles(x), kStats, "_backward_saved: CPU tensors only");
+  const Tensors record = checked_record(saved, stats_record_buffers(s.x2.narrow(0, 0, 0), heads),
+                                        s.x2.size(0), x, kStats);
+  return stats_backward(grad_out, x, s, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads, &record);
 }
 
 struct Apply {
@@ -479,6 +534,23 @@ at::Tensor hiif_attention_apply(const at::Tensor& x, const at::Tensor& mat, cons
   return at::addmm(a.b2, at::gelu(tr.h1), a.w2.t()).add_(a.x2).view(x.sizes());
 }
 
+// hiif_attention_apply_train: hiif_attention_apply and the activations its backward would
+// recompute (apply_record_buffers: q, proj1's output), for the cpu backend with gradients.
+// CPU tiles only.
+std::tuple<at::Tensor, Tensors> hiif_attention_apply_train(
+    const at::Tensor& x, const at::Tensor& mat, const at::Tensor& qkv_w, const at::Tensor& qkv_b,
+    const at::Tensor& proj1_w, const at::Tensor& proj1_b, const at::Tensor& proj2_w,
+    const at::Tensor& proj2_b) {
+  const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
+  TORCH_CHECK(runs_cpu_tiles(x), kApply, "_train: CPU tensors only");
+  Tensors record = apply_record_buffers(a.x2, a.w1);
+  at::Tensor out = at::empty(a.x2.sizes(), x.options());
+  if (a.x2.size(0) > 0) {
+    apply_tiles(a.x2, x.size(0), a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2, out, &record);
+  }
+  return {out.view(x.sizes()), record};
+}
+
 // hiif_attention_apply written over x (contiguous): as hiif_level0_out, for the decode
 // without gradients.
 void hiif_attention_apply_(const at::Tensor& x, const at::Tensor& mat, const at::Tensor& qkv_w,
@@ -495,14 +567,16 @@ void hiif_attention_apply_(const at::Tensor& x, const at::Tensor& mat, const at:
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                              const at::Tensor& mat, const at::Tensor& qkv_w,
-                              const at::Tensor& qkv_b, const at::Tensor& proj1_w,
-                              const at::Tensor& proj1_b, const at::Tensor& proj2_w,
-                              const at::Tensor& proj2_b) {
-  const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
+using ApplyGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor, at::Tensor, at::Tensor>;
+
+// hiif_attention_apply's backward; `record`: hiif_attention_apply_train's (CPU tiles only),
+// or null to recompute it.
+ApplyGrads apply_backward(const at::Tensor& grad_out, const at::Tensor& x, const Apply& a,
+                          const at::Tensor& mat, const at::Tensor& qkv_w, const at::Tensor& qkv_b,
+                          const at::Tensor& proj1_w, const at::Tensor& proj1_b,
+                          const at::Tensor& proj2_w, const at::Tensor& proj2_b,
+                          const Tensors* record) {
   check_grad_out(grad_out, x, x.sizes(), kApply);
   if (a.x2.size(0) == 0) {
     return {at::zeros_like(x),       at::zeros_like(mat),     at::zeros_like(qkv_w),
@@ -512,7 +586,8 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
   const int64_t b = x.size(0), c = x.size(2);
   const at::Tensor go = grad_out.reshape(a.x2.sizes()).to(x.scalar_type());
   if (runs_cpu_tiles(x)) {
-    const auto g = apply_backward_tiles(go, a.x2, b, a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2);
+    const auto g =
+        apply_backward_tiles(go, a.x2, b, a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2, record);
     // Only the q rows of the head-interleaved projection are used.
     const at::Tensor grad_qkv_w = at::zeros({a.heads, 3, a.d, c}, x.options());
     grad_qkv_w.select(1, 0).copy_(std::get<2>(g).view({a.heads, a.d, c}));
@@ -552,6 +627,30 @@ hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
           grad_b1,
           grad_w2,
           grad_b2};
+}
+
+ApplyGrads hiif_attention_apply_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                         const at::Tensor& mat, const at::Tensor& qkv_w,
+                                         const at::Tensor& qkv_b, const at::Tensor& proj1_w,
+                                         const at::Tensor& proj1_b, const at::Tensor& proj2_w,
+                                         const at::Tensor& proj2_b) {
+  const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
+  return apply_backward(grad_out, x, a, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b,
+                        nullptr);
+}
+
+ApplyGrads hiif_attention_apply_backward_saved(const at::Tensor& grad_out, at::TensorList saved,
+                                               const at::Tensor& x, const at::Tensor& mat,
+                                               const at::Tensor& qkv_w, const at::Tensor& qkv_b,
+                                               const at::Tensor& proj1_w, const at::Tensor& proj1_b,
+                                               const at::Tensor& proj2_w,
+                                               const at::Tensor& proj2_b) {
+  const Apply a = make_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b);
+  TORCH_CHECK(runs_cpu_tiles(x), kApply, "_backward_saved: CPU tensors only");
+  const Tensors record = checked_record(saved, apply_record_buffers(a.x2.narrow(0, 0, 0), a.w1),
+                                        a.x2.size(0), x, kApply);
+  return apply_backward(grad_out, x, a, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b,
+                        &record);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -745,15 +844,8 @@ LevelGrads hiif_levels_backward_saved(const at::Tensor& grad_out, at::TensorList
   const Levels l =
       make_levels(x, coord, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, h, w, public_centres);
   TORCH_CHECK(runs_cpu_tiles(x), kLevels, "_backward_saved: CPU tensors only");
-  const Tensors like = levels_saved_buffers(l.x2.narrow(0, 0, 0), level_params(l));
-  TORCH_CHECK(saved.size() == like.size(), kLevels, "_backward_saved: saved must hold ",
-              like.size(), " tensors (hiif_levels_train's), got ", saved.size());
-  Tensors checked;
-  for (size_t i = 0; i < saved.size(); ++i) {
-    check_same(saved[i], x, kLevels, "saved");
-    check_shape(saved[i], {l.x2.size(0), like[i].size(1)}, kLevels, "saved");
-    checked.push_back(saved[i].contiguous());
-  }
+  const Tensors checked = checked_record(
+      saved, levels_saved_buffers(l.x2.narrow(0, 0, 0), level_params(l)), l.x2.size(0), x, kLevels);
   return levels_backward(grad_out, x, l, &checked);
 }
 
@@ -776,6 +868,10 @@ void register_hiif_kernels(torch::Library& m) {
 
 IK_LIBRARY_IMPL(CPU, m) {
   register_hiif_kernels(m);
+  m.impl("hiif_attention_stats_train", &hiif_attention_stats_train);
+  m.impl("hiif_attention_stats_backward_saved", &hiif_attention_stats_backward_saved);
+  m.impl("hiif_attention_apply_train", &hiif_attention_apply_train);
+  m.impl("hiif_attention_apply_backward_saved", &hiif_attention_apply_backward_saved);
   m.impl("hiif_levels_train", &hiif_levels_train);
   m.impl("hiif_levels_backward_saved", &hiif_levels_backward_saved);
 }

@@ -115,6 +115,23 @@ IK_LIBRARY(m) {
       "hiif_attention_apply_backward(Tensor grad_out, Tensor x, Tensor mat, Tensor qkv_w,"
       " Tensor qkv_b, Tensor proj1_w, Tensor proj1_b, Tensor proj2_w, Tensor proj2_b)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The cpu backend's attention with gradients: the operators plus the activations their
+  // backwards read instead of recomputing (CPU only).
+  m.def(
+      "hiif_attention_stats_train(Tensor x, Tensor qkv_w, Tensor qkv_b, Tensor kln_w,"
+      " Tensor kln_b, Tensor vln_w, Tensor vln_b, int heads) -> (Tensor, Tensor[])");
+  m.def(
+      "hiif_attention_stats_backward_saved(Tensor grad_out, Tensor[] saved, Tensor x,"
+      " Tensor qkv_w, Tensor qkv_b, Tensor kln_w, Tensor kln_b, Tensor vln_w, Tensor vln_b,"
+      " int heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "hiif_attention_apply_train(Tensor x, Tensor mat, Tensor qkv_w, Tensor qkv_b,"
+      " Tensor proj1_w, Tensor proj1_b, Tensor proj2_w, Tensor proj2_b) -> (Tensor, Tensor[])");
+  m.def(
+      "hiif_attention_apply_backward_saved(Tensor grad_out, Tensor[] saved, Tensor x,"
+      " Tensor mat, Tensor qkv_w, Tensor qkv_b, Tensor proj1_w, Tensor proj1_b,"
+      " Tensor proj2_w, Tensor proj2_b)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "hiif_levels(Tensor x, Tensor coord, Tensor[] norm_w, Tensor[] norm_b, Tensor[] fc1_w,"
       " Tensor[] fc1_b, Tensor[] fc2_w, Tensor[] fc2_b, int h, int w, bool public_centres)"

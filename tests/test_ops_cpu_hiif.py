@@ -64,6 +64,10 @@ def _op_samples():
         "hiif_attention_apply": (x, mat / 10, *block["qkv"], *block["proj1"], *block["proj2"]),
         "hiif_levels": (x, coord, *lists, 3, 4, False),
         "hiif_levels_train": (x, coord, *lists, 3, 4, False),
+        "hiif_attention_stats_train": (x, *block["qkv"], *block["kln"], *block["vln"],
+                                       block["heads"]),
+        "hiif_attention_apply_train": (x, mat / 10, *block["qkv"], *block["proj1"],
+                                       *block["proj2"]),
     }
 
 
@@ -92,7 +96,8 @@ POSITIONS = {"hiif_level0": (6, 7), "hiif_levels": (1,), "hiif_levels_train": (1
 
 
 @pytest.mark.parametrize("name", ["hiif_level0", "hiif_attention_stats", "hiif_attention_apply",
-                                  "hiif_levels", "hiif_levels_train"])
+                                  "hiif_levels", "hiif_levels_train",
+                                  "hiif_attention_stats_train", "hiif_attention_apply_train"])
 def test_hiif_opcheck(name):
     args = _op_samples()[name]
     for sample in (args, tuple(_non_contiguous(a) for a in args)):
@@ -106,22 +111,30 @@ def _differentiable(args):
     return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
 
 
-def test_hiif_levels_train_matches_levels():
-    """hiif_levels_train (the cpu backend's levels with gradients, whose backward reads the
-    activations it kept) gives hiif_levels' values and gradients; its backward refuses a
-    saved list of another length."""
-    args = _op_samples()["hiif_levels"]
-    plain, kept = _leaves(args, (1,)), _leaves(args, (1,))
-    out = ops.hiif_levels(*plain)
-    out_kept, saved = ops.hiif_levels_train(*kept)
+@pytest.mark.parametrize("name,records", [("hiif_levels", 3), ("hiif_attention_stats", 2),
+                                          ("hiif_attention_apply", 2)])
+def test_hiif_train_matches_plain(name, records):
+    """A ``_train`` operator (the cpu backend's with gradients, whose backward reads the
+    activations it kept) gives the plain operator's values and gradients; its
+    ``_backward_saved`` refuses a record of another length or shape."""
+    args = _op_samples()[name]
+    skip = POSITIONS.get(name, ())
+    plain, kept = _leaves(args, skip), _leaves(args, skip)
+    out = getattr(ops, name)(*plain)
+    out_kept, saved = getattr(ops, name + "_train")(*kept)
     assert_matches(out_kept, out)
-    assert len(saved) == 2 * len(args[2]) - 1
+    assert len(saved) == records
     grad = torch.randn_like(out)
     expected = torch.autograd.grad(out, _differentiable(plain), grad)
-    for got, want in zip(torch.autograd.grad(out_kept, _differentiable(kept), grad), expected):
-        assert_matches(got, want)
+    got = torch.autograd.grad(out_kept, _differentiable(kept), grad)
+    assert len(got) == len(expected)
+    for g, want in zip(got, expected):
+        assert_matches(g, want)
+    backward_saved = getattr(ops, name + "_backward_saved")
     with pytest.raises(RuntimeError, match="saved must hold"):
-        ops.hiif_levels_backward_saved(grad, saved[1:], *args)
+        backward_saved(grad, saved[1:], *args)
+    with pytest.raises(RuntimeError, match="saved must have shape"):
+        backward_saved(grad, [saved[0][1:], *saved[1:]], *args)
 
 
 def test_hiif_ops_reject_bad_input():

@@ -45,7 +45,8 @@ def _params(decoder, c):
 
 
 @pytest.mark.parametrize("decoder,op", [("diif", "diif_decode"), ("liif", "liif_decode"),
-                                        ("hiif", "hiif_levels")])
+                                        ("hiif", "hiif_levels"), ("hiif", "hiif_attention_stats"),
+                                        ("hiif", "hiif_attention_apply")])
 def test_records_kept_up_to_the_decodes_size(decoder, op, monkeypatch):
     torch.manual_seed(0)
     c = 8 if decoder == "hiif" else 4

@@ -10,3 +10,12 @@
 #else
 #define IK_AVX2_CLONE
 #endif
+
+// IK_CLONE_INLINE: for small helpers the clones call in their loops.  A helper the
+// compiler leaves out of line is compiled once, for the baseline, whichever clone calls
+// it; forced inline it becomes part of each clone.
+#if defined(__GNUC__)
+#define IK_CLONE_INLINE inline __attribute__((always_inline))
+#else
+#define IK_CLONE_INLINE inline
+#endif

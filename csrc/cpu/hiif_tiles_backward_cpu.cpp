@@ -13,19 +13,39 @@ namespace ik {
 namespace hiif {
 namespace {
 
-// Contiguous zero tensors shaped like `like`, one set per worker: worker k's are
-// [k * like.size(), (k + 1) * like.size()).
-std::vector<at::Tensor> zero_slots(int64_t workers, const std::vector<at::Tensor>& like) {
+// Uninitialised contiguous tensors shaped like `like`, one set per worker: worker k's are
+// [k * like.size(), (k + 1) * like.size()).  Each worker zeroes the ones its row loops add
+// into and assigns the others on its first tile (accumulate_product, accumulate_sum):
+// zeroing every slot cost a small call's backward as much as a layer's GEMM.
+std::vector<at::Tensor> worker_slots(int64_t workers, const std::vector<at::Tensor>& like) {
   std::vector<at::Tensor> out;
   for (int64_t k = 0; k < workers; ++k) {
-    for (const at::Tensor& t : like) out.push_back(at::zeros(t.sizes(), t.options()));
+    for (const at::Tensor& t : like) out.push_back(at::empty(t.sizes(), t.options()));
   }
   return out;
 }
 
-// Slot i of every worker summed, in worker order.
+// acc = a·b on a worker's first tile, acc += a·b on the others.
+void accumulate_product(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b, bool first) {
+  if (first) {
+    at::mm_out(acc, a, b);
+  } else {
+    acc.addmm_(a, b);
+  }
+}
+
+// acc = a's column sums on a worker's first tile, acc += them on the others.
+void accumulate_sum(at::Tensor& acc, const at::Tensor& a, bool first) {
+  if (first) {
+    at::sum_out(acc, a, 0);
+  } else {
+    acc.add_(a.sum(0));
+  }
+}
+
+// Slot i of every worker summed, in worker order (into worker 0's slot).
 at::Tensor sum_slot(const std::vector<at::Tensor>& slots, size_t per_worker, size_t i) {
-  at::Tensor total = slots[i].clone();
+  at::Tensor total = slots[i];
   for (size_t k = per_worker + i; k < slots.size(); k += per_worker) total.add_(slots[k]);
   return total;
 }
@@ -35,98 +55,51 @@ at::Tensor sum_slot(const std::vector<at::Tensor>& slots, size_t per_worker, siz
 
 // The attention statistics S = Σ k̂ᵀv̂ per head: from dL/dS (g, and gt = its transpose, per
 // head d × d) to the gradients of a tile's raw keys and values.  kv's rows hold a query's
-// keys then values (2c) and are normalised in place; their gradients go to gkv (same
-// layout); the LayerNorm affine's gradients are added into g_kw, g_kb, g_vw, g_vb.
-template <typename T>
-IK_AVX2_CLONE void key_value_backward(T* kv, T* gkv, int64_t rows, int64_t c, int64_t heads,
-                                      int64_t d, const T* kw, const T* kb, const T* vw, const T* vb,
-                                      const T* g_image, const T* gt_image, T* g_kw, T* g_kb,
-                                      T* g_vw, T* g_vb) {
+// keys then values (2c) normalised per head, rstd's their rstd (2 heads); the gradients go
+// to gkv (kv's layout); the LayerNorm affine's gradients are added into g_kw, g_kb, g_vw,
+// g_vb.
+template <typename T, typename D>
+IK_AVX2_CLONE void key_value_backward(const T* kv, const T* rstd, T* gkv, int64_t rows, int64_t c,
+                                      int64_t heads, D d, const T* kw, const T* kb, const T* vw,
+                                      const T* vb, const T* g_image, const T* gt_image, T* g_kw,
+                                      T* g_kb, T* g_vw, T* g_vb) {
   std::vector<T> key(d), value(d);
-  T* row = kv;
+  const T* row = kv;
   T* grow = gkv;
-  // d as a constant where it is 16 (with_head_dim).
-  with_head_dim(d, [&](auto d) {
-    for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c) {
-      for (int64_t hd = 0; hd < heads; ++hd) {
-        // The normalised key and value stay in kv; k̂, v̂ are their affine images.
-        T* kn = row + hd * d;
-        T* vn = row + c + hd * d;
-        const T k_rstd = normalise_row(kn, d), v_rstd = normalise_row(vn, d);
-        for (int64_t e = 0; e < d; ++e) {
-          key[e] = kn[e] * kw[e] + kb[e];
-          value[e] = vn[e] * vw[e] + vb[e];
-        }
-        // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a, both as sums of rows of
-        // G (Gᵀ for dk̂): contiguous inner loops without a running sum.
-        const T* g = g_image + hd * d * d;
-        const T* gt = gt_image + hd * d * d;
-        T* gk = grow + hd * d;
-        T* gv = grow + c + hd * d;
-        for (int64_t e = 0; e < d; ++e) gk[e] = gv[e] = 0;
-        for (int64_t a = 0; a < d; ++a) {
-          for (int64_t e = 0; e < d; ++e) {
-            gk[e] += gt[a * d + e] * value[a];
-            gv[e] += g[a * d + e] * key[a];
-          }
-        }
-        for (int64_t e = 0; e < d; ++e) {
-          g_kw[e] += gk[e] * kn[e];
-          g_kb[e] += gk[e];
-          g_vw[e] += gv[e] * vn[e];
-          g_vb[e] += gv[e];
-          gk[e] *= kw[e];
-          gv[e] *= vw[e];
-        }
-        normalise_row_backward(gk, kn, k_rstd, d);
-        normalise_row_backward(gv, vn, v_rstd, d);
-      }
+  for (int64_t p = 0; p < rows; ++p, row += 2 * c, grow += 2 * c, rstd += 2 * heads) {
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      // kn, vn: the normalised key and value; k̂, v̂ their affine images.
+      const T* kn = row + hd * d;
+      const T* vn = row + c + hd * d;
+      scale_shift(kn, kw, kb, key.data(), d);
+      scale_shift(vn, vw, vb, value.data(), d);
+      // S = Σ k̂ᵀv̂: dk̂_a = Σ_e G_ae v̂_e, dv̂_e = Σ_a G_ae k̂_a, both as sums of rows of
+      // G (Gᵀ for dk̂): contiguous inner loops without a running sum.
+      T* gk = grow + hd * d;
+      T* gv = grow + c + hd * d;
+      row_times_matrix(value.data(), gt_image + hd * d * d, gk, d);
+      row_times_matrix(key.data(), g_image + hd * d * d, gv, d);
+      scale_shift_backward(gk, kn, kw, g_kw, g_kb, d);
+      scale_shift_backward(gv, vn, vw, g_vw, g_vb, d);
+      normalise_row_backward(gk, kn, rstd[hd], d);
+      normalise_row_backward(gv, vn, rstd[heads + hd], d);
     }
-  });
+  }
 }
 
-// r = x + q·M per head (M: heads × d × d of one image) for a tile of rows × c.
-template <typename T>
-IK_AVX2_CLONE void add_head_products(const T* x, const T* q, const T* m, T* r, int64_t rows,
-                                     int64_t c, int64_t heads, int64_t d) {
-  // d as a constant where it is 16 (with_head_dim).
-  with_head_dim(d, [&](auto d) {
-    for (int64_t p = 0; p < rows * c; p += c) {
-      for (int64_t hd = 0; hd < heads; ++hd) {
-        const T* mh = m + hd * d * d;
-        const int64_t o = p + hd * d;
-        for (int64_t e = 0; e < d; ++e) r[o + e] = x[o + e];
-        for (int64_t a = 0; a < d; ++a) {
-          for (int64_t e = 0; e < d; ++e) r[o + e] += q[o + a] * mh[a * d + e];
-        }
-      }
-    }
-  });
-}
-
-// Backward of add_head_products from dr: dM_h += q_hᵀ dr_h (into gm), dq_h = dr_h M_hᵀ
+// Backward of r = x + q·M (head_mix) from dr: dM_h += q_hᵀ dr_h (into gm), dq_h = dr_h M_hᵀ
 // (into gq), with mt = M transposed per head.
-template <typename T>
+template <typename T, typename D>
 IK_AVX2_CLONE void head_products_backward(const T* q, const T* gr, const T* mt, T* gq, T* gm,
-                                          int64_t rows, int64_t c, int64_t heads, int64_t d) {
-  // d as a constant where it is 16 (with_head_dim).
-  with_head_dim(d, [&](auto d) {
-    for (int64_t p = 0; p < rows * c; p += c) {
-      for (int64_t hd = 0; hd < heads; ++hd) {
-        T* gmh = gm + hd * d * d;
-        const int64_t o = p + hd * d;
-        // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
-        const T* mth = mt + hd * d * d;
-        for (int64_t a = 0; a < d; ++a) gq[o + a] = 0;
-        for (int64_t e = 0; e < d; ++e) {
-          for (int64_t a = 0; a < d; ++a) {
-            gmh[e * d + a] += q[o + e] * gr[o + a];
-            gq[o + a] += mth[e * d + a] * gr[o + e];
-          }
-        }
-      }
+                                          int64_t rows, int64_t c, int64_t heads, D d) {
+  for (int64_t p = 0; p < rows * c; p += c) {
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      const int64_t o = p + hd * d;
+      add_outer_product(q + o, gr + o, gm + hd * d * d, d);
+      // dq_a = Σ_e M_ae dr_e as a sum of rows of Mᵀ (no running sum).
+      row_times_matrix(gr + o, mt + hd * d * d, gq + o, d);
     }
-  });
+  }
 }
 
 // A later level's z = γ ⊙ y + β, y = normalised [x, bits] (c + 2 columns, rstd per row),
@@ -138,11 +111,7 @@ IK_AVX2_CLONE void level_norm_backward(T* gz, const T* y, const T* rstd, const T
   for (int64_t p = 0; p < rows; ++p) {
     T* gy = gz + p * (c + 2);
     const T* yp = y + p * (c + 2);
-    for (int64_t j = 0; j < c + 2; ++j) {
-      gnw[j] += gy[j] * yp[j];
-      gnb[j] += gy[j];
-      gy[j] *= gamma[j];
-    }
+    scale_shift_backward(gy, yp, gamma, gnw, gnb, c + 2);
     normalise_row_backward(gy, yp, rstd[p], c + 2);
     for (int64_t j = 0; j < c; ++j) gx[p * c + j] = gy[j];
   }
@@ -154,11 +123,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
                      const at::Tensor& w_qkv, const at::Tensor& b_qkv, const at::Tensor& kln_w,
                      const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b,
-                     int64_t heads) {
+                     int64_t heads, const std::vector<at::Tensor>* record) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
   const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
-  // The forward's layer, and w_kv as the layer weight of the input gradient gkv·w_kv.
-  const TileWeight kv_layer = hiif_weight(w_kv, n), kv_back = hiif_weight(w_kv.t(), n);
+  // The forward's layer (without a record), and w_kv as the layer weight of the input
+  // gradient gkv·w_kv.
+  const TileWeight kv_layer = record == nullptr ? hiif_weight(w_kv, n) : TileWeight{};
+  const TileWeight kv_back = hiif_weight(w_kv.t(), n);
   const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
   const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
@@ -167,7 +138,7 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t workers = worker_count(tiles.size());
   // Per worker: w_kv, b_kv, kln_w, kln_b, vln_w, vln_b.
   const std::vector<at::Tensor> like = {w_kv, b_kv, kln_w, kln_b, vln_w, vln_b};
-  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  std::vector<at::Tensor> slots = worker_slots(workers, like);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_stats_backward_tiles", [&] {
     using T = scalar_t;
     const T* kw = kln_w.data_ptr<T>();
@@ -176,25 +147,44 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
     const T* vb = vln_b.data_ptr<T>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
+      for (int i = 2; i < 6; ++i) acc[i].zero_();  // added into by key_value_backward
       T* g_kw = acc[2].data_ptr<T>();
       T* g_kb = acc[3].data_ptr<T>();
       T* g_vw = acc[4].data_ptr<T>();
       T* g_vb = acc[5].data_ptr<T>();
-      const at::Tensor kv_buffer = at::empty({tile_rows * 2 * c}, x2.options());
+      // The normalised keys and values and their rstd: the record's rows, or recomputed.
+      at::Tensor kv_buffer, rstd_buffer;
+      if (record == nullptr) {
+        kv_buffer = at::empty({tile_rows * 2 * c}, x2.options());
+        rstd_buffer = at::empty({tile_rows * 2 * heads}, x2.options());
+      }
       const at::Tensor grad_buffer = at::empty({tile_rows * 2 * c}, x2.options());
+      bool first = true;  // the worker's first tile
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows);
-        at::Tensor kv = rows_of(kv_buffer, rows, 2 * c), gkv = rows_of(grad_buffer, rows, 2 * c);
-        linear_tile(x, kv_layer, b_kv, false, kv);
+        at::Tensor kv, rstd;
+        if (record == nullptr) {
+          kv = rows_of(kv_buffer, rows, 2 * c);
+          rstd = rows_of(rstd_buffer, rows, 2 * heads);
+          linear_tile(x, kv_layer, b_kv, false, kv);
+          normalise_key_values(kv, rstd, heads);
+        } else {
+          kv = (*record)[0].narrow(0, t->begin, rows);
+          rstd = (*record)[1].narrow(0, t->begin, rows);
+        }
+        at::Tensor gkv = rows_of(grad_buffer, rows, 2 * c);
         const int64_t image = t->image * heads * d * d;
-        key_value_backward(kv.data_ptr<T>(), gkv.data_ptr<T>(), rows, c, heads, d, kw, kb, vw, vb,
-                           gs.data_ptr<T>() + image, gs_t.data_ptr<T>() + image, g_kw, g_kb, g_vw,
-                           g_vb);
+        with_head_dim(d, [&](auto d) {
+          key_value_backward(kv.data_ptr<T>(), rstd.data_ptr<T>(), gkv.data_ptr<T>(), rows, c,
+                             heads, d, kw, kb, vw, vb, gs.data_ptr<T>() + image,
+                             gs_t.data_ptr<T>() + image, g_kw, g_kb, g_vw, g_vb);
+        });
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
         linear_tile(gkv, kv_back, at::Tensor(), false, gx);
-        acc[0].addmm_(gkv.t(), x);
-        acc[1].add_(gkv.sum(0));
+        accumulate_product(acc[0], gkv.t(), x, first);
+        accumulate_sum(acc[1], gkv, first);
+        first = false;
       }
     });
   });
@@ -213,12 +203,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
                      const at::Tensor& mat, const at::Tensor& wq, const at::Tensor& bq,
                      const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                     const at::Tensor& b2) {
+                     const at::Tensor& b2, const std::vector<at::Tensor>* record) {
   const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
   const int64_t hidden = w1.size(0);
   const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
   const at::Tensor m_t = m.transpose(2, 3).contiguous();
-  const TileWeight q_layer = hiif_weight(wq, n), layer1 = hiif_weight(w1, n);
+  // The forward's q projection and proj1, without a record.
+  const TileWeight q_layer = record == nullptr ? hiif_weight(wq, n) : TileWeight{};
+  const TileWeight layer1 = record == nullptr ? hiif_weight(w1, n) : TileWeight{};
   // w2 and w1 as the layer weights of the input gradients go·w2 and dL/dh1·w1.
   const TileWeight back2 = hiif_weight(w2.t(), n), back1 = hiif_weight(w1.t(), n);
   at::Tensor grad_x = at::empty({n, c}, x2.options());
@@ -227,43 +219,61 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const int64_t workers = worker_count(tiles.size());
   // Per worker: mat, wq, bq, w1, b1, w2, b2.
   const std::vector<at::Tensor> like = {mat, wq, bq, w1, b1, w2, b2};
-  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  std::vector<at::Tensor> slots = worker_slots(workers, like);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_apply_backward_tiles", [&] {
     using T = scalar_t;
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
       at::Tensor* acc = slots.data() + k * like.size();
       auto buffer = [&](int64_t width) { return at::empty({tile_rows * width}, x2.options()); };
-      const at::Tensor q_buf = buffer(c), r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
-      const at::Tensor h_buf = buffer(hidden), a_buf = buffer(hidden), g_buf = buffer(hidden);
+      // q and h1: the record's rows, or recomputed into these.
+      at::Tensor q_buf, h_buf;
+      if (record == nullptr) {
+        q_buf = buffer(c);
+        h_buf = buffer(hidden);
+      }
+      const at::Tensor r_buf = buffer(c), gr_buf = buffer(c), gq_buf = buffer(c);
+      const at::Tensor a_buf = buffer(hidden), g_buf = buffer(hidden);
+      acc[0].zero_();     // added into by head_products_backward
+      bool first = true;  // the worker's first tile
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         const at::Tensor x = x2.narrow(0, t->begin, rows), go = go2.narrow(0, t->begin, rows);
-        at::Tensor q = rows_of(q_buf, rows, c), r = rows_of(r_buf, rows, c);
+        at::Tensor r = rows_of(r_buf, rows, c);
         at::Tensor gr = rows_of(gr_buf, rows, c), gq = rows_of(gq_buf, rows, c);
-        at::Tensor h1 = rows_of(h_buf, rows, hidden), act = rows_of(a_buf, rows, hidden);
-        at::Tensor gact = rows_of(g_buf, rows, hidden);
-        const T* mp = m.data_ptr<T>() + t->image * heads * d * d;
+        at::Tensor act = rows_of(a_buf, rows, hidden), gact = rows_of(g_buf, rows, hidden);
         const T* mtp = m_t.data_ptr<T>() + t->image * heads * d * d;
         // Forward: r = x + q·M (per head), h1 = proj1(r), act = GELU(h1).
-        linear_tile(x, q_layer, bq, false, q);
-        add_head_products(x.data_ptr<T>(), q.data_ptr<T>(), mp, r.data_ptr<T>(), rows, c, heads, d);
-        linear_tile(r, layer1, b1, false, h1);
+        at::Tensor q, h1;
+        if (record == nullptr) {
+          q = rows_of(q_buf, rows, c);
+          h1 = rows_of(h_buf, rows, hidden);
+          linear_tile(x, q_layer, bq, false, q);
+        } else {
+          q = (*record)[0].narrow(0, t->begin, rows);
+          h1 = (*record)[1].narrow(0, t->begin, rows);
+        }
+        head_mix(x, q, m[t->image], r);
+        if (record == nullptr) linear_tile(r, layer1, b1, false, h1);
         at::gelu_out(act, h1);
         // out = x + proj2(act): proj2's gradients, then back through GELU and proj1.
-        acc[5].addmm_(go.t(), act);
-        acc[6].add_(go.sum(0));
+        accumulate_product(acc[5], go.t(), act, first);
+        accumulate_sum(acc[6], go, first);
         linear_tile(go, back2, at::Tensor(), false, gact);
         at::gelu_backward_out(act, gact, h1);  // act now holds dL/dh1
-        acc[3].addmm_(act.t(), r);
-        acc[4].add_(act.sum(0));
+        accumulate_product(acc[3], act.t(), r, first);
+        accumulate_sum(acc[4], act, first);
         linear_tile(act, back1, at::Tensor(), false, gr);
-        head_products_backward(q.data_ptr<T>(), gr.data_ptr<T>(), mtp, gq.data_ptr<T>(),
-                               acc[0].data_ptr<T>() + t->image * heads * d * d, rows, c, heads, d);
-        acc[1].addmm_(gq.t(), x);
-        acc[2].add_(gq.sum(0));
+        with_head_dim(d, [&](auto d) {
+          head_products_backward(q.data_ptr<T>(), gr.data_ptr<T>(), mtp, gq.data_ptr<T>(),
+                                 acc[0].data_ptr<T>() + t->image * heads * d * d, rows, c, heads,
+                                 d);
+        });
+        accumulate_product(acc[1], gq.t(), x, first);
+        accumulate_sum(acc[2], gq, first);
         at::Tensor gx = grad_x.narrow(0, t->begin, rows);
         at::add_out(gx, go, gr);
         gx.addmm_(gq, wq);
+        first = false;
       }
     });
   });
@@ -292,8 +302,10 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   // gradient), fc1 bias, Σ dz ⊙ y and Σ dz (the norm's weight and bias) with z = γ ⊙ y + β.
   std::vector<at::Tensor> like;
   for (const LevelParams& l : levels) {
-    fc1.push_back(folded_fc1(l, n));
-    fc2.push_back(hiif_weight(l.fc2_w, n));
+    if (saved == nullptr) {  // the forward to recompute
+      fc1.push_back(folded_fc1(l, n));
+      fc2.push_back(hiif_weight(l.fc2_w, n));
+    }
     fc2_back.push_back(hiif_weight(l.fc2_w.t(), n));
     fc1_back.push_back(hiif_weight(l.fc1_w.t(), n));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
@@ -304,7 +316,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   const std::vector<Tile> tiles = split_tiles(1, n);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
   const int64_t workers = worker_count(tiles.size());
-  std::vector<at::Tensor> slots = zero_slots(workers, like);
+  std::vector<at::Tensor> slots = worker_slots(workers, like);
   AT_DISPATCH_FLOATING_TYPES(x2.scalar_type(), "hiif_levels_backward_tiles", [&] {
     using T = scalar_t;
     const T* cp = coord.data_ptr<T>();
@@ -317,12 +329,19 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
       std::vector<at::Tensor> y_buf, h_buf, out_buf;
       for (size_t i = 0; i < count; ++i) {
         y_buf.push_back(buffer());
-        h_buf.push_back(buffer());
-        out_buf.push_back(buffer());
+        if (saved == nullptr) {
+          h_buf.push_back(buffer());
+          out_buf.push_back(buffer());
+        }
       }
       const at::Tensor rstd_buf = at::empty({static_cast<int64_t>(count), tile_rows}, x2.options());
       const at::Tensor act_buf = buffer(), gact_buf = buffer(), gz_buf = buffer();
       at::Tensor grad_buf[2] = {buffer(), buffer()};
+      for (size_t i = 0; i < count; ++i) {  // added into by level_norm_backward
+        acc[6 * i + 4].zero_();
+        acc[6 * i + 5].zero_();
+      }
+      bool first = true;  // the worker's first tile
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
         std::vector<at::Tensor> xs = {x2.narrow(0, t->begin, rows)}, ys, hs;
@@ -360,12 +379,12 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
           at::Tensor gact = rows_of(gact_buf, rows, hidden);
           at::Tensor gz = rows_of(gz_buf, rows, c + 2);
           at::gelu_out(act, hs[i]);
-          a[0].addmm_(go.t(), act);
-          a[1].add_(go.sum(0));
+          accumulate_product(a[0], go.t(), act, first);
+          accumulate_sum(a[1], go, first);
           linear_tile(go, fc2_back[i], at::Tensor(), false, gact);
           at::gelu_backward_out(act, gact, hs[i]);  // act now holds dL/dh1
-          a[2].addmm_(act.t(), ys[i]);
-          a[3].add_(act.sum(0));
+          accumulate_product(a[2], act.t(), ys[i], first);
+          accumulate_sum(a[3], act, first);
           linear_tile(act, fc1_back[i], at::Tensor(), false, gz);
           // z = γ ⊙ y + β, y = normalised [x, bits]: the bits are constants, so only x's
           // columns carry the gradient on.
@@ -376,6 +395,7 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
                               gx.data_ptr<T>(), rows, c);
           go = gx;
         }
+        first = false;
       }
     });
   });

@@ -63,36 +63,68 @@ IK_AVX2_CLONE void level0_pre_rows(const at::Tensor& maps, const at::Tensor& row
   }
 }
 
-// Each of `rows` rows of kv holds a query's keys then values (2c); per head (d channels)
-// both are LayerNormed in place with their affine, and k̂ᵀv̂ (d, d) is added into s
+// Each of `rows` rows of kv holds a query's keys then values (2c), normalised per head (d
+// channels; normalise_key_values); their affine images k̂, v̂ give k̂ᵀv̂ (d, d), added into s
 // (heads, d, d).  These loops took a tenth of the forward: AVX2 clone.
-template <typename T>
-IK_AVX2_CLONE void add_key_value_products(T* kv, int64_t rows, int64_t c, int64_t heads, int64_t d,
+template <typename T, typename D>
+IK_AVX2_CLONE void add_key_value_products(const T* kv, int64_t rows, int64_t c, int64_t heads, D d,
                                           const T* kw, const T* kb, const T* vw, const T* vb,
                                           T* s) {
-  // d as a constant where it is 16 (with_head_dim).
-  with_head_dim(d, [&](auto d) {
-    T* row = kv;
-    for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
-      for (int64_t hd = 0; hd < heads; ++hd) {
-        T* key = row + hd * d;
-        T* value = row + c + hd * d;
-        normalise_row(key, d);
-        normalise_row(value, d);
-        for (int64_t e = 0; e < d; ++e) {
-          key[e] = key[e] * kw[e] + kb[e];
-          value[e] = value[e] * vw[e] + vb[e];
-        }
-        T* sh = s + hd * d * d;
-        for (int64_t a = 0; a < d; ++a) {
-          for (int64_t e = 0; e < d; ++e) sh[a * d + e] += key[a] * value[e];
-        }
-      }
+  std::vector<T> key(d), value(d);
+  const T* row = kv;
+  for (int64_t p = 0; p < rows; ++p, row += 2 * c) {
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      scale_shift(row + hd * d, kw, kb, key.data(), d);
+      scale_shift(row + c + hd * d, vw, vb, value.data(), d);
+      add_outer_product(key.data(), value.data(), s + hd * d * d, d);
     }
-  });
+  }
+}
+
+// LayerNorm without affine of each head's d keys and d values in rows of kv (2c: keys,
+// then values), in place; their rstd into rstd's rows (2 heads: keys', then values').
+template <typename T, typename D>
+IK_AVX2_CLONE void normalise_key_value_rows(T* kv, T* rstd, int64_t rows, int64_t c, int64_t heads,
+                                            D d) {
+  for (int64_t p = 0; p < rows; ++p, kv += 2 * c, rstd += 2 * heads) {
+    for (int64_t hd = 0; hd < 2 * heads; ++hd) rstd[hd] = normalise_row(kv + hd * d, d);
+  }
+}
+
+// r = x + q·M per head (M: heads × d × d of one image) for a tile of rows × c.
+template <typename T, typename D>
+IK_AVX2_CLONE void add_head_products(const T* x, const T* q, const T* m, T* r, int64_t rows,
+                                     int64_t c, int64_t heads, D d) {
+  for (int64_t p = 0; p < rows * c; p += c) {
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      const int64_t o = p + hd * d;
+      row_times_matrix(q + o, m + hd * d * d, r + o, d);
+      for (int64_t e = 0; e < d; ++e) r[o + e] += x[o + e];
+    }
+  }
 }
 
 }  // namespace
+
+void normalise_key_values(const at::Tensor& kv, const at::Tensor& rstd, int64_t heads) {
+  const int64_t c = kv.size(1) / 2;
+  AT_DISPATCH_FLOATING_TYPES(kv.scalar_type(), "hiif_normalise_key_values", [&] {
+    with_head_dim(c / heads, [&](auto d) {
+      normalise_key_value_rows(kv.data_ptr<scalar_t>(), rstd.data_ptr<scalar_t>(), kv.size(0), c,
+                               heads, d);
+    });
+  });
+}
+
+void head_mix(const at::Tensor& x, const at::Tensor& q, const at::Tensor& m, const at::Tensor& r) {
+  const int64_t heads = m.size(0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hiif_head_mix", [&] {
+    with_head_dim(m.size(1), [&](auto d) {
+      add_head_products(x.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                        r.data_ptr<scalar_t>(), x.size(0), x.size(1), heads, d);
+    });
+  });
+}
 
 void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
                   const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
@@ -120,7 +152,8 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
 
 at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_qkv,
                        const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
-                       const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads) {
+                       const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads,
+                       const std::vector<at::Tensor>* record) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
   const TileWeight w_kv = hiif_weight(key_value_rows(w_qkv, heads), n);
   const at::Tensor b_kv = key_value_rows(b_qkv, heads);
@@ -135,35 +168,59 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
     const scalar_t* vw = vln_w.data_ptr<scalar_t>();
     const scalar_t* vb = vln_b.data_ptr<scalar_t>();
     run_workers(tiles, workers, [&](int64_t k, WorkerTiles& mine) {
-      const at::Tensor buffer = at::empty({tile_rows * 2 * c}, x2.options());
+      // The normalised keys and values and their rstd: in the record's rows, or the tile's.
+      at::Tensor kv_buffer, rstd_buffer;
+      if (record == nullptr) {
+        kv_buffer = at::empty({tile_rows * 2 * c}, x2.options());
+        rstd_buffer = at::empty({tile_rows * 2 * heads}, x2.options());
+      }
       while (const Tile* t = mine.next()) {
         const int64_t rows = t->end - t->begin;
-        at::Tensor kv = rows_of(buffer, rows, 2 * c);
+        const at::Tensor kv = record == nullptr ? rows_of(kv_buffer, rows, 2 * c)
+                                                : (*record)[0].narrow(0, t->begin, rows);
+        const at::Tensor rstd = record == nullptr ? rows_of(rstd_buffer, rows, 2 * heads)
+                                                  : (*record)[1].narrow(0, t->begin, rows);
         linear_tile(x2.narrow(0, t->begin, rows), w_kv, b_kv, false, kv);
-        add_key_value_products(kv.data_ptr<scalar_t>(), rows, c, heads, d, kw, kb, vw, vb,
-                               sums[k][t->image].data_ptr<scalar_t>());
+        normalise_key_values(kv, rstd, heads);
+        with_head_dim(d, [&](auto d) {
+          add_key_value_products(kv.data_ptr<scalar_t>(), rows, c, heads, d, kw, kb, vw, vb,
+                                 sums[k][t->image].data_ptr<scalar_t>());
+        });
       }
     });
   });
   return sums.sum(0);
 }
 
+std::vector<at::Tensor> stats_record_buffers(const at::Tensor& x2, int64_t heads) {
+  return {at::empty({x2.size(0), 2 * x2.size(1)}, x2.options()),
+          at::empty({x2.size(0), 2 * heads}, x2.options())};
+}
+
 void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, const at::Tensor& wq,
                  const at::Tensor& bq, const at::Tensor& w1, const at::Tensor& b1,
-                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out) {
+                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out,
+                 const std::vector<at::Tensor>* record) {
   const int64_t n = x2.size(0), c = x2.size(1), heads = mat.size(1), d = mat.size(2);
   const int64_t hidden = w1.size(0);
-  // r = x + (x Wqᵀ + bq)·M = x·(I + Wqᵀ M) + bq·M with M block-diagonal per head: one
-  // (C, C) matrix and one bias per image instead of the q projection and 16 head products.
-  const at::Tensor m = mat.to(x2.scalar_type());
-  const at::Tensor mix =
-      at::einsum("hac,bhae->bche", {wq.view({heads, d, c}), m}).reshape({batch, c, c}) +
-      at::eye(c, x2.options());
-  const at::Tensor mix_bias =
-      at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
+  const at::Tensor m = mat.to(x2.scalar_type()).contiguous();
+  std::vector<TileWeight> mix_t;  // per image, mixᵀ as a layer weight (without a record)
+  at::Tensor mix_bias;
+  TileWeight q_layer;  // with a record
+  if (record == nullptr) {
+    // r = x + (x Wqᵀ + bq)·M = x·(I + Wqᵀ M) + bq·M with M block-diagonal per head: one
+    // (C, C) matrix and one bias per image instead of the q projection and 16 head
+    // products.
+    const at::Tensor mix =
+        at::einsum("hac,bhae->bche", {wq.view({heads, d, c}), m}).reshape({batch, c, c}) +
+        at::eye(c, x2.options());
+    mix_bias = at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
+    for (int64_t b = 0; b < batch; ++b) mix_t.push_back(hiif_weight(mix[b].t(), n / batch));
+  } else {
+    // The backward needs q itself (for M's gradient): the q projection, then the products.
+    q_layer = hiif_weight(wq, n);
+  }
   const TileWeight fc1 = hiif_weight(w1, n), fc2 = hiif_weight(w2, n);
-  std::vector<TileWeight> mix_t;  // per image, mixᵀ as a layer weight
-  for (int64_t b = 0; b < batch; ++b) mix_t.push_back(hiif_weight(mix[b].t(), n / batch));
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
@@ -173,14 +230,28 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
       const int64_t rows = t->end - t->begin;
       const at::Tensor x = x2.narrow(0, t->begin, rows);
       at::Tensor r = rows_of(r_buffer, rows, c), hid = rows_of(h_buffer, rows, hidden);
-      linear_tile(x, mix_t[t->image], mix_bias[t->image], false, r);
-      linear_tile(r, fc1, b1, false, hid);
-      at::gelu_(hid);
+      if (record == nullptr) {
+        linear_tile(x, mix_t[t->image], mix_bias[t->image], false, r);
+        linear_tile(r, fc1, b1, false, hid);
+        at::gelu_(hid);
+      } else {
+        const at::Tensor q = (*record)[0].narrow(0, t->begin, rows);
+        const at::Tensor h1 = (*record)[1].narrow(0, t->begin, rows);
+        linear_tile(x, q_layer, bq, false, q);
+        head_mix(x, q, m[t->image], r);
+        linear_tile(r, fc1, b1, false, h1);
+        at::gelu_out(hid, h1);
+      }
       linear_tile(hid, fc2, b2, false, r);  // r is free again
       at::Tensor dst = out.narrow(0, t->begin, rows);
       at::add_out(dst, x, r);
     }
   });
+}
+
+std::vector<at::Tensor> apply_record_buffers(const at::Tensor& x2, const at::Tensor& w1) {
+  return {at::empty({x2.size(0), x2.size(1)}, x2.options()),
+          at::empty({x2.size(0), w1.size(0)}, x2.options())};
 }
 
 at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,

@@ -135,17 +135,37 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
                   const at::Tensor& coord, const at::Tensor& cell, int64_t q, int64_t channels,
                   bool public_centres, const at::Tensor& out);
 
-// hiif_attention_stats: per image and head Σ k̂ᵀv̂ (B, heads, d, d).
+// hiif_attention_stats: per image and head Σ k̂ᵀv̂ (B, heads, d, d).  With `record`
+// (stats_record_buffers), also keeps what stats_backward_tiles would otherwise recompute.
 at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_qkv,
                        const at::Tensor& b_qkv, const at::Tensor& kln_w, const at::Tensor& kln_b,
-                       const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads);
+                       const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads,
+                       const std::vector<at::Tensor>* record = nullptr);
+
+// The statistics' record, per query row: the keys and values normalised per head, before
+// the affine (n, 2C: keys, then values), and their rstd (n, 2 heads): 2.1 KB a query at the
+// paper's widths.
+std::vector<at::Tensor> stats_record_buffers(const at::Tensor& x2, int64_t heads);
 
 // hiif_attention_apply: x + proj2(GELU(proj1(x + q·M))) (n, C) into `out` (contiguous; may
 // be x2 itself: each tile reads its rows of x before writing them); wq (C, C), bq (C,) the
-// q rows of the head-interleaved projection, mat (B, heads, d, d).
+// q rows of the head-interleaved projection, mat (B, heads, d, d).  With `record`
+// (apply_record_buffers; out not x2), also keeps q and proj1's output.
 void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, const at::Tensor& wq,
                  const at::Tensor& bq, const at::Tensor& w1, const at::Tensor& b1,
-                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out);
+                 const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& out,
+                 const std::vector<at::Tensor>* record = nullptr);
+
+// The application's record, per query row: q (n, C) and proj1's output before GELU (n,
+// hidden): 2 KB a query at the paper's widths.
+std::vector<at::Tensor> apply_record_buffers(const at::Tensor& x2, const at::Tensor& w1);
+
+// Row steps shared by the forwards and backwards, on contiguous rows: each head's keys and
+// values of kv (rows, 2C) LayerNormed without affine in place, their rstd into rstd (rows,
+// 2 heads); and r = x + q·M per head for rows of one image (x, q, r (rows, C), m (heads, d,
+// d)).
+void normalise_key_values(const at::Tensor& kv, const at::Tensor& rstd, int64_t heads);
+void head_mix(const at::Tensor& x, const at::Tensor& q, const at::Tensor& m, const at::Tensor& r);
 
 // hiif_levels: levels 1..L-1 on x2 (n, C) -> (n, out).  With `saved`
 // (levels_saved_buffers), also keeps what levels_backward_tiles would otherwise recompute.
@@ -160,7 +180,7 @@ std::vector<at::Tensor> levels_saved_buffers(const at::Tensor& x2,
                                              const std::vector<LevelParams>& levels);
 
 // ---- Backwards (hiif_tiles_backward_cpu.cpp).  Each recomputes its operator's forward
-// per tile (nothing is saved between the passes) and sums the parameter gradients per
+// per tile, or reads it from the forward's record, and sums the parameter gradients per
 // worker.
 
 // hiif_attention_stats' backward: x's gradient (n, C), the k and v rows' weight and bias
@@ -170,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
                      const at::Tensor& w_qkv, const at::Tensor& b_qkv, const at::Tensor& kln_w,
                      const at::Tensor& kln_b, const at::Tensor& vln_w, const at::Tensor& vln_b,
-                     int64_t heads);
+                     int64_t heads, const std::vector<at::Tensor>* record = nullptr);
 
 // hiif_attention_apply's backward: gradients of x (n, C), mat, wq, bq, w1, b1, w2, b2.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -178,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t batch,
                      const at::Tensor& mat, const at::Tensor& wq, const at::Tensor& bq,
                      const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                     const at::Tensor& b2);
+                     const at::Tensor& b2, const std::vector<at::Tensor>* record = nullptr);
 
 // hiif_levels' backward: x's gradient (n, C) and every level's parameter gradients; the
 // forward recomputed per tile, or read from `saved` (levels_tiles).

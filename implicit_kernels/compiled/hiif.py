@@ -41,5 +41,5 @@ def raster_hiif_public_codes(feat, inp, size, params, positions, chunk_size=None
 if _extension.available():
     torch.library.register_fake("implicit_kernels::hiif_codes")(ops.fake_codes)
     ops.register()
-    ops.register_levels_train()
+    ops.register_train()
     ops.register_in_place()

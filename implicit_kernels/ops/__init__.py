@@ -26,9 +26,10 @@ def flat(tensors):
 
 #: Queries (over the batch) of a whole decode up to which a decode with gradients keeps
 #: its operators' records (the forward's activations, the ``_train`` operators) for the
-#: backward instead of recomputing the forward there.  A record costs up to ~16 KB a query
-#: in float32 at the papers' widths (LIIF's four members), so at most ~1 GB; larger
-#: decodes recompute each call's forward in its backward, memory bounded by the chunk.
+#: backward instead of recomputing the forward there.  A record costs up to ~19 KB a query
+#: in float32 at the papers' widths (HIIF over three passes; LIIF's four members 16 KB),
+#: so at most ~1.3 GB; larger decodes recompute each call's forward in its backward,
+#: memory bounded by the chunk.
 RECORD_MAX_QUERIES = 1 << 16
 
 _DECODE_QUERIES = contextvars.ContextVar("implicit_kernels_decode_queries", default=0)

@@ -13,10 +13,12 @@ Per chunk of queries, the operators do the work:
 * ``hiif_attention_stats``: per image and head, ``Σ k̂ᵀv̂`` over the chunk (the attention's
   global reduction, as its own pass);
 * ``hiif_attention_apply``: ``x + proj2(GELU(proj1(x + q·M)))`` with the complete sums M;
-* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel; on the CPU with
-  gradients ``hiif_levels_train``, which keeps the activations its backward would
-  otherwise recompute, up to ``RECORD_MAX_QUERIES`` queries a decode
-  (:func:`implicit_kernels.ops.keeps_record`; about 9 KB a query at the papers' widths).
+* ``hiif_levels``: levels 1..L-1 with their bits generated in the kernel.
+
+On the CPU with gradients each of these but level 0 runs its ``_train`` operator, which
+also returns the activations its backward (``_backward_saved``) would otherwise recompute,
+up to ``RECORD_MAX_QUERIES`` queries a decode (:func:`implicit_kernels.ops.keeps_record`;
+about 17 KB a query in one pass at the papers' widths, docs/hiif.md).
 
 A call that fits one chunk runs one pass (each block uses the chunk's own sums);
 otherwise pass ``k`` recomputes every chunk through the blocks before ``k`` and
@@ -158,8 +160,17 @@ def _op(part, suffix):
 
 
 def _stats(x, block, suffix=""):
-    return _op("attention_stats", suffix)(x, *block["qkv"], *block["kln"], *block["vln"],
-                                          block["heads"])
+    args = (x, *block["qkv"], *block["kln"], *block["vln"], block["heads"])
+    if _keeps_record("attention_stats", suffix, x, args[1:-1]):
+        return _ops.hiif_attention_stats_train(*args)[0]
+    return _op("attention_stats", suffix)(*args)
+
+
+def _keeps_record(part, suffix, x, params):
+    """Whether the cpu backend's ``hiif_<part>`` call on ``x`` (``B×m×C``) runs its
+    ``_train`` operator (:func:`implicit_kernels.ops.keeps_record`)."""
+    return suffix == "" and x.device.type == "cpu" and keeps_record(
+        NS + "hiif_" + part, x.shape[0] * x.shape[1], [x, *params])
 
 
 def _features(coord, cell, params, mats, stop, norm, suffix="", centres=(), buffer=None):
@@ -177,7 +188,9 @@ def _features(coord, cell, params, mats, stop, norm, suffix="", centres=(), buff
     for i, block in enumerate(params["attention"][:stop]):
         mat = mats[i] if i < len(mats) else _stats(x, block, suffix) / norm
         weights = (*block["qkv"], *block["proj1"], *block["proj2"])
-        if buffer is None:
+        if _keeps_record("attention_apply", suffix, x, (mat, *weights)):
+            x = _ops.hiif_attention_apply_train(x, mat, *weights)[0]
+        elif buffer is None:
             x = _op("attention_apply", suffix)(x, mat, *weights)
         else:
             _ops.hiif_attention_apply_(x, mat, *weights)
@@ -196,8 +209,7 @@ def _decode(coord, cell, params, mats, norm, size, suffix="", centres=(), buffer
     x = _features(coord, cell, params, mats, len(params["attention"]), norm, suffix, centres,
                   buffer)
     lists = level_lists(params)
-    if suffix == "" and x.device.type == "cpu" and keeps_record(
-            "implicit_kernels::hiif_levels", x.shape[0] * x.shape[1], [x, *lists]):
+    if _keeps_record("levels", suffix, x, lists):
         return _ops.hiif_levels_train(x, coord, *lists, size[0], size[1], *centres)[0]
     return _op("levels", suffix)(x, coord, *lists, size[0], size[1], *centres)
 
@@ -337,13 +349,65 @@ def _backward_levels_train(ctx, grad_out, grad_saved):
     return (grads[0], None, *grads[1:], *[None] * len(ctx.options))
 
 
-def register_levels_train():
-    """Fake implementations and autograd of ``implicit_kernels::hiif_levels_train`` (the C++
-    levels keeping their activations for ``hiif_levels_backward_saved``; CPU only)."""
-    torch.library.register_fake(NS + "hiif_levels_train")(_fake_levels_train)
-    torch.library.register_fake(NS + "hiif_levels_backward_saved")(_fake_levels_backward_saved)
-    torch.library.register_autograd(NS + "hiif_levels_train", _backward_levels_train,
-                                    setup_context=_setup_levels_train)
+def _fake_stats_train(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads):
+    rows, c = x.shape[0] * x.shape[1], x.shape[-1]
+    record = [x.new_empty(rows, 2 * c), x.new_empty(rows, 2 * heads)]
+    return _fake_stats(x, qkv_w, qkv_b, kln_w, kln_b, vln_w, vln_b, heads), record
+
+
+def _fake_stats_backward_saved(grad_out, saved, *inputs):
+    return _fake_stats_backward(grad_out, *inputs)
+
+
+def _setup_stats_train(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
+    ctx.heads = inputs[7]
+    ctx.save_for_backward(*inputs[:7], *output[1])
+
+
+def _backward_stats_train(ctx, grad_out, grad_saved):
+    inputs, record = ctx.saved_tensors[:7], ctx.saved_tensors[7:]
+    grads = _ops.hiif_attention_stats_backward_saved(grad_out, record, *inputs, ctx.heads)
+    return (*grads, None)
+
+
+def _fake_apply_train(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b):
+    rows = x.shape[0] * x.shape[1]
+    record = [x.new_empty(rows, x.shape[-1]), x.new_empty(rows, proj1_w.shape[0])]
+    return _fake_apply(x, mat, qkv_w, qkv_b, proj1_w, proj1_b, proj2_w, proj2_b), record
+
+
+def _fake_apply_backward_saved(grad_out, saved, *inputs):
+    return _fake_apply_backward(grad_out, *inputs)
+
+
+def _setup_apply_train(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs, *output[1])
+
+
+def _backward_apply_train(ctx, grad_out, grad_saved):
+    inputs, record = ctx.saved_tensors[:8], ctx.saved_tensors[8:]
+    return _ops.hiif_attention_apply_backward_saved(grad_out, record, *inputs)
+
+
+def register_train():
+    """Fake implementations and autograd of the cpu backend's ``_train`` operators
+    (``implicit_kernels::hiif_attention_stats_train``, ``hiif_attention_apply_train``,
+    ``hiif_levels_train``: the C++ operators keeping their activations for their
+    ``_backward_saved`` operators; CPU only)."""
+    for name, fake, fake_backward, backward, setup in [
+            ("hiif_attention_stats", _fake_stats_train, _fake_stats_backward_saved,
+             _backward_stats_train, _setup_stats_train),
+            ("hiif_attention_apply", _fake_apply_train, _fake_apply_backward_saved,
+             _backward_apply_train, _setup_apply_train),
+            ("hiif_levels", _fake_levels_train, _fake_levels_backward_saved,
+             _backward_levels_train, _setup_levels_train)]:
+        torch.library.register_fake(NS + name + "_train")(fake)
+        torch.library.register_fake(NS + name + "_backward_saved")(fake_backward)
+        torch.library.register_autograd(NS + name + "_train", backward, setup_context=setup)
 
 
 def register_in_place():
