@@ -128,8 +128,8 @@ stats_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const at::Tensor w_kv = key_value_rows(w_qkv, heads), b_kv = key_value_rows(b_qkv, heads);
   // The forward's layer (without a record), and w_kv as the layer weight of the input
   // gradient gkv·w_kv.
-  const TileWeight kv_layer = record == nullptr ? hiif_weight(w_kv, n) : TileWeight{};
-  const TileWeight kv_back = hiif_weight(w_kv.t(), n);
+  const TileWeight kv_layer = record == nullptr ? tile_weight(w_kv) : TileWeight{};
+  const TileWeight kv_back = tile_weight(w_kv.t());
   const at::Tensor gs = grad_out.contiguous();  // (B, heads, d, d): dL/dS
   const at::Tensor gs_t = gs.transpose(2, 3).contiguous();
   at::Tensor grad_x = at::empty({n, c}, x2.options());
@@ -209,10 +209,10 @@ apply_backward_tiles(const at::Tensor& grad_out, const at::Tensor& x2, int64_t b
   const at::Tensor m = mat.contiguous(), go2 = grad_out.contiguous();
   const at::Tensor m_t = m.transpose(2, 3).contiguous();
   // The forward's q projection and proj1, without a record.
-  const TileWeight q_layer = record == nullptr ? hiif_weight(wq, n) : TileWeight{};
-  const TileWeight layer1 = record == nullptr ? hiif_weight(w1, n) : TileWeight{};
+  const TileWeight q_layer = record == nullptr ? tile_weight(wq) : TileWeight{};
+  const TileWeight layer1 = record == nullptr ? tile_weight(w1) : TileWeight{};
   // w2 and w1 as the layer weights of the input gradients go·w2 and dL/dh1·w1.
-  const TileWeight back2 = hiif_weight(w2.t(), n), back1 = hiif_weight(w1.t(), n);
+  const TileWeight back2 = tile_weight(w2.t()), back1 = tile_weight(w1.t());
   at::Tensor grad_x = at::empty({n, c}, x2.options());
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
@@ -303,11 +303,11 @@ std::pair<at::Tensor, std::vector<LevelParams>> levels_backward_tiles(
   std::vector<at::Tensor> like;
   for (const LevelParams& l : levels) {
     if (saved == nullptr) {  // the forward to recompute
-      fc1.push_back(folded_fc1(l, n));
-      fc2.push_back(hiif_weight(l.fc2_w, n));
+      fc1.push_back(folded_fc1(l));
+      fc2.push_back(tile_weight(l.fc2_w));
     }
-    fc2_back.push_back(hiif_weight(l.fc2_w.t(), n));
-    fc1_back.push_back(hiif_weight(l.fc1_w.t(), n));
+    fc2_back.push_back(tile_weight(l.fc2_w.t()));
+    fc1_back.push_back(tile_weight(l.fc1_w.t()));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
     like.insert(like.end(), {l.fc2_w, l.fc2_b, l.fc1_w, l.fc1_b, l.norm_w, l.norm_b});
   }

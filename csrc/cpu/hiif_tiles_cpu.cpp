@@ -133,7 +133,7 @@ void level0_tiles(const at::Tensor& maps, const at::Tensor& row_sums, const at::
   const int64_t n = coord.size(0), hidden = row_sums.size(1);
   const std::vector<Tile> tiles = split_tiles(1, n);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
-  const TileWeight fc2 = hiif_weight(fc2_w, n);
+  const TileWeight fc2 = tile_weight(fc2_w);
   AT_DISPATCH_FLOATING_TYPES(maps.scalar_type(), "hiif_level0_tiles", [&] {
     run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
       const at::Tensor buffer = at::empty({tile_rows * hidden}, maps.options());
@@ -155,7 +155,7 @@ at::Tensor stats_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& w_
                        const at::Tensor& vln_w, const at::Tensor& vln_b, int64_t heads,
                        const std::vector<at::Tensor>* record) {
   const int64_t n = x2.size(0), c = x2.size(1), d = c / heads;
-  const TileWeight w_kv = hiif_weight(key_value_rows(w_qkv, heads), n);
+  const TileWeight w_kv = tile_weight(key_value_rows(w_qkv, heads));
   const at::Tensor b_kv = key_value_rows(b_qkv, heads);
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
@@ -215,12 +215,12 @@ void apply_tiles(const at::Tensor& x2, int64_t batch, const at::Tensor& mat, con
         at::einsum("hac,bhae->bche", {wq.view({heads, d, c}), m}).reshape({batch, c, c}) +
         at::eye(c, x2.options());
     mix_bias = at::einsum("ha,bhae->bhe", {bq.view({heads, d}), m}).reshape({batch, c});
-    for (int64_t b = 0; b < batch; ++b) mix_t.push_back(hiif_weight(mix[b].t(), n / batch));
+    for (int64_t b = 0; b < batch; ++b) mix_t.push_back(tile_weight(mix[b].t()));
   } else {
     // The backward needs q itself (for M's gradient): the q projection, then the products.
-    q_layer = hiif_weight(wq, n);
+    q_layer = tile_weight(wq);
   }
-  const TileWeight fc1 = hiif_weight(w1, n), fc2 = hiif_weight(w2, n);
+  const TileWeight fc1 = tile_weight(w1), fc2 = tile_weight(w2);
   const std::vector<Tile> tiles = split_tiles(batch, n / batch);
   const int64_t tile_rows = longest(tiles);  // each worker's buffers
   run_workers(tiles, worker_count(tiles.size()), [&](int64_t, WorkerTiles& mine) {
@@ -263,8 +263,8 @@ at::Tensor levels_tiles(const at::Tensor& x2, const at::Tensor& coord,
   std::vector<TileWeight> fc2;
   int64_t widest = 0;
   for (const LevelParams& l : levels) {
-    fc1.push_back(folded_fc1(l, n));
-    fc2.push_back(hiif_weight(l.fc2_w, n));
+    fc1.push_back(folded_fc1(l));
+    fc2.push_back(tile_weight(l.fc2_w));
     widest = std::max({widest, l.fc1_w.size(0), l.fc1_w.size(1), l.fc2_w.size(0)});
   }
   const int64_t out_dim = levels.back().fc2_w.size(0);

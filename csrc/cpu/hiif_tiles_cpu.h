@@ -115,17 +115,8 @@ struct FoldedFc1 {
   at::Tensor bias;
 };
 
-// A layer weight of a HIIF call of `rows` rows: packed for the tile kernel (tiles.h) from
-// kPackMinRows rows, below that on ATen's GEMM, whose small calls cost less than the
-// packing.  (HIIF's results depend on the split into calls anyway, to fp32 rounding: the
-// attention sums add per call.)
-constexpr int64_t kPackMinRows = 2 * kTileRows;
-inline TileWeight hiif_weight(const at::Tensor& w, int64_t rows) {
-  return rows >= kPackMinRows ? tile_weight(w) : TileWeight{w, at::Tensor()};
-}
-
-inline FoldedFc1 folded_fc1(const LevelParams& l, int64_t rows) {
-  return {hiif_weight(l.fc1_w * l.norm_w, rows), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
+inline FoldedFc1 folded_fc1(const LevelParams& l) {
+  return {tile_weight(l.fc1_w * l.norm_w), at::addmv(l.fc1_b, l.fc1_w, l.norm_b)};
 }
 
 // hiif_level0's forward into `out` (n, out), contiguous, from the maps (B, H, W, 4,
