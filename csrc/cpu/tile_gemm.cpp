@@ -177,15 +177,23 @@ at::Tensor pack_tile_weight(const at::Tensor& w) {
   const float* wp = src.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   const int64_t s0 = src.stride(0), s1 = src.stride(1);
+  if (s0 == 1 && s1 != 1) {
+    // Columns contiguous (a transposed weight): column k of w is split into the panels'
+    // row k, column after column.  (Panel after panel read 64 bytes of every column, a
+    // stride the prefetcher does not follow: 4x slower.)
+    for (int64_t k = 0; k < in; ++k) {
+      for (int64_t p = 0; p < out / kPanelCols; ++p) {
+        std::memcpy(dst + (p * in + k) * kPanelCols, wp + k * s1 + p * kPanelCols,
+                    kPanelCols * sizeof(float));
+      }
+    }
+    return packed;
+  }
   for (int64_t p = 0; p < out / kPanelCols; ++p) {
     const float* rows = wp + p * kPanelCols * s0;
     float* panel = dst + p * in * kPanelCols;
     if (s1 == 1) {  // rows of w contiguous
       pack_panel_avx2(rows, s0, in, panel);
-    } else if (s0 == 1) {  // columns contiguous: each panel row is 16 consecutive floats
-      for (int64_t k = 0; k < in; ++k) {
-        std::memcpy(panel + k * kPanelCols, rows + k * s1, kPanelCols * sizeof(float));
-      }
     } else {
       for (int64_t k = 0; k < in; ++k) {
         for (int64_t j = 0; j < kPanelCols; ++j) panel[k * kPanelCols + j] = rows[j * s0 + k * s1];
