@@ -371,6 +371,15 @@ at::Tensor hiif_attention_stats(const at::Tensor& x, const at::Tensor& qkv_w,
   return at::einsum("bmhd,bmhe->bhde", {kv.k_hat, kv.v_hat}).contiguous();
 }
 
+// A head-interleaved qkv parameter's gradient (heads, 3, ...) from the gradients of its q,
+// k and v parts (heads, ...; undefined: zero), each element written once (zeroing the
+// whole gradient, then copying the parts in, wrote it twice).
+at::Tensor interleaved_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor& like = q.defined() ? q : k;
+  auto part = [&](const at::Tensor& t) { return t.defined() ? t : at::zeros_like(like); };
+  return at::stack({part(q), part(k), part(v)}, 1);
+}
+
 // hiif_attention_stats_train: hiif_attention_stats and the normalised keys and values its
 // backward would recompute (stats_record_buffers), for the cpu backend with gradients.
 // CPU tiles only.
@@ -424,10 +433,10 @@ StatsGrads stats_backward(const at::Tensor& grad_out, const at::Tensor& x, const
         stats_backward_tiles(gs, x2, b, s.w_qkv, s.b_qkv, kln_w.contiguous(), kln_b.contiguous(),
                              vln_w.contiguous(), vln_b.contiguous(), heads, record);
     // The k and v rows' gradients back into the head-interleaved layout; q's rows are 0.
-    const at::Tensor grad_qkv_w = at::zeros({heads, 3, d * c}, x.options());
-    grad_qkv_w.narrow(1, 1, 2).copy_(std::get<1>(g).view({2, heads, d * c}).transpose(0, 1));
-    const at::Tensor grad_qkv_b = at::zeros({heads, 3, d}, x.options());
-    grad_qkv_b.narrow(1, 1, 2).copy_(std::get<2>(g).view({2, heads, d}).transpose(0, 1));
+    const at::Tensor kv_w = std::get<1>(g).view({2, heads, d * c});
+    const at::Tensor kv_b = std::get<2>(g).view({2, heads, d});
+    const at::Tensor grad_qkv_w = interleaved_qkv(at::Tensor(), kv_w[0], kv_w[1]);
+    const at::Tensor grad_qkv_b = interleaved_qkv(at::Tensor(), kv_b[0], kv_b[1]);
     return {std::get<0>(g).view(x.sizes()),
             grad_qkv_w.view(qkv_w.sizes()),
             grad_qkv_b.view(qkv_b.sizes()),
@@ -589,10 +598,10 @@ ApplyGrads apply_backward(const at::Tensor& grad_out, const at::Tensor& x, const
     const auto g =
         apply_backward_tiles(go, a.x2, b, a.mat, a.wq, a.bq, a.w1, a.b1, a.w2, a.b2, record);
     // Only the q rows of the head-interleaved projection are used.
-    const at::Tensor grad_qkv_w = at::zeros({a.heads, 3, a.d, c}, x.options());
-    grad_qkv_w.select(1, 0).copy_(std::get<2>(g).view({a.heads, a.d, c}));
-    const at::Tensor grad_qkv_b = at::zeros({a.heads, 3, a.d}, x.options());
-    grad_qkv_b.select(1, 0).copy_(std::get<3>(g).view({a.heads, a.d}));
+    const at::Tensor grad_qkv_w =
+        interleaved_qkv(std::get<2>(g).view({a.heads, a.d, c}), at::Tensor(), at::Tensor());
+    const at::Tensor grad_qkv_b =
+        interleaved_qkv(std::get<3>(g).view({a.heads, a.d}), at::Tensor(), at::Tensor());
     return {std::get<0>(g).view(x.sizes()),
             std::get<1>(g),
             grad_qkv_w.view(qkv_w.sizes()),
@@ -615,10 +624,10 @@ ApplyGrads apply_backward(const at::Tensor& grad_out, const at::Tensor& x, const
   const at::Tensor gq = at::einsum("bmhe,bhde->bmhd", {ga, a.mat}).reshape(a.x2.sizes());
   const at::Tensor grad_x = go + gr + at::mm(gq, a.wq);
   // Only the q rows of the head-interleaved projection are used.
-  const at::Tensor grad_qkv_w = at::zeros({a.heads, 3, a.d, c}, x.options());
-  grad_qkv_w.select(1, 0).copy_(at::mm(gq.t(), a.x2).view({a.heads, a.d, c}));
-  const at::Tensor grad_qkv_b = at::zeros({a.heads, 3, a.d}, x.options());
-  grad_qkv_b.select(1, 0).copy_(gq.sum(0).view({a.heads, a.d}));
+  const at::Tensor grad_qkv_w =
+      interleaved_qkv(at::mm(gq.t(), a.x2).view({a.heads, a.d, c}), at::Tensor(), at::Tensor());
+  const at::Tensor grad_qkv_b =
+      interleaved_qkv(gq.sum(0).view({a.heads, a.d}), at::Tensor(), at::Tensor());
   return {grad_x.view(x.sizes()),
           grad_mat,
           grad_qkv_w.view(qkv_w.sizes()),

@@ -87,7 +87,7 @@ at::Tensor mlp_tile(const Mlp& mlp, const std::vector<TileWeight>& layers, at::T
   return x;
 }
 
-TileWeight tile_weight(const at::Tensor& w) { if (getenv("IK_NOPACK")) return {w, at::Tensor()}; return {w, pack_tile_weight(w)}; }
+TileWeight tile_weight(const at::Tensor& w) { return {w, pack_tile_weight(w)}; }
 
 std::vector<TileWeight> tile_layers(const Mlp& mlp) {
   std::vector<TileWeight> layers;
