@@ -1,11 +1,12 @@
-// Autograd of the cpu backend's HIIF _train operators (hiif_attention_stats_train,
-// hiif_attention_apply_train, hiif_levels_train), in C++.  Each forward runs its operator
-// below autograd and keeps its inputs and its record (the activations the backward reads;
-// outputs that are not differentiable); the backward calls the matching _backward_saved
-// operator.  Registered from Python (torch.library.register_autograd) the same autograd
-// cost ~0.14 ms a call forward and about as much backward: what a decode of a few hundred
-// queries spends on an operator's work.  The fake implementations stay in Python
-// (implicit_kernels/ops/hiif.py).
+// Autograd of the HIIF operators a decode with gradients calls on every chunk, in C++:
+// hiif_level0 (its backward: hiif_level0_backward) and the cpu backend's _train operators
+// (hiif_attention_stats_train, hiif_attention_apply_train, hiif_levels_train).  Each
+// forward runs its operator below autograd and keeps its inputs, and a _train operator its
+// record (the activations the backward reads; outputs that are not differentiable); the
+// backward calls the matching _backward or _backward_saved operator.  Registered from Python
+// (torch.library.register_autograd) the same autograd cost ~0.14 ms a call forward and about as
+// much backward: what a decode of a few hundred queries spends on an operator's work.  The fake
+// implementations stay in Python (implicit_kernels/ops/hiif.py).
 #include <torch/autograd.h>
 
 #include <string>
@@ -53,6 +54,59 @@ std::pair<Tensors, Tensors> kept(AutogradContext* ctx) {
   const Tensors saved = ctx->get_saved_variables();
   const auto split = saved.begin() + ctx->saved_data["inputs"].toInt();
   return {Tensors(saved.begin(), split), Tensors(split, saved.end())};
+}
+
+using Level0Grads =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+class Level0 : public torch::autograd::Function<Level0> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& maps,
+                            const at::Tensor& row_sums, const at::Tensor& w_extra,
+                            const at::Tensor& bias, const at::Tensor& fc2_w,
+                            const at::Tensor& fc2_b, const at::Tensor& coord,
+                            const at::Tensor& cell, int64_t channels, bool public_centres) {
+    static const auto op = typed_op<at::Tensor(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool)>(
+        IK_OPERATOR_NAME(IK_NAMESPACE, "hiif_level0"));
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell});
+    ctx->saved_data["channels"] = channels;
+    ctx->saved_data["public_centres"] = public_centres;
+    ctx->set_materialize_grads(false);
+    return op.call(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                   public_centres);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = typed_op<Level0Grads(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, int64_t, bool)>(IK_OPERATOR_NAME(IK_NAMESPACE, "hiif_level0_backward"));
+    // Gradients of the six parameters; positions and options get none.
+    variable_list out(10);
+    if (!grads[0].defined()) return out;
+    const Tensors in = ctx->get_saved_variables();
+    const Level0Grads g =
+        op.call(grads[0], in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7],
+                ctx->saved_data["channels"].toInt(), ctx->saved_data["public_centres"].toBool());
+    out[0] = std::get<0>(g);
+    out[1] = std::get<1>(g);
+    out[2] = std::get<2>(g);
+    out[3] = std::get<3>(g);
+    out[4] = std::get<4>(g);
+    out[5] = std::get<5>(g);
+    return out;
+  }
+};
+
+at::Tensor level0(const at::Tensor& maps, const at::Tensor& row_sums, const at::Tensor& w_extra,
+                  const at::Tensor& bias, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                  const at::Tensor& coord, const at::Tensor& cell, int64_t channels,
+                  bool public_centres) {
+  return Level0::apply(maps, row_sums, w_extra, bias, fc2_w, fc2_b, coord, cell, channels,
+                       public_centres);
 }
 
 using StatsGrads =
@@ -207,6 +261,7 @@ std::tuple<at::Tensor, Tensors> levels_train(const at::Tensor& x, const at::Tens
 }  // namespace
 
 IK_LIBRARY_IMPL(Autograd, m) {
+  m.impl("hiif_level0", &level0);
   m.impl("hiif_attention_stats_train", &stats_train);
   m.impl("hiif_attention_apply_train", &apply_train);
   m.impl("hiif_levels_train", &levels_train);
