@@ -148,10 +148,10 @@ AUTO_ORDER = ["cuda", "cpu", "torch"]
 #: the batch) from which "cpu" is faster forward+backward, by decoder (absent: at every
 #: size); forward alone, "cpu" is at least as fast at every size.  Measured with
 #: scripts/calibrate_auto.py (paper widths, fp32, 2 threads; crossings interpolated
-#: log-linearly between measured sizes, bench/NOTES.md): HIIF's eight operator calls a
-#: decode pay per-call costs (the Python autograd of each ~0.1 ms) that a few hundred
-#: queries do not amortise: level at 400 queries (0.99), 12 % faster at 1,600.
-CPU_WITH_GRAD_FROM = {"hiif": 400}
+#: log-linearly between measured sizes, bench/NOTES.md).  Empty since HIIF's attention
+#: keeps its record and its small calls' autograd is C++: every decoder's "cpu" backward
+#: is measured faster from 100 queries (HIIF 0.91-0.95 of "torch"'s time there).
+CPU_WITH_GRAD_FROM: dict = {}
 
 
 def unavailable_reasons(name: str, decoder: str, feat: torch.Tensor | None = None) -> list:
