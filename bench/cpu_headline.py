@@ -20,10 +20,12 @@ training step per backend (bench/train_step.py).  Per measurement:
 * the ``cpu`` backend's speed-up over ``torch`` (torch time / cpu time), in the table.
 
 Forward+backward keeps what autograd saves for the whole output (the ``torch`` backend:
-every activation; the ``cpu`` backend's operators save their inputs and recompute per
-chunk).  That is estimated first from the bytes autograd saves on a small decode with as
-many calls, scaled by output pixels and tripled; a case needing more than 80 % of the available
-memory is reported as skipped with the estimate instead of run.
+every activation; the ``cpu`` backend's operators save their inputs, and their records up
+to ``RECORD_MAX_QUERIES`` queries a decode, beyond which they recompute per chunk).  That
+is estimated first from the bytes autograd saves on a small decode with as many calls
+(keeping records where the case would), scaled by output pixels and tripled; a case
+needing more than 80 % of the available memory is reported as skipped with the estimate
+instead of run.
 
 Each measurement prints one line as it ends and rewrites ``<out-dir>/cpu-headline.json``
 and ``.md`` (default bench/results/), so a run cut short keeps what it measured.
@@ -43,6 +45,7 @@ from pathlib import Path
 import torch
 
 from implicit_kernels import cost
+from implicit_kernels import ops as kernel_ops
 from implicit_kernels.apps.demo import PeakMemory
 from implicit_kernels.functional import DEFAULT_CHUNK_SIZE
 
@@ -107,8 +110,16 @@ def backward_bytes(case: Case, model) -> int:
 
     feat = torch.randn(1, cost.FEAT_CHANNELS, side, side, requires_grad=True)
     img = torch.zeros(1, 3, side, side)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model.decode(feat, img, probe.out_size, backend=case.backend, chunk_size=chunk)
+    # The probe keeps the operators' records (the forward's activations) only where the
+    # case's own decode would: a decode beyond the limit recomputes them instead.
+    limit = kernel_ops.RECORD_MAX_QUERIES
+    if _pixels(case.out_size) > limit:
+        kernel_ops.RECORD_MAX_QUERIES = 0
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.decode(feat, img, probe.out_size, backend=case.backend, chunk_size=chunk)
+    finally:
+        kernel_ops.RECORD_MAX_QUERIES = limit
     return round(BACKWARD_FACTOR * sum(saved.values()) * ratio)
 
 
