@@ -374,10 +374,15 @@ def register_in_place():
         torch.library.register_fake(NS + name)(lambda *args: None)
 
 
+#: The C++ operators of this interface whose autograd is registered in C++
+#: (csrc/hiif_autograd.cpp): :func:`register` gives them fakes only.
+CXX_AUTOGRAD = ("hiif_level0",)
+
+
 def register(suffix=""):
     """Fake implementations and autograd of the four operators
     ``implicit_kernels::hiif_<part><suffix>`` and of their ``_backward`` operators (defined
-    with the C++ operators' schemas); the C++ ``hiif_level0``'s autograd is C++."""
+    with the C++ operators' schemas); autograd in Python but for ``CXX_AUTOGRAD``."""
     for name, fake, fake_backward, setup, backward in [
             ("hiif_level0", _fake_level0, _fake_level0_backward, _setup_level0, _backward_level0),
             ("hiif_attention_stats", _fake_stats, _fake_stats_backward, _setup_stats,
@@ -386,12 +391,10 @@ def register(suffix=""):
              _backward_apply),
             ("hiif_levels", _fake_levels, _fake_levels_backward, _setup_levels,
              _backward_levels)]:
-        if name == "hiif_level0" and suffix == "":
-            setup = None  # the C++ operator's autograd is C++ (csrc/hiif_autograd.cpp)
         name += suffix
         torch.library.register_fake(NS + name)(fake)
         torch.library.register_fake(NS + name + "_backward")(fake_backward)
-        if setup is not None:
+        if name not in CXX_AUTOGRAD:
             torch.library.register_autograd(NS + name, backward(getattr(_ops, name + "_backward")),
                                             setup_context=setup)
 
